@@ -1,0 +1,60 @@
+import { constants } from 'node:os';
+
+const ERRNO = constants.errno as Record<string, number>;
+const NAME_BY_NUMBER = new Map<number, string>(
+  Object.entries(ERRNO).map(([name, num]) => [num, name]),
+);
+
+export interface VfioErrorOptions {
+  /** The syscall that produced the errno, when the kernel did. */
+  syscall?: string;
+  /** Structured context: states, offsets, lengths, file names. */
+  details?: Record<string, unknown>;
+  cause?: unknown;
+}
+
+/**
+ * The one error class of the library. `code` is the errno name callers switch
+ * on; `errno` is the positive number as in the kernel headers and
+ * `os.constants.errno` (Node's own fs errors carry negative libuv numbers).
+ */
+export class VfioError extends Error {
+  override readonly name = 'VfioError';
+  readonly code: string;
+  readonly errno: number;
+  readonly op: string;
+  readonly device: string;
+  readonly reason: string | undefined;
+  readonly syscall: string | undefined;
+  readonly details: Record<string, unknown> | undefined;
+
+  constructor(code: string, op: string, device: string, reason?: string, options: VfioErrorOptions = {}) {
+    const errno = ERRNO[code];
+    if (errno === undefined) throw new TypeError(`unknown errno name ${code}`);
+    super(`${op} on ${device}: ${code} (${errno})${reason ? `: ${reason}` : ''}`, { cause: options.cause });
+    this.code = code;
+    this.errno = errno;
+    this.op = op;
+    this.device = device;
+    this.reason = reason;
+    this.syscall = options.syscall;
+    this.details = options.details;
+  }
+
+  /** From a positive errno returned by a syscall. */
+  static fromErrno(errno: number, op: string, device: string, syscall: string, reason?: string): VfioError {
+    const code = NAME_BY_NUMBER.get(errno) ?? 'EIO';
+    return new VfioError(code, op, device, reason, { syscall, details: errno === ERRNO[code] ? undefined : { errno } });
+  }
+}
+
+export function isVfioError(e: unknown, code?: string): e is VfioError {
+  return e instanceof VfioError && (code === undefined || e.code === code);
+}
+
+/** The errno number for a name, from os.constants (never a hand-typed table). */
+export function errnoOf(code: string): number {
+  const n = ERRNO[code];
+  if (n === undefined) throw new TypeError(`unknown errno name ${code}`);
+  return n;
+}

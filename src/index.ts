@@ -1,0 +1,28 @@
+export { VfioError, isVfioError, errnoOf } from './errors.js';
+export type { VfioErrorOptions } from './errors.js';
+export {
+  MigState,
+  MigFlag,
+  migStateName,
+  parseMigState,
+  migFlagNames,
+} from './v2/uapi.js';
+export type { RegionInfo, SparseMmapArea } from './v2/uapi.js';
+export * as uapi from './v2/uapi.js';
+export { nextState, migrationPath, isStateSupported, arcOpensStream, arcEndsStream, isSavingState } from './v2/fsm.js';
+export type { V2Device, DataStream, PrecopyInfo } from './v2/device.js';
+export { readSome, writeAll } from './v2/stream-io.js';
+export { createSimDevice, SimDevice } from './v2/sim/sim-device.js';
+export type { SimDeviceOptions, SimFaults, SimArcFault, SimIoFault, SimProfile } from './v2/sim/sim-device.js';
+export {
+  V1,
+  isValidV1,
+  isErrorV1,
+  setErrorV1,
+  v1StateName,
+  SEED004_ALLOWED,
+  isSeed004Allowed,
+  vfio_device_migration_info,
+  MIGRATION_INFO,
+} from './v1/uapi.js';
+export type { V1Region } from './v1/uapi.js';

@@ -1,0 +1,108 @@
+/**
+ * The v1 migration region (Linux 5.8-5.17; kept in 6.12 as *_V1_* and
+ * *_DEPRECATED): device_state bits, validity macros, region layout.
+ * v1 never imports v2: the two constant sets share names but not values
+ * (v1 RUNNING is 1, v2 RUNNING is 2 = v1 SAVING).
+ */
+import { defineStruct } from '../struct.js';
+
+/** VFIO_DEVICE_STATE_V1_*: bits of device_state. */
+export const V1 = {
+  STOP: 0,
+  RUNNING: 1 << 0,
+  SAVING: 1 << 1,
+  RESUMING: 1 << 2,
+  /** VFIO_DEVICE_STATE_MASK */
+  MASK: 0x7,
+  /** SAVING|RESUMING: the error state, reachable only through a driver failure. */
+  ERROR: (1 << 1) | (1 << 2),
+} as const;
+
+/** VFIO_DEVICE_STATE_VALID(s): with RESUMING set, the masked state must be exactly RESUMING. */
+export function isValidV1(state: number): boolean {
+  return state & V1.RESUMING ? (state & V1.MASK) === V1.RESUMING : true;
+}
+
+/** VFIO_DEVICE_STATE_IS_ERROR(s) */
+export function isErrorV1(state: number): boolean {
+  return (state & V1.MASK) === V1.ERROR;
+}
+
+/** VFIO_DEVICE_STATE_SET_ERROR(s): keeps bits outside the mask. */
+export function setErrorV1(state: number): number {
+  return ((state & ~V1.MASK) | V1.SAVING | V1.RESUMING) >>> 0;
+}
+
+const V1_NAMES: Record<number, string> = {
+  0: 'STOP',
+  1: 'RUNNING',
+  2: 'SAVING',
+  3: 'SAVING|RUNNING',
+  4: 'RESUMING',
+  5: 'RESUMING|RUNNING',
+  6: 'ERROR',
+  7: 'SAVING|RESUMING|RUNNING',
+};
+
+/** `011 SAVING|RUNNING`; bits above the mask are shown in hex. */
+export function v1StateName(state: number): string {
+  const low = state & V1.MASK;
+  const bits = low.toString(2).padStart(3, '0');
+  const high = state & ~V1.MASK;
+  return `${bits} ${V1_NAMES[low]}${high ? ` +0x${(high >>> 0).toString(16)}` : ''}`;
+}
+
+/**
+ * The proposed v1 allow-list of seed 004 (vfio_from_state_table, Sep 2021,
+ * never merged): [old][new], diagonal excluded, RUNNING->RESUMING added as
+ * the review agreed. `strict` bridges enforce it.
+ */
+export const SEED004_ALLOWED: ReadonlyArray<readonly [number, number]> = [
+  [V1.STOP, V1.RUNNING],
+  [V1.STOP, V1.RESUMING],
+  [V1.RUNNING, V1.STOP],
+  [V1.RUNNING, V1.SAVING],
+  [V1.RUNNING, V1.SAVING | V1.RUNNING],
+  [V1.RUNNING, V1.RESUMING],
+  [V1.SAVING, V1.STOP],
+  [V1.SAVING, V1.RUNNING],
+  [V1.SAVING | V1.RUNNING, V1.RUNNING],
+  [V1.SAVING | V1.RUNNING, V1.SAVING],
+  [V1.RESUMING, V1.STOP],
+  [V1.RESUMING, V1.RUNNING],
+];
+
+export function isSeed004Allowed(from: number, to: number): boolean {
+  const f = from & V1.MASK;
+  const t = to & V1.MASK;
+  return SEED004_ALLOWED.some(([a, b]) => a === f && b === t);
+}
+
+/** struct vfio_device_migration_info, at offset 0 of the migration region. */
+export const vfio_device_migration_info = defineStruct('vfio_device_migration_info', 32, {
+  device_state: { offset: 0, type: 'u32' },
+  reserved: { offset: 4, type: 'u32' },
+  pending_bytes: { offset: 8, type: 'u64' },
+  data_offset: { offset: 16, type: 'u64' },
+  data_size: { offset: 24, type: 'u64' },
+});
+
+export const MIGRATION_INFO = {
+  DEVICE_STATE: 0,
+  RESERVED: 4,
+  PENDING_BYTES: 8,
+  DATA_OFFSET: 16,
+  DATA_SIZE: 24,
+  SIZE: 32,
+} as const;
+
+/**
+ * A v1 migration region, accessed by offset as a v1 VMM does with
+ * pread/pwrite on the device fd. Failed accesses reject with VfioError.
+ */
+export interface V1Region {
+  /** Header + data section, bytes. */
+  readonly size: number;
+  read(offset: number, length: number): Promise<Uint8Array>;
+  write(offset: number, data: Uint8Array): Promise<void>;
+}

@@ -1,0 +1,246 @@
+import { describe, expect, it } from 'vitest';
+import { createSimDevice, isStateSupported, migrationPath, MigState, readSome, writeAll } from '../../src/index.js';
+import { drain, loadV2, saveV2 } from '../helpers.js';
+
+const S = MigState;
+
+describe('sim device: streams', () => {
+  it('returns a stream exactly on the transitions whose last arc opens a session', async () => {
+    for (const flags of [1, 3, 5, 7]) {
+      for (let from = 1; from < 8; from++) {
+        for (let to = 1; to < 8; to++) {
+          if (!isStateSupported(from, flags) || !isStateSupported(to, flags)) continue;
+          const dev = createSimDevice({ flags, stateSize: 100 });
+          const entered = await dev.setState(from);
+          // Leaving RESUMING needs a valid stream behind it.
+          if (from === S.RESUMING) await writeAll(entered!, await saveV2(createSimDevice({ flags, stateSize: 100 })), dev.name);
+          let path: MigState[];
+          try {
+            path = migrationPath(from, to, flags);
+          } catch {
+            await expect(dev.setState(to)).rejects.toMatchObject({ code: 'EINVAL' });
+            expect(dev.state).toBe(from);
+            continue;
+          }
+          const last = path.length > 1 ? [path.at(-2)!, to] : null;
+          const opens = last !== null && ((to === S.RESUMING) || ([S.PRE_COPY, S.PRE_COPY_P2P, S.STOP_COPY].includes(to) && ![S.PRE_COPY, S.PRE_COPY_P2P, S.STOP_COPY].includes(last[0])));
+          const stream = await dev.setState(to);
+          expect(stream !== null, `flags ${flags} ${S[from]}->${S[to]}`).toBe(opens);
+          expect(dev.state).toBe(to);
+        }
+      }
+    }
+  });
+
+  it('keeps the same stream across PRE_COPY -> STOP_COPY, pre-copy bytes first', async () => {
+    const dev = createSimDevice({ stateSize: 64 * 1024, seed: 3 });
+    const s = await dev.setState(S.PRE_COPY);
+    const first = await drain(s!, 1000);
+    expect(await dev.setState(S.STOP_COPY)).toBeNull();
+    const rest = await drain(s!);
+    expect(first.length).toBeGreaterThan(64 * 1024);
+    expect(rest.length).toBeGreaterThan(0);
+    const b = createSimDevice({ stateSize: 64 * 1024, seed: 4 });
+    await loadV2(b, Buffer.concat([first, rest]));
+    expect(b.stateDigest()).toBe(dev.stateDigest());
+  });
+
+  it('ends a saving stream with 0, and the same read returns 0 again', async () => {
+    const dev = createSimDevice({ stateSize: 10 });
+    const s = await dev.setState(S.STOP_COPY);
+    await drain(s!);
+    expect(await s!.read(new Uint8Array(10))).toBe(0);
+  });
+
+  it('reports a temporary end of pre-copy with ENOMSG (default) and 0 (mtty profile)', async () => {
+    const dev = createSimDevice({ stateSize: 10 });
+    const s = await dev.setState(S.PRE_COPY);
+    await s!.read(new Uint8Array(1 << 16));
+    await expect(s!.read(new Uint8Array(16))).rejects.toMatchObject({ code: 'ENOMSG', errno: 42 });
+    const m = createSimDevice({ profile: 'mtty' });
+    const ms = await m.setState(S.PRE_COPY);
+    expect(await ms!.read(new Uint8Array(1 << 16))).toBeGreaterThan(0);
+    expect(await ms!.read(new Uint8Array(16))).toBe(0);
+    expect(m.state).toBe(S.PRE_COPY);
+  });
+
+  it('round-trips into a second device of the same model with another seed', async () => {
+    for (const stateSize of [0, 1, 4095, 4096, 4097, 3 * 4096 + 7, 300_000]) {
+      const a = createSimDevice({ stateSize, seed: 11 });
+      const b = createSimDevice({ stateSize, seed: 12 });
+      if (stateSize > 0) expect(b.stateDigest()).not.toBe(a.stateDigest());
+      await loadV2(b, await saveV2(a));
+      expect(b.stateDigest(), `size ${stateSize}`).toBe(a.stateDigest());
+      expect(b.state).toBe(S.RUNNING);
+    }
+  });
+
+  it('dirties state while running so pre-copy reports dirty bytes', async () => {
+    const dev = createSimDevice({ stateSize: 256 * 1024 });
+    const s = await dev.setState(S.PRE_COPY);
+    const before = await s!.precopyInfo();
+    expect(before.dirtyBytes).toBe(0n);
+    expect(before.initialBytes).toBeGreaterThan(256n * 1024n);
+    await s!.read(new Uint8Array(128 * 1024));
+    const mid = await s!.precopyInfo();
+    expect(mid.dirtyBytes).toBeGreaterThan(0n);
+    expect(mid.initialBytes).toBeLessThan(before.initialBytes);
+  });
+
+  it('answers PRECOPY_INFO with EINVAL outside PRE_COPY states', async () => {
+    const dev = createSimDevice({ stateSize: 100 });
+    const s = await dev.setState(S.PRE_COPY);
+    await dev.setState(S.STOP_COPY);
+    await expect(s!.precopyInfo()).rejects.toMatchObject({ code: 'EINVAL' });
+    const r = await createSimDevice({ stateSize: 100 }).setState(S.RESUMING);
+    await expect(r!.precopyInfo()).rejects.toMatchObject({ code: 'EINVAL' });
+  });
+
+  it('reports MIG_DATA_SIZE as the whole stream, then what is left', async () => {
+    const dev = createSimDevice({ stateSize: 5000 });
+    const total = await dev.stopCopySize();
+    const s = await dev.setState(S.STOP_COPY);
+    const data = await drain(s!);
+    expect(BigInt(data.length)).toBe(total);
+    expect(await dev.stopCopySize()).toBe(0n);
+  });
+});
+
+describe('sim device: resume validation', () => {
+  const model = { stateSize: 10_000 };
+  async function stream() {
+    return saveV2(createSimDevice({ ...model, seed: 1 }));
+  }
+  const cases: Array<[string, (d: Buffer) => Buffer | Promise<Buffer>]> = [
+    ['empty', () => Buffer.alloc(0)],
+    ['truncated header', (d) => d.subarray(0, 20)],
+    ['truncated body', (d) => d.subarray(0, d.length - 100)],
+    ['truncated end record', (d) => d.subarray(0, d.length - 1)],
+    ['corrupt byte', (d) => { const c = Buffer.from(d); c[500] ^= 0xff; return c; }],
+    ['trailing garbage', (d) => Buffer.concat([d, Buffer.from('xx')])],
+    ['garbage', () => Buffer.alloc(2000, 0x41)],
+    ['foreign model', async () => saveV2(createSimDevice({ stateSize: 10_001 }))],
+    ['foreign profile', async () => saveV2(createSimDevice({ ...model, flags: 3 }))],
+  ];
+  it.each(cases)('rejects %s data with EINVAL on leaving RESUMING, state stays RESUMING', async (_name, mutate) => {
+    const data = await mutate(await stream());
+    const b = createSimDevice({ ...model, seed: 2 });
+    const digest = b.stateDigest();
+    await expect(loadV2(b, data)).rejects.toMatchObject({ code: 'EINVAL', op: 'SET_STATE RESUMING->RUNNING' });
+    expect(b.state).toBe(S.RESUMING);
+    expect(b.stateDigest()).toBe(digest);
+  });
+
+  it('goes to ERROR on a bad resume when resumeFailure is error, and reset recovers', async () => {
+    const b = createSimDevice({ ...model, resumeFailure: 'error' });
+    await expect(loadV2(b, Buffer.alloc(10))).rejects.toMatchObject({ code: 'EINVAL' });
+    expect(await b.getState()).toBe(S.ERROR);
+    await expect(b.setState(S.RUNNING)).rejects.toMatchObject({ code: 'EINVAL' });
+    await b.reset();
+    expect(await b.getState()).toBe(S.RUNNING);
+    await loadV2(b, await stream());
+  });
+
+  it('mtty profile answers a bad header with EFAULT at write time', async () => {
+    const b = createSimDevice({ profile: 'mtty' });
+    const s = await b.setState(S.RESUMING);
+    await expect(s!.write(Buffer.alloc(40, 1))).rejects.toMatchObject({ code: 'EFAULT' });
+  });
+});
+
+describe('sim device: fault injection', () => {
+  it('fails an arc and stays at the state reached so far', async () => {
+    const dev = createSimDevice({ faults: { failArc: [{ from: S.STOP, to: S.STOP_COPY, errno: 'EIO', count: 1 }] } });
+    await expect(dev.setState(S.STOP_COPY)).rejects.toMatchObject({ code: 'EIO', errno: 5 });
+    expect(dev.state).toBe(S.STOP);
+    expect(await dev.setState(S.STOP_COPY)).not.toBeNull();
+  });
+
+  it('fails an arc into ERROR; reset recovers and closes streams', async () => {
+    const dev = createSimDevice({ faults: { failArc: [{ from: S.PRE_COPY_P2P, to: S.STOP_COPY, errno: 'ENOMEM', leave: 'error' }] } });
+    const s = await dev.setState(S.PRE_COPY);
+    await expect(dev.setState(S.STOP_COPY)).rejects.toMatchObject({ code: 'ENOMEM' });
+    expect(dev.state).toBe(S.ERROR);
+    await expect(s!.read(new Uint8Array(10))).rejects.toMatchObject({ code: 'ENODEV' });
+    await dev.reset();
+    expect(dev.state).toBe(S.RUNNING);
+  });
+
+  it('short reads and writes still round-trip', async () => {
+    const a = createSimDevice({ stateSize: 20_000, faults: { shortRead: 7 } });
+    const b = createSimDevice({ stateSize: 20_000, seed: 5, faults: { shortWrite: 13 } });
+    const s = await a.setState(S.STOP_COPY);
+    expect(await s!.read(new Uint8Array(100))).toBe(7);
+    const r = await b.setState(S.RESUMING);
+    expect(await r!.write(new Uint8Array(100))).toBe(13);
+    await b.reset();
+    await a.reset();
+    await loadV2(b, await saveV2(a));
+    expect(b.stateDigest()).toBe(a.stateDigest());
+  });
+
+  it('injects ENOMSG, EINTR and EAGAIN on reads after a number of calls', async () => {
+    const dev = createSimDevice({
+      stateSize: 100_000,
+      faults: { readErrors: [{ errno: 'ENOMSG', after: 1 }, { errno: 'EINTR', after: 2, count: 2 }, { errno: 'EAGAIN', after: 2 }] },
+    });
+    const s = await dev.setState(S.PRE_COPY);
+    const buf = new Uint8Array(100);
+    expect(await s!.read(buf)).toBe(100);
+    await expect(s!.read(buf)).rejects.toMatchObject({ code: 'ENOMSG' });
+    expect(await s!.read(buf)).toBe(100);
+    await expect(s!.read(buf)).rejects.toMatchObject({ code: 'EINTR' });
+    await expect(s!.read(buf)).rejects.toMatchObject({ code: 'EINTR' });
+    await expect(s!.read(buf)).rejects.toMatchObject({ code: 'EAGAIN' });
+    expect(await readSome(s!, buf)).toBe(100);
+  });
+
+  it('injects write errors; writeAll retries EINTR', async () => {
+    const dev = createSimDevice({ stateSize: 100, faults: { writeErrors: [{ errno: 'EINTR', count: 3 }, { errno: 'EIO', after: 1 }] } });
+    const r = await dev.setState(S.RESUMING);
+    await writeAll(r!, new Uint8Array(10), dev.name);
+    await expect(r!.write(new Uint8Array(10))).rejects.toMatchObject({ code: 'EIO' });
+  });
+
+  it('delays reads', async () => {
+    const dev = createSimDevice({ stateSize: 100, faults: { readDelayMs: 50 } });
+    const s = await dev.setState(S.STOP_COPY);
+    const t = performance.now();
+    await s!.read(new Uint8Array(10));
+    expect(performance.now() - t).toBeGreaterThanOrEqual(45);
+  });
+});
+
+describe('sim device: session lifetime', () => {
+  it('no stream stays readable or writable after its session ends', async () => {
+    const dev = createSimDevice({ stateSize: 100 });
+    const s = await dev.setState(S.STOP_COPY);
+    await dev.setState(S.STOP);
+    await expect(s!.read(new Uint8Array(10))).rejects.toMatchObject({ code: 'ENODEV' });
+    const r = await dev.setState(S.RESUMING);
+    await dev.reset();
+    await expect(r!.write(new Uint8Array(10))).rejects.toMatchObject({ code: 'ENODEV' });
+    const p = await dev.setState(S.PRE_COPY);
+    await dev.setState(S.RUNNING);
+    await expect(p!.read(new Uint8Array(10))).rejects.toMatchObject({ code: 'ENODEV' });
+    await expect(p!.precopyInfo()).rejects.toMatchObject({ code: 'ENODEV' });
+  });
+
+  it('a closed stream answers EBADF', async () => {
+    const dev = createSimDevice({ stateSize: 100 });
+    const s = await dev.setState(S.STOP_COPY);
+    await s!.close();
+    await expect(s!.read(new Uint8Array(1))).rejects.toMatchObject({ code: 'EBADF' });
+  });
+
+  it('rejects states outside 0..7 and ERROR as a target', async () => {
+    const dev = createSimDevice();
+    await expect(dev.setState(8 as MigState)).rejects.toMatchObject({ code: 'EINVAL' });
+    await expect(dev.setState(S.ERROR)).rejects.toMatchObject({ code: 'EINVAL' });
+    expect(dev.state).toBe(S.RUNNING);
+  });
+
+  it('rejects flag sets without STOP_COPY', () => {
+    expect(() => createSimDevice({ flags: 2 })).toThrow(expect.objectContaining({ code: 'EINVAL' }));
+  });
+});
