@@ -26,3 +26,9 @@ export {
   MIGRATION_INFO,
 } from './v1/uapi.js';
 export type { V1Region } from './v1/uapi.js';
+export { saveV1, loadV1, setStateV1 } from './v1/reference-caller.js';
+export type { SaveV1Options, SaveV1Result, LoadV1Options, SaveProgress, ChunkSink } from './v1/reference-caller.js';
+export type { DataAccess } from './v1/region-access.js';
+export { openV1Bridge, V1Bridge } from './bridge/v1-bridge.js';
+export type { V1BridgeOptions, V1TraceEvent, V1Field } from './bridge/v1-bridge.js';
+export { V1_NDMA } from './bridge/state-map.js';

@@ -1,0 +1,513 @@
+/**
+ * A byte-exact v1 migration region over a v2 device (DESIGN.md "The v1
+ * region the bridge presents", "State mapping", "Data path"). Every v1
+ * access is translated here and nowhere else.
+ */
+import { VfioError, isVfioError } from '../errors.js';
+import { MIGRATION_INFO as F, V1, isErrorV1, isSeed004Allowed, isValidV1, setErrorV1, v1StateName, type V1Region } from '../v1/uapi.js';
+import type { DataStream, V2Device } from '../v2/device.js';
+import { isSavingState } from '../v2/fsm.js';
+import { readSome, writeAll } from '../v2/stream-io.js';
+import {
+  MigFlag,
+  MigState,
+  VFIO_PCI_NUM_REGIONS,
+  VFIO_REGION_INFO_FLAG_MMAP,
+  VFIO_REGION_INFO_FLAG_READ,
+  VFIO_REGION_INFO_FLAG_WRITE,
+  VFIO_REGION_SUBTYPE_MIGRATION_DEPRECATED,
+  VFIO_REGION_TYPE_MIGRATION_DEPRECATED,
+  migStateName,
+  type RegionInfo,
+} from '../v2/uapi.js';
+import { V1_NDMA, isRealPrecopy, v2TargetFor } from './state-map.js';
+
+export interface V1BridgeOptions {
+  /** Data section size in bytes (default 1 MiB). */
+  sectionSize?: number;
+  /** Where the data section starts: page aligned, past the 32-byte header (default 4096). */
+  dataOffset?: number;
+  /** Enforce the seed-004 v1 allow-list (transitions old v1 drivers accepted). */
+  strict?: boolean;
+  /** On a transition that leaves the device in ERROR: reset it and report 001 instead of 110. */
+  resetOnError?: boolean;
+  /** Accept the NDMA extension bit (bit 3): RUNNING|NDMA -> RUNNING_P2P, SAVING|RUNNING|NDMA -> PRE_COPY_P2P. */
+  ndma?: boolean;
+  /** Offer a zero-copy view of the data section (mmap semantics) and advertise MMAP in region info. */
+  mmap?: boolean;
+  /** Region index reported in region info (device-specific indexes start at 9). */
+  regionIndex?: number;
+  /** Receives each v1 access with the v2 operations it caused. */
+  trace?: (event: V1TraceEvent) => void;
+}
+
+export type V1Field = 'device_state' | 'reserved' | 'pending_bytes' | 'data_offset' | 'data_size' | 'data';
+
+export interface V1TraceEvent {
+  op: 'read' | 'write';
+  field: V1Field;
+  offset: number;
+  length: number;
+  /** The header value read or written (not for data). */
+  value?: number | bigint;
+  /** The v2 operations this access caused, in order, e.g. "SET_STATE RUNNING->PRE_COPY = data_fd". */
+  v2: string[];
+  /** errno name when the access failed. */
+  error?: string;
+}
+
+const DEFAULT_SECTION = 1 << 20;
+const PAGE = 4096;
+
+export class V1Bridge implements V1Region {
+  readonly size: number;
+  readonly dataOffset: number;
+  readonly sectionSize: number;
+  readonly regionInfo: RegionInfo;
+  readonly #dev: V2Device;
+  readonly #flags: number;
+  readonly #opts: V1BridgeOptions;
+  readonly #section: Uint8Array;
+  /** v1 device_state as the caller sees it. Starts at 001 with no SET (Q1). */
+  #shadow: number = V1.RUNNING;
+  /** The v2 state the device is in, as far as the bridge knows. */
+  #v2: MigState = MigState.RUNNING;
+  #stream: DataStream | null = null;
+  // Save path.
+  #readAhead: Uint8Array | null = null;
+  #aheadStart = 0;
+  #aheadEnd = 0;
+  #eof = false;
+  #chunk: number | null = null; // frozen data_size of the prepared chunk
+  #pendingCache: bigint | null = null;
+  #tempEndInfo: string | null = null; // precopy info when the temporary end was hit
+  // Resume path.
+  #resumeSize = 0n;
+  #ops: string[] | null = null;
+
+  constructor(device: V2Device, flags: number, options: V1BridgeOptions = {}) {
+    if (!device || typeof device.setState !== 'function') throw new TypeError('openV1Bridge: device must be a V2Device');
+    const sectionSize = options.sectionSize ?? DEFAULT_SECTION;
+    const dataOffset = options.dataOffset ?? PAGE;
+    const name = device.name;
+    if (!Number.isSafeInteger(sectionSize) || sectionSize < 1) throw new VfioError('EINVAL', 'openV1Bridge', name, `sectionSize must be a positive byte count (got ${sectionSize})`);
+    if (!Number.isSafeInteger(dataOffset) || dataOffset < F.SIZE || dataOffset % PAGE !== 0) {
+      throw new VfioError('EINVAL', 'openV1Bridge', name, `dataOffset must be page aligned and at least ${PAGE} (got ${dataOffset})`);
+    }
+    if (options.ndma && !(flags & MigFlag.P2P)) throw new VfioError('EINVAL', 'openV1Bridge', name, 'NDMA needs a device with VFIO_MIGRATION_P2P');
+    this.#dev = device;
+    this.#flags = flags;
+    this.#opts = options;
+    this.sectionSize = sectionSize;
+    this.dataOffset = dataOffset;
+    this.size = dataOffset + sectionSize;
+    this.#section = new Uint8Array(sectionSize);
+    this.regionInfo = {
+      index: options.regionIndex ?? VFIO_PCI_NUM_REGIONS,
+      flags: VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE | (options.mmap ? VFIO_REGION_INFO_FLAG_MMAP : 0),
+      size: BigInt(this.size),
+      offset: 0n,
+      type: { type: VFIO_REGION_TYPE_MIGRATION_DEPRECATED, subtype: VFIO_REGION_SUBTYPE_MIGRATION_DEPRECATED },
+      ...(options.mmap ? { sparseMmap: [{ offset: BigInt(dataOffset), size: BigInt(sectionSize) }] } : {}),
+    };
+  }
+
+  get device(): V2Device {
+    return this.#dev;
+  }
+
+  /** The v1 device_state the caller would read now. */
+  get deviceState(): number {
+    return this.#shadow;
+  }
+
+  /** The data section itself, for in-process callers that want mmap semantics (mmap option). */
+  dataView(): Uint8Array {
+    if (!this.#opts.mmap) throw new VfioError('EINVAL', 'v1.mmap', this.#dev.name, 'the bridge was opened without the mmap option');
+    return this.#section;
+  }
+
+  // ---------------------------------------------------------------- access
+
+  async read(offset: number, length: number): Promise<Uint8Array> {
+    const field = this.#field('read', offset, length);
+    if (field === 'data') {
+      const at = offset - this.dataOffset;
+      const out = this.#section.slice(at, at + length);
+      this.#opts.trace?.({ op: 'read', field, offset, length, v2: [] });
+      return out;
+    }
+    return this.#traced('read', field, offset, length, undefined, async () => {
+      const out = new Uint8Array(length);
+      const dv = new DataView(out.buffer);
+      switch (field) {
+        case 'device_state':
+          dv.setUint32(0, this.#shadow, true);
+          return [out, this.#shadow];
+        case 'reserved':
+          return [out, 0];
+        case 'pending_bytes': {
+          const v = await this.#pendingBytes();
+          dv.setBigUint64(0, v, true);
+          return [out, v];
+        }
+        case 'data_offset':
+          await this.#prepareChunk();
+          dv.setBigUint64(0, BigInt(this.dataOffset), true);
+          return [out, BigInt(this.dataOffset)];
+        default: {
+          const v = this.#isResuming() ? this.#resumeSize : BigInt(this.#chunk ?? 0);
+          dv.setBigUint64(0, v, true);
+          return [out, v];
+        }
+      }
+    });
+  }
+
+  async write(offset: number, data: Uint8Array): Promise<void> {
+    const field = this.#field('write', offset, data.length);
+    if (field === 'data') {
+      this.#section.set(data, offset - this.dataOffset);
+      this.#opts.trace?.({ op: 'write', field, offset, length: data.length, v2: [] });
+      return;
+    }
+    const dv = new DataView(data.buffer, data.byteOffset, data.length);
+    const value = field === 'device_state' ? dv.getUint32(0, true) : dv.getBigUint64(0, true);
+    await this.#traced('write', field, offset, data.length, value, async () => {
+      if (field === 'device_state') await this.#setDeviceState(value as number);
+      else await this.#writeDataSize(value as bigint);
+      return [data, value];
+    });
+  }
+
+  /** Which field an access touches, or EINVAL for anything the v1 contract does not allow (X1, Q14). */
+  #field(op: 'read' | 'write', offset: number, length: number): V1Field {
+    const bad = (why: string) =>
+      new VfioError('EINVAL', `v1.${op}`, this.#dev.name, why, { details: { offset, length } });
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 1) {
+      throw bad(`invalid access offset ${offset} length ${length}`);
+    }
+    if (offset >= this.dataOffset) {
+      if (offset + length > this.size) throw bad(`access [${offset}, ${offset + length}) runs past the region end ${this.size}`);
+      return 'data';
+    }
+    const fields: Array<[number, number, V1Field]> = [
+      [F.DEVICE_STATE, 4, 'device_state'],
+      [F.RESERVED, 4, 'reserved'],
+      [F.PENDING_BYTES, 8, 'pending_bytes'],
+      [F.DATA_OFFSET, 8, 'data_offset'],
+      [F.DATA_SIZE, 8, 'data_size'],
+    ];
+    const hit = fields.find(([o, w]) => o === offset && w === length);
+    if (!hit) throw bad(`header fields must be accessed at their own offset and width (offset ${offset}, length ${length})`);
+    const f = hit[2];
+    if (op === 'write' && (f === 'pending_bytes' || f === 'data_offset' || f === 'reserved')) throw bad(`${f} is read-only`);
+    return f;
+  }
+
+  async #traced<T>(op: 'read' | 'write', field: V1Field, offset: number, length: number, value: number | bigint | undefined, fn: () => Promise<[T, number | bigint]>): Promise<T> {
+    const trace = this.#opts.trace;
+    if (!trace) return (await fn())[0];
+    this.#ops = [];
+    try {
+      const [out, v] = await fn();
+      trace({ op, field, offset, length, value: v, v2: this.#ops });
+      return out;
+    } catch (e) {
+      trace({ op, field, offset, length, ...(value !== undefined ? { value } : {}), v2: this.#ops, error: isVfioError(e) ? e.code : 'EIO' });
+      throw e;
+    } finally {
+      this.#ops = null;
+    }
+  }
+
+  /** Runs one v2 operation, recording it for the trace. */
+  async #call<T>(what: string, fn: () => Promise<T>, show?: (r: T) => string): Promise<T> {
+    try {
+      const r = await fn();
+      this.#ops?.push(show ? `${what} = ${show(r)}` : what);
+      return r;
+    } catch (e) {
+      this.#ops?.push(`${what} ! ${isVfioError(e) ? e.code : String(e)}`);
+      throw e;
+    }
+  }
+
+  // ---------------------------------------------------------------- state
+
+  #isResuming(): boolean {
+    return (this.#shadow & V1.MASK) === V1.RESUMING;
+  }
+
+  async #setDeviceState(value: number): Promise<void> {
+    const old = this.#shadow;
+    const name = this.#dev.name;
+    const op = `v1.write(device_state) ${v1StateName(old)}->${v1StateName(value)}`;
+    const known = V1.MASK | (this.#opts.ndma ? V1_NDMA : 0);
+    const nak = (why: string) => new VfioError('EINVAL', op, name, why, { details: { from: old, to: value } });
+    if (value & ~known) throw nak(`unknown bits 0x${((value & ~known) >>> 0).toString(16)}${value & V1_NDMA ? ' (NDMA needs the ndma option)' : ''}`);
+    if (value === old) return; // same-state writes are normal for QEMU: no SET_STATE, stream untouched
+    if (isErrorV1(old)) throw nak('device is in the error state; reset it');
+    if (!isValidV1(value) || isErrorV1(value)) throw nak(`${v1StateName(value)} is not a state a caller may request`);
+    const from = old & V1.MASK;
+    const to = value & V1.MASK;
+    // v2 blocks STOP_COPY -> PRE_COPY, so v1 010 -> 011 cannot be carried out.
+    if (from === V1.SAVING && to === (V1.SAVING | V1.RUNNING)) throw nak('SAVING -> SAVING|RUNNING has no v2 equivalent (STOP_COPY -> PRE_COPY is blocked)');
+    if (this.#opts.strict && from !== to && !isSeed004Allowed(from, to)) throw nak('not in the seed-004 v1 allow-list (strict mode)');
+
+    const target = v2TargetFor(value, this.#flags);
+    const start = this.#v2;
+    if (target === start) {
+      this.#shadow = value; // virtual pre-copy on and off: nothing to tell the device
+      this.#afterTransition(start, target, null, value);
+      return;
+    }
+    let stream: DataStream | null;
+    try {
+      stream = await this.#call(`SET_STATE ${migStateName(start)}->${migStateName(target)}`, () => this.#dev.setState(target), (s) => (s ? 'data_fd' : 'ok'));
+    } catch (e) {
+      await this.#recover(start, old);
+      throw e;
+    }
+    this.#v2 = target;
+    this.#shadow = value;
+    this.#afterTransition(start, target, stream, value);
+  }
+
+  /** Stream and buffer bookkeeping after the device moved start -> target. */
+  #afterTransition(start: MigState, target: MigState, stream: DataStream | null, newV1: number): void {
+    const sessionEnded = (isSavingState(start) && !isSavingState(target)) || (start === MigState.RESUMING && target !== MigState.RESUMING);
+    if (sessionEnded || stream) this.#dropSession();
+    if (stream) this.#stream = stream;
+    this.#pendingCache = null;
+    if ((newV1 & V1.MASK) === V1.RESUMING) this.#resumeSize = 0n;
+    // 011 -> 010 keeps the frozen chunk and read-ahead: pre-copy bytes go out before stop-copy bytes.
+  }
+
+  /**
+   * A failed SET_STATE (Q5): find where the device is. At the start state:
+   * a nak. In ERROR: 110 (or reset and 001). Elsewhere: unwind to the start
+   * state; if that fails too, 110. P2P and unknown states never leak out.
+   */
+  async #recover(start: MigState, oldV1: number): Promise<void> {
+    let now: MigState;
+    try {
+      now = await this.#call('GET_STATE', () => this.#dev.getState(), migStateName);
+    } catch {
+      now = MigState.ERROR;
+    }
+    if (now === start) return;
+    if (now !== MigState.ERROR && now >= MigState.ERROR && now <= MigState.PRE_COPY_P2P) {
+      try {
+        const s = await this.#call(`SET_STATE ${migStateName(now)}->${migStateName(start)}`, () => this.#dev.setState(start), (r) => (r ? 'data_fd' : 'ok'));
+        // Unwinding across a session boundary loses the old session's data.
+        if (s || isSavingState(start) !== isSavingState(now) || now === MigState.RESUMING) this.#dropSession();
+        if (s) this.#stream = s;
+        this.#v2 = start;
+        this.#pendingCache = null;
+        return;
+      } catch {
+        // fall through: the device is somewhere we cannot name in v1
+      }
+    }
+    this.#dropSession();
+    if (this.#opts.resetOnError) {
+      try {
+        await this.#call('VFIO_DEVICE_RESET', () => this.#dev.reset());
+        this.#v2 = MigState.RUNNING;
+        this.#shadow = V1.RUNNING;
+        return;
+      } catch {
+        // the reset failed as well: report the error state
+      }
+    }
+    this.#v2 = MigState.ERROR;
+    this.#shadow = setErrorV1(oldV1);
+  }
+
+  #dropSession(): void {
+    const s = this.#stream;
+    this.#stream = null;
+    if (s && !s.closed) void s.close().catch(() => undefined);
+    this.#readAhead = null;
+    this.#aheadStart = this.#aheadEnd = 0;
+    this.#eof = false;
+    this.#chunk = null;
+    this.#pendingCache = null;
+    this.#tempEndInfo = null;
+  }
+
+  /** VFIO_DEVICE_RESET through the bridge: device RUNNING, shadow 001, buffers dropped, stream closed. */
+  async reset(): Promise<void> {
+    this.#dropSession();
+    await this.#dev.reset();
+    this.noteReset();
+  }
+
+  /** Tell the bridge the device was reset by someone else. */
+  noteReset(): void {
+    this.#dropSession();
+    this.#v2 = MigState.RUNNING;
+    this.#shadow = V1.RUNNING;
+  }
+
+  /**
+   * Takes over a device found in another state at open. STOP and ERROR have
+   * v1 names; a device mid-session belongs to whoever holds its data_fd.
+   */
+  adoptState(state: MigState): void {
+    const v1 = state === MigState.STOP ? V1.STOP : state === MigState.ERROR ? V1.ERROR : state === MigState.RUNNING ? V1.RUNNING : null;
+    if (v1 === null) {
+      throw new VfioError('EBUSY', 'openV1Bridge', this.#dev.name, `device is in ${migStateName(state)}, which has no v1 value without its data session; reset it first`);
+    }
+    this.#dropSession();
+    this.#v2 = state;
+    this.#shadow = v1;
+  }
+
+  /** Closes the stream (not the device). */
+  async close(): Promise<void> {
+    this.#dropSession();
+  }
+
+  // ---------------------------------------------------------------- save path
+
+  #saving(): boolean {
+    return (this.#shadow & V1.SAVING) !== 0 && !isErrorV1(this.#shadow);
+  }
+
+  #buffered(): number {
+    return this.#aheadEnd - this.#aheadStart;
+  }
+
+  /**
+   * pending_bytes (Q7). Side-effect free for the caller and stable on repeated
+   * reads: the value is computed once per chunk and kept until the next
+   * data access or state change. A read also unfreezes the current chunk.
+   */
+  async #pendingBytes(): Promise<bigint> {
+    this.#chunk = null;
+    if (!this.#saving() || !this.#stream) return 0n;
+    if (this.#pendingCache !== null) return this.#pendingCache;
+    let v: bigint;
+    if (isRealPrecopy(this.#shadow, this.#flags) && this.#v2 !== MigState.STOP_COPY) {
+      v = BigInt(this.#buffered()) + (await this.#precopyPending());
+    } else {
+      // STOP_COPY: read ahead to know whether anything is left (0 only at true end).
+      if (this.#buffered() === 0 && !this.#eof) await this.#fillReadAhead();
+      v = BigInt(this.#buffered());
+      if (!this.#eof) v += await this.#stopCopyEstimate(v);
+    }
+    this.#pendingCache = v;
+    return v;
+  }
+
+  async #precopyPending(): Promise<bigint> {
+    const stream = this.#stream!;
+    const info = await this.#call('VFIO_MIG_GET_PRECOPY_INFO', () => stream.precopyInfo(), (i) => `initial ${i.initialBytes} dirty ${i.dirtyBytes}`);
+    const sum = info.initialBytes + info.dirtyBytes;
+    // After a temporary end, a driver that still reports the same counts has nothing now.
+    if (this.#tempEndInfo === `${info.initialBytes}/${info.dirtyBytes}`) return 0n;
+    return sum;
+  }
+
+  async #stopCopyEstimate(buffered: bigint): Promise<bigint> {
+    try {
+      const est = await this.#call('FEATURE_MIG_DATA_SIZE', () => this.#dev.stopCopySize(), String);
+      return est > 0n ? est : buffered > 0n ? 0n : 1n;
+    } catch (e) {
+      if (isVfioError(e, 'ENOTTY')) return buffered > 0n ? 0n : 1n;
+      throw e;
+    }
+  }
+
+  async #fillReadAhead(): Promise<void> {
+    this.#readAhead ??= new Uint8Array(this.sectionSize);
+    this.#aheadStart = 0;
+    this.#aheadEnd = await this.#readStream(this.#readAhead, 0);
+  }
+
+  /**
+   * Reads the stream into `buf` from `at` until it is full, at end of stream
+   * (0 in stop-copy), or at a temporary end of pre-copy (ENOMSG, or 0 as mtty).
+   */
+  async #readStream(buf: Uint8Array, at: number): Promise<number> {
+    const stream = this.#stream!;
+    let n = at;
+    while (n < buf.length && !this.#eof) {
+      let got: number;
+      try {
+        got = await this.#call(`read(data_fd, ${buf.length - n})`, () => readSome(stream, buf.subarray(n)), String);
+      } catch (e) {
+        if (isVfioError(e, 'ENOMSG') && this.#v2 !== MigState.STOP_COPY) {
+          await this.#noteTemporaryEnd();
+          break;
+        }
+        throw e;
+      }
+      if (got === 0) {
+        if (this.#v2 === MigState.STOP_COPY) this.#eof = true;
+        else await this.#noteTemporaryEnd();
+        break;
+      }
+      n += got;
+    }
+    return n - at;
+  }
+
+  async #noteTemporaryEnd(): Promise<void> {
+    try {
+      const info = await this.#stream!.precopyInfo();
+      this.#tempEndInfo = `${info.initialBytes}/${info.dirtyBytes}`;
+    } catch {
+      this.#tempEndInfo = null;
+    }
+  }
+
+  /**
+   * data_offset read while saving (X5b): fill the section, read-ahead
+   * buffer first, then the stream; freeze {offset, size} until the next
+   * pending_bytes read.
+   */
+  async #prepareChunk(): Promise<void> {
+    if (!this.#saving() || this.#chunk !== null) return;
+    if (!this.#stream) {
+      this.#chunk = 0; // virtual pre-copy: the device has no data before stop-copy
+      return;
+    }
+    let n = 0;
+    const fromAhead = Math.min(this.#buffered(), this.sectionSize);
+    if (fromAhead > 0) {
+      this.#section.set(this.#readAhead!.subarray(this.#aheadStart, this.#aheadStart + fromAhead));
+      this.#aheadStart += fromAhead;
+      n = fromAhead;
+    }
+    if (n < this.sectionSize && this.#buffered() === 0) n += await this.#readStream(this.#section, n);
+    this.#chunk = n;
+    this.#pendingCache = null;
+  }
+
+  // ---------------------------------------------------------------- resume path
+
+  /** data_size write while resuming (X7): push exactly the n window bytes into the stream before returning. */
+  async #writeDataSize(n: bigint): Promise<void> {
+    const name = this.#dev.name;
+    if (!this.#isResuming() || !this.#stream) throw new VfioError('EINVAL', 'v1.write(data_size)', name, `data_size is written only while RESUMING (device_state ${v1StateName(this.#shadow)})`);
+    if (n > BigInt(this.sectionSize)) throw new VfioError('EINVAL', 'v1.write(data_size)', name, `data_size ${n} is larger than the data section (${this.sectionSize})`);
+    const len = Number(n);
+    const stream = this.#stream;
+    await this.#call(`write(data_fd, ${len})`, () => writeAll(stream, this.#section.subarray(0, len), name));
+    this.#resumeSize = n;
+  }
+}
+
+/** Opens a v1 migration region over a v2 device. The device must support migration (ENOTTY otherwise). */
+export async function openV1Bridge(device: V2Device, options: V1BridgeOptions = {}): Promise<V1Bridge> {
+  const flags = await device.migrationFlags();
+  if (!(flags & MigFlag.STOP_COPY)) throw new VfioError('ENOTTY', 'openV1Bridge', device.name, 'device does not support VFIO_MIGRATION_STOP_COPY');
+  const bridge = new V1Bridge(device, flags, options);
+  // Q1: the shadow starts at 001, but a device not in RUNNING must be stated honestly.
+  const state = await device.getState();
+  if (state !== MigState.RUNNING) bridge.adoptState(state);
+  return bridge;
+}

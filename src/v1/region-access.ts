@@ -1,0 +1,65 @@
+/**
+ * Typed field access to a V1Region, the way a v1 VMM does it: header fields
+ * at their own width, little-endian, and the data section either in one
+ * access or split like QEMU's vfio_mig_rw() (8/4/2/1-byte naturally aligned
+ * pieces, i.e. a 1 MiB chunk as 131072 8-byte reads).
+ */
+import { MIGRATION_INFO, type V1Region } from './uapi.js';
+
+export type DataAccess = 'bulk' | 'qemu';
+
+export async function readU32(region: V1Region, offset: number): Promise<number> {
+  const b = await region.read(offset, 4);
+  return new DataView(b.buffer, b.byteOffset, 4).getUint32(0, true);
+}
+
+export async function readU64(region: V1Region, offset: number): Promise<bigint> {
+  const b = await region.read(offset, 8);
+  return new DataView(b.buffer, b.byteOffset, 8).getBigUint64(0, true);
+}
+
+export async function writeU32(region: V1Region, offset: number, value: number): Promise<void> {
+  const b = new Uint8Array(4);
+  new DataView(b.buffer).setUint32(0, value >>> 0, true);
+  await region.write(offset, b);
+}
+
+export async function writeU64(region: V1Region, offset: number, value: bigint): Promise<void> {
+  const b = new Uint8Array(8);
+  new DataView(b.buffer).setBigUint64(0, value, true);
+  await region.write(offset, b);
+}
+
+/** QEMU's split: 8 bytes if >= 8 remain and the offset is 8-aligned, else 4, 2, 1. */
+function pieceSize(offset: number, remaining: number): number {
+  if (remaining >= 8 && offset % 8 === 0) return 8;
+  if (remaining >= 4 && offset % 4 === 0) return 4;
+  if (remaining >= 2 && offset % 2 === 0) return 2;
+  return 1;
+}
+
+export async function readData(region: V1Region, offset: number, into: Uint8Array, mode: DataAccess): Promise<void> {
+  if (mode === 'bulk') {
+    if (into.length) into.set(await region.read(offset, into.length));
+    return;
+  }
+  for (let done = 0; done < into.length; ) {
+    const n = pieceSize(offset + done, into.length - done);
+    into.set(await region.read(offset + done, n), done);
+    done += n;
+  }
+}
+
+export async function writeData(region: V1Region, offset: number, data: Uint8Array, mode: DataAccess): Promise<void> {
+  if (mode === 'bulk') {
+    if (data.length) await region.write(offset, data);
+    return;
+  }
+  for (let done = 0; done < data.length; ) {
+    const n = pieceSize(offset + done, data.length - done);
+    await region.write(offset + done, data.subarray(done, done + n));
+    done += n;
+  }
+}
+
+export const F = MIGRATION_INFO;
