@@ -121,6 +121,11 @@ export class V1Bridge implements V1Region {
     return this.#shadow;
   }
 
+  /** Bytes of buffer the bridge holds now: the data section plus any read-ahead chunk. */
+  heldBytes(): number {
+    return this.#section.length + (this.#readAhead?.length ?? 0);
+  }
+
   /** The data section itself, for in-process callers that want mmap semantics (mmap option). */
   dataView(): Uint8Array {
     if (!this.#opts.mmap) throw new VfioError('EINVAL', 'v1.mmap', this.#dev.name, 'the bridge was opened without the mmap option');

@@ -439,6 +439,11 @@ export class SimDevice implements V2Device {
     this.#arcFaultsLeft = (this.faults.failArc ?? []).map((f) => f.count ?? Infinity);
   }
 
+  /** Re-reads the fault counts from options.faults.failArc (tests arm a fault after setup). */
+  rearmFaults(): void {
+    this.#arcFaultsLeft = (this.faults.failArc ?? []).map((f) => f.count ?? Infinity);
+  }
+
   /** The current state, without an ioctl (tests). */
   get state(): MigState {
     return this.#state;

@@ -1,0 +1,380 @@
+import { describe, expect, it } from 'vitest';
+import { createSimDevice, migrationPath, MigState, openV1Bridge, saveV1, loadV1, V1_NDMA, type V1Bridge, type SimDeviceOptions, type V1TraceEvent, type SimArcFault } from '../../src/index.js';
+import { readU32, readU64, writeU32, writeU64 } from '../../src/v1/region-access.js';
+import { saveV2 } from '../helpers.js';
+
+const S = MigState;
+const STATE = 0, RESERVED = 4, PENDING = 8, OFFSET = 16, SIZE = 24;
+
+async function bridgeFor(model: SimDeviceOptions = {}, opts = {}) {
+  const dev = createSimDevice({ stateSize: 10_000, ...model });
+  const br = await openV1Bridge(dev, { sectionSize: 4096, ...opts });
+  return { dev, br };
+}
+
+/** Puts a fresh bridge into v1 state `v` (000, 001, 010, 011, 100 or 110). */
+async function reach(v: number, opts: { strict?: boolean; resetOnError?: boolean } = {}, failArc: SimArcFault[] = []) {
+  const errorArc = v === 6 ? [{ from: S.STOP, to: S.STOP_COPY, errno: 'EIO', leave: 'error' as const, count: 1 }] : [];
+  const { dev, br } = await bridgeFor({ faults: { failArc: [...errorArc, ...failArc] } }, opts);
+  if (v === 6) {
+    await expect(writeU32(br, STATE, 2)).rejects.toMatchObject({ code: 'EIO' });
+  } else if (v === 4) {
+    await writeU32(br, STATE, 4);
+    // A valid stream behind it, so leaving RESUMING succeeds.
+    const data = await saveV2(createSimDevice({ stateSize: 10_000, seed: 77 }));
+    for (let i = 0; i < data.length; i += 4096) {
+      const piece = data.subarray(i, i + 4096);
+      await br.write(br.dataOffset, piece);
+      await writeU64(br, SIZE, BigInt(piece.length));
+    }
+  } else if (v === 2 || v === 3) {
+    await writeU32(br, STATE, v);
+  } else if (v === 0) {
+    await writeU32(br, STATE, 0);
+  }
+  expect(await readU32(br, STATE)).toBe(v);
+  return { dev, br };
+}
+
+// Written expectation: Y = accepted, n = EINVAL with state unchanged, '=' = same-state no-op.
+//            to: 0 1 2 3 4 5 6 7
+const DEFAULT_TABLE: Record<number, string> = {
+  0: '= Y Y Y Y n n n',
+  1: 'Y = Y Y Y n n n',
+  2: 'Y Y = n Y n n n',
+  3: 'Y Y Y = Y n n n',
+  4: 'Y Y Y Y = n n n',
+  6: 'n n n n n n = n',
+};
+const STRICT_TABLE: Record<number, string> = {
+  0: '= Y n n Y n n n',
+  1: 'Y = Y Y Y n n n',
+  2: 'Y Y = n n n n n',
+  3: 'n Y Y = n n n n',
+  4: 'Y Y n n = n n n',
+  6: 'n n n n n n = n',
+};
+const V2_FOR: Record<number, MigState> = { 0: S.STOP, 1: S.RUNNING, 2: S.STOP_COPY, 3: S.PRE_COPY, 4: S.RESUMING, 6: S.ERROR };
+
+describe('device_state transitions: every (from, to) pair', () => {
+  for (const [mode, table] of [['default', DEFAULT_TABLE], ['strict', STRICT_TABLE]] as const) {
+    for (const [fromText, row] of Object.entries(table)) {
+      const from = Number(fromText);
+      it(`${mode}: from ${from.toString(2).padStart(3, '0')}`, async () => {
+        const cells = row.split(' ');
+        for (let to = 0; to < 8; to++) {
+          const { dev, br } = await reach(from, { strict: mode === 'strict' });
+          const arcsBefore = dev.arcs.length;
+          const cell = cells[to];
+          if (cell === 'n') {
+            await expect(writeU32(br, STATE, to), `${from}->${to}`).rejects.toMatchObject({ code: 'EINVAL' });
+            expect(await readU32(br, STATE)).toBe(from);
+            expect(dev.state).toBe(V2_FOR[from]);
+            expect(dev.arcs.length).toBe(arcsBefore);
+          } else {
+            await writeU32(br, STATE, to);
+            expect(await readU32(br, STATE), `${from}->${to}`).toBe(to);
+            expect(dev.state).toBe(V2_FOR[to]);
+            if (cell === '=') expect(dev.arcs.length).toBe(arcsBefore);
+          }
+        }
+      });
+    }
+  }
+
+  it('virtual pre-copy: 001 -> 011 issues no SET_STATE and reports no pending data', async () => {
+    const { dev, br } = await bridgeFor({ flags: 3 });
+    await writeU32(br, STATE, 3);
+    expect(dev.arcs).toEqual([]);
+    expect(dev.state).toBe(S.RUNNING);
+    expect(await readU64(br, PENDING)).toBe(0n);
+    expect(await readU64(br, OFFSET)).toBe(4096n);
+    expect(await readU64(br, SIZE)).toBe(0n);
+    await writeU32(br, STATE, 2);
+    expect(dev.state).toBe(S.STOP_COPY);
+  });
+
+  it('a same-state write keeps the stream and the frozen chunk untouched', async () => {
+    const { dev, br } = await bridgeFor();
+    await writeU32(br, STATE, 2);
+    await readU64(br, PENDING);
+    await readU64(br, OFFSET);
+    const size = await readU64(br, SIZE);
+    const data = await br.read(br.dataOffset, Number(size));
+    const arcs = dev.arcs.length;
+    await writeU32(br, STATE, 2);
+    expect(dev.arcs.length).toBe(arcs);
+    expect(await readU64(br, SIZE)).toBe(size);
+    expect(await br.read(br.dataOffset, Number(size))).toEqual(data);
+  });
+});
+
+describe('access rules', () => {
+  const violations: Array<[string, (br: V1Bridge) => Promise<unknown>]> = [
+    ['device_state read at width 2', (br) => br.read(0, 2)],
+    ['device_state write at width 8', (br) => br.write(0, new Uint8Array(8))],
+    ['unaligned pending_bytes read', (br) => br.read(9, 8)],
+    ['pending_bytes write', (br) => writeU64(br, PENDING, 5n)],
+    ['data_offset write', (br) => writeU64(br, OFFSET, 8192n)],
+    ['reserved write', (br) => writeU32(br, RESERVED, 1)],
+    ['data_size read at width 4', (br) => br.read(24, 4)],
+    ['header straddling read', (br) => br.read(0, 32)],
+    ['gap read', (br) => br.read(64, 8)],
+    ['gap write', (br) => br.write(100, new Uint8Array(1))],
+    ['read past the region end', (br) => br.read(br.size - 4, 8)],
+    ['write past the region end', (br) => br.write(br.size, new Uint8Array(1))],
+    ['zero-length read', (br) => br.read(br.dataOffset, 0)],
+    ['negative offset', (br) => br.read(-8, 8)],
+    ['data_size write while saving', (br) => writeU64(br, SIZE, 1n)],
+    ['data_size larger than the window', async (br) => {
+      await writeU32(br, STATE, 4);
+      return writeU64(br, SIZE, BigInt(br.sectionSize + 1));
+    }],
+    ['SAVING|RESUMING', (br) => writeU32(br, STATE, 6)],
+    ['RESUMING|RUNNING', (br) => writeU32(br, STATE, 5)],
+    ['unknown bit 4', (br) => writeU32(br, STATE, 0x11)],
+    ['NDMA bit without the ndma option', (br) => writeU32(br, STATE, 1 | V1_NDMA)],
+  ];
+  it.each(violations)('%s: EINVAL and nothing changes', async (_name, access) => {
+    const { dev, br } = await bridgeFor();
+    await writeU32(br, STATE, 3);
+    await readU64(br, PENDING);
+    await readU64(br, OFFSET);
+    const size = await readU64(br, SIZE);
+    const window = await br.read(br.dataOffset, br.sectionSize);
+    const before = { state: await readU32(br, STATE), v2: dev.state, arcs: dev.arcs.length };
+    await expect(access(br)).rejects.toMatchObject({ code: 'EINVAL', errno: 22 });
+    const stateNow = await readU32(br, STATE);
+    if (stateNow === 4) return; // the data_size case moved to RESUMING on purpose before its violation
+    expect({ state: stateNow, v2: dev.state, arcs: dev.arcs.length }).toEqual(before);
+    expect(await readU64(br, SIZE)).toBe(size);
+    expect(await br.read(br.dataOffset, br.sectionSize)).toEqual(window);
+  });
+
+  it('reserved reads 0 and data_offset is page aligned and nonzero', async () => {
+    const { br } = await bridgeFor();
+    expect(await readU32(br, RESERVED)).toBe(0);
+    expect(await readU64(br, OFFSET)).toBe(4096n);
+    expect(br.size).toBe(4096 + 4096);
+  });
+
+  it('serves the data section at any size and alignment', async () => {
+    const { br } = await bridgeFor();
+    const data = Uint8Array.from({ length: 100 }, (_, i) => i);
+    await br.write(br.dataOffset + 3, data);
+    expect(await br.read(br.dataOffset + 3, 100)).toEqual(data);
+    expect(await br.read(br.dataOffset + 50, 1)).toEqual(Uint8Array.of(47));
+  });
+
+  it('region info: type 3 / subtype 1, read|write, mmap only when enabled', async () => {
+    const { br } = await bridgeFor();
+    expect(br.regionInfo).toMatchObject({ index: 9, flags: 3, size: 8192n, type: { type: 3, subtype: 1 } });
+    expect(br.regionInfo.sparseMmap).toBeUndefined();
+    expect(() => br.dataView()).toThrow(expect.objectContaining({ code: 'EINVAL' }));
+    const { br: mm } = await bridgeFor({}, { mmap: true });
+    expect(mm.regionInfo.flags).toBe(7);
+    expect(mm.regionInfo.sparseMmap).toEqual([{ offset: 4096n, size: 4096n }]);
+  });
+});
+
+describe('save path', () => {
+  it('pending_bytes is stable on repeated reads and has no side effects', async () => {
+    const { dev, br } = await bridgeFor({ stateSize: 50_000 });
+    await writeU32(br, STATE, 3);
+    const p1 = await readU64(br, PENDING);
+    const p2 = await readU64(br, PENDING);
+    expect(p2).toBe(p1);
+    expect(p1).toBeGreaterThan(50_000n);
+    await writeU32(br, STATE, 2);
+    const q1 = await readU64(br, PENDING);
+    expect(await readU64(br, PENDING)).toBe(q1);
+    expect(q1).toBeGreaterThan(0n);
+    void dev;
+  });
+
+  it('pending_bytes is 0 in 001, 000 and 100 rather than an error', async () => {
+    for (const v of [1, 0, 4]) {
+      const { br } = await reach(v);
+      expect(await readU64(br, PENDING)).toBe(0n);
+    }
+  });
+
+  it('data_offset and data_size stay put within a chunk; data_size never runs past the region', async () => {
+    const { br } = await bridgeFor({ stateSize: 30_000 });
+    await writeU32(br, STATE, 2);
+    let total = 0;
+    for (;;) {
+      const pending = await readU64(br, PENDING);
+      if (pending === 0n) break;
+      const off = await readU64(br, OFFSET);
+      const size = await readU64(br, SIZE);
+      expect(await readU64(br, OFFSET)).toBe(off);
+      expect(await readU64(br, SIZE)).toBe(size);
+      expect(off + size).toBeLessThanOrEqual(BigInt(br.size));
+      expect(size).toBeGreaterThan(0n); // 0 only at the true end, where pending is 0 first
+      total += Number(size);
+    }
+    expect(total).toBe(Number(await createSimDevice({ stateSize: 30_000 }).stopCopySize()));
+  });
+
+  it('011 -> 010 in the middle of a chunk keeps the window and the byte order', async () => {
+    const model = { stateSize: 40_000, dirtyRatio: 0 };
+    const { dev, br } = await bridgeFor(model);
+    const ref = await saveV2(createSimDevice({ ...model }), false);
+    await writeU32(br, STATE, 3);
+    await readU64(br, PENDING);
+    await readU64(br, OFFSET);
+    const size = Number(await readU64(br, SIZE));
+    const first = await br.read(br.dataOffset, size);
+    await writeU32(br, STATE, 2); // mid-chunk: the caller has not asked for pending yet
+    expect(dev.state).toBe(S.STOP_COPY);
+    expect(Number(await readU64(br, SIZE))).toBe(size);
+    expect(await br.read(br.dataOffset, size)).toEqual(first);
+    const rest: Uint8Array[] = [];
+    for (;;) {
+      if ((await readU64(br, PENDING)) === 0n) break;
+      await readU64(br, OFFSET);
+      const n = Number(await readU64(br, SIZE));
+      rest.push(await br.read(br.dataOffset, n));
+    }
+    expect(Buffer.concat([first, ...rest])).toEqual(ref);
+  });
+
+  it('zero-copy view: the chunk is visible in the section without a region read', async () => {
+    const { br } = await bridgeFor({}, { mmap: true });
+    await writeU32(br, STATE, 2);
+    await readU64(br, PENDING);
+    await readU64(br, OFFSET);
+    const n = Number(await readU64(br, SIZE));
+    expect(br.dataView().subarray(0, n)).toEqual(await br.read(br.dataOffset, n));
+  });
+});
+
+/** Arcs completed before the faulted arc a->b on the path of v1 from->to (flags 7). */
+function arcsRun(from: number, to: number, a: MigState, b: MigState): number {
+  const path = migrationPath(V2_FOR[from]!, V2_FOR[to]!, 7);
+  const i = path.findIndex((s, k) => s === a && path[k + 1] === b);
+  expect(i).toBeGreaterThanOrEqual(0);
+  return i;
+}
+
+describe('failure handling', () => {
+  // Arcs the bridge's v1 transitions use on a flags-7 device, with the v1 transition that uses them.
+  const arcs: Array<[number, number, MigState, MigState]> = [
+    [1, 3, S.RUNNING, S.PRE_COPY],
+    [3, 2, S.PRE_COPY, S.PRE_COPY_P2P],
+    [3, 2, S.PRE_COPY_P2P, S.STOP_COPY],
+    [2, 0, S.STOP_COPY, S.STOP],
+    [1, 2, S.RUNNING, S.RUNNING_P2P],
+    [1, 2, S.RUNNING_P2P, S.STOP],
+    [1, 2, S.STOP, S.STOP_COPY],
+    [1, 4, S.STOP, S.RESUMING],
+    [4, 1, S.RESUMING, S.STOP],
+    [4, 1, S.STOP, S.RUNNING_P2P],
+    [4, 1, S.RUNNING_P2P, S.RUNNING],
+    [1, 0, S.RUNNING_P2P, S.STOP],
+    [0, 1, S.STOP, S.RUNNING_P2P],
+    [3, 1, S.PRE_COPY, S.RUNNING],
+  ];
+  const outcomes = [
+    ['stay', {}, 'nak'],
+    ['error', {}, '110'],
+    ['error', { resetOnError: true }, '001'],
+  ] as const;
+  for (const [leave, opts, expected] of outcomes) {
+    it.each(arcs)(`fault on the arc, leave=${leave}${'resetOnError' in opts ? ', resetOnError' : ''}: v1 %i -> %i via %i->%i gives ${expected}`, async (from, to, a, b) => {
+      const fault = { from: a, to: b, errno: 'EIO', leave, count: 1 };
+      // Reach `from` first with the fault armed only afterwards, so it fires on this transition.
+      const { dev, br } = await reach(from, opts, [{ ...fault, count: 0 }]);
+      dev.faults.failArc![dev.faults.failArc!.length - 1]!.count = 1;
+      dev.rearmFaults();
+      expect(await readU32(br, STATE)).toBe(from);
+      const err = await writeU32(br, STATE, to).then(() => null, (e) => e);
+      expect(arcsRun(from, to, a, b)).toBeGreaterThanOrEqual(0); // the arc is on this transition's path
+      expect(err).toMatchObject({ code: 'EIO', errno: 5, details: { from: a, to: b } });
+      const now = await readU32(br, STATE);
+      if (expected === 'nak') {
+        expect(now).toBe(from);
+        expect(dev.state).toBe(V2_FOR[from]); // unwound: the device is where v1 says
+      }
+      if (expected === '110') expect(now).toBe(6);
+      if (expected === '001') expect(now).toBe(1);
+      // P2P and unknown states never leak out as v1 values.
+      expect([0, 1, 2, 3, 4, 6]).toContain(now);
+      // The device is usable again after a reset through the bridge.
+      await br.reset();
+      expect(await readU32(br, STATE)).toBe(1);
+      const chunks: Uint8Array[] = [];
+      await saveV1(br, (c) => void chunks.push(c));
+      const dst = createSimDevice({ stateSize: 10_000, seed: 9 });
+      await loadV1(await openV1Bridge(dst, { sectionSize: 4096 }), chunks);
+      expect(dst.stateDigest()).toBe(dev.stateDigest());
+    });
+  }
+
+  it('a stream error while preparing a chunk fails the read and leaves the state alone', async () => {
+    const { br } = await bridgeFor({ faults: { readErrors: [{ errno: 'EIO' }] } });
+    await writeU32(br, STATE, 2);
+    await expect(readU64(br, PENDING)).rejects.toMatchObject({ code: 'EIO' });
+    expect(await readU32(br, STATE)).toBe(2);
+    expect(await readU64(br, PENDING)).toBeGreaterThan(0n);
+  });
+
+  it('a bad resume naks 100 -> 001 and the device stays RESUMING (mtty-like)', async () => {
+    const { dev, br } = await bridgeFor();
+    await writeU32(br, STATE, 4);
+    await br.write(br.dataOffset, new Uint8Array(100).fill(7));
+    await writeU64(br, SIZE, 100n);
+    await expect(writeU32(br, STATE, 1)).rejects.toMatchObject({ code: 'EINVAL' });
+    expect(await readU32(br, STATE)).toBe(4);
+    expect(dev.state).toBe(S.RESUMING);
+  });
+
+  it('reset through the bridge: 001, buffers dropped, stream closed', async () => {
+    const { dev, br } = await bridgeFor();
+    await writeU32(br, STATE, 2);
+    await readU64(br, PENDING);
+    await readU64(br, OFFSET);
+    expect(await readU64(br, SIZE)).toBeGreaterThan(0n);
+    await br.reset();
+    expect(await readU32(br, STATE)).toBe(1);
+    expect(dev.state).toBe(S.RUNNING);
+    expect(await readU64(br, SIZE)).toBe(0n);
+    expect(await readU64(br, PENDING)).toBe(0n);
+    expect(br.heldBytes()).toBe(br.sectionSize);
+  });
+});
+
+describe('NDMA extension and trace', () => {
+  it('maps RUNNING|NDMA to RUNNING_P2P and SAVING|RUNNING|NDMA to PRE_COPY_P2P', async () => {
+    const { dev, br } = await bridgeFor({}, { ndma: true });
+    await writeU32(br, STATE, 1 | V1_NDMA);
+    expect(dev.state).toBe(S.RUNNING_P2P);
+    await writeU32(br, STATE, 3 | V1_NDMA);
+    expect(dev.state).toBe(S.PRE_COPY_P2P);
+    await writeU32(br, STATE, 2 | V1_NDMA);
+    expect(dev.state).toBe(S.STOP_COPY);
+    expect(await readU32(br, STATE)).toBe(2 | V1_NDMA);
+  });
+
+  it('refuses NDMA on a device without P2P', async () => {
+    const dev = createSimDevice({ flags: 5 });
+    await expect(openV1Bridge(dev, { ndma: true })).rejects.toMatchObject({ code: 'EINVAL' });
+  });
+
+  it('traces each v1 access with the v2 operations it caused', async () => {
+    const events: V1TraceEvent[] = [];
+    const dev = createSimDevice({ stateSize: 100 });
+    const br = await openV1Bridge(dev, { sectionSize: 4096, trace: (e) => events.push(e) });
+    await writeU32(br, STATE, 2);
+    await readU64(br, PENDING);
+    await readU64(br, OFFSET);
+    await writeU32(br, STATE, 6).catch(() => undefined);
+    expect(events[0]).toMatchObject({ op: 'write', field: 'device_state', value: 2, v2: ['SET_STATE RUNNING->STOP_COPY = data_fd'] });
+    expect(events[1]!.field).toBe('pending_bytes');
+    // pending_bytes in stop-copy reads ahead until the end of stream is known.
+    expect(events[1]!.v2).toEqual(['read(data_fd, 4096) = 164', 'read(data_fd, 3932) = 0']);
+    expect(events[1]!.value).toBe(164n);
+    expect(events[3]).toMatchObject({ field: 'device_state', error: 'EINVAL', v2: [] });
+  });
+});
