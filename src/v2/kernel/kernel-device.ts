@@ -1,0 +1,294 @@
+/**
+ * A V2Device over a real VFIO device: the iommufd cdev path
+ * (/dev/vfio/devices/vfioN) or the legacy group/container path
+ * (/dev/vfio/N:NAME). Every operation is one ioctl on the device fd; each
+ * data_fd is owned by one KernelStream and closed exactly once.
+ */
+import { existsSync } from 'node:fs';
+import { VfioError } from '../../errors.js';
+import type { DataStream, PrecopyInfo, V2Device } from '../device.js';
+import {
+  IOMMU_IOAS_ALLOC,
+  MigState,
+  VFIO_API_VERSION,
+  VFIO_CHECK_EXTENSION,
+  VFIO_DEVICE_ATTACH_IOMMUFD_PT,
+  VFIO_DEVICE_BIND_IOMMUFD,
+  VFIO_DEVICE_FEATURE,
+  VFIO_DEVICE_FEATURE_GET,
+  VFIO_DEVICE_FEATURE_MIGRATION,
+  VFIO_DEVICE_FEATURE_MIG_DATA_SIZE,
+  VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE,
+  VFIO_DEVICE_FEATURE_SET,
+  VFIO_DEVICE_GET_INFO,
+  VFIO_DEVICE_GET_REGION_INFO,
+  VFIO_DEVICE_RESET,
+  VFIO_GET_API_VERSION,
+  VFIO_GROUP_FLAGS_VIABLE,
+  VFIO_GROUP_GET_DEVICE_FD,
+  VFIO_GROUP_GET_STATUS,
+  VFIO_GROUP_SET_CONTAINER,
+  VFIO_MIG_GET_PRECOPY_INFO,
+  VFIO_SET_IOMMU,
+  VFIO_TYPE1v2_IOMMU,
+  decodeRegionInfo,
+  featureBuffer,
+  iommu_ioas_alloc,
+  migStateName,
+  vfio_device_attach_iommufd_pt,
+  vfio_device_bind_iommufd,
+  vfio_device_feature_mig_data_size,
+  vfio_device_feature_mig_state,
+  vfio_device_feature_migration,
+  vfio_device_info,
+  vfio_group_status,
+  vfio_precopy_info,
+  vfio_region_info,
+  type RegionInfo,
+} from '../uapi.js';
+import { sysClose, sysIoctl, sysIoctlInt, sysOpen, sysPread, sysPwrite, sysRead, sysWrite } from './sys.js';
+
+export type KernelDeviceSpec =
+  | string
+  | { cdev: string; iommu?: string }
+  | { group: string; device: string; container?: string };
+
+const FEATURE_PAYLOAD = 8; // every migration feature payload used here is 8 bytes
+
+/** Parses `/dev/vfio/devices/vfioN` or `/dev/vfio/N:NAME`. */
+export function parseKernelSpec(spec: KernelDeviceSpec): { cdev: string; iommu: string } | { group: string; device: string; container: string } {
+  if (typeof spec !== 'string') {
+    if ('cdev' in spec) return { cdev: spec.cdev, iommu: spec.iommu ?? '/dev/iommu' };
+    return { group: spec.group, device: spec.device, container: spec.container ?? '/dev/vfio/vfio' };
+  }
+  const colon = spec.indexOf(':');
+  if (colon > 0) return { group: spec.slice(0, colon), device: spec.slice(colon + 1), container: '/dev/vfio/vfio' };
+  return { cdev: spec, iommu: '/dev/iommu' };
+}
+
+class KernelStream implements DataStream {
+  #fd: number;
+  constructor(fd: number, readonly device: string) {
+    this.#fd = fd;
+  }
+  get closed(): boolean {
+    return this.#fd < 0;
+  }
+  #live(op: string): number {
+    if (this.#fd < 0) throw new VfioError('EBADF', op, this.device, 'data stream already closed');
+    return this.#fd;
+  }
+  async read(into: Uint8Array): Promise<number> {
+    return sysRead(this.#live('data_fd.read'), into, 'data_fd.read', this.device);
+  }
+  async write(from: Uint8Array): Promise<number> {
+    return sysWrite(this.#live('data_fd.write'), from, 'data_fd.write', this.device);
+  }
+  async precopyInfo(): Promise<PrecopyInfo> {
+    const op = 'VFIO_MIG_GET_PRECOPY_INFO';
+    // flags zeroed on input, ignored on output: older drivers (mtty) echo it back.
+    const buf = vfio_precopy_info.encode({ argsz: vfio_precopy_info.size, flags: 0 });
+    sysIoctl(this.#live(op), VFIO_MIG_GET_PRECOPY_INFO, buf, op, this.device);
+    const info = vfio_precopy_info.decode(buf);
+    return { initialBytes: info.initial_bytes, dirtyBytes: info.dirty_bytes };
+  }
+  async close(): Promise<void> {
+    if (this.#fd >= 0) sysClose(this.#fd);
+    this.#fd = -1;
+  }
+}
+
+export class KernelDevice implements V2Device {
+  #fd: number;
+  #held: number[]; // iommufd or container+group fds that must live as long as the device fd
+  #regions: RegionInfo[] | null = null;
+
+  constructor(readonly name: string, fd: number, held: number[]) {
+    this.#fd = fd;
+    this.#held = held;
+  }
+
+  #live(op: string): number {
+    if (this.#fd < 0) throw new VfioError('EBADF', op, this.name, 'device closed');
+    return this.#fd;
+  }
+
+  #feature(op: string, flags: number, payload?: Uint8Array): Uint8Array {
+    const buf = featureBuffer(flags, FEATURE_PAYLOAD);
+    if (payload) buf.set(payload, 8);
+    sysIoctl(this.#live(op), VFIO_DEVICE_FEATURE, buf, op, this.name);
+    return buf;
+  }
+
+  async migrationFlags(): Promise<number> {
+    const op = 'FEATURE_MIGRATION';
+    const buf = this.#feature(op, VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_MIGRATION);
+    return Number(vfio_device_feature_migration.decode(buf, 8).flags);
+  }
+
+  async getState(): Promise<MigState> {
+    const buf = this.#feature('GET_STATE', VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE);
+    return vfio_device_feature_mig_state.decode(buf, 8).device_state as MigState;
+  }
+
+  async setState(state: MigState): Promise<DataStream | null> {
+    const op = `SET_STATE ->${migStateName(state)}`;
+    const payload = vfio_device_feature_mig_state.encode({ device_state: state, data_fd: -1 });
+    const buf = this.#feature(op, VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE, payload);
+    const fd = vfio_device_feature_mig_state.decode(buf, 8).data_fd;
+    return fd >= 0 ? new KernelStream(fd, this.name) : null;
+  }
+
+  async stopCopySize(): Promise<bigint> {
+    const buf = this.#feature('FEATURE_MIG_DATA_SIZE', VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_MIG_DATA_SIZE);
+    return vfio_device_feature_mig_data_size.decode(buf, 8).stop_copy_length;
+  }
+
+  async reset(): Promise<void> {
+    sysIoctl(this.#live('VFIO_DEVICE_RESET'), VFIO_DEVICE_RESET, null, 'VFIO_DEVICE_RESET', this.name);
+  }
+
+  /** VFIO_DEVICE_GET_INFO, then VFIO_DEVICE_GET_REGION_INFO for each region (retrying with the argsz the kernel asks for). */
+  async regions(): Promise<RegionInfo[]> {
+    if (this.#regions) return this.#regions;
+    const fd = this.#live('VFIO_DEVICE_GET_INFO');
+    const info = vfio_device_info.encode({ argsz: vfio_device_info.size });
+    sysIoctl(fd, VFIO_DEVICE_GET_INFO, info, 'VFIO_DEVICE_GET_INFO', this.name);
+    const count = vfio_device_info.decode(info).num_regions;
+    const out: RegionInfo[] = [];
+    for (let index = 0; index < count; index++) {
+      let argsz = vfio_region_info.size;
+      for (;;) {
+        const buf = new Uint8Array(argsz);
+        vfio_region_info.encode({ argsz, index }, buf);
+        sysIoctl(fd, VFIO_DEVICE_GET_REGION_INFO, buf, `VFIO_DEVICE_GET_REGION_INFO(${index})`, this.name);
+        const need = vfio_region_info.decode(buf).argsz;
+        if (need > argsz) {
+          argsz = need;
+          continue;
+        }
+        out.push(decodeRegionInfo(buf));
+        break;
+      }
+    }
+    this.#regions = out;
+    return out;
+  }
+
+  async #region(index: number, offset: number, length: number, op: string): Promise<RegionInfo> {
+    const r = (await this.regions()).find((x) => x.index === index);
+    if (!r) throw new VfioError('EINVAL', op, this.name, `no region ${index}`);
+    if (offset < 0 || BigInt(offset + length) > r.size) throw new VfioError('EINVAL', op, this.name, `[${offset}, ${offset + length}) is outside region ${index} (${r.size} bytes)`);
+    return r;
+  }
+
+  /** Reads device region `index` through the device fd at the region's offset. */
+  async regionRead(index: number, offset: number, length: number): Promise<Uint8Array> {
+    const op = `region(${index}).read`;
+    const r = await this.#region(index, offset, length, op);
+    const buf = new Uint8Array(length);
+    const n = sysPread(this.#live(op), buf, r.offset + BigInt(offset), op, this.name);
+    if (n !== length) throw new VfioError('EIO', op, this.name, `short read: ${n} of ${length} bytes`);
+    return buf;
+  }
+
+  async regionWrite(index: number, offset: number, data: Uint8Array): Promise<void> {
+    const op = `region(${index}).write`;
+    const r = await this.#region(index, offset, data.length, op);
+    const n = sysPwrite(this.#live(op), data, r.offset + BigInt(offset), op, this.name);
+    if (n !== data.length) throw new VfioError('EIO', op, this.name, `short write: ${n} of ${data.length} bytes`);
+  }
+
+  async close(): Promise<void> {
+    if (this.#fd >= 0) sysClose(this.#fd);
+    this.#fd = -1;
+    for (const fd of this.#held.reverse()) sysClose(fd);
+    this.#held = [];
+  }
+}
+
+function openCdev(path: string, iommu: string): KernelDevice {
+  const fds: number[] = [];
+  try {
+    const dev = sysOpen(path, 'open');
+    fds.push(dev);
+    const iommufd = sysOpen(iommu, 'open');
+    fds.push(iommufd);
+    const bind = vfio_device_bind_iommufd.encode({ argsz: vfio_device_bind_iommufd.size, iommufd });
+    try {
+      sysIoctl(dev, VFIO_DEVICE_BIND_IOMMUFD, bind, 'VFIO_DEVICE_BIND_IOMMUFD', path);
+    } catch (e) {
+      if ((e as VfioError).code !== 'ENOTTY') throw e;
+      throw new VfioError('ENOTTY', 'VFIO_DEVICE_BIND_IOMMUFD', path, 'not a VFIO device (cdev) node', { syscall: 'ioctl', cause: e });
+    }
+    const ioas = iommu_ioas_alloc.encode({ size: iommu_ioas_alloc.size });
+    sysIoctl(iommufd, IOMMU_IOAS_ALLOC, ioas, 'IOMMU_IOAS_ALLOC', iommu);
+    const attach = vfio_device_attach_iommufd_pt.encode({ argsz: vfio_device_attach_iommufd_pt.size, pt_id: iommu_ioas_alloc.decode(ioas).out_ioas_id });
+    sysIoctl(dev, VFIO_DEVICE_ATTACH_IOMMUFD_PT, attach, 'VFIO_DEVICE_ATTACH_IOMMUFD_PT', path);
+    return new KernelDevice(path, dev, [iommufd]);
+  } catch (e) {
+    for (const fd of fds.reverse()) sysClose(fd);
+    throw e;
+  }
+}
+
+function openGroup(group: string, device: string, containerPath: string): KernelDevice {
+  const name = `${group}:${device}`;
+  const fds: number[] = [];
+  try {
+    const container = sysOpen(containerPath, 'open');
+    fds.push(container);
+    const api = sysIoctl(container, VFIO_GET_API_VERSION, null, 'VFIO_GET_API_VERSION', containerPath);
+    if (api !== VFIO_API_VERSION) throw new VfioError('EINVAL', 'VFIO_GET_API_VERSION', containerPath, `unknown VFIO API version ${api}`);
+    if (sysIoctlInt(container, VFIO_CHECK_EXTENSION, VFIO_TYPE1v2_IOMMU, 'VFIO_CHECK_EXTENSION(TYPE1v2)', containerPath) <= 0) {
+      throw new VfioError('ENOTTY', 'VFIO_CHECK_EXTENSION(TYPE1v2)', containerPath, 'the container does not support VFIO_TYPE1v2_IOMMU');
+    }
+    const g = sysOpen(group, 'open');
+    fds.push(g);
+    const status = vfio_group_status.encode({ argsz: vfio_group_status.size });
+    try {
+      sysIoctl(g, VFIO_GROUP_GET_STATUS, status, 'VFIO_GROUP_GET_STATUS', group);
+    } catch (e) {
+      if ((e as VfioError).code !== 'ENOTTY') throw e;
+      throw new VfioError('ENOTTY', 'VFIO_GROUP_GET_STATUS', group, 'not a VFIO group node', { syscall: 'ioctl', cause: e });
+    }
+    if (!(vfio_group_status.decode(status).flags & VFIO_GROUP_FLAGS_VIABLE)) {
+      throw new VfioError('EBUSY', 'VFIO_GROUP_GET_STATUS', group, 'group is not viable: every device in it must be bound to a VFIO driver');
+    }
+    const cfd = new Uint8Array(4);
+    new DataView(cfd.buffer).setInt32(0, container, true);
+    sysIoctl(g, VFIO_GROUP_SET_CONTAINER, cfd, 'VFIO_GROUP_SET_CONTAINER', group);
+    sysIoctlInt(container, VFIO_SET_IOMMU, VFIO_TYPE1v2_IOMMU, 'VFIO_SET_IOMMU(TYPE1v2)', containerPath);
+    let dev: number;
+    try {
+      dev = sysIoctl(g, VFIO_GROUP_GET_DEVICE_FD, Buffer.from(`${device}\0`), 'VFIO_GROUP_GET_DEVICE_FD', name);
+    } catch (e) {
+      const ve = e as VfioError;
+      throw new VfioError(ve.code, ve.op, name, `no device "${device}" in group ${group}`, { syscall: 'ioctl', cause: e });
+    }
+    return new KernelDevice(name, dev, [container, g]);
+  } catch (e) {
+    for (const fd of fds.reverse()) sysClose(fd);
+    throw e;
+  }
+}
+
+/**
+ * Opens a real VFIO device and checks that it speaks v2 migration (ENOTTY
+ * otherwise, with the device closed again).
+ */
+export async function openKernelDevice(spec: KernelDeviceSpec): Promise<KernelDevice> {
+  const s = parseKernelSpec(spec);
+  const path = 'cdev' in s ? s.cdev : s.group;
+  if (!existsSync(path)) throw new VfioError('ENOENT', 'open', path, 'no such device node');
+  const dev = 'cdev' in s ? openCdev(s.cdev, s.iommu) : openGroup(s.group, s.device, s.container);
+  try {
+    await dev.migrationFlags();
+  } catch (e) {
+    await dev.close();
+    const ve = e as VfioError;
+    if (ve.code === 'ENOTTY') throw new VfioError('ENOTTY', 'FEATURE_MIGRATION', dev.name, 'device does not support v2 migration', { syscall: 'ioctl', cause: e });
+    throw e;
+  }
+  return dev;
+}

@@ -1,0 +1,108 @@
+/**
+ * The only file that imports koffi: one thin function per syscall. Every
+ * -1 becomes a VfioError carrying errno, the op and the device; nothing
+ * here keeps state beyond the loaded libc functions.
+ */
+import koffi from 'koffi';
+import { VfioError } from '../../errors.js';
+
+const O_RDWR = 0o2;
+const O_CLOEXEC = 0o2000000;
+
+interface Libc {
+  open: (path: string, flags: number, mode: number) => number;
+  close: (fd: number) => number;
+  ioctlPtr: (fd: number, req: number, arg: Uint8Array | null) => number;
+  ioctlInt: (fd: number, req: number, arg: number) => number;
+  read: (fd: number, buf: Uint8Array, count: number) => number | bigint;
+  write: (fd: number, buf: Uint8Array, count: number) => number | bigint;
+  pread: (fd: number, buf: Uint8Array, count: number, offset: bigint) => number | bigint;
+  pwrite: (fd: number, buf: Uint8Array, count: number, offset: bigint) => number | bigint;
+}
+
+let libc: Libc | null = null;
+
+function load(): Libc {
+  if (libc) return libc;
+  if (new Uint8Array(new Uint16Array([1]).buffer)[0] !== 1) throw new Error('the VFIO kernel backend needs a little-endian host');
+  const lib = koffi.load('libc.so.6');
+  // Fixed-arity prototypes for the variadic open/ioctl: integer and pointer
+  // varargs travel in the same registers on x86-64 and arm64.
+  libc = {
+    open: lib.func('int open(const char *path, int flags, int mode)'),
+    close: lib.func('int close(int fd)'),
+    ioctlPtr: lib.func('ioctl', 'int', ['int', 'unsigned long', 'void *']),
+    ioctlInt: lib.func('ioctl', 'int', ['int', 'unsigned long', 'unsigned long']),
+    read: lib.func('intptr_t read(int fd, void *buf, size_t count)'),
+    write: lib.func('intptr_t write(int fd, const void *buf, size_t count)'),
+    pread: lib.func('intptr_t pread64(int fd, void *buf, size_t count, int64_t offset)'),
+    pwrite: lib.func('intptr_t pwrite64(int fd, const void *buf, size_t count, int64_t offset)'),
+  } as Libc;
+  return libc;
+}
+
+/** Reads errno right after a failed call, before any other koffi call. */
+function fail(op: string, device: string, syscall: string, reason?: string): VfioError {
+  return VfioError.fromErrno(koffi.errno(), op, device, syscall, reason);
+}
+
+export function sysOpen(path: string, op: string): number {
+  const fd = load().open(path, O_RDWR | O_CLOEXEC, 0);
+  if (fd < 0) throw fail(op, path, 'open');
+  return fd;
+}
+
+export function sysClose(fd: number): void {
+  load().close(fd); // nothing useful to do with a close error on Linux: the fd is gone either way
+}
+
+/** ioctl with a pointer argument (a Buffer the kernel reads and writes during the call). */
+export function sysIoctl(fd: number, request: number, arg: Uint8Array | null, op: string, device: string): number {
+  const r = load().ioctlPtr(fd, request, arg);
+  if (r < 0) throw fail(op, device, 'ioctl');
+  return r;
+}
+
+/** ioctl with an integer argument (VFIO_CHECK_EXTENSION, VFIO_SET_IOMMU). */
+export function sysIoctlInt(fd: number, request: number, arg: number, op: string, device: string): number {
+  const r = load().ioctlInt(fd, request, arg);
+  if (r < 0) throw fail(op, device, 'ioctl');
+  return r;
+}
+
+/** read(); EINTR retried here, every other errno raised. */
+export function sysRead(fd: number, into: Uint8Array, op: string, device: string): number {
+  for (;;) {
+    const r = Number(load().read(fd, into, into.length));
+    if (r >= 0) return r;
+    const e = fail(op, device, 'read');
+    if (e.code !== 'EINTR') throw e;
+  }
+}
+
+export function sysWrite(fd: number, from: Uint8Array, op: string, device: string): number {
+  for (;;) {
+    const r = Number(load().write(fd, from, from.length));
+    if (r >= 0) return r;
+    const e = fail(op, device, 'write');
+    if (e.code !== 'EINTR') throw e;
+  }
+}
+
+export function sysPread(fd: number, into: Uint8Array, offset: bigint, op: string, device: string): number {
+  for (;;) {
+    const r = Number(load().pread(fd, into, into.length, offset));
+    if (r >= 0) return r;
+    const e = fail(op, device, 'pread');
+    if (e.code !== 'EINTR') throw e;
+  }
+}
+
+export function sysPwrite(fd: number, from: Uint8Array, offset: bigint, op: string, device: string): number {
+  for (;;) {
+    const r = Number(load().pwrite(fd, from, from.length, offset));
+    if (r >= 0) return r;
+    const e = fail(op, device, 'pwrite');
+    if (e.code !== 'EINTR') throw e;
+  }
+}

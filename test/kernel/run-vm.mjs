@@ -1,0 +1,78 @@
+#!/usr/bin/env node
+// npm run test:kernel: boots the Linux image named by VFIO_MIG_KERNEL under
+// qemu-system-x86_64 (software emulation), runs the kernel suite inside it
+// against two real mtty devices, brings the vitest report back and fails
+// when a test fails, when no report comes back or when the guest does not
+// boot. Never a silent pass.
+import { spawn, spawnSync } from 'node:child_process';
+import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const project = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
+const kernelEnv = process.env.VFIO_MIG_KERNEL;
+const kernel = kernelEnv && existsSync(kernelEnv) && !kernelEnv.endsWith('bzImage') && existsSync(join(kernelEnv, 'bzImage')) ? join(kernelEnv, 'bzImage') : kernelEnv;
+const REPORT = join(project, '.ci-kernel.json');
+rmSync(REPORT, { force: true });
+
+function die(msg) {
+  console.error(`test:kernel: ${msg}`);
+  process.exit(1);
+}
+
+if (!kernel) die('set VFIO_MIG_KERNEL to a Linux bzImage built with VFIO, iommufd and the mtty sample (e.g. ../shared/vm/bzImage)');
+if (!existsSync(kernel)) die(`VFIO_MIG_KERNEL=${kernel}: no such file`);
+if (spawnSync('qemu-system-x86_64', ['--version']).error) {
+  die('qemu-system-x86_64 not found: apt-get install -y --no-install-recommends qemu-system-x86');
+}
+if (/\s/.test(project)) die(`the project path must not contain spaces (it is passed on the kernel command line): ${project}`);
+
+const out = mkdtempSync(join(tmpdir(), 'vfio-mig-vm-'));
+const filter = process.env.VFIOMIG_FILTER ? ` VFIOMIG_FILTER=${process.env.VFIOMIG_FILTER}` : '';
+const append = [
+  'console=ttyS0 quiet panic=-1',
+  'root=hostroot rootfstype=9p rootflags=trans=virtio,version=9p2000.L,msize=512000 ro',
+  `init=${project}/test/kernel/guest-init.sh`,
+  `VFIOMIG_PROJECT=${project}${filter}`,
+].join(' ');
+const args = [
+  '-M', 'q35', '-m', '2G', '-smp', '1', '-nographic', '-no-reboot',
+  '-kernel', kernel, '-append', append,
+  '-fsdev', 'local,id=r,path=/,security_model=none,readonly=on,multidevs=remap',
+  '-device', 'virtio-9p-pci,fsdev=r,mount_tag=hostroot',
+  '-fsdev', `local,id=p,path=${project},security_model=none`,
+  '-device', 'virtio-9p-pci,fsdev=p,mount_tag=proj',
+  '-fsdev', `local,id=o,path=${out},security_model=none`,
+  '-device', 'virtio-9p-pci,fsdev=o,mount_tag=out',
+];
+
+const started = Date.now();
+const limitMs = Number(process.env.VFIO_MIG_VM_TIMEOUT_S ?? 1500) * 1000;
+let console_ = '';
+const vm = spawn('qemu-system-x86_64', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+const timer = setTimeout(() => {
+  console.error(`test:kernel: guest still running after ${limitMs / 1000} s: killed`);
+  vm.kill('SIGKILL');
+}, limitMs);
+for (const s of [vm.stdout, vm.stderr]) {
+  s.on('data', (d) => {
+    const text = d.toString();
+    console_ += text;
+    process.stdout.write(text);
+  });
+}
+vm.on('close', (code, signal) => {
+  clearTimeout(timer);
+  const secs = ((Date.now() - started) / 1000).toFixed(1);
+  const booted = console_.includes('VFIOMIG: booted');
+  const reportPath = join(out, 'kernel.json');
+  if (!booted) die(`the guest did not boot (qemu ${signal ?? code}) after ${secs} s`);
+  if (!existsSync(reportPath)) die(`no test report came back from the guest (qemu ${signal ?? code}) after ${secs} s`);
+  copyFileSync(reportPath, REPORT);
+  rmSync(out, { recursive: true, force: true });
+  const r = JSON.parse(readFileSync(REPORT, 'utf8'));
+  console.log(`test:kernel: boot to result ${secs} s; in the guest: ${r.numPassedTests} passed, ${r.numFailedTests} failed, ${r.numPendingTests + (r.numTodoTests ?? 0)} skipped`);
+  if (r.numTotalTests === 0) die('the guest ran no test');
+  process.exit(r.success && r.numFailedTests === 0 ? 0 : 1);
+});
