@@ -34,3 +34,5 @@ export type { V1BridgeOptions, V1TraceEvent, V1Field } from './bridge/v1-bridge.
 export { V1_NDMA } from './bridge/state-map.js';
 export { openKernelDevice, KernelDevice, parseKernelSpec } from './v2/kernel/kernel-device.js';
 export type { KernelDeviceSpec } from './v2/kernel/kernel-device.js';
+export { saveV2, loadV2 } from './v2/native-caller.js';
+export type { SaveV2Options, SaveV2Result, Sink } from './v2/native-caller.js';

@@ -1,4 +1,4 @@
-import { isVfioError, MigState, readSome, writeAll, type DataStream, type V2Device } from '../src/index.js';
+import { isVfioError, readSome, saveV2 as saveV2Native, loadV2 as loadV2Native, type DataStream, type V2Device } from '../src/index.js';
 
 /** Reads a saving stream until the temporary end (ENOMSG or 0 in pre-copy) or the real end. */
 export async function drain(stream: DataStream, chunk = 65536): Promise<Buffer> {
@@ -18,31 +18,16 @@ export async function drain(stream: DataStream, chunk = 65536): Promise<Buffer> 
   return Buffer.concat(parts);
 }
 
-/** Native v2 save: RUNNING -> (PRE_COPY drained ->) STOP_COPY drained -> STOP. */
+/** Native v2 save into one buffer. */
 export async function saveV2(dev: V2Device, precopy = true): Promise<Buffer> {
-  const flags = await dev.migrationFlags();
-  const parts: Buffer[] = [];
-  let stream: DataStream | null = null;
-  if (precopy && flags & 4) {
-    stream = await dev.setState(MigState.PRE_COPY);
-    parts.push(await drain(stream!));
-  }
-  stream = (await dev.setState(MigState.STOP_COPY)) ?? stream;
-  parts.push(await drain(stream!));
-  await dev.setState(MigState.STOP);
-  await stream!.close();
+  const parts: Uint8Array[] = [];
+  await saveV2Native(dev, (c) => void parts.push(c), { precopy });
   return Buffer.concat(parts);
 }
 
-/** Native v2 load: RESUMING, write everything, RUNNING. */
+/** Native v2 load of one buffer. */
 export async function loadV2(dev: V2Device, data: Uint8Array): Promise<void> {
-  const stream = await dev.setState(MigState.RESUMING);
-  await writeAll(stream!, data, dev.name);
-  try {
-    await dev.setState(MigState.RUNNING);
-  } finally {
-    await stream!.close();
-  }
+  await loadV2Native(dev, [data]);
 }
 
 /**

@@ -29,7 +29,11 @@ if (spawnSync('qemu-system-x86_64', ['--version']).error) {
 if (/\s/.test(project)) die(`the project path must not contain spaces (it is passed on the kernel command line): ${project}`);
 
 const out = mkdtempSync(join(tmpdir(), 'vfio-mig-vm-'));
-const filter = process.env.VFIOMIG_FILTER ? ` VFIOMIG_FILTER=${process.env.VFIOMIG_FILTER}` : '';
+// Optional: a vitest name filter, or (for debugging) a command to run instead of the suite.
+const filter = ['VFIOMIG_FILTER', 'VFIOMIG_CMD']
+  .filter((k) => process.env[k])
+  .map((k) => ` ${k}=${process.env[k]}`)
+  .join('');
 const append = [
   'console=ttyS0 quiet panic=-1',
   'root=hostroot rootfstype=9p rootflags=trans=virtio,version=9p2000.L,msize=512000 ro',

@@ -199,8 +199,22 @@ export class KernelDevice implements V2Device {
     if (n !== data.length) throw new VfioError('EIO', op, this.name, `short write: ${n} of ${data.length} bytes`);
   }
 
+  /**
+   * Closes the device. A device still in a state that holds a data session
+   * (PRE_COPY, PRE_COPY_P2P, STOP_COPY, RESUMING) is reset first: the session
+   * dies with its data_fd, and mtty (Linux 6.12) keeps the state across
+   * close and then dereferences the missing migration file on the next arc
+   * out of it (a kernel NULL pointer dereference, reproduced in the test guest).
+   */
   async close(): Promise<void> {
-    if (this.#fd >= 0) sysClose(this.#fd);
+    if (this.#fd < 0) return;
+    try {
+      const s = await this.getState();
+      if (s === MigState.PRE_COPY || s === MigState.PRE_COPY_P2P || s === MigState.STOP_COPY || s === MigState.RESUMING) await this.reset();
+    } catch {
+      // closing must not fail; the fds are released below either way
+    }
+    sysClose(this.#fd);
     this.#fd = -1;
     for (const fd of this.#held.reverse()) sysClose(fd);
     this.#held = [];

@@ -1,0 +1,43 @@
+/** vfio-mig fsm: the path a transition takes, or the whole table, for a flag set. */
+import { migrationPath } from '../v2/fsm.js';
+import { MigState, migFlagNames, migStateName, parseMigState } from '../v2/uapi.js';
+import { isStateSupported } from '../v2/fsm.js';
+import { parseFlags } from './open-device.js';
+import { CliError, toJson } from './output.js';
+import { EXIT } from './exit-codes.js';
+
+export function pathText(path: MigState[]): string {
+  return path.map(migStateName).join(' -> ');
+}
+
+export function parseStateArg(text: string): MigState {
+  const s = parseMigState(text);
+  if (s === undefined) throw new CliError(`vfio-mig: unknown v2 state "${text}" (ERROR, STOP, RUNNING, STOP_COPY, RESUMING, RUNNING_P2P, PRE_COPY, PRE_COPY_P2P)`, EXIT.USAGE);
+  return s;
+}
+
+export function fsmCommand(from: string | undefined, to: string | undefined, opts: { flags: string; json?: boolean }): number {
+  const flags = parseFlags(opts.flags);
+  if ((from === undefined) !== (to === undefined)) throw new CliError('vfio-mig: fsm takes both FROM and TO, or neither', EXIT.USAGE);
+  const one = (a: MigState, b: MigState) => {
+    try {
+      return { from: migStateName(a), to: migStateName(b), path: migrationPath(a, b, flags).map(migStateName) };
+    } catch (e) {
+      return { from: migStateName(a), to: migStateName(b), error: (e as { code: string }).code };
+    }
+  };
+  if (from !== undefined && to !== undefined) {
+    const r = one(parseStateArg(from), parseStateArg(to));
+    if (opts.json) console.log(toJson({ flags, flagNames: migFlagNames(flags), ...r }));
+    else console.log(r.path ? r.path.join(' -> ') : `${r.from} -> ${r.to}: ${r.error} (no such transition with flags ${migFlagNames(flags).join('|')})`);
+    return r.path ? EXIT.OK : EXIT.FAILED;
+  }
+  const states = Object.values(MigState).filter((v): v is MigState => typeof v === 'number' && isStateSupported(v, flags));
+  const rows = states.flatMap((a) => states.filter((b) => a !== b).map((b) => one(a, b)));
+  if (opts.json) console.log(toJson({ flags, flagNames: migFlagNames(flags), transitions: rows }));
+  else {
+    console.log(`flags 0x${flags.toString(16)} (${migFlagNames(flags).join('|')})`);
+    for (const r of rows) console.log(`${r.from.padEnd(12)} -> ${r.to.padEnd(12)}  ${r.path ? r.path.join(' -> ') : r.error}`);
+  }
+  return EXIT.OK;
+}

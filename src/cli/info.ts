@@ -1,0 +1,53 @@
+/** vfio-mig info: what a device offers for migration, and the v1 region the bridge would present. */
+import { V1Bridge } from '../bridge/v1-bridge.js';
+import { isVfioError } from '../errors.js';
+import type { V2Device } from '../v2/device.js';
+import { migFlagNames, migStateName } from '../v2/uapi.js';
+import { SimDevice } from '../v2/sim/sim-device.js';
+import { formatBytes, toJson } from './output.js';
+
+export async function infoCommand(dev: V2Device, opts: { json?: boolean; sectionSize: number }): Promise<void> {
+  const flags = await dev.migrationFlags();
+  const state = await dev.getState();
+  let stopCopySize: bigint | null = null;
+  try {
+    stopCopySize = await dev.stopCopySize();
+  } catch (e) {
+    if (!isVfioError(e, 'ENOTTY')) throw e;
+  }
+  const regions = dev.regions ? await dev.regions() : null;
+  const v1 = new V1Bridge(dev, flags, { sectionSize: opts.sectionSize }).regionInfo;
+  const info = {
+    device: dev.name,
+    flags,
+    flagNames: migFlagNames(flags),
+    state: migStateName(state),
+    stopCopySize,
+    // PRECOPY_INFO is an ioctl on a pre-copy data_fd: only the session's owner can ask it.
+    precopyInfo: null,
+    regions,
+    v1Region: { index: v1.index, size: v1.size, dataOffset: 4096, sectionSize: opts.sectionSize, flags: v1.flags, type: v1.type, precopy: flags & 4 ? 'real (PRE_COPY)' : 'virtual (RUNNING, pending_bytes 0)' },
+    ...(dev instanceof SimDevice ? { stateDigest: dev.stateDigest() } : {}),
+  };
+  if (opts.json) {
+    console.log(toJson(info));
+    return;
+  }
+  const lines = [
+    `device        ${info.device}`,
+    `migration     ${info.flagNames.join(' | ')} (0x${flags.toString(16)})`,
+    `state         ${info.state}`,
+    `stop-copy     ${stopCopySize === null ? 'unknown (no MIG_DATA_SIZE)' : `${stopCopySize} bytes (${formatBytes(Number(stopCopySize))})`}`,
+    `pre-copy info only within a pre-copy session (VFIO_MIG_GET_PRECOPY_INFO is a data_fd ioctl)`,
+  ];
+  if (regions) {
+    lines.push('regions');
+    for (const r of regions) lines.push(`  ${String(r.index).padStart(2)}  size ${r.size}  offset 0x${r.offset.toString(16)}  flags 0x${r.flags.toString(16)}${r.type ? `  type ${r.type.type}/${r.type.subtype}` : ''}`);
+  }
+  lines.push(
+    `v1 region     index ${v1.index}, ${v1.size} bytes: header @0 (32 bytes), data section @4096 (${opts.sectionSize} bytes), type 3/1, ${v1.flags & 4 ? 'mmap' : 'read|write'}`,
+    `v1 pre-copy   ${info.v1Region.precopy}`,
+  );
+  if ('stateDigest' in info) lines.push(`state digest  ${info.stateDigest}`);
+  console.log(lines.join('\n'));
+}

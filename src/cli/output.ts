@@ -1,0 +1,82 @@
+/** Output conventions: data on stdout, diagnostics on stderr, one-line errors, exit codes. */
+import { isVfioError } from '../errors.js';
+import { EXIT } from './exit-codes.js';
+
+const HINTS: Record<string, string> = {
+  ENOENT: 'check the device or file path',
+  EACCES: 'run as root, or give this user access to the device node',
+  EPERM: 'run as root, or give this user access to the device node',
+  ENOTTY: 'the device (or kernel) does not support VFIO v2 migration',
+  EBUSY: 'the device is in use or mid-migration: reset it with `vfio-mig state DEVICE --reset`',
+  EINVAL: 'see `vfio-mig fsm` for valid transitions, or --help for the arguments',
+};
+
+/** An error that also says which exit code it deserves. */
+export class CliError extends Error {
+  constructor(message: string, readonly exitCode: number) {
+    super(message);
+  }
+}
+
+export function exitCodeFor(e: unknown): number {
+  if (e instanceof CliError) return e.exitCode;
+  if (isVfioError(e)) {
+    if (e.code === 'ENOTTY' || e.code === 'EOPNOTSUPP') return EXIT.NO_MIGRATION;
+    if (e.code === 'EACCES' || e.code === 'EPERM') return EXIT.PERMISSION;
+  }
+  return EXIT.FAILED;
+}
+
+/** One line naming the operation, the device, the errno and what to do. */
+export function errorLine(e: unknown): string {
+  if (isVfioError(e)) {
+    const hint = HINTS[e.code];
+    return `vfio-mig: ${e.message}${hint ? ` (${hint})` : ''}`;
+  }
+  return `vfio-mig: ${e instanceof Error ? e.message : String(e)}`;
+}
+
+/** JSON with u64 values as decimal strings (JSON has no bigint). */
+export function toJson(value: unknown): string {
+  return JSON.stringify(value, (_k, v) => (typeof v === 'bigint' ? v.toString() : v));
+}
+
+export function errorJson(e: unknown): Record<string, unknown> {
+  if (isVfioError(e)) return { error: { code: e.code, errno: e.errno, op: e.op, device: e.device, message: e.message } };
+  return { error: { message: e instanceof Error ? e.message : String(e) } };
+}
+
+/** Progress goes to stderr only when both stdout and stderr are terminals. */
+export function progressEnabled(): boolean {
+  return Boolean(process.stdout.isTTY && process.stderr.isTTY);
+}
+
+export function formatBytes(n: number): string {
+  if (n < 1024) return `${n} B`;
+  const units = ['KiB', 'MiB', 'GiB', 'TiB'];
+  let v = n;
+  let u = -1;
+  while (v >= 1024 && u < units.length - 1) {
+    v /= 1024;
+    u++;
+  }
+  return `${v.toFixed(1)} ${units[u]}`;
+}
+
+export function progressReporter(label: string): ((phase: string, bytes: number) => void) & { done(): void } {
+  const started = Date.now();
+  let last = 0;
+  const on = progressEnabled();
+  const fn = (phase: string, bytes: number) => {
+    const now = Date.now();
+    if (!on || now - last < 100) return;
+    last = now;
+    const rate = bytes / Math.max(0.001, (now - started) / 1000);
+    process.stderr.write(`\r${label} ${phase}: ${formatBytes(bytes)} at ${formatBytes(rate)}/s   `);
+  };
+  return Object.assign(fn, {
+    done() {
+      if (on && last) process.stderr.write('\n');
+    },
+  });
+}

@@ -1,0 +1,87 @@
+/**
+ * The vfio-mig state file: a 32-byte header, the device's migration byte
+ * stream exactly as the device produced it, and a 48-byte trailer with the
+ * byte count and a SHA-256 of the stream. All integers little-endian.
+ *
+ *   header  @0  magic "VFIOMIG\0"      8 bytes
+ *           @8  format version u16     1
+ *           @10 protocol u8            1 = saved with the v1 caller through the bridge, 2 = native v2
+ *           @11 reserved u8            0
+ *           @12 source flags u32       VFIO_MIGRATION_* of the source device
+ *           @16 stream bytes u64       all ones when written to a pipe (then only the trailer has it)
+ *           @24 reserved u64           0
+ *   stream  the device's bytes
+ *   trailer @0  magic "VFIOEND\0"      8 bytes
+ *           @8  stream bytes u64
+ *           @16 SHA-256 of the stream  32 bytes
+ */
+import { createHash, type Hash } from 'node:crypto';
+import { defineStruct } from '../struct.js';
+import { VfioError } from '../errors.js';
+
+export const FILE_VERSION = 1;
+export const STREAMED = 0xffff_ffff_ffff_ffffn;
+
+const MAGIC = Buffer.from('VFIOMIG\0', 'latin1');
+const END = Buffer.from('VFIOEND\0', 'latin1');
+
+export const stateFileHeader = defineStruct('vfio_mig_file_header', 32, {
+  version: { offset: 8, type: 'u16' },
+  flags: { offset: 12, type: 'u32' },
+  byte_count: { offset: 16, type: 'u64' },
+  reserved: { offset: 24, type: 'u64' },
+});
+export const HEADER_SIZE = 32;
+export const TRAILER_SIZE = 48;
+
+export type SavedProtocol = 'v1' | 'v2';
+
+export interface StateFileHeader {
+  version: number;
+  protocol: SavedProtocol;
+  flags: number;
+  /** null when the file was streamed and only the trailer knows. */
+  byteCount: bigint | null;
+}
+
+export function encodeHeader(h: { protocol: SavedProtocol; flags: number; byteCount: bigint | null }): Buffer {
+  const b = Buffer.alloc(HEADER_SIZE);
+  MAGIC.copy(b, 0);
+  stateFileHeader.encode({ version: FILE_VERSION, flags: h.flags, byte_count: h.byteCount ?? STREAMED }, b);
+  b[10] = h.protocol === 'v1' ? 1 : 2;
+  return b;
+}
+
+/** Checks magic, version and protocol; `file` names the input in errors. */
+export function decodeHeader(b: Uint8Array, file: string): StateFileHeader {
+  const bad = (why: string) => new VfioError('EINVAL', 'load', file, why);
+  if (b.length < HEADER_SIZE) throw bad(b.length === 0 ? 'empty input: not a vfio-mig state file' : `truncated: ${b.length} bytes, shorter than the ${HEADER_SIZE}-byte header`);
+  if (!MAGIC.equals(Buffer.from(b.subarray(0, 8)))) throw bad('wrong magic: not a vfio-mig state file');
+  const h = stateFileHeader.decode(b);
+  if (h.version !== FILE_VERSION) throw bad(`unsupported format version ${h.version} (this tool reads ${FILE_VERSION})`);
+  const p = b[10];
+  if (p !== 1 && p !== 2) throw bad(`unknown protocol byte ${p}`);
+  return { version: h.version, protocol: p === 1 ? 'v1' : 'v2', flags: h.flags, byteCount: h.byte_count === STREAMED ? null : h.byte_count };
+}
+
+export function encodeTrailer(byteCount: bigint, sha256: Buffer): Buffer {
+  const b = Buffer.alloc(TRAILER_SIZE);
+  END.copy(b, 0);
+  b.writeBigUInt64LE(byteCount, 8);
+  sha256.copy(b, 16);
+  return b;
+}
+
+/** Checks a trailer against the byte count and hash of what was read. */
+export function checkTrailer(b: Uint8Array, byteCount: bigint, hash: Hash, file: string): void {
+  const bad = (why: string) => new VfioError('EINVAL', 'load', file, why);
+  const t = Buffer.from(b.buffer, b.byteOffset, b.length);
+  if (t.length !== TRAILER_SIZE || !END.equals(t.subarray(0, 8))) throw bad('truncated: the trailer is missing');
+  const count = t.readBigUInt64LE(8);
+  if (count !== byteCount) throw bad(`truncated or padded: trailer says ${count} stream bytes, found ${byteCount}`);
+  if (!hash.digest().equals(t.subarray(16))) throw bad('checksum mismatch: the state data is corrupted');
+}
+
+export function newHash(): Hash {
+  return createHash('sha256');
+}

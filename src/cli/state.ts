@@ -1,0 +1,54 @@
+/** vfio-mig state: get, set by v2 name, or set v1 bits through the bridge; prints the path taken. */
+import { openV1Bridge } from '../bridge/v1-bridge.js';
+import { readU32, writeU32 } from '../v1/region-access.js';
+import { V1, v1StateName } from '../v1/uapi.js';
+import type { V2Device } from '../v2/device.js';
+import { migrationPath } from '../v2/fsm.js';
+import { migStateName } from '../v2/uapi.js';
+import { EXIT } from './exit-codes.js';
+import { parseStateArg, pathText } from './fsm.js';
+import { CliError, toJson } from './output.js';
+
+const V1_NAMES: Record<string, number> = { STOP: V1.STOP, RUNNING: V1.RUNNING, SAVING: V1.SAVING, 'SAVING|RUNNING': V1.SAVING | V1.RUNNING, PRECOPY: V1.SAVING | V1.RUNNING, RESUMING: V1.RESUMING };
+
+function parseV1(text: string): number {
+  const t = text.trim().toUpperCase();
+  if (/^[01]{3}$/.test(t)) return parseInt(t, 2);
+  if (/^\d$/.test(t)) return Number(t);
+  const v = V1_NAMES[t];
+  if (v === undefined) throw new CliError(`vfio-mig: unknown v1 state "${text}" (000..111 bits, or STOP, RUNNING, SAVING, SAVING|RUNNING, RESUMING)`, EXIT.USAGE);
+  return v;
+}
+
+export async function stateCommand(dev: V2Device, target: string | undefined, opts: { v1?: boolean; reset?: boolean; json?: boolean }): Promise<number> {
+  const out = (obj: Record<string, unknown>, text: string) => console.log(opts.json ? toJson(obj) : text);
+  if (opts.reset) {
+    await dev.reset();
+    out({ device: dev.name, reset: true, state: migStateName(await dev.getState()) }, `reset: ${migStateName(await dev.getState())}`);
+    if (target === undefined) return EXIT.OK;
+  }
+  const cur = await dev.getState();
+  if (target === undefined) {
+    out({ device: dev.name, state: migStateName(cur) }, migStateName(cur));
+    return EXIT.OK;
+  }
+  if (opts.v1) {
+    const region = await openV1Bridge(dev);
+    const ops: string[] = [];
+    const traced = await openV1Bridge(dev, { trace: (e) => ops.push(...e.v2) });
+    void region;
+    const from = await readU32(traced, 0);
+    const to = parseV1(target);
+    await writeU32(traced, 0, to);
+    out({ device: dev.name, from: v1StateName(from), to: v1StateName(to), v2: ops, state: migStateName(await dev.getState()) }, `${v1StateName(from)} -> ${v1StateName(to)}${ops.length ? `: ${ops.join(', ')}` : ' (no v2 operation)'}`);
+    return EXIT.OK;
+  }
+  const want = parseStateArg(target);
+  const flags = await dev.migrationFlags();
+  const path = migrationPath(cur, want, flags);
+  const stream = await dev.setState(want);
+  // The session's data is not wanted here: closing the fd ends the transfer side only.
+  await stream?.close();
+  out({ device: dev.name, path: path.map(migStateName), dataFd: stream !== null, state: migStateName(await dev.getState()) }, `${pathText(path)}${stream ? ' (a data_fd was opened and closed)' : ''}`);
+  return EXIT.OK;
+}

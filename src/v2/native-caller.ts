@@ -1,0 +1,97 @@
+/**
+ * The native v2 migration caller, as a v2 VMM (QEMU 8.x) drives a device:
+ * RUNNING -> PRE_COPY rounds -> STOP_COPY drained to end of stream -> STOP,
+ * and RESUMING -> data -> the final state.
+ */
+import { isVfioError } from '../errors.js';
+import type { DataStream, V2Device } from './device.js';
+import { MigFlag, MigState } from './uapi.js';
+import { readSome, writeAll } from './stream-io.js';
+
+export interface SaveV2Options {
+  /** Use PRE_COPY when the device has it (default true). */
+  precopy?: boolean;
+  /** Leave pre-copy once initial + dirty bytes fall below this (default 1: until both are 0). */
+  threshold?: bigint;
+  /** At most this many pre-copy rounds, each read until the temporary end (default 100). */
+  maxRounds?: number;
+  /** State to leave the source in (default STOP). */
+  finalState?: MigState;
+  /** Read size (default 1 MiB). */
+  chunkSize?: number;
+  onProgress?: (p: { phase: 'precopy' | 'stopcopy'; bytes: number; rounds: number }) => void;
+}
+
+export interface SaveV2Result {
+  bytes: number;
+  precopyBytes: number;
+  rounds: number;
+}
+
+export type Sink = (chunk: Uint8Array) => void | Promise<void>;
+
+/** Reads until end of stream (0) or, in pre-copy, the temporary end (ENOMSG or 0). */
+async function pump(stream: DataStream, sink: Sink, chunkSize: number, onBytes: (n: number) => void): Promise<void> {
+  for (;;) {
+    const buf = new Uint8Array(chunkSize);
+    let n: number;
+    try {
+      n = await readSome(stream, buf);
+    } catch (e) {
+      if (isVfioError(e, 'ENOMSG')) return;
+      throw e;
+    }
+    if (n === 0) return;
+    await sink(buf.subarray(0, n));
+    onBytes(n);
+  }
+}
+
+export async function saveV2(device: V2Device, sink: Sink, options: SaveV2Options = {}): Promise<SaveV2Result> {
+  const chunkSize = options.chunkSize ?? 1 << 20;
+  const flags = await device.migrationFlags();
+  let bytes = 0;
+  let rounds = 0;
+  let stream: DataStream | null = null;
+  try {
+    if (options.precopy !== false && flags & MigFlag.PRE_COPY) {
+      stream = await device.setState(MigState.PRE_COPY);
+      const threshold = options.threshold ?? 1n;
+      while (rounds < (options.maxRounds ?? 100)) {
+        await pump(stream!, sink, chunkSize, (n) => {
+          bytes += n;
+          options.onProgress?.({ phase: 'precopy', bytes, rounds });
+        });
+        rounds++;
+        const info = await stream!.precopyInfo();
+        if (info.initialBytes + info.dirtyBytes < threshold) break;
+      }
+    }
+    const precopyBytes = bytes;
+    stream = (await device.setState(MigState.STOP_COPY)) ?? stream;
+    await pump(stream!, sink, chunkSize, (n) => {
+      bytes += n;
+      options.onProgress?.({ phase: 'stopcopy', bytes, rounds });
+    });
+    await device.setState(options.finalState ?? MigState.STOP);
+    return { bytes, precopyBytes, rounds };
+  } finally {
+    await stream?.close();
+  }
+}
+
+export async function loadV2(device: V2Device, source: AsyncIterable<Uint8Array> | Iterable<Uint8Array>, options: { finalState?: MigState; onProgress?: (bytes: number) => void } = {}): Promise<{ bytes: number }> {
+  const stream = await device.setState(MigState.RESUMING);
+  let bytes = 0;
+  try {
+    for await (const chunk of source) {
+      await writeAll(stream!, chunk, device.name);
+      bytes += chunk.length;
+      options.onProgress?.(bytes);
+    }
+    await device.setState(options.finalState ?? MigState.RUNNING);
+    return { bytes };
+  } finally {
+    await stream?.close();
+  }
+}
