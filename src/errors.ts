@@ -48,6 +48,14 @@ export class VfioError extends Error {
   }
 }
 
+/** Wraps any error (a Node fs error, say) as a VfioError; VfioErrors pass through unchanged. */
+export function asVfioError(e: unknown, op: string, device: string): VfioError {
+  if (e instanceof VfioError) return e;
+  const code = (e as NodeJS.ErrnoException)?.code;
+  const known = code !== undefined && ERRNO[code] !== undefined;
+  return new VfioError(known ? code : 'EIO', op, device, e instanceof Error ? e.message : String(e), { cause: e });
+}
+
 export function isVfioError(e: unknown, code?: string): e is VfioError {
   return e instanceof VfioError && (code === undefined || e.code === code);
 }

@@ -1,4 +1,4 @@
-export { VfioError, isVfioError, errnoOf } from './errors.js';
+export { VfioError, isVfioError, asVfioError, errnoOf } from './errors.js';
 export type { VfioErrorOptions } from './errors.js';
 export {
   MigState,

@@ -12,7 +12,7 @@ export const DEVICE_HELP = `DEVICE is one of:
   sim                           the simulated reference device (flags 7, 1 MiB of state)
   sim:key=value,...             with options: flags=7|STOP_COPY+P2P+PRE_COPY, size=4M, seed=N,
                                 profile=mtty, ports=1|2, dirty=0.125, resume-failure=stay|error,
-                                fail=FROM>TO>ERRNO[>error] (repeatable with +), short-read=N,
+                                fail=FROM:TO:ERRNO[:error] (repeatable with +), short-read=N,
                                 short-write=N, read-delay-ms=N
   /dev/vfio/devices/vfioN       a kernel device through iommufd (cdev)
   /dev/vfio/N:NAME              a kernel device through its VFIO group (NAME: mdev UUID or PCI address)`;
@@ -86,10 +86,10 @@ export function parseSimSpec(spec: string): SimDeviceOptions {
 }
 
 function parseArcFault(spec: string, text: string): SimArcFault {
-  const [from, to, errno, leave] = text.split('>');
+  const [from, to, errno, leave] = text.split(':');
   const f = parseMigState(from ?? '');
   const t = parseMigState(to ?? '');
-  if (f === undefined || t === undefined || !errno || !/^E[A-Z0-9]+$/.test(errno)) throw usage(spec, `fail=${text}: expected FROM>TO>ERRNO[>error], e.g. STOP>STOP_COPY>EIO`);
+  if (f === undefined || t === undefined || !errno || !/^E[A-Z0-9]+$/.test(errno)) throw usage(spec, `fail=${text}: expected FROM:TO:ERRNO[:error], e.g. STOP:STOP_COPY:EIO`);
   return { from: f, to: t, errno, leave: leave === 'error' ? 'error' : 'stay' };
 }
 

@@ -1,13 +1,13 @@
 /** vfio-mig state: get, set by v2 name, or set v1 bits through the bridge; prints the path taken. */
 import { openV1Bridge } from '../bridge/v1-bridge.js';
 import { readU32, writeU32 } from '../v1/region-access.js';
-import { V1, v1StateName } from '../v1/uapi.js';
+import { V1, isErrorV1, v1StateName } from '../v1/uapi.js';
 import type { V2Device } from '../v2/device.js';
 import { migrationPath } from '../v2/fsm.js';
-import { migStateName } from '../v2/uapi.js';
+import { MigState, migStateName } from '../v2/uapi.js';
 import { EXIT } from './exit-codes.js';
 import { parseStateArg, pathText } from './fsm.js';
-import { CliError, toJson } from './output.js';
+import { CliError, errorLine, exitCodeFor, toJson } from './output.js';
 
 const V1_NAMES: Record<string, number> = { STOP: V1.STOP, RUNNING: V1.RUNNING, SAVING: V1.SAVING, 'SAVING|RUNNING': V1.SAVING | V1.RUNNING, PRECOPY: V1.SAVING | V1.RUNNING, RESUMING: V1.RESUMING };
 
@@ -33,20 +33,29 @@ export async function stateCommand(dev: V2Device, target: string | undefined, op
     return EXIT.OK;
   }
   if (opts.v1) {
-    const region = await openV1Bridge(dev);
     const ops: string[] = [];
     const traced = await openV1Bridge(dev, { trace: (e) => ops.push(...e.v2) });
-    void region;
     const from = await readU32(traced, 0);
     const to = parseV1(target);
-    await writeU32(traced, 0, to);
+    try {
+      await writeU32(traced, 0, to);
+    } catch (e) {
+      const now = await readU32(traced, 0);
+      throw new CliError(`${errorLine(e)}; device_state is now ${v1StateName(now)}${ops.length ? ` (v2: ${ops.join(', ')})` : ''}`, isErrorV1(now) ? EXIT.DEVICE_LEFT_BAD : exitCodeFor(e));
+    }
     out({ device: dev.name, from: v1StateName(from), to: v1StateName(to), v2: ops, state: migStateName(await dev.getState()) }, `${v1StateName(from)} -> ${v1StateName(to)}${ops.length ? `: ${ops.join(', ')}` : ' (no v2 operation)'}`);
     return EXIT.OK;
   }
   const want = parseStateArg(target);
   const flags = await dev.migrationFlags();
   const path = migrationPath(cur, want, flags);
-  const stream = await dev.setState(want);
+  let stream;
+  try {
+    stream = await dev.setState(want);
+  } catch (e) {
+    const now = await dev.getState();
+    throw new CliError(`${errorLine(e)}; the device is now in ${migStateName(now)} (path was ${pathText(path)})`, now === MigState.ERROR ? EXIT.DEVICE_LEFT_BAD : exitCodeFor(e));
+  }
   // The session's data is not wanted here: closing the fd ends the transfer side only.
   await stream?.close();
   out({ device: dev.name, path: path.map(migStateName), dataFd: stream !== null, state: migStateName(await dev.getState()) }, `${pathText(path)}${stream ? ' (a data_fd was opened and closed)' : ''}`);

@@ -1,0 +1,47 @@
+/** Reading a state file or stdin: exact-length reads, then the rest as chunks. */
+import { open } from 'node:fs/promises';
+
+export class ByteSource {
+  #it: AsyncIterator<Uint8Array>;
+  #pending: Buffer = Buffer.alloc(0);
+
+  constructor(chunks: AsyncIterable<Uint8Array>) {
+    this.#it = chunks[Symbol.asyncIterator]();
+  }
+
+  /** Up to n bytes; fewer only at end of input. */
+  async readUpTo(n: number): Promise<Buffer> {
+    while (this.#pending.length < n) {
+      const r = await this.#it.next();
+      if (r.done) break;
+      this.#pending = Buffer.concat([this.#pending, Buffer.from(r.value)]);
+    }
+    const out = this.#pending.subarray(0, n);
+    this.#pending = this.#pending.subarray(out.length);
+    return out;
+  }
+
+  async *rest(): AsyncGenerator<Buffer> {
+    if (this.#pending.length) yield this.#pending;
+    this.#pending = Buffer.alloc(0);
+    for (;;) {
+      const r = await this.#it.next();
+      if (r.done) return;
+      yield Buffer.from(r.value);
+    }
+  }
+}
+
+export async function* fileChunks(path: string, chunkSize = 1 << 20): AsyncGenerator<Uint8Array> {
+  const fh = await open(path, 'r');
+  try {
+    for (;;) {
+      const buf = Buffer.allocUnsafe(chunkSize);
+      const { bytesRead } = await fh.read(buf, 0, chunkSize, null);
+      if (bytesRead === 0) return;
+      yield buf.subarray(0, bytesRead);
+    }
+  } finally {
+    await fh.close();
+  }
+}

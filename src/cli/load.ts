@@ -1,0 +1,113 @@
+/**
+ * vfio-mig load: a state file or stdin into a device. A file's header and
+ * checksum are checked before the device is touched; stdin is checked as
+ * it streams, and a bad checksum abandons the resume.
+ */
+import { stat } from 'node:fs/promises';
+import { openV1Bridge } from '../bridge/v1-bridge.js';
+import { VfioError, asVfioError } from '../errors.js';
+import { loadV1 } from '../v1/reference-caller.js';
+import type { V2Device } from '../v2/device.js';
+import { loadV2 } from '../v2/native-caller.js';
+import { MigState, migStateName } from '../v2/uapi.js';
+import { SimDevice } from '../v2/sim/sim-device.js';
+import { ByteSource, fileChunks } from './byte-source.js';
+import { EXIT } from './exit-codes.js';
+import { CliError, errorLine, progressReporter, toJson } from './output.js';
+import { HEADER_SIZE, TRAILER_SIZE, checkTrailer, decodeHeader, newHash, type StateFileHeader } from './state-file.js';
+
+export interface LoadOptions {
+  input: string;
+  protocol: 'v1' | 'v2';
+  finalState: 'running' | 'stop';
+  sectionSize: number;
+  json?: boolean;
+}
+
+/** The stream bytes, holding back the trailer, which is checked at the end (throws on mismatch). */
+async function* verifiedBody(src: ByteSource, name: string, counted?: (n: bigint) => void): AsyncGenerator<Uint8Array> {
+  const hash = newHash();
+  let count = 0n;
+  let tail: Buffer = Buffer.alloc(0);
+  for await (const c of src.rest()) {
+    const buf = tail.length ? Buffer.concat([tail, c]) : c;
+    if (buf.length <= TRAILER_SIZE) {
+      tail = buf;
+      continue;
+    }
+    const body = buf.subarray(0, buf.length - TRAILER_SIZE);
+    tail = Buffer.from(buf.subarray(buf.length - TRAILER_SIZE));
+    hash.update(body);
+    count += BigInt(body.length);
+    yield body;
+  }
+  checkTrailer(tail, count, hash, name);
+  counted?.(count);
+}
+
+async function openInput(input: string): Promise<{ src: ByteSource; header: StateFileHeader; name: string }> {
+  const name = input === '-' ? 'stdin' : input;
+  const src = new ByteSource(input === '-' ? (process.stdin as AsyncIterable<Uint8Array>) : fileChunks(input));
+  const header = decodeHeader(await src.readUpTo(HEADER_SIZE), name);
+  return { src, header, name };
+}
+
+/** For a file: header, size and checksum, all before the device is touched. */
+async function verifyFile(path: string): Promise<void> {
+  const { src, header, name } = await openInput(path);
+  const size = BigInt((await stat(path)).size);
+  if (header.byteCount !== null && size !== BigInt(HEADER_SIZE + TRAILER_SIZE) + header.byteCount) {
+    throw new VfioError('EINVAL', 'load', name, `truncated or padded: header says ${header.byteCount} stream bytes, the file holds ${size - BigInt(HEADER_SIZE + TRAILER_SIZE)}`);
+  }
+  for await (const _ of verifiedBody(src, name)) void _;
+}
+
+export async function loadCommand(devSpec: string, openDevice: (s: string) => Promise<V2Device>, opts: LoadOptions): Promise<void> {
+  if (opts.input !== '-') await verifyFile(opts.input);
+  const { src, header: h, name } = await openInput(opts.input);
+  const dev = await openDevice(devSpec);
+  const progress = progressReporter(`load ${dev.name}`);
+  const body = verifiedBody(src, name);
+  let touched = false;
+  try {
+    const flags = await dev.migrationFlags();
+    touched = true;
+    let bytes: number;
+    if (opts.protocol === 'v1') {
+      const bridge = await openV1Bridge(dev, { sectionSize: opts.sectionSize });
+      bytes = (await loadV1(bridge, body, { finalState: opts.finalState, device: dev.name, onProgress: (b) => progress('resume', b) })).bytes;
+    } else {
+      const final = opts.finalState === 'stop' ? MigState.STOP : MigState.RUNNING;
+      bytes = (await loadV2(dev, body, { finalState: final, onProgress: (b) => progress('resume', b) })).bytes;
+    }
+    progress.done();
+    const state = migStateName(await dev.getState());
+    const summary = {
+      device: dev.name,
+      input: name,
+      protocol: opts.protocol,
+      savedWith: h.protocol,
+      sourceFlags: h.flags,
+      deviceFlags: flags,
+      bytes,
+      state,
+      ...(dev instanceof SimDevice ? { stateDigest: dev.stateDigest() } : {}),
+    };
+    console.log(opts.json ? toJson(summary) : `loaded ${bytes} bytes (saved with ${h.protocol}) into ${dev.name} with the ${opts.protocol} protocol; device now ${state}`);
+  } catch (e) {
+    progress.done();
+    const err = asVfioError(e, 'load', dev.name);
+    if (!touched) throw err;
+    // The resume is abandoned: the device must not run half-loaded state.
+    let after: string;
+    try {
+      await dev.reset();
+      after = `device reset to ${migStateName(await dev.getState())}; the state it had before the load is gone`;
+    } catch (re) {
+      after = `the reset failed too (${errorLine(re)}); the device state is unknown`;
+    }
+    throw new CliError(`${errorLine(err)}; load abandoned: ${after}`, EXIT.DEVICE_LEFT_BAD);
+  } finally {
+    await dev.close();
+  }
+}

@@ -1,0 +1,144 @@
+#!/usr/bin/env node
+/** vfio-mig: the command line. Argument parsing and dispatch only; the work is in the library. */
+import { Command, CommanderError, Option } from 'commander';
+import { readFileSync, unlinkSync } from 'node:fs';
+import type { V2Device } from '../v2/device.js';
+import { EXIT, EXIT_HELP } from './exit-codes.js';
+import { fsmCommand } from './fsm.js';
+import { infoCommand } from './info.js';
+import { loadCommand } from './load.js';
+import { DEVICE_HELP, openDevice, parseSize } from './open-device.js';
+import { CliError, errorJson, errorLine, exitCodeFor, toJson } from './output.js';
+import { saveCommand, unfinishedFiles } from './save.js';
+import { stateCommand } from './state.js';
+import { traceCommand } from './trace.js';
+
+const version = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+
+let jsonErrors = false;
+const openDevices = new Set<V2Device>();
+
+async function withDevice<T>(spec: string, fn: (d: V2Device) => Promise<T>): Promise<T> {
+  const dev = await openDevice(spec);
+  openDevices.add(dev);
+  try {
+    return await fn(dev);
+  } finally {
+    openDevices.delete(dev);
+    await dev.close();
+  }
+}
+
+const sizeOpt = (v: string) => parseSize(v, '--section-size');
+const intOpt = (name: string) => (v: string) => {
+  if (!/^\d+$/.test(v)) throw new CliError(`vfio-mig: ${name} takes a whole number (got "${v}")`, EXIT.USAGE);
+  return Number(v);
+};
+const sectionOption = () => new Option('--section-size <bytes>', 'v1 data section size (bridge window)').default(1 << 20, '1M').argParser(sizeOpt);
+
+const program = new Command('vfio-mig')
+  .description('Inspect VFIO migration devices, change their state, save and load their state, across the v1 region and v2 FSM protocols.')
+  .version(version)
+  .showHelpAfterError()
+  .exitOverride()
+  .addHelpText('after', `\n${DEVICE_HELP}\n\n${EXIT_HELP}`);
+
+program
+  .command('info')
+  .description('migration flags, state, stop-copy size, regions, and the v1 region the bridge would present')
+  .argument('<device>')
+  .addOption(sectionOption())
+  .option('--json', 'machine-readable output (u64 values as decimal strings)')
+  .addHelpText('after', '\nExample:\n  vfio-mig info sim:profile=mtty\n  vfio-mig info /dev/vfio/devices/vfio0 --json')
+  .action(async (device: string, o) => withDevice(device, (d) => infoCommand(d, o)));
+
+program
+  .command('state')
+  .description('print the state, or set it (v2 names, or v1 bits with --v1 through the bridge); prints the path taken')
+  .argument('<device>')
+  .argument('[state]', 'v2: STOP, RUNNING, STOP_COPY, RESUMING, RUNNING_P2P, PRE_COPY, PRE_COPY_P2P; v1 (--v1): 000..100 or STOP, RUNNING, SAVING, SAVING|RUNNING, RESUMING')
+  .option('--v1', 'STATE is a v1 device_state, written through the bridge')
+  .option('--reset', 'VFIO_DEVICE_RESET first (the way out of ERROR)')
+  .option('--json', 'machine-readable output')
+  .addHelpText('after', '\nExample:\n  vfio-mig state sim STOP_COPY        # RUNNING -> RUNNING_P2P -> STOP -> STOP_COPY\n  vfio-mig state sim --v1 011\n  vfio-mig state /dev/vfio/devices/vfio0 --reset')
+  .action(async (device: string, state: string | undefined, o) => {
+    process.exitCode = await withDevice(device, (d) => stateCommand(d, state, o));
+  });
+
+program
+  .command('save')
+  .description('save the device state to a file or stdout (header, the device stream, SHA-256 trailer)')
+  .argument('<device>')
+  .requiredOption('-o, --output <file>', 'target file, or - for stdout')
+  .addOption(new Option('--protocol <p>', 'v1: the legacy caller through the bridge; v2: native').choices(['v1', 'v2']).default('v2'))
+  .option('--no-precopy', 'skip pre-copy and go straight to stop-copy')
+  .option('--rounds <n>', 'at most this many pre-copy rounds', intOpt('--rounds'), 100)
+  .option('--threshold <bytes>', 'leave pre-copy once pending data is below this', (v) => BigInt(parseSize(v, '--threshold')), 1n)
+  .addOption(sectionOption())
+  .option('--json', 'summary as JSON (on stderr when the data goes to stdout)')
+  .addHelpText('after', '\nThe device is left in STOP. A file is written as .NAME.PID.tmp, synced and renamed when complete.\n\nExample:\n  vfio-mig save sim:size=64M -o state.vfio\n  vfio-mig save /dev/vfio/devices/vfio0 -o - | ssh dst vfio-mig load /dev/vfio/devices/vfio0 -i -')
+  .action(async (device: string, o) => withDevice(device, (d) => saveCommand(d, o)));
+
+program
+  .command('load')
+  .description('load device state from a file or stdin; checks header and checksum')
+  .argument('<device>')
+  .requiredOption('-i, --input <file>', 'state file, or - for stdin')
+  .addOption(new Option('--protocol <p>', 'v1: the legacy caller through the bridge; v2: native').choices(['v1', 'v2']).default('v2'))
+  .addOption(new Option('--final-state <s>', 'state after the load').choices(['running', 'stop']).default('running'))
+  .addOption(sectionOption())
+  .option('--json', 'machine-readable output')
+  .addHelpText('after', '\nA file is verified whole before the device is touched. From stdin the checksum is checked at the end;\non a mismatch the resume is abandoned and the device reset (exit 5).\n\nExample:\n  vfio-mig load sim -i state.vfio\n  vfio-mig load sim --protocol v1 -i state.vfio')
+  .action(async (device: string, o) => loadCommand(device, openDevice, o));
+
+program
+  .command('fsm')
+  .description('the path a v2 transition takes (vfio_mig_get_next_state), or the whole table')
+  .argument('[from]')
+  .argument('[to]')
+  .option('--flags <list>', 'migration flags: 1, 3, 5, 7 or STOP_COPY+P2P+PRE_COPY', '7')
+  .option('--json', 'machine-readable output')
+  .addHelpText('after', '\nExample:\n  vfio-mig fsm RUNNING STOP_COPY\n  vfio-mig fsm --flags STOP_COPY')
+  .action((from: string | undefined, to: string | undefined, o) => {
+    process.exitCode = fsmCommand(from, to, o);
+  });
+
+program
+  .command('trace')
+  .description('run a save through the v1 bridge and print each v1 access with the v2 operations it caused')
+  .argument('<device>')
+  .addOption(sectionOption())
+  .option('--no-precopy', 'skip pre-copy')
+  .addOption(new Option('--data-access <mode>', 'bulk: one read per chunk; qemu: 8-byte reads as QEMU without mmap').choices(['bulk', 'qemu']).default('bulk'))
+  .option('--json', 'NDJSON, one object per access, then a summary')
+  .addHelpText('after', '\nExample:\n  vfio-mig trace sim:profile=mtty\n  vfio-mig trace sim:size=8K --json')
+  .action(async (device: string, o) => withDevice(device, (d) => traceCommand(d, o)));
+
+process.on('SIGINT', () => {
+  // An interrupted save leaves no file under the target name.
+  for (const f of unfinishedFiles) {
+    try {
+      unlinkSync(f);
+    } catch {
+      // already gone
+    }
+  }
+  const closing = [...openDevices].map((d) => d.close().catch(() => undefined));
+  const exit = () => process.exit(EXIT.INTERRUPTED);
+  Promise.all(closing).then(exit, exit);
+  setTimeout(exit, 2000).unref();
+});
+
+try {
+  jsonErrors = process.argv.includes('--json');
+  await program.parseAsync(process.argv);
+} catch (e) {
+  if (e instanceof CommanderError) {
+    process.exitCode = e.exitCode === 0 || e.code === 'commander.helpDisplayed' || e.code === 'commander.version' ? EXIT.OK : EXIT.USAGE;
+  } else {
+    const line = e instanceof CliError ? e.message : errorLine(e);
+    if (jsonErrors) process.stderr.write(`${toJson(errorJson(e))}\n`);
+    process.stderr.write(`${line}\n`);
+    process.exitCode = exitCodeFor(e);
+  }
+}

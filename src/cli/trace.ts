@@ -1,0 +1,23 @@
+/** vfio-mig trace: a save through the bridge, printing each v1 access and the v2 operations it caused. */
+import { openV1Bridge, type V1TraceEvent } from '../bridge/v1-bridge.js';
+import { saveV1 } from '../v1/reference-caller.js';
+import { v1StateName } from '../v1/uapi.js';
+import type { V2Device } from '../v2/device.js';
+import { toJson } from './output.js';
+
+function describe(e: V1TraceEvent): string {
+  const access = `${e.op === 'read' ? 'R' : 'W'}${e.length}@${e.offset}`;
+  let what: string = e.field;
+  if (e.field === 'device_state' && typeof e.value === 'number') what += ` ${e.op === 'read' ? '=' : ':='} ${v1StateName(e.value)}`;
+  else if (e.value !== undefined) what += ` ${e.op === 'read' ? '=' : ':='} ${e.value}`;
+  const v2 = e.v2.length ? `  ->  ${e.v2.join('; ')}` : '';
+  return `${access.padEnd(12)} ${what}${e.error ? `  ! ${e.error}` : ''}${v2}`;
+}
+
+export async function traceCommand(dev: V2Device, opts: { json?: boolean; sectionSize: number; precopy: boolean; dataAccess: 'bulk' | 'qemu' }): Promise<void> {
+  const print = (e: V1TraceEvent) => console.log(opts.json ? toJson({ event: 'access', ...e }) : describe(e));
+  const bridge = await openV1Bridge(dev, { sectionSize: opts.sectionSize, trace: print });
+  const result = await saveV1(bridge, () => undefined, { precopy: opts.precopy, dataAccess: opts.dataAccess, device: dev.name });
+  const summary = { event: 'summary', device: dev.name, bytes: result.bytes, precopyBytes: result.precopyBytes, rounds: result.rounds, finalState: v1StateName(result.finalState) };
+  console.log(opts.json ? toJson(summary) : `# saved ${result.bytes} bytes through the v1 bridge (${result.rounds} pre-copy rounds); device_state ${summary.finalState}`);
+}
