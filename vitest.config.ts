@@ -5,5 +5,8 @@ export default defineConfig({
     include: ['test/**/*.test.ts'],
     exclude: ['test/kernel/**'],
     testTimeout: 60_000,
+    // The JSON report is what .ci/run counts.
+    reporters: ['default', 'json'],
+    outputFile: { json: '.ci-host.json' },
   },
 });

@@ -73,7 +73,7 @@ program
   .addOption(new Option('--protocol <p>', 'v1: the legacy caller through the bridge; v2: native').choices(['v1', 'v2']).default('v2'))
   .option('--no-precopy', 'skip pre-copy and go straight to stop-copy')
   .option('--rounds <n>', 'at most this many pre-copy rounds', intOpt('--rounds'), 100)
-  .option('--threshold <bytes>', 'leave pre-copy once pending data is below this', (v) => BigInt(parseSize(v, '--threshold')), 1n)
+  .addOption(new Option('--threshold <bytes>', 'leave pre-copy once pending data is below this').default(1n, '1').argParser((v) => BigInt(parseSize(v, '--threshold'))))
   .addOption(sectionOption())
   .option('--json', 'summary as JSON (on stderr when the data goes to stdout)')
   .addHelpText('after', '\nThe device is left in STOP. A file is written as .NAME.PID.tmp, synced and renamed when complete.\n\nExample:\n  vfio-mig save sim:size=64M -o state.vfio\n  vfio-mig save /dev/vfio/devices/vfio0 -o - | ssh dst vfio-mig load /dev/vfio/devices/vfio0 -i -')

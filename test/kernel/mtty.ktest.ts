@@ -123,3 +123,50 @@ describe('mtty: state across close', () => {
     }
   });
 });
+
+describe('vfio-mig CLI on mtty', () => {
+  const cli = (args: string[], uid?: number) => {
+    const r = spawnSync(process.execPath, [`${process.cwd()}/dist/cli/main.js`, ...args], { encoding: 'utf8', ...(uid ? { uid, gid: uid } : {}) });
+    return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+  };
+
+  it('info reports flags 7, RUNNING and the regions', () => {
+    const r = cli(['info', cdevOf(UUID.a), '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    const j = JSON.parse(r.stdout);
+    expect(j).toMatchObject({ flags: 7, flagNames: ['STOP_COPY', 'P2P', 'PRE_COPY'], state: 'RUNNING', stopCopySize: '96' });
+    expect(j.regions).toHaveLength(9);
+  });
+
+  it.each([['v2', 'cdev'], ['v1', 'group']] as const)('save on one mtty and load on the other (%s protocol, load via %s)', async (protocol, loadPath) => {
+    const a = await openKernelDevice(cdevOf(UUID.a));
+    await a.regionWrite(0, UART_SCR, Uint8Array.of(protocol === 'v1' ? 0x42 : 0x24));
+    const want = await scratch(a);
+    await a.close();
+    const file = `/tmp/mtty-${protocol}.vfio`;
+    const s = cli(['save', cdevOf(UUID.a), '-o', file, '--protocol', protocol, '--json']);
+    expect(s.code, s.stderr).toBe(0);
+    expect(JSON.parse(s.stdout).bytes).toBe(96);
+    const l = cli(['load', loadPath === 'cdev' ? cdevOf(UUID.b) : groupOf(UUID.b), '-i', file, '--protocol', protocol, '--json']);
+    expect(l.code, l.stderr).toBe(0);
+    expect(JSON.parse(l.stdout)).toMatchObject({ bytes: 96, state: 'RUNNING' });
+    const b = await openKernelDevice(cdevOf(UUID.b));
+    try {
+      expect(await scratch(b)).toBe(want);
+    } finally {
+      await b.close();
+    }
+    const a2 = await openKernelDevice(cdevOf(UUID.a));
+    await a2.reset();
+    await a2.close();
+  });
+
+  it('exit 3 for a node that is not a VFIO device, 4 without permission', () => {
+    const r3 = cli(['info', '/dev/null']);
+    expect(r3.code).toBe(3);
+    expect(r3.stderr).toMatch(/ENOTTY \(25\)/);
+    const r4 = cli(['info', cdevOf(UUID.a)], 65534);
+    expect(r4.code).toBe(4);
+    expect(r4.stderr).toMatch(/EACCES \(13\)/);
+  });
+});

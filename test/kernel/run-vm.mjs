@@ -24,7 +24,14 @@ function die(msg) {
 if (!kernel) die('set VFIO_MIG_KERNEL to a Linux bzImage built with VFIO, iommufd and the mtty sample (e.g. ../shared/vm/bzImage)');
 if (!existsSync(kernel)) die(`VFIO_MIG_KERNEL=${kernel}: no such file`);
 if (spawnSync('qemu-system-x86_64', ['--version']).error) {
-  die('qemu-system-x86_64 not found: apt-get install -y --no-install-recommends qemu-system-x86');
+  // A fresh Debian machine lacks it: install it when we can, else say how.
+  const hint = 'apt-get install -y --no-install-recommends qemu-system-x86';
+  if (process.getuid?.() !== 0 || spawnSync('apt-get', ['--version']).error) die(`qemu-system-x86_64 not found: ${hint}`);
+  console.error(`test:kernel: installing qemu-system-x86 (${hint})`);
+  const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
+  const ok = spawnSync('apt-get', ['update', '-qq'], { stdio: 'inherit', env }).status === 0 &&
+    spawnSync('apt-get', ['install', '-y', '-qq', '--no-install-recommends', 'qemu-system-x86'], { stdio: 'inherit', env }).status === 0;
+  if (!ok || spawnSync('qemu-system-x86_64', ['--version']).error) die(`could not install qemu-system-x86: ${hint}`);
 }
 if (/\s/.test(project)) die(`the project path must not contain spaces (it is passed on the kernel command line): ${project}`);
 

@@ -1,0 +1,193 @@
+import { spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { CLI, pipeCli, runCli } from './run-cli.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'vfio-mig-cli-'));
+const json = (s: string) => JSON.parse(s.trim().split('\n').at(-1)!);
+
+describe('vfio-mig fsm', () => {
+  it('prints the path of a transition', () => {
+    const r = runCli(['fsm', 'RUNNING', 'STOP_COPY']);
+    expect(r.code).toBe(0);
+    expect(r.stdout.trim()).toBe('RUNNING -> RUNNING_P2P -> STOP -> STOP_COPY');
+    expect(runCli(['fsm', '--flags', 'STOP_COPY', 'running', 'stop-copy']).stdout.trim()).toBe('RUNNING -> STOP -> STOP_COPY');
+  });
+  it('prints the whole table as JSON, and fails an impossible transition with exit 1', () => {
+    const t = json(runCli(['fsm', '--flags', '5', '--json']).stdout);
+    expect(t.flagNames).toEqual(['STOP_COPY', 'PRE_COPY']);
+    expect(t.transitions).toContainEqual({ from: 'PRE_COPY', to: 'STOP_COPY', path: ['PRE_COPY', 'STOP_COPY'] });
+    expect(t.transitions).toContainEqual({ from: 'STOP_COPY', to: 'PRE_COPY', error: 'EINVAL' });
+    const r = runCli(['fsm', 'STOP_COPY', 'PRE_COPY']);
+    expect(r.code).toBe(1);
+    expect(r.stdout).toMatch(/EINVAL/);
+  });
+});
+
+describe('vfio-mig info and state', () => {
+  it('info describes a simulated device, in text and JSON', () => {
+    const r = runCli(['info', 'sim:profile=mtty']);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/migration\s+STOP_COPY \| P2P \| PRE_COPY \(0x7\)/);
+    const j = json(runCli(['info', 'sim:flags=STOP_COPY,size=64K', '--json', '--section-size', '64K']).stdout);
+    expect(j).toMatchObject({ flags: 1, state: 'RUNNING', v1Region: { sectionSize: 65536, type: { type: 3, subtype: 1 } } });
+    expect(typeof j.stopCopySize).toBe('string');
+  });
+  it('state gets, sets by v2 name with the path, and sets v1 bits through the bridge', () => {
+    expect(runCli(['state', 'sim']).stdout.trim()).toBe('RUNNING');
+    expect(json(runCli(['state', 'sim', 'RESUMING', '--json']).stdout)).toMatchObject({ path: ['RUNNING', 'RUNNING_P2P', 'STOP', 'RESUMING'], dataFd: true, state: 'RESUMING' });
+    const v1 = runCli(['state', 'sim', '--v1', '011']);
+    expect(v1.stdout.trim()).toBe('001 RUNNING -> 011 SAVING|RUNNING: SET_STATE RUNNING->PRE_COPY = data_fd');
+  });
+  it('a transition that leaves the device in ERROR exits 5 with one line', () => {
+    const r = runCli(['state', 'sim:fail=STOP:STOP_COPY:EIO:error', '--v1', '010']);
+    expect(r.code).toBe(5);
+    expect(r.stderr.trim().split('\n')).toHaveLength(1);
+    expect(r.stderr).toMatch(/EIO \(5\).*device_state is now 110 ERROR/);
+  });
+  it('a refused transition exits 1 naming EINVAL', () => {
+    const r = runCli(['state', 'sim', 'ERROR']);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/EINVAL \(22\)/);
+  });
+});
+
+describe('vfio-mig save and load', () => {
+  const model = 'size=300K';
+  for (const [saveP, loadP] of [['v2', 'v2'], ['v1', 'v1'], ['v1', 'v2'], ['v2', 'v1']]) {
+    it(`round-trips through a file: saved with ${saveP}, loaded with ${loadP}`, () => {
+      const file = join(dir, `rt-${saveP}-${loadP}.vfio`);
+      const s = runCli(['save', `sim:${model},seed=1`, '-o', file, '--protocol', saveP!, '--json']);
+      expect(s.code, s.stderr).toBe(0);
+      const saved = json(s.stdout);
+      const l = runCli(['load', `sim:${model},seed=2`, '-i', file, '--protocol', loadP!, '--json']);
+      expect(l.code, l.stderr).toBe(0);
+      const loaded = json(l.stdout);
+      expect(loaded).toMatchObject({ savedWith: saveP, protocol: loadP, bytes: saved.bytes, state: 'RUNNING' });
+      expect(loaded.stateDigest).toBe(saved.stateDigest);
+    });
+  }
+
+  it('save -o - | load -i - works across two processes', async () => {
+    const [s, l] = await pipeCli(['save', `sim:${model},seed=7`, '-o', '-', '--json'], ['load', `sim:${model},seed=8`, '-i', '-', '--json']);
+    expect(s.code, s.stderr).toBe(0);
+    expect(l.code, l.stderr).toBe(0);
+    expect(json(l.stdout).stateDigest).toBe(json(s.stderr).stateDigest);
+  });
+
+  it('the file format is header, stream, trailer as documented', () => {
+    const file = join(dir, 'format.vfio');
+    expect(runCli(['save', 'sim:size=10,flags=3', '-o', file]).code).toBe(0);
+    const b = readFileSync(file);
+    expect(b.subarray(0, 8).toString('latin1')).toBe('VFIOMIG\0');
+    expect(b.readUInt16LE(8)).toBe(1);
+    expect(b[10]).toBe(2);
+    expect(b.readUInt32LE(12)).toBe(3);
+    const n = b.readBigUInt64LE(16);
+    expect(BigInt(b.length)).toBe(32n + n + 48n);
+    expect(b.subarray(b.length - 48, b.length - 40).toString('latin1')).toBe('VFIOEND\0');
+    expect(b.readBigUInt64LE(b.length - 40)).toBe(n);
+  });
+
+  describe('refuses bad files before touching the device', () => {
+    const good = join(dir, 'good.vfio');
+    // A device whose first arc towards RESUMING fails: touching it would show as EIO and exit 5.
+    const tripwire = `sim:${model},fail=RUNNING:RUNNING_P2P:EIO:error`;
+    const cases: Array<[string, (b: Buffer) => Buffer, RegExp]> = [
+      ['empty', () => Buffer.alloc(0), /empty input/],
+      ['wrong magic', (b) => Buffer.concat([Buffer.from('NOTMAGIC'), b.subarray(8)]), /wrong magic/],
+      ['truncated', (b) => b.subarray(0, b.length - 1000), /truncated/],
+      ['truncated header', (b) => b.subarray(0, 20), /truncated/],
+      ['corrupted', (b) => { const c = Buffer.from(b); c[5000] ^= 1; return c; }, /checksum mismatch/],
+      ['corrupted trailer', (b) => { const c = Buffer.from(b); c[c.length - 1] ^= 1; return c; }, /checksum mismatch/],
+    ];
+    it.each(cases)('%s', (_name, mutate, why) => {
+      if (!existsSync(good)) expect(runCli(['save', `sim:${model}`, '-o', good]).code).toBe(0);
+      const bad = join(dir, `bad-${_name.replace(/ /g, '-')}.vfio`);
+      writeFileSync(bad, mutate(readFileSync(good)));
+      const r = runCli(['load', tripwire, '-i', bad]);
+      expect(r.code).toBe(1);
+      expect(r.stderr).toMatch(why);
+      expect(r.stderr).toMatch(/EINVAL \(22\)/);
+      expect(r.stderr).not.toMatch(/EIO|abandoned/);
+    });
+
+    it('from stdin: a bad header is refused before the device; a bad checksum abandons the resume (exit 5)', () => {
+      if (!existsSync(good)) expect(runCli(['save', `sim:${model}`, '-o', good]).code).toBe(0);
+      const g = readFileSync(good);
+      const r1 = runCli(['load', tripwire, '-i', '-'], Buffer.from('garbage that is long enough to be a header....'));
+      expect(r1.code).toBe(1);
+      expect(r1.stderr).toMatch(/wrong magic/);
+      const corrupt = Buffer.from(g);
+      corrupt[9000] ^= 0x40;
+      const r2 = runCli(['load', `sim:${model}`, '-i', '-'], corrupt);
+      expect(r2.code).toBe(5);
+      expect(r2.stderr).toMatch(/load abandoned: device reset to RUNNING/);
+    });
+  });
+
+  it('a device that rejects the data exits 5 and says it was reset', () => {
+    const file = join(dir, 'foreign.vfio');
+    expect(runCli(['save', 'sim:size=1K', '-o', file]).code).toBe(0);
+    const r = runCli(['load', 'sim:size=2K', '-i', file]);
+    expect(r.code).toBe(5);
+    expect(r.stderr).toMatch(/foreign stream.*load abandoned/);
+  });
+
+  it('an interrupted save leaves no file under the target name (exit 130)', async () => {
+    const target = join(dir, 'interrupted.vfio');
+    const child = spawn(process.execPath, [CLI, 'save', 'sim:size=64M,read-delay-ms=5', '-o', target], { stdio: 'ignore' });
+    // Wait until the temporary file exists, i.e. the save is streaming.
+    const started = Date.now();
+    while (!readdirSync(dir).some((f) => f.startsWith('.interrupted.vfio.')) && Date.now() - started < 20_000) await new Promise((r) => setTimeout(r, 20));
+    expect(readdirSync(dir).some((f) => f.startsWith('.interrupted.vfio.'))).toBe(true);
+    child.kill('SIGINT');
+    const code = await new Promise<number | null>((r) => child.on('close', r));
+    expect(code).toBe(130);
+    expect(existsSync(target)).toBe(false);
+    expect(readdirSync(dir).filter((f) => f.startsWith('.interrupted.vfio.'))).toEqual([]);
+  });
+});
+
+describe('vfio-mig trace', () => {
+  it('prints each v1 access with the v2 operations it caused', () => {
+    const r = runCli(['trace', 'sim:size=100,flags=3']);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/W4@0\s+device_state := 011 SAVING\|RUNNING\n/); // virtual pre-copy: no v2 op
+    expect(r.stdout).toMatch(/W4@0\s+device_state := 010 SAVING\s+->\s+SET_STATE RUNNING->STOP_COPY = data_fd/);
+  });
+  it('--json is NDJSON that parses line by line, summary last', () => {
+    const lines = runCli(['trace', 'sim:profile=mtty', '--json']).stdout.trim().split('\n').map((l) => JSON.parse(l));
+    expect(lines.at(-1)).toMatchObject({ event: 'summary', finalState: '000 STOP' });
+    expect(lines.filter((l) => l.field === 'pending_bytes').length).toBeGreaterThan(1);
+  });
+});
+
+describe('usage errors exit 2', () => {
+  it.each([
+    [['save', 'sim']],
+    [['bogus']],
+    [['save', 'sim', '-o', 'x', '--protocol', 'v3']],
+    [['fsm', 'RUNNING']],
+    [['state', 'sim', 'NOT_A_STATE']],
+    [['save', 'sim', '-o', 'x', '--rounds', 'many']],
+  ])('%j', (args) => {
+    const r = runCli(args);
+    expect(r.code).toBe(2);
+    expect(r.stderr.length).toBeGreaterThan(0);
+  });
+  it('a bad device spec names what is wrong', () => {
+    const r = runCli(['info', 'sim:size=lots']);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/"lots" is not a size/);
+  });
+  it('--help on every command has an example', () => {
+    for (const c of ['info', 'state', 'save', 'load', 'fsm', 'trace']) {
+      const r = runCli([c, '--help']);
+      expect(r.code).toBe(0);
+      expect(r.stdout).toMatch(/Example:\n\s+vfio-mig /);
+    }
+  });
+});
