@@ -8,8 +8,14 @@ const HINTS: Record<string, string> = {
   EPERM: 'run as root, or give this user access to the device node',
   ENOTTY: 'the device (or kernel) does not support VFIO v2 migration',
   EBUSY: 'the device is in use or mid-migration: reset it with `vfio-mig state DEVICE --reset`',
-  EINVAL: 'see `vfio-mig fsm` for valid transitions, or --help for the arguments',
 };
+
+function hintFor(e: { code: string; op: string; reason: string | undefined }): string | undefined {
+  if (e.code !== 'EINVAL') return HINTS[e.code];
+  if (e.reason?.startsWith('resume data rejected')) return 'the data does not fit this device: same model and an intact file are needed';
+  if (/^(SET_STATE|v1\.write\(device_state\)|vfio_mig_get_next_state)/.test(e.op)) return '`vfio-mig fsm` lists the valid transitions';
+  return undefined;
+}
 
 /** An error that also says which exit code it deserves. */
 export class CliError extends Error {
@@ -30,7 +36,7 @@ export function exitCodeFor(e: unknown): number {
 /** One line naming the operation, the device, the errno and what to do. */
 export function errorLine(e: unknown): string {
   if (isVfioError(e)) {
-    const hint = HINTS[e.code];
+    const hint = hintFor(e);
     return `vfio-mig: ${e.message}${hint ? ` (${hint})` : ''}`;
   }
   return `vfio-mig: ${e instanceof Error ? e.message : String(e)}`;

@@ -1,6 +1,7 @@
 /** vfio-mig state: get, set by v2 name, or set v1 bits through the bridge; prints the path taken. */
 import { openV1Bridge } from '../bridge/v1-bridge.js';
 import { readU32, writeU32 } from '../v1/region-access.js';
+import { VfioError } from '../errors.js';
 import { V1, isErrorV1, v1StateName } from '../v1/uapi.js';
 import type { V2Device } from '../v2/device.js';
 import { migrationPath } from '../v2/fsm.js';
@@ -48,7 +49,13 @@ export async function stateCommand(dev: V2Device, target: string | undefined, op
   }
   const want = parseStateArg(target);
   const flags = await dev.migrationFlags();
-  const path = migrationPath(cur, want, flags);
+  let path: MigState[];
+  try {
+    path = migrationPath(cur, want, flags);
+  } catch (e) {
+    // Refused before the device is asked, as the kernel would refuse it.
+    throw new VfioError('EINVAL', `SET_STATE ${migStateName(cur)}->${migStateName(want)}`, dev.name, (e as VfioError).reason, { cause: e });
+  }
   let stream;
   try {
     stream = await dev.setState(want);
