@@ -3,7 +3,7 @@
 // simulated device, in one run. Reported as ratios to raw v2, never as
 // absolute limits. Each case moves a whole device state from one simulated
 // device into another of the same model and checks the result.
-import { createSimDevice, loadV1, loadV2, openV1Bridge, saveV1, saveV2 } from '../dist/index.js';
+import { chunkPipe, createSimDevice, loadV1, loadV2, openV1Bridge, saveV1, saveV2 } from '../dist/index.js';
 
 const MiB = 1024 * 1024;
 const size = Number(process.env.BENCH_MIB ?? 256) * MiB;
@@ -16,62 +16,26 @@ function pair(stateSize) {
   return [createSimDevice({ ...model, seed: 1 }), createSimDevice({ ...model, seed: 2 })];
 }
 
-/** A one-chunk hand-off so save and load run interleaved, as over a pipe. */
-function pipe() {
-  let slot = null, done = false, wakeC = null, wakeP = null;
-  return {
-    async sink(c) {
-      while (slot) await new Promise((r) => (wakeP = r));
-      slot = c;
-      wakeC?.();
-    },
-    end() {
-      done = true;
-      wakeC?.();
-    },
-    source: {
-      async *[Symbol.asyncIterator]() {
-        for (;;) {
-          while (!slot && !done) await new Promise((r) => (wakeC = r));
-          if (!slot) return;
-          const c = slot;
-          slot = null;
-          wakeP?.();
-          yield c;
-        }
-      },
-    },
-  };
+/** Save on one device and load on the other, interleaved as over a pipe. */
+async function move(n, save, load) {
+  const [a, b] = pair(n);
+  const p = chunkPipe();
+  await Promise.all([save(a, p.sink).finally(p.end), load(b, p.source)]);
+  return [a, b];
 }
 
 const cases = {
-  'raw v2 (saveV2 -> loadV2)': async (n) => {
-    const [a, b] = pair(n);
-    const p = pipe();
-    await Promise.all([saveV2(a, p.sink, { precopy: false }).finally(p.end), loadV2(b, p.source)]);
-    return [a, b];
-  },
-  'v1 bridge, bulk access (saveV1 -> loadV1)': async (n) => {
-    const [a, b] = pair(n);
-    const p = pipe();
-    const [ra, rb] = [await openV1Bridge(a), await openV1Bridge(b)];
-    await Promise.all([saveV1(ra, p.sink, { precopy: false }).finally(p.end), loadV1(rb, p.source)]);
-    return [a, b];
-  },
-  'v1 bridge, bulk access, with pre-copy': async (n) => {
-    const [a, b] = pair(n);
-    const p = pipe();
-    const [ra, rb] = [await openV1Bridge(a), await openV1Bridge(b)];
-    await Promise.all([saveV1(ra, p.sink).finally(p.end), loadV1(rb, p.source)]);
-    return [a, b];
-  },
-  'v1 bridge, 8-byte accesses as QEMU without mmap': async (n) => {
-    const [a, b] = pair(n);
-    const p = pipe();
-    const [ra, rb] = [await openV1Bridge(a), await openV1Bridge(b)];
-    await Promise.all([saveV1(ra, p.sink, { precopy: false, dataAccess: 'qemu' }).finally(p.end), loadV1(rb, p.source, { dataAccess: 'qemu' })]);
-    return [a, b];
-  },
+  'raw v2 (saveV2 -> loadV2)': (n) => move(n, (a, sink) => saveV2(a, sink, { precopy: false }), (b, src) => loadV2(b, src)),
+  'v1 bridge, bulk access (saveV1 -> loadV1)': (n) =>
+    move(n, async (a, sink) => saveV1(await openV1Bridge(a), sink, { precopy: false }), async (b, src) => loadV1(await openV1Bridge(b), src)),
+  'v1 bridge, bulk access, with pre-copy': (n) =>
+    move(n, async (a, sink) => saveV1(await openV1Bridge(a), sink), async (b, src) => loadV1(await openV1Bridge(b), src)),
+  'v1 bridge, 8-byte accesses as QEMU without mmap': (n) =>
+    move(
+      n,
+      async (a, sink) => saveV1(await openV1Bridge(a), sink, { precopy: false, dataAccess: 'qemu' }),
+      async (b, src) => loadV1(await openV1Bridge(b), src, { dataAccess: 'qemu' }),
+    ),
 };
 
 async function measure(name, n) {

@@ -11,7 +11,7 @@ export type { RegionInfo, SparseMmapArea } from './v2/uapi.js';
 export * as uapi from './v2/uapi.js';
 export { nextState, migrationPath, isStateSupported, arcOpensStream, arcEndsStream, isSavingState } from './v2/fsm.js';
 export type { V2Device, DataStream, PrecopyInfo } from './v2/device.js';
-export { readSome, writeAll } from './v2/stream-io.js';
+export { readSome, writeAll, chunkPipe } from './v2/stream-io.js';
 export { createSimDevice, SimDevice } from './v2/sim/sim-device.js';
 export type { SimDeviceOptions, SimFaults, SimArcFault, SimIoFault, SimProfile } from './v2/sim/sim-device.js';
 export {
@@ -34,5 +34,5 @@ export type { V1BridgeOptions, V1TraceEvent, V1Field } from './bridge/v1-bridge.
 export { V1_NDMA } from './bridge/state-map.js';
 export { openKernelDevice, KernelDevice, parseKernelSpec } from './v2/kernel/kernel-device.js';
 export type { KernelDeviceSpec } from './v2/kernel/kernel-device.js';
-export { saveV2, loadV2 } from './v2/native-caller.js';
+export { saveV2, loadV2, drainStream } from './v2/native-caller.js';
 export type { SaveV2Options, SaveV2Result, Sink } from './v2/native-caller.js';

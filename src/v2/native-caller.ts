@@ -30,8 +30,8 @@ export interface SaveV2Result {
 
 export type Sink = (chunk: Uint8Array) => void | Promise<void>;
 
-/** Reads until end of stream (0) or, in pre-copy, the temporary end (ENOMSG or 0). */
-async function pump(stream: DataStream, sink: Sink, chunkSize: number, onBytes: (n: number) => void): Promise<void> {
+/** Reads into `sink` until end of stream (0) or, in pre-copy, the temporary end (ENOMSG or 0). */
+export async function drainStream(stream: DataStream, sink: Sink, chunkSize = 1 << 20, onBytes: (n: number) => void = () => undefined): Promise<void> {
   for (;;) {
     const buf = new Uint8Array(chunkSize);
     let n: number;
@@ -58,7 +58,7 @@ export async function saveV2(device: V2Device, sink: Sink, options: SaveV2Option
       stream = await device.setState(MigState.PRE_COPY);
       const threshold = options.threshold ?? 1n;
       while (rounds < (options.maxRounds ?? 100)) {
-        await pump(stream!, sink, chunkSize, (n) => {
+        await drainStream(stream!, sink, chunkSize, (n) => {
           bytes += n;
           options.onProgress?.({ phase: 'precopy', bytes, rounds });
         });
@@ -69,7 +69,7 @@ export async function saveV2(device: V2Device, sink: Sink, options: SaveV2Option
     }
     const precopyBytes = bytes;
     stream = (await device.setState(MigState.STOP_COPY)) ?? stream;
-    await pump(stream!, sink, chunkSize, (n) => {
+    await drainStream(stream!, sink, chunkSize, (n) => {
       bytes += n;
       options.onProgress?.({ phase: 'stopcopy', bytes, rounds });
     });

@@ -45,3 +45,37 @@ export async function writeAll(stream: DataStream, data: Uint8Array, device: str
     done += n;
   }
 }
+
+/**
+ * A one-chunk rendezvous between a producer's sink and a consumer's async
+ * iterable, so a save and a load run interleaved in one process, like a
+ * pipe between hosts, holding at most one chunk.
+ */
+export function chunkPipe(): { sink: (c: Uint8Array) => Promise<void>; end: () => void; source: AsyncIterable<Uint8Array> } {
+  let slot: Uint8Array | null = null;
+  let done = false;
+  let wakeConsumer: (() => void) | null = null;
+  let wakeProducer: (() => void) | null = null;
+  const sink = async (c: Uint8Array) => {
+    while (slot) await new Promise<void>((r) => (wakeProducer = r));
+    slot = c;
+    wakeConsumer?.();
+  };
+  const end = () => {
+    done = true;
+    wakeConsumer?.();
+  };
+  const source = {
+    async *[Symbol.asyncIterator]() {
+      for (;;) {
+        while (!slot && !done) await new Promise<void>((r) => (wakeConsumer = r));
+        if (!slot) return;
+        const c: Uint8Array = slot;
+        slot = null;
+        wakeProducer?.();
+        yield c;
+      }
+    },
+  };
+  return { sink, end, source };
+}

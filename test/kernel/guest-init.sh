@@ -11,6 +11,8 @@ mount -t tmpfs tmp /tmp
 mount -t tmpfs run /run
 echo "VFIOMIG: booted $(uname -r)"
 OPTS=trans=virtio,version=9p2000.L,msize=512000
+# The project may live under /tmp, now hidden by the tmpfs: recreate its mount point there.
+[ -d "$VFIOMIG_PROJECT" ] || mkdir -p "$VFIOMIG_PROJECT"
 mount -t 9p -o $OPTS proj "$VFIOMIG_PROJECT" || { echo "VFIOMIG: cannot mount the project"; exit 1; }
 mkdir -p /tmp/out && mount -t 9p -o $OPTS out /tmp/out || { echo "VFIOMIG: cannot mount the output folder"; exit 1; }
 TYPE=/sys/class/mdev_bus/mtty/mdev_supported_types/mtty-2

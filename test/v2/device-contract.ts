@@ -149,51 +149,38 @@ export function deviceContract(t: ContractTarget): void {
       });
     });
 
-    it('saves A and resumes B through the v2 API: B holds A\'s state', async () => {
+    /** Opens A and B, gives them different state, runs `move`, and checks B now holds A's (after the save). */
+    async function moveAtoB(move: (a: V2Device, b: V2Device) => Promise<void>): Promise<void> {
       const a = await t.open('a');
       const b = await t.open('b');
       try {
         await t.mutate(a, 0x5a);
         await t.mutate(b, 0x11);
         expect(await t.fingerprint(b)).not.toBe(await t.fingerprint(a));
-        const data = await saveV2(a);
-        const want = await t.fingerprint(a); // after the save: a running device may change while pre-copying
-        await loadV2(b, data);
+        await move(a, b);
         expect(await b.getState()).toBe(S.RUNNING);
-        expect(await t.fingerprint(b)).toBe(want);
+        // A's state after the save: a running device may change while pre-copying.
+        expect(await t.fingerprint(b)).toBe(await t.fingerprint(a));
       } finally {
         await a.reset();
         await b.reset();
         await a.close();
         await b.close();
       }
-    });
+    }
 
-    it('saves A and resumes B through the bridge with the legacy v1 caller', async () => {
-      const a = await t.open('a');
-      const b = await t.open('b');
-      try {
-        await t.mutate(a, 0xa7);
-        await t.mutate(b, 0x3c);
-        expect(await t.fingerprint(b)).not.toBe(await t.fingerprint(a));
-        const src = await openV1Bridge(a, { sectionSize: 4096 });
-        const dst = await openV1Bridge(b, { sectionSize: 4096 });
+    it('saves A and resumes B through the v2 API: B holds A\'s state', () =>
+      moveAtoB(async (a, b) => loadV2(b, await saveV2(a))));
+
+    it('saves A and resumes B through the bridge with the legacy v1 caller', () =>
+      moveAtoB(async (a, b) => {
         const chunks: Uint8Array[] = [];
-        const saved = await saveV1(src, (c) => void chunks.push(c), { dataAccess: 'qemu' });
+        const saved = await saveV1(await openV1Bridge(a, { sectionSize: 4096 }), (c) => void chunks.push(c), { dataAccess: 'qemu' });
         expect(saved.finalState).toBe(0);
-        const want = await t.fingerprint(a);
-        const loaded = await loadV1(dst, chunks, { dataAccess: 'qemu' });
+        const loaded = await loadV1(await openV1Bridge(b, { sectionSize: 4096 }), chunks, { dataAccess: 'qemu' });
         expect(loaded.finalState).toBe(1);
         expect(loaded.bytes).toBe(saved.bytes);
-        expect(await b.getState()).toBe(S.RUNNING);
-        expect(await t.fingerprint(b)).toBe(want);
-      } finally {
-        await a.reset();
-        await b.reset();
-        await a.close();
-        await b.close();
-      }
-    });
+      }));
 
     it('refuses garbage and truncated resumes; reset recovers', async () => {
       const valid = await withDevice(t, 'a', (a) => saveV2(a));

@@ -70,39 +70,28 @@ export function sysIoctlInt(fd: number, request: number, arg: number, op: string
   return r;
 }
 
-/** read(); EINTR retried here, every other errno raised. */
-export function sysRead(fd: number, into: Uint8Array, op: string, device: string): number {
+/** Runs a read/write-style call, retrying EINTR; every other errno is raised. */
+function retryEintr(call: () => number | bigint, op: string, device: string, syscall: string): number {
   for (;;) {
-    const r = Number(load().read(fd, into, into.length));
+    const r = Number(call());
     if (r >= 0) return r;
-    const e = fail(op, device, 'read');
+    const e = fail(op, device, syscall);
     if (e.code !== 'EINTR') throw e;
   }
+}
+
+export function sysRead(fd: number, into: Uint8Array, op: string, device: string): number {
+  return retryEintr(() => load().read(fd, into, into.length), op, device, 'read');
 }
 
 export function sysWrite(fd: number, from: Uint8Array, op: string, device: string): number {
-  for (;;) {
-    const r = Number(load().write(fd, from, from.length));
-    if (r >= 0) return r;
-    const e = fail(op, device, 'write');
-    if (e.code !== 'EINTR') throw e;
-  }
+  return retryEintr(() => load().write(fd, from, from.length), op, device, 'write');
 }
 
 export function sysPread(fd: number, into: Uint8Array, offset: bigint, op: string, device: string): number {
-  for (;;) {
-    const r = Number(load().pread(fd, into, into.length, offset));
-    if (r >= 0) return r;
-    const e = fail(op, device, 'pread');
-    if (e.code !== 'EINTR') throw e;
-  }
+  return retryEintr(() => load().pread(fd, into, into.length, offset), op, device, 'pread');
 }
 
 export function sysPwrite(fd: number, from: Uint8Array, offset: bigint, op: string, device: string): number {
-  for (;;) {
-    const r = Number(load().pwrite(fd, from, from.length, offset));
-    if (r >= 0) return r;
-    const e = fail(op, device, 'pwrite');
-    if (e.code !== 'EINTR') throw e;
-  }
+  return retryEintr(() => load().pwrite(fd, from, from.length, offset), op, device, 'pwrite');
 }
