@@ -8,7 +8,7 @@ import { chunkPipe, createSimDevice, loadV1, loadV2, openV1Bridge, saveV1, saveV
 const MiB = 1024 * 1024;
 const size = Number(process.env.BENCH_MIB ?? 256) * MiB;
 const qemuSize = Number(process.env.BENCH_QEMU_MIB ?? 16) * MiB;
-const reps = Number(process.env.BENCH_REPS ?? 3);
+const reps = Number(process.env.BENCH_REPS ?? 5);
 
 function pair(stateSize) {
   // No dirtying: every case moves the same bytes.
@@ -38,30 +38,28 @@ const cases = {
     ),
 };
 
-async function measure(name, n) {
-  let best = Infinity;
-  for (let i = 0; i < reps; i++) {
-    const t = process.hrtime.bigint();
-    const [a, b] = await cases[name](n);
-    const s = Number(process.hrtime.bigint() - t) / 1e9;
-    if (a.stateDigest() !== b.stateDigest()) throw new Error(`${name}: the resumed state differs`);
-    best = Math.min(best, s);
-  }
-  return n / MiB / best; // MiB/s, best of reps
+async function once(name, n) {
+  globalThis.gc?.(); // start each run from a collected heap, so one case's garbage does not bill the next
+  const t = process.hrtime.bigint();
+  const [a, b] = await cases[name](n);
+  const s = Number(process.hrtime.bigint() - t) / 1e9;
+  if (a.stateDigest() !== b.stateDigest()) throw new Error(`${name}: the resumed state differs`);
+  return n / MiB / s; // MiB/s
 }
 
+const median = (xs) => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)];
 const names = Object.keys(cases);
-const results = [];
-for (const name of names) {
-  const n = name.includes('8-byte') ? qemuSize : size;
-  results.push({ name, mib: n / MiB, rate: await measure(name, n) });
-}
-// The raw path is measured again at the small size, so the 8-byte case has a same-size baseline.
-const rawSmall = await measure(names[0], qemuSize);
-const raw = results[0].rate;
-console.log(`vfio-mig-bridge benchmark: node ${process.version}, best of ${reps}, simulated device, save and load interleaved`);
+const runs = [
+  ...names.map((name) => ({ name, mib: (name.includes('8-byte') ? qemuSize : size) / MiB, rates: [] })),
+  // The raw path again at the small size: the same-size baseline for the 8-byte case.
+  { name: names[0], mib: qemuSize / MiB, rates: [], baselineOnly: true },
+];
+// Round-robin, so drift in machine speed hits every case alike.
+for (let i = 0; i < reps; i++) for (const r of runs) r.rates.push(await once(r.name, r.mib * MiB));
+const rateOf = (r) => median(r.rates);
+const baseline = (mib) => rateOf(runs.find((r) => r.name === names[0] && r.mib === mib));
+console.log(`vfio-mig-bridge benchmark: node ${process.version}, median of ${reps} round-robin runs, simulated device, save and load interleaved`);
 console.log('case'.padEnd(52), 'state'.padStart(8), 'MiB/s'.padStart(9), 'vs raw v2'.padStart(10));
-for (const r of results) {
-  const base = r.mib === results[0].mib ? raw : rawSmall;
-  console.log(r.name.padEnd(52), `${r.mib} MiB`.padStart(8), r.rate.toFixed(0).padStart(9), `${(r.rate / base).toFixed(2)}x`.padStart(10));
+for (const r of runs.filter((r) => !r.baselineOnly)) {
+  console.log(r.name.padEnd(52), `${r.mib} MiB`.padStart(8), rateOf(r).toFixed(0).padStart(9), `${(rateOf(r) / baseline(r.mib)).toFixed(2)}x`.padStart(10));
 }

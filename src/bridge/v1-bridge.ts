@@ -57,6 +57,7 @@ export interface V1TraceEvent {
 }
 
 const DEFAULT_SECTION = 1 << 20;
+const READ_AHEAD = 64 * 1024;
 const PAGE = 4096;
 
 export class V1Bridge implements V1Region {
@@ -427,7 +428,8 @@ export class V1Bridge implements V1Region {
   }
 
   async #fillReadAhead(): Promise<void> {
-    this.#readAhead ??= new Uint8Array(this.sectionSize);
+    // Enough to learn whether the stream goes on; the chunk itself is read straight into the section.
+    this.#readAhead ??= new Uint8Array(Math.min(this.sectionSize, READ_AHEAD));
     this.#aheadStart = 0;
     this.#aheadEnd = await this.#readStream(this.#readAhead, 0);
   }

@@ -78,11 +78,7 @@ async function saveBuffer(region: V1Region, sink: ChunkSink, mode: DataAccess, d
     throw new VfioError('EINVAL', 'v1 save', device, `data_offset ${dataOffset} + data_size ${dataSize} runs past the region (${region.size} bytes)`);
   }
   const n = Number(dataSize);
-  if (n > 0) {
-    const buf = new Uint8Array(n);
-    await readData(region, Number(dataOffset), buf, mode);
-    await sink(buf);
-  }
+  if (n > 0) await sink(await readData(region, Number(dataOffset), n, mode));
   return n;
 }
 

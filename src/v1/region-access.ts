@@ -38,16 +38,16 @@ function pieceSize(offset: number, remaining: number): number {
   return 1;
 }
 
-export async function readData(region: V1Region, offset: number, into: Uint8Array, mode: DataAccess): Promise<void> {
-  if (mode === 'bulk') {
-    if (into.length) into.set(await region.read(offset, into.length));
-    return;
-  }
+/** Reads `length` bytes of the data section; a bulk read hands back the region's own copy. */
+export async function readData(region: V1Region, offset: number, length: number, mode: DataAccess): Promise<Uint8Array> {
+  if (mode === 'bulk') return region.read(offset, length);
+  const into = new Uint8Array(length);
   for (let done = 0; done < into.length; ) {
     const n = pieceSize(offset + done, into.length - done);
     into.set(await region.read(offset + done, n), done);
     done += n;
   }
+  return into;
 }
 
 export async function writeData(region: V1Region, offset: number, data: Uint8Array, mode: DataAccess): Promise<void> {
