@@ -463,8 +463,9 @@ export class V1Bridge implements V1Region {
   }
 
   async #noteTemporaryEnd(): Promise<void> {
+    const stream = this.#stream!;
     try {
-      const info = await this.#stream!.precopyInfo();
+      const info = await this.#call('VFIO_MIG_GET_PRECOPY_INFO', () => stream.precopyInfo(), (i) => `initial ${i.initialBytes} dirty ${i.dirtyBytes}`);
       this.#tempEndInfo = `${info.initialBytes}/${info.dirtyBytes}`;
     } catch {
       this.#tempEndInfo = null;

@@ -102,6 +102,8 @@ export class KernelDevice implements V2Device {
   #fd: number;
   #held: number[]; // iommufd or container+group fds that must live as long as the device fd
   #regions: RegionInfo[] | null = null;
+  /** The state as of our last GET or SET, for error messages; null after a failed SET. */
+  #known: MigState | null = null;
 
   constructor(readonly name: string, fd: number, held: number[]) {
     this.#fd = fd;
@@ -128,13 +130,21 @@ export class KernelDevice implements V2Device {
 
   async getState(): Promise<MigState> {
     const buf = this.#feature('GET_STATE', VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE);
-    return vfio_device_feature_mig_state.decode(buf, 8).device_state as MigState;
+    this.#known = vfio_device_feature_mig_state.decode(buf, 8).device_state as MigState;
+    return this.#known;
   }
 
   async setState(state: MigState): Promise<DataStream | null> {
-    const op = `SET_STATE ->${migStateName(state)}`;
+    const op = `SET_STATE ${this.#known === null ? '?' : migStateName(this.#known)}->${migStateName(state)}`;
     const payload = vfio_device_feature_mig_state.encode({ device_state: state, data_fd: -1 });
-    const buf = this.#feature(op, VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE, payload);
+    let buf: Uint8Array;
+    try {
+      buf = this.#feature(op, VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE, payload);
+    } catch (e) {
+      this.#known = null; // the device may be anywhere on the path now
+      throw e;
+    }
+    this.#known = state;
     const fd = vfio_device_feature_mig_state.decode(buf, 8).data_fd;
     return fd >= 0 ? new KernelStream(fd, this.name) : null;
   }
@@ -146,6 +156,7 @@ export class KernelDevice implements V2Device {
 
   async reset(): Promise<void> {
     sysIoctl(this.#live('VFIO_DEVICE_RESET'), VFIO_DEVICE_RESET, null, 'VFIO_DEVICE_RESET', this.name);
+    this.#known = MigState.RUNNING;
   }
 
   /** VFIO_DEVICE_GET_INFO, then VFIO_DEVICE_GET_REGION_INFO for each region (retrying with the argsz the kernel asks for). */
@@ -298,6 +309,7 @@ export async function openKernelDevice(spec: KernelDeviceSpec): Promise<KernelDe
   const dev = 'cdev' in s ? openCdev(s.cdev, s.iommu) : openGroup(s.group, s.device, s.container);
   try {
     await dev.migrationFlags();
+    await dev.getState(); // so errors can name the state a transition started from
   } catch (e) {
     await dev.close();
     const ve = e as VfioError;
