@@ -56,6 +56,15 @@ export interface V1TraceEvent {
   error?: string;
 }
 
+/** vfio_device_migration_info fields: [offset, width, name]; only these exact accesses are allowed. */
+const HEADER_FIELDS: ReadonlyArray<readonly [number, number, V1Field]> = [
+  [F.DEVICE_STATE, 4, 'device_state'],
+  [F.RESERVED, 4, 'reserved'],
+  [F.PENDING_BYTES, 8, 'pending_bytes'],
+  [F.DATA_OFFSET, 8, 'data_offset'],
+  [F.DATA_SIZE, 8, 'data_size'],
+];
+
 const DEFAULT_SECTION = 1 << 20;
 const READ_AHEAD = 64 * 1024;
 const PAGE = 4096;
@@ -197,14 +206,7 @@ export class V1Bridge implements V1Region {
       if (offset + length > this.size) throw bad(`access [${offset}, ${offset + length}) runs past the region end ${this.size}`);
       return 'data';
     }
-    const fields: Array<[number, number, V1Field]> = [
-      [F.DEVICE_STATE, 4, 'device_state'],
-      [F.RESERVED, 4, 'reserved'],
-      [F.PENDING_BYTES, 8, 'pending_bytes'],
-      [F.DATA_OFFSET, 8, 'data_offset'],
-      [F.DATA_SIZE, 8, 'data_size'],
-    ];
-    const hit = fields.find(([o, w]) => o === offset && w === length);
+    const hit = HEADER_FIELDS.find(([o, w]) => o === offset && w === length);
     if (!hit) throw bad(`header fields must be accessed at their own offset and width (offset ${offset}, length ${length})`);
     const f = hit[2];
     if (op === 'write' && (f === 'pending_bytes' || f === 'data_offset' || f === 'reserved')) throw bad(`${f} is read-only`);

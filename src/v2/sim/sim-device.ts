@@ -9,7 +9,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { VfioError } from '../../errors.js';
 import type { DataStream, PrecopyInfo, V2Device } from '../device.js';
 import { arcEndsStream, arcOpensStream, isSavingState, isStateSupported, nextState } from '../fsm.js';
-import { MigFlag, MigState, MIG_STATE_COUNT, migStateName } from '../uapi.js';
+import { MigState, MIG_STATE_COUNT, migStateName } from '../uapi.js';
 import { Prng, fnv1a32, pageWindow, patternFor } from './content.js';
 import { RECORD_END, RECORD_PAGE, SIM_STREAM_MAGIC, simHeader, simRecord } from './stream-format.js';
 
@@ -77,7 +77,6 @@ interface Content {
 }
 
 interface OutRecord {
-  bytes: Uint8Array | null; // header (+ END) bytes still owed, or null for a page record
   hdr: Uint8Array;
   page: number;
   window: number;
@@ -93,7 +92,6 @@ class SaveSession {
   sweepNext = 0;
   readonly dirty = new Set<number>();
   current: OutRecord | null = null;
-  endSent = false;
   endPos = 0;
   constructor(readonly dev: SimDevice) {
     this.header = simHeader.encode({
@@ -179,7 +177,6 @@ class SaveSession {
     const version = d.content.versions[page]!;
     const length = d.pageLength(page);
     this.current = {
-      bytes: null,
       hdr: simRecord.encode({ kind: RECORD_PAGE, page, version, length }),
       page,
       window: pageWindow(d.content.seed, page, version),
@@ -592,4 +589,3 @@ export function createSimDevice(options: SimDeviceOptions = {}): SimDevice {
   return new SimDevice(options);
 }
 
-export { MigFlag };
