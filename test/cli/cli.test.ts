@@ -1,4 +1,4 @@
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -189,5 +189,17 @@ describe('usage errors exit 2', () => {
       expect(r.code).toBe(0);
       expect(r.stdout).toMatch(/Example:\n\s+vfio-mig /);
     }
+  });
+});
+
+describe('progress', () => {
+  it('shows bytes, rate and phase on a terminal, and nothing when output is piped', () => {
+    const file = join(dir, 'progress.vfio');
+    const tty = spawnSync('script', ['-qec', `${process.execPath} ${CLI} save sim:size=8M,read-delay-ms=1 -o ${file}`, '/dev/null'], { encoding: 'utf8' });
+    expect(tty.status).toBe(0);
+    expect(tty.stdout).toMatch(/\rsave sim:size=8M,read-delay-ms=1 (precopy|stopcopy): [\d.]+ (KiB|MiB) at [\d.]+ (B|KiB|MiB|GiB)\/s/);
+    const piped = runCli(['save', 'sim:size=8M', '-o', file]);
+    expect(piped.code).toBe(0);
+    expect(piped.stderr).toBe('');
   });
 });
