@@ -3,7 +3,7 @@
  * struct, with the kernel's field names, so a grep finds both. u64 fields are
  * bigint, everything narrower is number.
  */
-export type FieldType = 'u16' | 'u32' | 's32' | 'u64';
+export type FieldType = 'u8' | 'u16' | 'u32' | 's32' | 'u64';
 
 export interface FieldSpec {
   readonly offset: number;
@@ -21,7 +21,7 @@ export interface StructCodec<L extends Record<string, FieldSpec>> {
   decode(from: Uint8Array, at?: number): StructValue<L>;
 }
 
-const WIDTH: Record<FieldType, number> = { u16: 2, u32: 4, s32: 4, u64: 8 };
+const WIDTH: Record<FieldType, number> = { u8: 1, u16: 2, u32: 4, s32: 4, u64: 8 };
 
 export function defineStruct<L extends Record<string, FieldSpec>>(name: string, size: number, layout: L): StructCodec<L> {
   for (const [field, spec] of Object.entries(layout)) {
@@ -54,6 +54,7 @@ export function defineStruct<L extends Record<string, FieldSpec>>(name: string, 
 
 function writeField(dv: DataView, spec: FieldSpec, v: number | bigint): void {
   switch (spec.type) {
+    case 'u8': dv.setUint8(spec.offset, Number(v)); break;
     case 'u16': dv.setUint16(spec.offset, Number(v), true); break;
     case 'u32': dv.setUint32(spec.offset, Number(v), true); break;
     case 's32': dv.setInt32(spec.offset, Number(v), true); break;
@@ -63,6 +64,7 @@ function writeField(dv: DataView, spec: FieldSpec, v: number | bigint): void {
 
 function readField(dv: DataView, spec: FieldSpec): number | bigint {
   switch (spec.type) {
+    case 'u8': return dv.getUint8(spec.offset);
     case 'u16': return dv.getUint16(spec.offset, true);
     case 'u32': return dv.getUint32(spec.offset, true);
     case 's32': return dv.getInt32(spec.offset, true);

@@ -12,7 +12,7 @@ import { saveV2 } from '../v2/native-caller.js';
 import { MigState } from '../v2/uapi.js';
 import { SimDevice } from '../v2/sim/sim-device.js';
 import { asVfioError } from '../errors.js';
-import { encodeHeader, encodeTrailer, newHash, type SavedProtocol } from './state-file.js';
+import { encodeHeader, encodeTrailer, newHash, stateFileHeader, type SavedProtocol } from './state-file.js';
 import { progressReporter, toJson } from './output.js';
 
 export interface SaveOptions {
@@ -64,9 +64,10 @@ export async function saveCommand(dev: V2Device, opts: SaveOptions): Promise<voi
     const trailer = encodeTrailer(count, hash.digest());
     if (fh) {
       await fh.write(trailer);
+      // The byte count, now known, into the header.
       const b = Buffer.alloc(8);
       b.writeBigUInt64LE(count);
-      await fh.write(b, 0, 8, 16); // the byte count, now known, into the header
+      await fh.write(b, 0, 8, stateFileHeader.layout.byte_count.offset);
       await fh.sync();
       await fh.close();
       await rename(tmp!, opts.output);

@@ -22,17 +22,25 @@ import { VfioError } from '../errors.js';
 export const FILE_VERSION = 1;
 export const STREAMED = 0xffff_ffff_ffff_ffffn;
 
-const MAGIC = Buffer.from('VFIOMIG\0', 'latin1');
-const END = Buffer.from('VFIOEND\0', 'latin1');
+const MAGIC = Buffer.from('VFIOMIG\0', 'latin1').readBigUInt64LE();
+const END = Buffer.from('VFIOEND\0', 'latin1').readBigUInt64LE();
+const PROTOCOL = { v1: 1, v2: 2 } as const;
 
 export const stateFileHeader = defineStruct('vfio_mig_file_header', 32, {
+  magic: { offset: 0, type: 'u64' },
   version: { offset: 8, type: 'u16' },
+  protocol: { offset: 10, type: 'u8' },
+  reserved0: { offset: 11, type: 'u8' },
   flags: { offset: 12, type: 'u32' },
   byte_count: { offset: 16, type: 'u64' },
   reserved: { offset: 24, type: 'u64' },
 });
-export const HEADER_SIZE = 32;
-export const TRAILER_SIZE = 48;
+export const stateFileTrailer = defineStruct('vfio_mig_file_trailer', 16, {
+  magic: { offset: 0, type: 'u64' },
+  byte_count: { offset: 8, type: 'u64' },
+});
+export const HEADER_SIZE = stateFileHeader.size;
+export const TRAILER_SIZE = stateFileTrailer.size + 32; // + SHA-256
 
 export type SavedProtocol = 'v1' | 'v2';
 
@@ -46,9 +54,7 @@ export interface StateFileHeader {
 
 export function encodeHeader(h: { protocol: SavedProtocol; flags: number; byteCount: bigint | null }): Buffer {
   const b = Buffer.alloc(HEADER_SIZE);
-  MAGIC.copy(b, 0);
-  stateFileHeader.encode({ version: FILE_VERSION, flags: h.flags, byte_count: h.byteCount ?? STREAMED }, b);
-  b[10] = h.protocol === 'v1' ? 1 : 2;
+  stateFileHeader.encode({ magic: MAGIC, version: FILE_VERSION, protocol: PROTOCOL[h.protocol], flags: h.flags, byte_count: h.byteCount ?? STREAMED }, b);
   return b;
 }
 
@@ -56,30 +62,27 @@ export function encodeHeader(h: { protocol: SavedProtocol; flags: number; byteCo
 export function decodeHeader(b: Uint8Array, file: string): StateFileHeader {
   const bad = (why: string) => new VfioError('EINVAL', 'load', file, why);
   if (b.length < HEADER_SIZE) throw bad(b.length === 0 ? 'empty input: not a vfio-mig state file' : `truncated: ${b.length} bytes, shorter than the ${HEADER_SIZE}-byte header`);
-  if (!MAGIC.equals(Buffer.from(b.subarray(0, 8)))) throw bad('wrong magic: not a vfio-mig state file');
   const h = stateFileHeader.decode(b);
+  if (h.magic !== MAGIC) throw bad('wrong magic: not a vfio-mig state file');
   if (h.version !== FILE_VERSION) throw bad(`unsupported format version ${h.version} (this tool reads ${FILE_VERSION})`);
-  const p = b[10];
-  if (p !== 1 && p !== 2) throw bad(`unknown protocol byte ${p}`);
-  return { version: h.version, protocol: p === 1 ? 'v1' : 'v2', flags: h.flags, byteCount: h.byte_count === STREAMED ? null : h.byte_count };
+  if (h.protocol !== PROTOCOL.v1 && h.protocol !== PROTOCOL.v2) throw bad(`unknown protocol byte ${h.protocol}`);
+  return { version: h.version, protocol: h.protocol === PROTOCOL.v1 ? 'v1' : 'v2', flags: h.flags, byteCount: h.byte_count === STREAMED ? null : h.byte_count };
 }
 
 export function encodeTrailer(byteCount: bigint, sha256: Buffer): Buffer {
   const b = Buffer.alloc(TRAILER_SIZE);
-  END.copy(b, 0);
-  b.writeBigUInt64LE(byteCount, 8);
-  sha256.copy(b, 16);
+  stateFileTrailer.encode({ magic: END, byte_count: byteCount }, b);
+  sha256.copy(b, stateFileTrailer.size);
   return b;
 }
 
 /** Checks a trailer against the byte count and hash of what was read. */
 export function checkTrailer(b: Uint8Array, byteCount: bigint, hash: Hash, file: string): void {
   const bad = (why: string) => new VfioError('EINVAL', 'load', file, why);
-  const t = Buffer.from(b.buffer, b.byteOffset, b.length);
-  if (t.length !== TRAILER_SIZE || !END.equals(t.subarray(0, 8))) throw bad('truncated: the trailer is missing');
-  const count = t.readBigUInt64LE(8);
+  if (b.length !== TRAILER_SIZE || stateFileTrailer.decode(b).magic !== END) throw bad('truncated: the trailer is missing');
+  const count = stateFileTrailer.decode(b).byte_count;
   if (count !== byteCount) throw bad(`truncated or padded: trailer says ${count} stream bytes, found ${byteCount}`);
-  if (!hash.digest().equals(t.subarray(16))) throw bad('checksum mismatch: the state data is corrupted');
+  if (!hash.digest().equals(b.subarray(stateFileTrailer.size))) throw bad('checksum mismatch: the state data is corrupted');
 }
 
 export function newHash(): Hash {
