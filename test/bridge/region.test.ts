@@ -13,6 +13,13 @@ async function bridgeFor(model: SimDeviceOptions = {}, opts = {}) {
   return { dev, br };
 }
 
+/** One v1 save iteration's register reads (pending, data_offset, data_size): the chunk's size. */
+async function nextChunk(br: V1Bridge): Promise<bigint> {
+  await readU64(br, PENDING);
+  await readU64(br, OFFSET);
+  return readU64(br, SIZE);
+}
+
 /** Puts a fresh bridge into v1 state `v` (000, 001, 010, 011, 100 or 110). */
 async function reach(v: number, opts: { strict?: boolean; resetOnError?: boolean } = {}, failArc: SimArcFault[] = [], flags = 7) {
   const errorArc = v === 6 ? [{ from: S.STOP, to: S.STOP_COPY, errno: 'EIO', leave: 'error' as const, count: 1 }] : [];
@@ -98,9 +105,7 @@ describe('device_state transitions: every (from, to) pair', () => {
   it('a same-state write keeps the stream and the frozen chunk untouched', async () => {
     const { dev, br } = await bridgeFor();
     await writeU32(br, STATE, 2);
-    await readU64(br, PENDING);
-    await readU64(br, OFFSET);
-    const size = await readU64(br, SIZE);
+    const size = await nextChunk(br);
     const data = await br.read(br.dataOffset, Number(size));
     const arcs = dev.arcs.length;
     await writeU32(br, STATE, 2);
@@ -139,9 +144,7 @@ describe('access rules', () => {
   it.each(violations)('%s: EINVAL and nothing changes', async (_name, access) => {
     const { dev, br } = await bridgeFor();
     await writeU32(br, STATE, 3);
-    await readU64(br, PENDING);
-    await readU64(br, OFFSET);
-    const size = await readU64(br, SIZE);
+    const size = await nextChunk(br);
     const window = await br.read(br.dataOffset, br.sectionSize);
     const before = { state: await readU32(br, STATE), v2: dev.state, arcs: dev.arcs.length };
     await expect(access(br)).rejects.toMatchObject({ code: 'EINVAL', errno: 22 });
@@ -223,9 +226,7 @@ describe('save path', () => {
     const { dev, br } = await bridgeFor(model);
     const ref = await saveV2(createSimDevice({ ...model }), false);
     await writeU32(br, STATE, 3);
-    await readU64(br, PENDING);
-    await readU64(br, OFFSET);
-    const size = Number(await readU64(br, SIZE));
+    const size = Number(await nextChunk(br));
     const first = await br.read(br.dataOffset, size);
     await writeU32(br, STATE, 2); // mid-chunk: the caller has not asked for pending yet
     expect(dev.state).toBe(S.STOP_COPY);
@@ -244,9 +245,7 @@ describe('save path', () => {
   it('zero-copy view: the chunk is visible in the section without a region read', async () => {
     const { br } = await bridgeFor({}, { mmap: true });
     await writeU32(br, STATE, 2);
-    await readU64(br, PENDING);
-    await readU64(br, OFFSET);
-    const n = Number(await readU64(br, SIZE));
+    const n = Number(await nextChunk(br));
     expect(br.dataView().subarray(0, n)).toEqual(await br.read(br.dataOffset, n));
   });
 });
@@ -332,9 +331,7 @@ describe('failure handling', () => {
   it('reset through the bridge: 001, buffers dropped, stream closed', async () => {
     const { dev, br } = await bridgeFor();
     await writeU32(br, STATE, 2);
-    await readU64(br, PENDING);
-    await readU64(br, OFFSET);
-    expect(await readU64(br, SIZE)).toBeGreaterThan(0n);
+    expect(await nextChunk(br)).toBeGreaterThan(0n);
     await br.reset();
     expect(await readU32(br, STATE)).toBe(1);
     expect(dev.state).toBe(S.RUNNING);
