@@ -9,15 +9,21 @@ import { VfioError } from '../../errors.js';
 const O_RDWR = 0o2;
 const O_CLOEXEC = 0o2000000;
 
+type AsyncCall = (...args: unknown[]) => void;
+interface AsyncFn {
+  async: AsyncCall;
+}
+
 interface Libc {
   open: (path: string, flags: number, mode: number) => number;
   close: (fd: number) => number;
   ioctlPtr: (fd: number, req: number, arg: Uint8Array | null) => number;
   ioctlInt: (fd: number, req: number, arg: number) => number;
-  read: (fd: number, buf: Uint8Array, count: number) => number | bigint;
-  write: (fd: number, buf: Uint8Array, count: number) => number | bigint;
   pread: (fd: number, buf: Uint8Array, count: number, offset: bigint) => number | bigint;
   pwrite: (fd: number, buf: Uint8Array, count: number, offset: bigint) => number | bigint;
+  /** read()/write() on a worker thread: a data_fd may block, the event loop must not. */
+  readAsync: AsyncFn;
+  writeAsync: AsyncFn;
 }
 
 let libc: Libc | null = null;
@@ -33,10 +39,10 @@ function load(): Libc {
     close: lib.func('int close(int fd)'),
     ioctlPtr: lib.func('ioctl', 'int', ['int', 'unsigned long', 'void *']),
     ioctlInt: lib.func('ioctl', 'int', ['int', 'unsigned long', 'unsigned long']),
-    read: lib.func('intptr_t read(int fd, void *buf, size_t count)'),
-    write: lib.func('intptr_t write(int fd, const void *buf, size_t count)'),
     pread: lib.func('intptr_t pread64(int fd, void *buf, size_t count, int64_t offset)'),
     pwrite: lib.func('intptr_t pwrite64(int fd, const void *buf, size_t count, int64_t offset)'),
+    readAsync: lib.func('intptr_t read(int fd, void *buf, size_t count)') as unknown as AsyncFn,
+    writeAsync: lib.func('intptr_t write(int fd, const void *buf, size_t count)') as unknown as AsyncFn,
   } as Libc;
   return libc;
 }
@@ -80,12 +86,28 @@ function retryEintr(call: () => number | bigint, op: string, device: string, sys
   }
 }
 
-export function sysRead(fd: number, into: Uint8Array, op: string, device: string): number {
-  return retryEintr(() => load().read(fd, into, into.length), op, device, 'read');
+/**
+ * read()/write() on koffi's worker pool; errno is read in the callback (koffi
+ * >= 3.2 carries it over). The buffer stays referenced by the closure until
+ * the call returns, as koffi's transient-pointer rule requires.
+ */
+async function asyncIo(fn: AsyncFn, fd: number, buf: Uint8Array, op: string, device: string, syscall: string): Promise<number> {
+  for (;;) {
+    const r = await new Promise<number>((resolve, reject) =>
+      fn.async(fd, buf, buf.length, (err: unknown, res: number | bigint) => (err ? reject(err) : resolve(res < 0 ? -koffi.errno() : Number(res)))),
+    );
+    if (r >= 0) return r;
+    const e = VfioError.fromErrno(-r, op, device, syscall);
+    if (e.code !== 'EINTR') throw e;
+  }
 }
 
-export function sysWrite(fd: number, from: Uint8Array, op: string, device: string): number {
-  return retryEintr(() => load().write(fd, from, from.length), op, device, 'write');
+export function sysRead(fd: number, into: Uint8Array, op: string, device: string): Promise<number> {
+  return asyncIo(load().readAsync, fd, into, op, device, 'read');
+}
+
+export function sysWrite(fd: number, from: Uint8Array, op: string, device: string): Promise<number> {
+  return asyncIo(load().writeAsync, fd, from, op, device, 'write');
 }
 
 export function sysPread(fd: number, into: Uint8Array, offset: bigint, op: string, device: string): number {
