@@ -16,7 +16,8 @@ export async function infoCommand(dev: V2Device, opts: { json?: boolean; section
     if (!isVfioError(e, 'ENOTTY')) throw e;
   }
   const regions = dev.regions ? await dev.regions() : null;
-  const v1 = new V1Bridge(dev, flags, { sectionSize: opts.sectionSize }).regionInfo;
+  const bridge = new V1Bridge(dev, flags, { sectionSize: opts.sectionSize });
+  const v1 = bridge.regionInfo;
   const info = {
     device: dev.name,
     flags,
@@ -26,7 +27,7 @@ export async function infoCommand(dev: V2Device, opts: { json?: boolean; section
     // PRECOPY_INFO is an ioctl on a pre-copy data_fd: only the session's owner can ask it.
     precopyInfo: null,
     regions,
-    v1Region: { index: v1.index, size: v1.size, dataOffset: 4096, sectionSize: opts.sectionSize, flags: v1.flags, type: v1.type, precopy: flags & 4 ? 'real (PRE_COPY)' : 'virtual (RUNNING, pending_bytes 0)' },
+    v1Region: { index: v1.index, size: v1.size, dataOffset: bridge.dataOffset, sectionSize: bridge.sectionSize, flags: v1.flags, type: v1.type, precopy: flags & 4 ? 'real (PRE_COPY)' : 'virtual (RUNNING, pending_bytes 0)' },
     ...(dev instanceof SimDevice ? { stateDigest: dev.stateDigest() } : {}),
   };
   if (opts.json) {
@@ -45,7 +46,7 @@ export async function infoCommand(dev: V2Device, opts: { json?: boolean; section
     for (const r of regions) lines.push(`  ${String(r.index).padStart(2)}  size ${r.size}  offset 0x${r.offset.toString(16)}  flags 0x${r.flags.toString(16)}${r.type ? `  type ${r.type.type}/${r.type.subtype}` : ''}`);
   }
   lines.push(
-    `v1 region     index ${v1.index}, ${v1.size} bytes: header @0 (32 bytes), data section @4096 (${opts.sectionSize} bytes), type 3/1, ${v1.flags & 4 ? 'mmap' : 'read|write'}`,
+    `v1 region     index ${v1.index}, ${v1.size} bytes: header @0 (32 bytes), data section @${bridge.dataOffset} (${bridge.sectionSize} bytes), type 3/1, ${v1.flags & 4 ? 'mmap' : 'read|write'}`,
     `v1 pre-copy   ${info.v1Region.precopy}`,
   );
   if ('stateDigest' in info) lines.push(`state digest  ${info.stateDigest}`);

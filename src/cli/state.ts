@@ -25,7 +25,8 @@ export async function stateCommand(dev: V2Device, target: string | undefined, op
   const out = (obj: Record<string, unknown>, text: string) => console.log(opts.json ? toJson(obj) : text);
   if (opts.reset) {
     await dev.reset();
-    out({ device: dev.name, reset: true, state: migStateName(await dev.getState()) }, `reset: ${migStateName(await dev.getState())}`);
+    const after = migStateName(await dev.getState());
+    out({ device: dev.name, reset: true, state: after }, `reset: ${after}`);
     if (target === undefined) return EXIT.OK;
   }
   const cur = await dev.getState();

@@ -4,8 +4,8 @@
  * offsets only. It is the CLI's v1 mode and the bridge's test driver.
  */
 import { VfioError } from '../errors.js';
-import { F, readData, readU32, readU64, writeData, writeU32, writeU64, type DataAccess } from './region-access.js';
-import { V1, isValidV1, v1StateName, type V1Region } from './uapi.js';
+import { readData, readU32, readU64, writeData, writeU32, writeU64, type DataAccess } from './region-access.js';
+import { MIGRATION_INFO as F, V1, isValidV1, v1StateName, type V1Region } from './uapi.js';
 
 export interface SaveV1Options {
   /** Run pre-copy rounds (011) before stop-and-copy (default true). */

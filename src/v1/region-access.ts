@@ -4,7 +4,7 @@
  * access or split like QEMU's vfio_mig_rw() (8/4/2/1-byte naturally aligned
  * pieces, i.e. a 1 MiB chunk as 131072 8-byte reads).
  */
-import { MIGRATION_INFO, type V1Region } from './uapi.js';
+import type { V1Region } from './uapi.js';
 
 export type DataAccess = 'bulk' | 'qemu';
 
@@ -62,4 +62,3 @@ export async function writeData(region: V1Region, offset: number, data: Uint8Arr
   }
 }
 
-export const F = MIGRATION_INFO;
