@@ -94,6 +94,8 @@ export class V1Bridge implements V1Region {
   // Resume path.
   #resumeSize = 0n;
   #ops: string[] | null = null;
+  /** Every access and reset runs after the previous one has finished, as a v1 driver's state mutex makes them. */
+  #tail: Promise<unknown> = Promise.resolve();
 
   constructor(device: V2Device, flags: number, options: V1BridgeOptions = {}) {
     if (!device || typeof device.setState !== 'function') throw new TypeError('openV1Bridge: device must be a V2Device');
@@ -144,7 +146,22 @@ export class V1Bridge implements V1Region {
 
   // ---------------------------------------------------------------- access
 
-  async read(offset: number, length: number): Promise<Uint8Array> {
+  /** Runs `fn` after every access queued before it; one failure does not stop the queue. */
+  #serial<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.#tail.then(fn);
+    this.#tail = run.catch(() => undefined);
+    return run;
+  }
+
+  read(offset: number, length: number): Promise<Uint8Array> {
+    return this.#serial(() => this.#read(offset, length));
+  }
+
+  write(offset: number, data: Uint8Array): Promise<void> {
+    return this.#serial(() => this.#write(offset, data));
+  }
+
+  async #read(offset: number, length: number): Promise<Uint8Array> {
     const field = this.#field('read', offset, length);
     if (field === 'data') {
       const at = offset - this.dataOffset;
@@ -179,7 +196,7 @@ export class V1Bridge implements V1Region {
     });
   }
 
-  async write(offset: number, data: Uint8Array): Promise<void> {
+  async #write(offset: number, data: Uint8Array): Promise<void> {
     const field = this.#field('write', offset, data.length);
     if (field === 'data') {
       this.#section.set(data, offset - this.dataOffset);
@@ -305,12 +322,14 @@ export class V1Bridge implements V1Region {
       now = MigState.ERROR;
     }
     if (now === start) return;
-    if (now !== MigState.ERROR && now >= MigState.ERROR && now <= MigState.PRE_COPY_P2P) {
+    // Unwinding is a nak only when the start state's data session survived
+    // the detour; a new session would silently restart or empty the stream
+    // (docs/decisions.md #13), so that case is the error state.
+    const known = now > MigState.ERROR && now <= MigState.PRE_COPY_P2P;
+    if (known && !sessionLost(start, now)) {
       try {
         const s = await this.#call(`SET_STATE ${migStateName(now)}->${migStateName(start)}`, () => this.#dev.setState(start), (r) => (r ? 'data_fd' : 'ok'));
-        // Unwinding across a session boundary loses the old session's data.
-        if (s || isSavingState(start) !== isSavingState(now) || now === MigState.RESUMING) this.#dropSession();
-        if (s) this.#stream = s;
+        if (s) void s.close().catch(() => undefined); // a session the caller never asked for
         this.#v2 = start;
         this.#pendingCache = null;
         return;
@@ -346,10 +365,12 @@ export class V1Bridge implements V1Region {
   }
 
   /** VFIO_DEVICE_RESET through the bridge: device RUNNING, shadow 001, buffers dropped, stream closed. */
-  async reset(): Promise<void> {
-    this.#dropSession();
-    await this.#dev.reset();
-    this.noteReset();
+  reset(): Promise<void> {
+    return this.#serial(async () => {
+      this.#dropSession();
+      await this.#dev.reset();
+      this.noteReset();
+    });
   }
 
   /** Tell the bridge the device was reset by someone else. */
@@ -374,8 +395,8 @@ export class V1Bridge implements V1Region {
   }
 
   /** Closes the stream (not the device). */
-  async close(): Promise<void> {
-    this.#dropSession();
+  close(): Promise<void> {
+    return this.#serial(async () => this.#dropSession());
   }
 
   // ---------------------------------------------------------------- save path
@@ -432,13 +453,15 @@ export class V1Bridge implements V1Region {
   async #fillReadAhead(): Promise<void> {
     // Enough to learn whether the stream goes on; the chunk itself is read straight into the section.
     this.#readAhead ??= new Uint8Array(Math.min(this.sectionSize, READ_AHEAD));
-    this.#aheadStart = 0;
+    this.#aheadStart = this.#aheadEnd = 0; // a failed read below must not leave the last chunk looking unread
     this.#aheadEnd = await this.#readStream(this.#readAhead, 0);
   }
 
   /**
    * Reads the stream into `buf` from `at` until it is full, at end of stream
    * (0 in stop-copy), or at a temporary end of pre-copy (ENOMSG, or 0 as mtty).
+   * An error after some bytes were read returns those bytes: they have left
+   * the data_fd, and the next read meets the error again if it lasts.
    */
   async #readStream(buf: Uint8Array, at: number): Promise<number> {
     const stream = this.#stream!;
@@ -452,6 +475,7 @@ export class V1Bridge implements V1Region {
           await this.#noteTemporaryEnd();
           break;
         }
+        if (n > at) break;
         throw e;
       }
       if (got === 0) {
@@ -509,6 +533,13 @@ export class V1Bridge implements V1Region {
     await this.#call(`write(data_fd, ${len})`, () => writeAll(stream, this.#section.subarray(0, len), name));
     this.#resumeSize = n;
   }
+}
+
+/** Whether moving back from `now` to `start` cannot bring back the data session `start` had. */
+function sessionLost(start: MigState, now: MigState): boolean {
+  if (isSavingState(start)) return !isSavingState(now);
+  if (start === MigState.RESUMING) return now !== MigState.RESUMING;
+  return false;
 }
 
 /** Opens a v1 migration region over a v2 device. The device must support migration (ENOTTY otherwise). */
