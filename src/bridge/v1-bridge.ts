@@ -23,8 +23,10 @@ import {
 import { V1_NDMA, isRealPrecopy, v2TargetFor } from './state-map.js';
 
 export interface V1BridgeOptions {
-  /** Data section size in bytes (default 1 MiB). */
+  /** Data section size in bytes (default 1 MiB, or the length of `section`). */
   sectionSize?: number;
+  /** The data section's memory, when the caller provides it (shared with another process); else allocated. */
+  section?: Uint8Array;
   /** Where the data section starts: page aligned, past the 32-byte header (default 4096). */
   dataOffset?: number;
   /** Enforce the seed-004 v1 allow-list (transitions old v1 drivers accepted). */
@@ -99,7 +101,7 @@ export class V1Bridge implements V1Region {
 
   constructor(device: V2Device, flags: number, options: V1BridgeOptions = {}) {
     if (!device || typeof device.setState !== 'function') throw new TypeError('openV1Bridge: device must be a V2Device');
-    const sectionSize = options.sectionSize ?? DEFAULT_SECTION;
+    const sectionSize = options.section?.length ?? options.sectionSize ?? DEFAULT_SECTION;
     const dataOffset = options.dataOffset ?? PAGE;
     const name = device.name;
     if (!Number.isSafeInteger(sectionSize) || sectionSize < 1) throw new VfioError('EINVAL', 'openV1Bridge', name, `sectionSize must be a positive byte count (got ${sectionSize})`);
@@ -113,7 +115,7 @@ export class V1Bridge implements V1Region {
     this.sectionSize = sectionSize;
     this.dataOffset = dataOffset;
     this.size = dataOffset + sectionSize;
-    this.#section = new Uint8Array(sectionSize);
+    this.#section = options.section ?? new Uint8Array(sectionSize);
     this.regionInfo = {
       index: options.regionIndex ?? VFIO_PCI_NUM_REGIONS,
       flags: VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE | (options.mmap ? VFIO_REGION_INFO_FLAG_MMAP : 0),

@@ -10,6 +10,7 @@ import { loadCommand } from './load.js';
 import { DEVICE_HELP, openDevice, parseSize } from './open-device.js';
 import { CliError, errorJson, errorLine, exitCodeFor, toJson } from './output.js';
 import { saveCommand, unfinishedFiles } from './save.js';
+import { envCommand, execCommand, serveCommand } from './serve.js';
 import { stateCommand } from './state.js';
 import { traceCommand } from './trace.js';
 
@@ -39,6 +40,7 @@ const sectionOption = () => new Option('--section-size <bytes>', 'v1 data sectio
 const program = new Command('vfio-mig')
   .description('Inspect VFIO migration devices, change their state, save and load their state, across the v1 region and v2 FSM protocols.')
   .version(version)
+  .enablePositionalOptions()
   .showHelpAfterError()
   .exitOverride()
   .addHelpText('after', `\n${DEVICE_HELP}\n\n${EXIT_HELP}`);
@@ -113,6 +115,37 @@ program
   .option('--json', 'NDJSON, one object per access, then a summary')
   .addHelpText('after', '\nExample:\n  vfio-mig trace sim:profile=mtty\n  vfio-mig trace sim:size=8K --json')
   .action(async (device: string, o) => withDevice(device, (d) => traceCommand(d, o)));
+
+program
+  .command('exec')
+  .description('run a v1-era VMM (QEMU 5.2-7.2) with the v1 interposer preloaded: every VFIO device it opens that has v2 migration gets a v1 migration region served by the bridge')
+  .argument('<command...>', 'the command and its arguments (after --)')
+  .option('--trace <file>', 'write each v1 access with the v2 operations it caused, and the quiesce group\'s moves (NDJSON)')
+  .option('--socket <path>', 'the service socket (default: a private one under $TMPDIR)')
+  .addOption(sectionOption())
+  .option('--sim <device>', 'serve every device with a fresh simulated DEVICE instead of the VMM\'s own (testing)')
+  .passThroughOptions()
+  .addHelpText('after', '\nThe exit status is COMMAND\'s (128+N when signal N ended it); SIGINT, SIGTERM, SIGHUP and SIGQUIT are forwarded.\n\nExample:\n  vfio-mig exec -- qemu-system-x86_64 -M pc -device vfio-pci,sysfsdev=/sys/bus/mdev/devices/UUID,x-enable-migration=on ...\n  vfio-mig exec --trace mig.ndjson -- qemu-system-x86_64 ...')
+  .action(async (command: string[], o) => {
+    process.exitCode = await execCommand(command, o);
+  });
+
+program
+  .command('serve')
+  .description('serve the v1 interposer of VMMs started by someone else (libvirt and the like); `vfio-mig env` prints what they need')
+  .requiredOption('--socket <path>', 'where to listen (a Unix socket)')
+  .option('--trace <file>', 'NDJSON trace of every v1 access and group move')
+  .addOption(sectionOption())
+  .option('--sim <device>', 'serve every device with a fresh simulated DEVICE (testing)')
+  .addHelpText('after', '\nRuns until SIGINT, SIGTERM or SIGHUP; devices left mid-session are reset to RUNNING.\n\nExample:\n  vfio-mig serve --socket /run/vfio-mig.sock &\n  env $(vfio-mig env --socket /run/vfio-mig.sock) qemu-system-x86_64 ...')
+  .action(async (o) => serveCommand(o));
+
+program
+  .command('env')
+  .description('print the environment (LD_PRELOAD, VFIO_MIG_SOCKET) a VMM needs to reach `vfio-mig serve`')
+  .requiredOption('--socket <path>', 'the socket `vfio-mig serve` listens on')
+  .addHelpText('after', '\nOther variables the interposer reads:\n  VFIO_MIG_REQUIRED=1     a device that cannot be bridged ends the VMM\n  VFIO_MIG_TIMEOUT_MS=N   longest wait for the service to answer one access (default 20000)')
+  .action((o) => envCommand(o));
 
 process.on('SIGINT', () => {
   // An interrupted save leaves no file under the target name.

@@ -51,12 +51,23 @@ import { sysClose, sysIoctl, sysIoctlInt, sysOpen, sysPread, sysPwrite, sysRead,
 export type KernelDeviceSpec =
   | string
   | { cdev: string; iommu?: string }
-  | { group: string; device: string; container?: string };
+  | { group: string; device: string; container?: string }
+  | BorrowedDeviceSpec;
+
+/**
+ * A device fd that belongs to someone else's session (a VMM's, taken with
+ * pidfd_getfd): the KernelDevice closes this descriptor but never resets the
+ * device on close, because the device is still the owner's.
+ */
+export interface BorrowedDeviceSpec {
+  fd: number;
+  name: string;
+}
 
 const FEATURE_PAYLOAD = 8; // every migration feature payload used here is 8 bytes
 
 /** Parses `/dev/vfio/devices/vfioN` or `/dev/vfio/N:NAME`. */
-export function parseKernelSpec(spec: KernelDeviceSpec): { cdev: string; iommu: string } | { group: string; device: string; container: string } {
+export function parseKernelSpec(spec: Exclude<KernelDeviceSpec, BorrowedDeviceSpec>): { cdev: string; iommu: string } | { group: string; device: string; container: string } {
   if (typeof spec !== 'string') {
     if ('cdev' in spec) return { cdev: spec.cdev, iommu: spec.iommu ?? '/dev/iommu' };
     return { group: spec.group, device: spec.device, container: spec.container ?? '/dev/vfio/vfio' };
@@ -105,9 +116,12 @@ export class KernelDevice implements V2Device {
   /** The state as of our last GET or SET, for error messages; null after a failed SET. */
   #known: MigState | null = null;
 
-  constructor(readonly name: string, fd: number, held: number[]) {
+  readonly #borrowed: boolean;
+
+  constructor(readonly name: string, fd: number, held: number[], borrowed = false) {
     this.#fd = fd;
     this.#held = held;
+    this.#borrowed = borrowed;
   }
 
   #live(op: string): number {
@@ -220,7 +234,7 @@ export class KernelDevice implements V2Device {
   async close(): Promise<void> {
     if (this.#fd < 0) return;
     try {
-      const s = await this.getState();
+      const s = this.#borrowed ? null : await this.getState();
       if (s === MigState.PRE_COPY || s === MigState.PRE_COPY_P2P || s === MigState.STOP_COPY || s === MigState.RESUMING) await this.reset();
     } catch {
       // closing must not fail; the fds are released below either way
@@ -300,13 +314,18 @@ function openGroup(group: string, device: string, containerPath: string): Kernel
 
 /**
  * Opens a real VFIO device and checks that it speaks v2 migration (ENOTTY
- * otherwise, with the device closed again).
+ * otherwise, with the device closed again). `{fd, name}` wraps a borrowed
+ * descriptor instead of opening one.
  */
 export async function openKernelDevice(spec: KernelDeviceSpec): Promise<KernelDevice> {
+  if (typeof spec === 'object' && 'fd' in spec) return checkMigration(new KernelDevice(spec.name, spec.fd, [], true));
   const s = parseKernelSpec(spec);
   const path = 'cdev' in s ? s.cdev : s.group;
   if (!existsSync(path)) throw new VfioError('ENOENT', 'open', path, 'no such device node');
-  const dev = 'cdev' in s ? openCdev(s.cdev, s.iommu) : openGroup(s.group, s.device, s.container);
+  return checkMigration('cdev' in s ? openCdev(s.cdev, s.iommu) : openGroup(s.group, s.device, s.container));
+}
+
+async function checkMigration(dev: KernelDevice): Promise<KernelDevice> {
   try {
     await dev.migrationFlags();
     await dev.getState(); // so errors can name the state a transition started from

@@ -24,6 +24,11 @@ interface Libc {
   /** read()/write() on a worker thread: a data_fd may block, the event loop must not. */
   readAsync: AsyncFn;
   writeAsync: AsyncFn;
+  syscall3: (nr: number, a: number, b: number, c: number) => number | bigint;
+  mmap: (addr: null, len: number, prot: number, flags: number, fd: number, off: bigint) => unknown;
+  munmap: (addr: unknown, len: number) => number;
+  memfdCreate: (name: string, flags: number) => number;
+  ftruncate: (fd: number, len: bigint) => number;
 }
 
 let libc: Libc | null = null;
@@ -43,6 +48,11 @@ function load(): Libc {
     pwrite: lib.func('intptr_t pwrite64(int fd, const void *buf, size_t count, int64_t offset)'),
     readAsync: lib.func('intptr_t read(int fd, void *buf, size_t count)') as unknown as AsyncFn,
     writeAsync: lib.func('intptr_t write(int fd, const void *buf, size_t count)') as unknown as AsyncFn,
+    syscall3: lib.func('long syscall(long nr, long a, long b, long c)'),
+    mmap: lib.func('void *mmap(void *addr, size_t len, int prot, int flags, int fd, int64_t off)'),
+    munmap: lib.func('int munmap(void *addr, size_t len)'),
+    memfdCreate: lib.func('int memfd_create(const char *name, unsigned int flags)'),
+    ftruncate: lib.func('int ftruncate(int fd, int64_t len)'),
   } as Libc;
   return libc;
 }
@@ -116,4 +126,62 @@ export function sysPread(fd: number, into: Uint8Array, offset: bigint, op: strin
 
 export function sysPwrite(fd: number, from: Uint8Array, offset: bigint, op: string, device: string): number {
   return retryEintr(() => load().pwrite(fd, from, from.length, offset), op, device, 'pwrite');
+}
+
+// x86-64 syscall numbers (Linux 5.6+): glibc 2.36 has no pidfd_getfd wrapper.
+const SYS_PIDFD_OPEN = 434;
+const SYS_PIDFD_GETFD = 438;
+
+/**
+ * A copy of descriptor `fd` of process `pid` (pidfd_open + pidfd_getfd):
+ * needs ptrace access to `pid` (its parent, or CAP_SYS_PTRACE).
+ */
+export function sysTakeFd(pid: number, fd: number, op: string, device: string): number {
+  const lib = load();
+  const pidfd = Number(lib.syscall3(SYS_PIDFD_OPEN, pid, 0, 0));
+  if (pidfd < 0) throw fail(op, device, 'pidfd_open', `process ${pid}`);
+  const got = Number(lib.syscall3(SYS_PIDFD_GETFD, pidfd, fd, 0));
+  const e = got < 0 ? fail(op, device, 'pidfd_getfd', `fd ${fd} of process ${pid}`) : null;
+  lib.close(pidfd);
+  if (e) throw e;
+  return got;
+}
+
+const PROT_READ = 1;
+const PROT_WRITE = 2;
+const MAP_SHARED = 1;
+const MFD_CLOEXEC = 1;
+
+/** Shared memory mapped from `fd` (a memfd): the bytes and how to unmap them. */
+export interface SharedMapping {
+  bytes: Uint8Array;
+  unmap(): void;
+}
+
+export function sysMapShared(fd: number, size: number, op: string, device: string): SharedMapping {
+  const lib = load();
+  const ptr = lib.mmap(null, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0n);
+  // MAP_FAILED is (void *)-1.
+  if (ptr === null || BigInt(koffi.address(ptr)) === 0xffffffffffffffffn) throw fail(op, device, 'mmap');
+  let live = true;
+  return {
+    bytes: new Uint8Array(koffi.view(ptr, size)),
+    unmap() {
+      if (live) lib.munmap(ptr, size);
+      live = false;
+    },
+  };
+}
+
+/** An anonymous shared-memory file of `size` bytes (memfd_create + ftruncate). */
+export function sysMemfd(name: string, size: number, op: string): number {
+  const lib = load();
+  const fd = lib.memfdCreate(name, MFD_CLOEXEC);
+  if (fd < 0) throw fail(op, name, 'memfd_create');
+  if (lib.ftruncate(fd, BigInt(size)) < 0) {
+    const e = fail(op, name, 'ftruncate');
+    lib.close(fd);
+    throw e;
+  }
+  return fd;
 }

@@ -1,0 +1,599 @@
+/*
+ * LD_PRELOAD interposer: gives a VFIO device fd the v1 migration region a
+ * v1-era VMM (QEMU 5.2-7.2) looks for, and hands that region's accesses to
+ * the bridge service (src/service), which translates them to v2. No
+ * protocol logic lives here: the service decides whether a device is
+ * bridged, builds the region info, and answers every header access. The
+ * data section is memory shared with the service (a memfd this library
+ * creates and the service takes with pidfd_getfd), so data-section reads,
+ * writes and mmaps never cross the socket. docs/interposer.md has the
+ * design; interposer/wire.h the wire format.
+ *
+ * Environment:
+ *   VFIO_MIG_SOCKET      the service's socket; unset: nothing is bridged
+ *   VFIO_MIG_REQUIRED=1  a device that cannot be bridged ends the process
+ *   VFIO_MIG_TIMEOUT_MS  longest wait for one answer (default 20000)
+ *   VFIO_MIG_TEST_DEVICE a path whose fds count as VFIO devices (tests and
+ *                        benchmarks against a simulated device; GET_INFO on
+ *                        them is answered here: PCI, 9 regions)
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <linux/vfio.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "wire.h"
+
+#define MAX_FD 4096
+#define NAME_MAX_LEN 128
+
+struct dev {
+	int fd;
+	char name[NAME_MAX_LEN];
+	int sock; /* -1 once the service is gone */
+	int memfd;
+	uint8_t *section;
+	uint32_t index;
+	uint64_t region_offset, region_size, data_offset, section_size;
+	uint8_t *info;
+	uint32_t info_len;
+	uint64_t data_reads, data_writes, data_mmaps;
+	pthread_mutex_t lock; /* one request on the socket at a time */
+};
+
+/* Per fd: NULL (not looked at), UNBRIDGED, or the device. */
+#define UNBRIDGED ((struct dev *)1)
+static struct dev *g_dev[MAX_FD];
+static char g_name[MAX_FD][NAME_MAX_LEN]; /* device name from VFIO_GROUP_GET_DEVICE_FD */
+static pthread_mutex_t g_attach = PTHREAD_MUTEX_INITIALIZER;
+
+static int (*real_ioctl)(int, unsigned long, void *);
+static ssize_t (*real_pread64)(int, void *, size_t, off_t);
+static ssize_t (*real_pwrite64)(int, const void *, size_t, off_t);
+static ssize_t (*real_preadv64v2)(int, const struct iovec *, int, off_t, int);
+static ssize_t (*real_pwritev64v2)(int, const struct iovec *, int, off_t, int);
+static void *(*real_mmap64)(void *, size_t, int, int, int, off_t);
+static int (*real_close)(int);
+
+static void resolve(void)
+{
+	if (real_close)
+		return;
+	real_ioctl = dlsym(RTLD_NEXT, "ioctl");
+	real_pread64 = dlsym(RTLD_NEXT, "pread64");
+	real_pwrite64 = dlsym(RTLD_NEXT, "pwrite64");
+	real_preadv64v2 = dlsym(RTLD_NEXT, "preadv64v2");
+	real_pwritev64v2 = dlsym(RTLD_NEXT, "pwritev64v2");
+	real_mmap64 = dlsym(RTLD_NEXT, "mmap64");
+	real_close = dlsym(RTLD_NEXT, "close");
+}
+
+static void say(const char *fmt, ...)
+{
+	char buf[512];
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(buf, sizeof(buf) - 1, fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		return;
+	if (n > (int)sizeof(buf) - 2)
+		n = sizeof(buf) - 2;
+	buf[n++] = '\n';
+	ssize_t w = write(2, buf, n);
+	(void)w;
+}
+
+static int env_flag(const char *name)
+{
+	const char *v = getenv(name);
+	return v && *v && strcmp(v, "0") != 0;
+}
+
+static int g_exiting; /* at exit, goodbyes wait at most a second */
+
+static int timeout_ms(void)
+{
+	if (g_exiting)
+		return 1000;
+	const char *v = getenv("VFIO_MIG_TIMEOUT_MS");
+	long t = v ? strtol(v, NULL, 10) : 0;
+	return t > 0 && t < INT_MAX ? (int)t : 20000;
+}
+
+static struct dev *lookup(int fd)
+{
+	if (fd < 0 || fd >= MAX_FD)
+		return NULL;
+	struct dev *d = __atomic_load_n(&g_dev[fd], __ATOMIC_ACQUIRE);
+	return d == UNBRIDGED ? NULL : d;
+}
+
+/* ------------------------------------------------------------ socket I/O */
+
+static long long now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1000LL + ts.tv_nsec / 1000000;
+}
+
+static int send_all(int sock, const void *buf, size_t len)
+{
+	const uint8_t *p = buf;
+	while (len) {
+		ssize_t n = send(sock, p, len, MSG_NOSIGNAL);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return -ECONNRESET;
+		p += n;
+		len -= n;
+	}
+	return 0;
+}
+
+static int recv_all(int sock, void *buf, size_t len, long long deadline)
+{
+	uint8_t *p = buf;
+	while (len) {
+		long long left = deadline - now_ms();
+		if (left <= 0)
+			return -ETIMEDOUT;
+		struct pollfd pfd = { .fd = sock, .events = POLLIN };
+		int r = poll(&pfd, 1, (int)left);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r == 0)
+			return -ETIMEDOUT;
+		ssize_t n = recv(sock, p, len, 0);
+		if (n < 0 && (errno == EINTR || errno == EAGAIN))
+			continue;
+		if (n <= 0)
+			return -ECONNRESET;
+		p += n;
+		len -= n;
+	}
+	return 0;
+}
+
+/*
+ * One request and its answer. Returns the reply's result (>= 0 or -errno)
+ * and copies at most `cap` payload bytes to `out` (*got: how many came).
+ * A lost or silent service gives -ECONNRESET or -ETIMEDOUT and the socket is
+ * closed: every later access to the region fails with EIO at once.
+ */
+static int call(int *sockp, const char *who, uint32_t op, uint64_t offset, uint32_t length,
+		const void *payload, uint32_t payload_len, void *out, uint32_t cap, uint32_t *got)
+{
+	int sock = *sockp;
+	if (sock < 0)
+		return -EIO;
+	struct vmw_request rq = { .op = op, .payload_len = payload_len, .offset = offset, .length = length };
+	long long deadline = now_ms() + timeout_ms();
+	struct vmw_reply rp;
+	int r = send_all(sock, &rq, sizeof(rq));
+	if (!r && payload_len)
+		r = send_all(sock, payload, payload_len);
+	if (!r)
+		r = recv_all(sock, &rp, sizeof(rp), deadline);
+	uint32_t keep = 0;
+	if (!r) {
+		keep = rp.payload_len < cap ? rp.payload_len : cap;
+		r = recv_all(sock, out, keep, deadline);
+		for (uint32_t skip = rp.payload_len - keep; !r && skip;) {
+			uint8_t sink[256];
+			uint32_t n = skip < sizeof(sink) ? skip : sizeof(sink);
+			r = recv_all(sock, sink, n, deadline);
+			skip -= n;
+		}
+	}
+	if (r) {
+		say("vfio-mig: bridge service %s for %s (request %u at offset 0x%llx): the v1 region of this device now fails with EIO",
+		    r == -ETIMEDOUT ? "did not answer in time" : "is gone", who, op, (unsigned long long)offset);
+		real_close(sock);
+		*sockp = -1;
+		return r;
+	}
+	if (got)
+		*got = keep;
+	return rp.result;
+}
+
+static int connect_service(const char *path)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	if (strlen(path) >= sizeof(sa.sun_path))
+		return -ENAMETOOLONG;
+	strcpy(sa.sun_path, path);
+	int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (s < 0)
+		return -errno;
+	if (connect(s, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		int e = errno;
+		real_close(s);
+		return -e;
+	}
+	return s;
+}
+
+/* ------------------------------------------------------------ attach */
+
+static int is_vfio_device(int fd)
+{
+	char link[64], target[PATH_MAX];
+	snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+	ssize_t n = readlink(link, target, sizeof(target) - 1);
+	if (n <= 0)
+		return 0;
+	target[n] = 0;
+	const char *test = getenv("VFIO_MIG_TEST_DEVICE");
+	if (test && *test && strcmp(target, test) == 0)
+		return 2;
+	return strcmp(target, "anon_inode:[vfio-device]") == 0 || strncmp(target, "/dev/vfio/devices/", 18) == 0;
+}
+
+static void unbridged(const char *name, const char *why)
+{
+	if (env_flag("VFIO_MIG_REQUIRED")) {
+		say("vfio-mig: %s cannot be bridged: %s (VFIO_MIG_REQUIRED is set: exiting)", name, why);
+		_exit(1);
+	}
+	say("vfio-mig: %s is not bridged: %s", name, why);
+}
+
+/* Asks the service to bridge `fd`; with the global attach lock held. */
+static struct dev *attach(int fd, uint32_t num_regions)
+{
+	const char *name = g_name[fd][0] ? g_name[fd] : "VFIO device";
+	static int warned_unset;
+	const char *path = getenv("VFIO_MIG_SOCKET");
+	if (!path || !*path) {
+		if (!warned_unset++)
+			unbridged(name, "VFIO_MIG_SOCKET is not set (start the VMM with `vfio-mig exec --`, or `vfio-mig serve`)");
+		return NULL;
+	}
+	char why[512];
+	int sock = connect_service(path);
+	if (sock < 0) {
+		snprintf(why, sizeof(why), "no bridge service at %s (%s)", path, strerror(-sock));
+		unbridged(name, why);
+		return NULL;
+	}
+	struct {
+		struct vmw_hello h;
+		char name[NAME_MAX_LEN];
+	} hello = { .h = { .pid = getpid(), .fd = fd, .num_regions = num_regions } };
+	memcpy(hello.name, g_name[fd], NAME_MAX_LEN);
+	uint8_t reply[512];
+	uint32_t got = 0;
+	int r = call(&sock, name, VMW_HELLO, 0, 0, &hello, sizeof(hello.h) + strnlen(hello.name, NAME_MAX_LEN), reply, sizeof(reply) - 1, &got);
+	if (r < 0 || got < sizeof(struct vmw_hello_reply)) {
+		snprintf(why, sizeof(why), "the service refused it (%s)", strerror(r < 0 ? -r : EPROTO));
+		goto fail;
+	}
+	struct vmw_hello_reply hr;
+	memcpy(&hr, reply, sizeof(hr));
+	if (!hr.bridged) {
+		reply[got] = 0;
+		snprintf(why, sizeof(why), "%s", (char *)reply + sizeof(hr));
+		goto fail;
+	}
+	int memfd = memfd_create("vfio-mig-section", MFD_CLOEXEC);
+	if (memfd < 0 || ftruncate(memfd, (off_t)hr.section_size) < 0) {
+		snprintf(why, sizeof(why), "data section memfd: %s", strerror(errno));
+		if (memfd >= 0)
+			real_close(memfd);
+		goto fail;
+	}
+	void *section = real_mmap64(NULL, hr.section_size, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
+	if (section == MAP_FAILED) {
+		snprintf(why, sizeof(why), "data section mmap: %s", strerror(errno));
+		real_close(memfd);
+		goto fail;
+	}
+	uint8_t info[1024];
+	int32_t mfd = memfd;
+	r = call(&sock, name, VMW_SECTION, 0, 0, &mfd, sizeof(mfd), info, sizeof(info), &got);
+	struct vmw_region reg;
+	if (r < 0 || got < sizeof(reg)) {
+		snprintf(why, sizeof(why), "the service could not map the data section (%s)", strerror(r < 0 ? -r : EPROTO));
+		munmap(section, hr.section_size);
+		real_close(memfd);
+		goto fail;
+	}
+	memcpy(&reg, info, sizeof(reg));
+	struct dev *d = calloc(1, sizeof(*d));
+	uint8_t *copy = malloc(reg.info_len ? reg.info_len : 1);
+	if (!d || !copy || reg.info_len < sizeof(struct vfio_region_info) || got < sizeof(reg) + reg.info_len) {
+		snprintf(why, sizeof(why), "bad region description from the service");
+		free(d);
+		free(copy);
+		munmap(section, hr.section_size);
+		real_close(memfd);
+		goto fail;
+	}
+	d->info = copy;
+	memcpy(d->info, info + sizeof(reg), reg.info_len);
+	d->info_len = reg.info_len;
+	d->fd = fd;
+	snprintf(d->name, sizeof(d->name), "%s", name);
+	d->sock = sock;
+	d->memfd = memfd;
+	d->section = section;
+	d->index = reg.index;
+	d->region_offset = reg.region_offset;
+	d->region_size = reg.region_size;
+	d->data_offset = reg.data_offset;
+	d->section_size = reg.section_size;
+	pthread_mutex_init(&d->lock, NULL);
+	return d;
+fail:
+	if (sock >= 0)
+		real_close(sock);
+	unbridged(name, why);
+	return NULL;
+}
+
+/* Tells the service the device is done, with the data-access counts it cannot see; lock held. */
+static void say_bye(struct dev *d)
+{
+	struct vmw_bye bye = { d->data_reads, d->data_writes, d->data_mmaps };
+	if (d->sock < 0)
+		return;
+	call(&d->sock, d->name, VMW_BYE, 0, 0, &bye, sizeof(bye), NULL, 0, NULL);
+	if (d->sock >= 0)
+		real_close(d->sock);
+	d->sock = -1;
+}
+
+/* A VMM that exits without closing its device fds (QEMU's quit) still says goodbye. */
+__attribute__((destructor)) static void bye_all(void)
+{
+	g_exiting = 1;
+	for (int fd = 0; fd < MAX_FD; fd++) {
+		struct dev *d = lookup(fd);
+		if (d && pthread_mutex_trylock(&d->lock) == 0) {
+			say_bye(d);
+			pthread_mutex_unlock(&d->lock);
+		}
+	}
+}
+
+static void detach(int fd)
+{
+	if (fd < 0 || fd >= MAX_FD)
+		return;
+	pthread_mutex_lock(&g_attach);
+	struct dev *d = g_dev[fd];
+	__atomic_store_n(&g_dev[fd], NULL, __ATOMIC_RELEASE);
+	g_name[fd][0] = 0;
+	pthread_mutex_unlock(&g_attach);
+	if (!d || d == UNBRIDGED)
+		return;
+	pthread_mutex_lock(&d->lock);
+	say_bye(d);
+	/* The VMM's own mappings of the section stay valid after these go. */
+	munmap(d->section, d->section_size);
+	real_close(d->memfd);
+	pthread_mutex_unlock(&d->lock);
+	/* d itself is kept: another thread may still hold the pointer. */
+}
+
+/* ------------------------------------------------------------ region access */
+
+/* Where an access at `off` of `len` bytes lands: 0 not ours, 1 header, 2 data section, -1 bad. */
+static int classify(struct dev *d, off_t off, size_t len, uint64_t *rel)
+{
+	uint64_t o = (uint64_t)off;
+	if (o < d->region_offset || o >= d->region_offset + d->region_size)
+		return 0;
+	*rel = o - d->region_offset;
+	if (len > d->region_size - *rel)
+		return -1;
+	if (*rel >= d->data_offset)
+		return 2;
+	return 1;
+}
+
+static ssize_t region_rw(struct dev *d, int write, void *buf, size_t len, uint64_t rel, int kind)
+{
+	if (kind < 0) {
+		errno = EINVAL;
+		return -1;
+	}
+	if (kind == 2) {
+		uint8_t *p = d->section + (rel - d->data_offset);
+		if (write)
+			memcpy(p, buf, len);
+		else
+			memcpy(buf, p, len);
+		__atomic_add_fetch(write ? &d->data_writes : &d->data_reads, 1, __ATOMIC_RELAXED);
+		return (ssize_t)len;
+	}
+	if (len > 64) { /* the header is 32 bytes: nothing valid is longer */
+		errno = EINVAL;
+		return -1;
+	}
+	pthread_mutex_lock(&d->lock);
+	uint32_t got = 0;
+	int r = write ? call(&d->sock, d->name, VMW_WRITE, rel, len, buf, len, NULL, 0, NULL)
+		      : call(&d->sock, d->name, VMW_READ, rel, len, NULL, 0, buf, len, &got);
+	pthread_mutex_unlock(&d->lock);
+	if (r < 0) {
+		errno = -r;
+		return -1;
+	}
+	return write ? (ssize_t)len : (ssize_t)got;
+}
+
+static ssize_t do_pread(int fd, void *buf, size_t len, off_t off)
+{
+	resolve();
+	struct dev *d = lookup(fd);
+	uint64_t rel;
+	int kind;
+	if (!d || !(kind = classify(d, off, len, &rel)))
+		return real_pread64(fd, buf, len, off);
+	return region_rw(d, 0, buf, len, rel, kind);
+}
+
+static ssize_t do_pwrite(int fd, const void *buf, size_t len, off_t off)
+{
+	resolve();
+	struct dev *d = lookup(fd);
+	uint64_t rel;
+	int kind;
+	if (!d || !(kind = classify(d, off, len, &rel)))
+		return real_pwrite64(fd, buf, len, off);
+	return region_rw(d, 1, (void *)buf, len, rel, kind);
+}
+
+/* Vectored forms: into the region, one access per iovec, in order. */
+static ssize_t do_prwv(int fd, const struct iovec *iov, int n, off_t off, int flags, int write)
+{
+	resolve();
+	struct dev *d = lookup(fd);
+	uint64_t rel;
+	if (!d || n <= 0 || !classify(d, off, iov[0].iov_len, &rel))
+		return write ? real_pwritev64v2(fd, iov, n, off, flags) : real_preadv64v2(fd, iov, n, off, flags);
+	ssize_t total = 0;
+	for (int i = 0; i < n; i++) {
+		int kind = classify(d, off + total, iov[i].iov_len, &rel);
+		ssize_t r = kind ? region_rw(d, write, iov[i].iov_base, iov[i].iov_len, rel, kind) : (errno = EINVAL, -1);
+		if (r < 0)
+			return total ? total : -1;
+		total += r;
+	}
+	return total;
+}
+
+/* ------------------------------------------------------------ entry points */
+
+int ioctl(int fd, unsigned long req, ...)
+{
+	va_list ap;
+	va_start(ap, req);
+	void *arg = va_arg(ap, void *);
+	va_end(ap);
+	resolve();
+	struct dev *d = lookup(fd);
+	if (d && req == VFIO_DEVICE_GET_REGION_INFO) {
+		struct vfio_region_info *ri = arg;
+		if (ri && ri->index == d->index) {
+			if (ri->argsz < sizeof(*ri)) {
+				errno = EINVAL;
+				return -1;
+			}
+			uint32_t argsz = ri->argsz;
+			if (argsz < d->info_len) {
+				/* As the kernel: the fixed part, CAPS set, argsz = what is needed, no chain. */
+				memcpy(ri, d->info, sizeof(*ri));
+				ri->argsz = d->info_len;
+				ri->cap_offset = 0;
+			} else {
+				memcpy(ri, d->info, d->info_len);
+				ri->argsz = argsz;
+			}
+			return 0;
+		}
+	}
+	static int test_mode = -1;
+	if (test_mode < 0)
+		test_mode = getenv("VFIO_MIG_TEST_DEVICE") != NULL;
+	int testdev = test_mode && req == VFIO_DEVICE_GET_INFO && is_vfio_device(fd) == 2;
+	int r;
+	if (testdev) {
+		struct vfio_device_info *info = arg;
+		info->flags = VFIO_DEVICE_FLAGS_PCI;
+		info->num_regions = VFIO_PCI_NUM_REGIONS;
+		info->num_irqs = 0;
+		r = 0;
+	} else {
+		r = real_ioctl(fd, req, arg);
+	}
+	if (r >= 0 && req == VFIO_GROUP_GET_DEVICE_FD && r < MAX_FD && arg)
+		snprintf(g_name[r], NAME_MAX_LEN, "%s", (const char *)arg);
+	if (r == 0 && req == VFIO_DEVICE_GET_INFO && fd >= 0 && fd < MAX_FD) {
+		struct vfio_device_info *info = arg;
+		if (!d) {
+			pthread_mutex_lock(&g_attach);
+			if (!g_dev[fd]) {
+				struct dev *nd = is_vfio_device(fd) ? attach(fd, info->num_regions) : NULL;
+				__atomic_store_n(&g_dev[fd], nd ? nd : UNBRIDGED, __ATOMIC_RELEASE);
+			}
+			pthread_mutex_unlock(&g_attach);
+			d = lookup(fd);
+		}
+		if (d)
+			info->num_regions = d->index + 1;
+	}
+	return r;
+}
+
+ssize_t pread64(int fd, void *buf, size_t len, off_t off) { return do_pread(fd, buf, len, off); }
+ssize_t pread(int fd, void *buf, size_t len, off_t off) { return do_pread(fd, buf, len, off); }
+ssize_t pwrite64(int fd, const void *buf, size_t len, off_t off) { return do_pwrite(fd, buf, len, off); }
+ssize_t pwrite(int fd, const void *buf, size_t len, off_t off) { return do_pwrite(fd, buf, len, off); }
+
+ssize_t __pread64_chk(int fd, void *buf, size_t len, off_t off, size_t buflen)
+{
+	if (len > buflen) {
+		say("vfio-mig: *** buffer overflow detected in pread ***");
+		abort();
+	}
+	return do_pread(fd, buf, len, off);
+}
+
+ssize_t __pread_chk(int fd, void *buf, size_t len, off_t off, size_t buflen) { return __pread64_chk(fd, buf, len, off, buflen); }
+
+ssize_t preadv(int fd, const struct iovec *iov, int n, off_t off) { return do_prwv(fd, iov, n, off, 0, 0); }
+ssize_t preadv64(int fd, const struct iovec *iov, int n, off_t off) { return do_prwv(fd, iov, n, off, 0, 0); }
+ssize_t preadv2(int fd, const struct iovec *iov, int n, off_t off, int flags) { return do_prwv(fd, iov, n, off, flags, 0); }
+ssize_t preadv64v2(int fd, const struct iovec *iov, int n, off_t off, int flags) { return do_prwv(fd, iov, n, off, flags, 0); }
+ssize_t pwritev(int fd, const struct iovec *iov, int n, off_t off) { return do_prwv(fd, iov, n, off, 0, 1); }
+ssize_t pwritev64(int fd, const struct iovec *iov, int n, off_t off) { return do_prwv(fd, iov, n, off, 0, 1); }
+ssize_t pwritev2(int fd, const struct iovec *iov, int n, off_t off, int flags) { return do_prwv(fd, iov, n, off, flags, 1); }
+ssize_t pwritev64v2(int fd, const struct iovec *iov, int n, off_t off, int flags) { return do_prwv(fd, iov, n, off, flags, 1); }
+
+/* The data section's sparse-mmap area maps the shared memfd; the header cannot be mapped. */
+void *mmap64(void *addr, size_t len, int prot, int flags, int fd, off_t off)
+{
+	resolve();
+	struct dev *d = lookup(fd);
+	uint64_t rel;
+	int kind;
+	if (!d || !(kind = classify(d, off, len, &rel)))
+		return real_mmap64(addr, len, prot, flags, fd, off);
+	if (kind != 2) {
+		errno = EINVAL;
+		return MAP_FAILED;
+	}
+	__atomic_add_fetch(&d->data_mmaps, 1, __ATOMIC_RELAXED);
+	return real_mmap64(addr, len, prot, flags, d->memfd, (off_t)(rel - d->data_offset));
+}
+
+void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off) { return mmap64(addr, len, prot, flags, fd, off); }
+
+int close(int fd)
+{
+	resolve();
+	if (fd >= 0 && fd < MAX_FD && (__atomic_load_n(&g_dev[fd], __ATOMIC_ACQUIRE) || g_name[fd][0]))
+		detach(fd);
+	return real_close(fd);
+}

@@ -1,0 +1,100 @@
+/**
+ * The interposer <-> bridge service wire format (interposer/wire.h): one
+ * Unix stream connection per bridged device, each request answered in
+ * order. Little-endian; the layouts below mirror the C structs field for field.
+ */
+import { defineStruct } from '../struct.js';
+
+export const WireOp = { HELLO: 1, SECTION: 2, READ: 3, WRITE: 4, BYE: 5 } as const;
+export type WireOpName = keyof typeof WireOp;
+
+export const vmw_request = defineStruct('vmw_request', 24, {
+  op: { offset: 0, type: 'u32' },
+  payload_len: { offset: 4, type: 'u32' },
+  offset: { offset: 8, type: 'u64' },
+  length: { offset: 16, type: 'u32' },
+  reserved: { offset: 20, type: 'u32' },
+});
+export const vmw_reply = defineStruct('vmw_reply', 8, {
+  result: { offset: 0, type: 's32' },
+  payload_len: { offset: 4, type: 'u32' },
+});
+export const vmw_hello = defineStruct('vmw_hello', 16, {
+  pid: { offset: 0, type: 'u32' },
+  fd: { offset: 4, type: 's32' },
+  num_regions: { offset: 8, type: 'u32' },
+  reserved: { offset: 12, type: 'u32' },
+});
+export const vmw_hello_reply = defineStruct('vmw_hello_reply', 16, {
+  bridged: { offset: 0, type: 'u32' },
+  reserved: { offset: 4, type: 'u32' },
+  section_size: { offset: 8, type: 'u64' },
+});
+export const vmw_region = defineStruct('vmw_region', 40, {
+  index: { offset: 0, type: 'u32' },
+  info_len: { offset: 4, type: 'u32' },
+  region_offset: { offset: 8, type: 'u64' },
+  region_size: { offset: 16, type: 'u64' },
+  data_offset: { offset: 24, type: 'u64' },
+  section_size: { offset: 32, type: 'u64' },
+});
+export const vmw_bye = defineStruct('vmw_bye', 24, {
+  data_reads: { offset: 0, type: 'u64' },
+  data_writes: { offset: 8, type: 'u64' },
+  data_mmaps: { offset: 16, type: 'u64' },
+});
+
+export interface WireRequest {
+  op: number;
+  offset: bigint;
+  length: number;
+  payload: Uint8Array;
+}
+
+/** Largest payload a request may carry: HELLO's name, a header write. */
+export const MAX_REQUEST_PAYLOAD = 4096;
+
+/**
+ * Splits a byte stream into requests. Returns the requests complete so far
+ * and keeps the rest; a request that claims more than MAX_REQUEST_PAYLOAD
+ * bytes is a protocol error (the connection is not ours to trust further).
+ */
+export class RequestReader {
+  #buf: Uint8Array = new Uint8Array(0);
+
+  push(data: Uint8Array): WireRequest[] {
+    this.#buf = this.#buf.length ? concat(this.#buf, data) : data;
+    const out: WireRequest[] = [];
+    for (;;) {
+      if (this.#buf.length < vmw_request.size) break;
+      const h = vmw_request.decode(this.#buf);
+      if (h.payload_len > MAX_REQUEST_PAYLOAD) throw new RangeError(`request payload of ${h.payload_len} bytes (at most ${MAX_REQUEST_PAYLOAD})`);
+      const end = vmw_request.size + h.payload_len;
+      if (this.#buf.length < end) break;
+      out.push({ op: h.op, offset: h.offset, length: h.length, payload: this.#buf.slice(vmw_request.size, end) });
+      this.#buf = this.#buf.subarray(end);
+    }
+    return out;
+  }
+}
+
+export function encodeReply(result: number, payload: Uint8Array = new Uint8Array(0)): Uint8Array {
+  const out = new Uint8Array(vmw_reply.size + payload.length);
+  vmw_reply.encode({ result, payload_len: payload.length }, out);
+  out.set(payload, vmw_reply.size);
+  return out;
+}
+
+export function encodeRequest(op: number, offset: bigint, length: number, payload: Uint8Array = new Uint8Array(0)): Uint8Array {
+  const out = new Uint8Array(vmw_request.size + payload.length);
+  vmw_request.encode({ op, payload_len: payload.length, offset, length }, out);
+  out.set(payload, vmw_request.size);
+  return out;
+}
+
+export function concat(a: Uint8Array, b: Uint8Array): Uint8Array {
+  const out = new Uint8Array(a.length + b.length);
+  out.set(a);
+  out.set(b, a.length);
+  return out;
+}

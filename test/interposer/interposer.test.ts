@@ -1,0 +1,186 @@
+/**
+ * The LD_PRELOAD interposer and the bridge service together, on the host:
+ * qemu72-client.c stands in for QEMU 7.2 (its region discovery, register
+ * sequence and 8-byte access split), and VFIO_MIG_TEST_DEVICE makes
+ * /dev/null count as a VFIO device whose v1 region a simulated device
+ * serves. The real-kernel suite runs QEMU 7.2 itself (test/kernel/qemu72.ktest.ts).
+ */
+import { spawn, spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createSimDevice, VfioError, type SimDevice, type SimDeviceOptions } from '../../src/index.js';
+import { startBridgeService, type BridgeService } from '../../src/service/bridge-service.js';
+import { vmw_bye, vmw_hello, vmw_hello_reply, vmw_region, vmw_reply, vmw_request } from '../../src/service/wire.js';
+import { saveV2 } from '../helpers.js';
+
+const root = resolve(import.meta.dirname, '../..');
+const PRELOAD = join(root, 'dist/interposer/libvfio-mig-preload.so');
+let dir: string;
+let client: string;
+
+beforeAll(() => {
+  dir = mkdtempSync(join(tmpdir(), 'vfio-mig-interposer-'));
+  client = join(dir, 'qemu72-client');
+  const cc = spawnSync('cc', ['-O2', '-o', client, join(root, 'test/interposer/qemu72-client.c')], { encoding: 'utf8' });
+  expect(cc.status, cc.stderr).toBe(0);
+});
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+interface Run {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+  ms: number;
+}
+
+/** Runs the client as a preloaded VMM; `onStart` sees the child (to kill it). */
+function runClient(args: string[], env: Record<string, string>, onStart?: (pid: number) => void): Promise<Run> {
+  const t0 = Date.now();
+  const p = spawn(client, ['/dev/null', ...args], { env: { ...process.env, LD_PRELOAD: PRELOAD, VFIO_MIG_TEST_DEVICE: '/dev/null', ...env } });
+  let stdout = '';
+  let stderr = '';
+  p.stdout.on('data', (d) => (stdout += d));
+  p.stderr.on('data', (d) => (stderr += d));
+  onStart?.(p.pid!);
+  return new Promise((done) => p.on('close', (code) => done({ code, stdout, stderr, ms: Date.now() - t0 })));
+}
+
+async function serve(devices: SimDevice[], logs: string[] = []): Promise<BridgeService> {
+  const queue = [...devices];
+  return startBridgeService({
+    socketPath: join(dir, `s${Math.random().toString(36).slice(2)}.sock`),
+    openDevice: async () => queue.shift() ?? createSimDevice(),
+    log: (l) => logs.push(l),
+  });
+}
+
+const model: SimDeviceOptions = { stateSize: 3 << 20, seed: 1 };
+
+describe('interposer + service, QEMU 7.2 access pattern', () => {
+  for (const mode of ['mmap', 'pread'] as const) {
+    it(`save through the ${mode} path gives the device's stop-copy stream, byte for byte`, async () => {
+      const logs: string[] = [];
+      const svc = await serve([createSimDevice(model)], logs);
+      const out = join(dir, `save-${mode}.bin`);
+      const r = await runClient(['save', out, mode], { VFIO_MIG_SOCKET: svc.socketPath });
+      await svc.close();
+      expect(r.stderr).toBe('');
+      expect(r.code).toBe(0);
+      expect(readFileSync(out).equals(await saveV2(createSimDevice(model), false))).toBe(true);
+      const [, bytes, header, data] = /^ok (\d+) bytes \S+ s (\d+) header accesses (\d+) data accesses$/.exec(r.stdout.trim())!;
+      // Header accesses only cross the socket: ~3 per 1 MiB chunk, whatever the data path.
+      expect(Number(header)).toBeLessThan(30);
+      expect(svc.finished[0]!.headerAccesses).toBe(Number(header));
+      expect(Number(data)).toBe(mode === 'mmap' ? 0 : Math.ceil(Number(bytes) / 8));
+      expect(svc.finished[0]!.dataReads).toBe(BigInt(data!));
+    });
+  }
+
+  it('pre-copy save and a load through the interposer move the whole state', async () => {
+    const src = createSimDevice({ ...model, seed: 3 });
+    const dst = createSimDevice({ ...model, seed: 4 });
+    const svc = await serve([src, dst]);
+    const file = join(dir, 'precopy.bin');
+    const save = await runClient(['save', file, 'mmap', 'precopy'], { VFIO_MIG_SOCKET: svc.socketPath });
+    expect(save.code, save.stderr).toBe(0);
+    const load = await runClient(['load', file, 'pread'], { VFIO_MIG_SOCKET: svc.socketPath });
+    await svc.close();
+    expect(load.code, load.stderr).toBe(0);
+    expect(dst.stateDigest()).toBe(src.stateDigest());
+    expect(dst.state).toBe(2 /* RUNNING */);
+  });
+});
+
+describe('interposer failures never hang and never pass silently', () => {
+  it('no service: one message, the device is left unbridged (QEMU then refuses to migrate)', async () => {
+    const r = await runClient(['save', join(dir, 'x.bin')], { VFIO_MIG_SOCKET: join(dir, 'nobody.sock') });
+    expect(r.code).toBe(3);
+    expect(r.stderr).toMatch(/^vfio-mig: VFIO device is not bridged: no bridge service at .*nobody\.sock \(No such file or directory\)\n/);
+    expect(r.stderr).toMatch(/doesn't support migration/);
+  });
+
+  it('VFIO_MIG_REQUIRED=1 makes an unbridged device fatal', async () => {
+    const r = await runClient(['save', join(dir, 'x.bin')], { VFIO_MIG_SOCKET: join(dir, 'nobody.sock'), VFIO_MIG_REQUIRED: '1' });
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/cannot be bridged: no bridge service .* exiting/);
+  });
+
+  it('a service that accepts and never answers: the access fails within the timeout', async () => {
+    const path = join(dir, 'silent.sock');
+    const silent = createServer(() => undefined);
+    await new Promise<void>((r) => silent.listen(path, r));
+    const r = await runClient(['save', join(dir, 'x.bin')], { VFIO_MIG_SOCKET: path, VFIO_MIG_TIMEOUT_MS: '300' });
+    silent.close();
+    expect(r.code).toBe(3);
+    expect(r.stderr).toMatch(/did not answer in time/);
+    expect(r.ms).toBeLessThan(10_000);
+  });
+
+  it('a service that dies mid-migration: the next access fails with an errno, not a hang', async () => {
+    const sock = join(dir, 'dying.sock');
+    const svc = spawn(process.execPath, [join(root, 'dist/cli/main.js'), 'serve', '--socket', sock, '--sim', 'sim:size=64M,read-delay-ms=5'], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let log = '';
+    svc.stderr.on('data', (d) => {
+      log += d;
+      if (/bridged/.test(log)) svc.kill('SIGKILL');
+    });
+    await new Promise((r) => setTimeout(r, 50));
+    for (let i = 0; i < 100 && !/serving on/.test(log); i++) await new Promise((r) => setTimeout(r, 50));
+    const r = await runClient(['save', join(dir, 'x.bin')], { VFIO_MIG_SOCKET: sock, VFIO_MIG_TIMEOUT_MS: '5000' });
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/vfio-mig: bridge service is gone for \/dev\/null|vfio-mig: bridge service is gone/);
+    expect(r.stderr).toMatch(/vfio_mig_(read|write) \d+ bytes at 0x[0-9a-f]+ failed: /);
+    expect(r.ms).toBeLessThan(15_000);
+  });
+
+  it('a VMM killed mid-session: the service drops its fd and returns the device to RUNNING', async () => {
+    const dev = createSimDevice({ stateSize: 64 << 20, faults: { readDelayMs: 2 } });
+    const logs: string[] = [];
+    const svc = await serve([dev], logs);
+    const r = await runClient(['save', join(dir, 'x.bin'), 'mmap'], { VFIO_MIG_SOCKET: svc.socketPath }, (pid) => {
+      const poll = setInterval(() => {
+        if (dev.state === 3 /* STOP_COPY */) {
+          clearInterval(poll);
+          process.kill(pid, 'SIGKILL');
+        }
+      }, 2);
+    });
+    expect(r.code).toBe(null);
+    for (let i = 0; i < 100 && svc.finished.length === 0; i++) await new Promise((res) => setTimeout(res, 20));
+    expect(dev.state).toBe(2 /* RUNNING */);
+    expect(logs.join('\n')).toMatch(/while the device was in STOP_COPY: reset to RUNNING/);
+    await svc.close();
+  });
+
+  it('a device without v2 migration is left alone, with a message', async () => {
+    const svc = await startBridgeService({
+      socketPath: join(dir, 'nomig.sock'),
+      openDevice: async (h) => {
+        throw new VfioError('ENOTTY', 'FEATURE_MIGRATION', h.name, 'device does not support v2 migration');
+      },
+    });
+    const r = await runClient(['save', join(dir, 'x.bin')], { VFIO_MIG_SOCKET: svc.socketPath });
+    await svc.close();
+    expect(r.code).toBe(3);
+    expect(r.stderr).toMatch(/is not bridged: no v2 migration support/);
+  });
+});
+
+describe('wire format', () => {
+  it('the C structs and the TypeScript layouts agree', () => {
+    const src = join(dir, 'layout.c');
+    writeFileSync(
+      src,
+      `#include <stdio.h>\n#include <stddef.h>\n#include "${join(root, 'interposer/wire.h')}"\n` +
+        'int main(void){printf("%zu %zu %zu %zu %zu %zu %zu %zu %zu\\n", sizeof(struct vmw_request), sizeof(struct vmw_reply), sizeof(struct vmw_hello), sizeof(struct vmw_hello_reply), sizeof(struct vmw_region), sizeof(struct vmw_bye), offsetof(struct vmw_request, length), offsetof(struct vmw_region, region_offset), offsetof(struct vmw_hello_reply, section_size));}',
+    );
+    const bin = join(dir, 'layout');
+    expect(spawnSync('cc', ['-o', bin, src]).status).toBe(0);
+    const got = spawnSync(bin, { encoding: 'utf8' }).stdout.trim();
+    const ts = [vmw_request.size, vmw_reply.size, vmw_hello.size, vmw_hello_reply.size, vmw_region.size, vmw_bye.size, vmw_request.layout.length.offset, vmw_region.layout.region_offset.offset, vmw_hello_reply.layout.section_size.offset];
+    expect(got).toBe(ts.join(' '));
+  });
+});

@@ -1,0 +1,155 @@
+/**
+ * The quiesce group (docs/interposer.md "Quiesce group"): a VMM's devices
+ * pass through RUNNING_P2P on the way down and up, as QEMU 8's v2 caller
+ * moves them, while each v1 caller keeps reading the state it wrote.
+ */
+import { describe, expect, it } from 'vitest';
+import { createSimDevice, MigState, openV1Bridge, type DataStream, type V2Device } from '../../src/index.js';
+import { QuiesceGroup } from '../../src/service/quiesce-group.js';
+import { readU32, readU64, writeU32, writeU64 } from '../../src/v1/region-access.js';
+import { migStateName } from '../../src/v2/uapi.js';
+import { saveV2 } from '../helpers.js';
+
+const S = MigState;
+const STATE = 0, PENDING = 8, OFFSET = 16, SIZE = 24;
+
+/** Sim devices whose SET_STATE calls land in one shared log, in the order they reach the devices. */
+function logged(log: string[], name: string, flags = 7, seed = 1): V2Device & { inner: ReturnType<typeof createSimDevice> } {
+  const inner = createSimDevice({ stateSize: 20_000, flags, seed, name });
+  return {
+    inner,
+    name,
+    migrationFlags: () => inner.migrationFlags(),
+    getState: () => inner.getState(),
+    async setState(s: MigState): Promise<DataStream | null> {
+      log.push(`${name} ${migStateName(inner.state)}->${migStateName(s)}`);
+      return inner.setState(s);
+    },
+    stopCopySize: () => inner.stopCopySize(),
+    reset: () => inner.reset(),
+    close: () => inner.close(),
+  };
+}
+
+async function member(group: QuiesceGroup, dev: V2Device) {
+  const m = group.add(dev, await dev.migrationFlags(), await dev.getState());
+  return { m, br: await openV1Bridge(m, { sectionSize: 8192 }) };
+}
+
+async function drainV1(br: Awaited<ReturnType<typeof openV1Bridge>>): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  while ((await readU64(br, PENDING)) > 0n) {
+    await readU64(br, OFFSET);
+    const n = Number(await readU64(br, SIZE));
+    if (n === 0) break;
+    parts.push(Buffer.from(await br.read(br.dataOffset, n)));
+  }
+  return Buffer.concat(parts);
+}
+
+describe('quiesce group', () => {
+  it('down: the first device to stop parks the others in their P2P form first; v1 reads stay what was written', async () => {
+    const log: string[] = [];
+    const group = new QuiesceGroup();
+    const a = await member(group, logged(log, 'A'));
+    const b = await member(group, logged(log, 'B', 7, 2));
+    await writeU32(a.br, STATE, 3);
+    await writeU32(b.br, STATE, 3);
+    log.length = 0;
+    await writeU32(a.br, STATE, 2);
+    expect(log).toEqual(['B PRE_COPY->PRE_COPY_P2P', 'A PRE_COPY->STOP_COPY']);
+    expect(await readU32(b.br, STATE)).toBe(3);
+    expect(b.m.real).toBe(S.PRE_COPY_P2P);
+    await writeU32(b.br, STATE, 2);
+    expect(log.slice(2)).toEqual(['B PRE_COPY_P2P->STOP_COPY']);
+  });
+
+  it('down: the parked device streams on, and both states arrive whole', async () => {
+    const group = new QuiesceGroup();
+    const srcA = logged([], 'A', 7, 11);
+    const srcB = logged([], 'B', 7, 12);
+    const a = await member(group, srcA);
+    const b = await member(group, srcB);
+    await writeU32(a.br, STATE, 3);
+    await writeU32(b.br, STATE, 3);
+    const pre = [await drainV1(a.br), await drainV1(b.br)];
+    await writeU32(a.br, STATE, 2); // parks B in PRE_COPY_P2P
+    const preB2 = await drainV1(b.br); // B's pre-copy goes on while parked
+    await writeU32(b.br, STATE, 2);
+    const streams = [Buffer.concat([pre[0]!, await drainV1(a.br)]), Buffer.concat([pre[1]!, preB2, await drainV1(b.br)])];
+    for (const [i, src] of [srcA, srcB].entries()) {
+      const dst = createSimDevice({ stateSize: 20_000, seed: 99 });
+      const br = await openV1Bridge(dst, { sectionSize: 1 << 20 });
+      await writeU32(br, STATE, 4);
+      await br.write(br.dataOffset, streams[i]!);
+      await writeU64(br, SIZE, BigInt(streams[i]!.length));
+      await writeU32(br, STATE, 1);
+      expect(dst.stateDigest()).toBe(src.inner.stateDigest());
+    }
+  });
+
+  it('up: devices asked to run are held in RUNNING_P2P until none is stopped, then all run', async () => {
+    const log: string[] = [];
+    const group = new QuiesceGroup();
+    const a = await member(group, logged(log, 'A'));
+    const b = await member(group, logged(log, 'B'));
+    for (const x of [a, b]) {
+      await writeU32(x.br, STATE, 4);
+      const stream = await saveV2(createSimDevice({ stateSize: 20_000, seed: 5 }));
+      await x.br.write(x.br.dataOffset, stream.subarray(0, 8192));
+      await writeU64(x.br, SIZE, BigInt(Math.min(8192, stream.length)));
+      for (let at = 8192; at < stream.length; at += 8192) {
+        const piece = stream.subarray(at, at + 8192);
+        await x.br.write(x.br.dataOffset, piece);
+        await writeU64(x.br, SIZE, BigInt(piece.length));
+      }
+    }
+    log.length = 0;
+    await writeU32(a.br, STATE, 1);
+    expect(log).toEqual(['A RESUMING->RUNNING_P2P']);
+    expect(await readU32(a.br, STATE)).toBe(1);
+    await writeU32(b.br, STATE, 1);
+    expect(log).toEqual(['A RESUMING->RUNNING_P2P', 'B RESUMING->RUNNING_P2P', 'A RUNNING_P2P->RUNNING', 'B RUNNING_P2P->RUNNING']);
+    expect([a.m.real, b.m.real]).toEqual([S.RUNNING, S.RUNNING]);
+  });
+
+  it('a device that leaves the group releases the ones held for it', async () => {
+    const log: string[] = [];
+    const group = new QuiesceGroup();
+    const a = await member(group, logged(log, 'A'));
+    const b = await member(group, logged(log, 'B'));
+    await writeU32(a.br, STATE, 0);
+    await writeU32(b.br, STATE, 0);
+    await writeU32(a.br, STATE, 1);
+    expect(a.m.real).toBe(S.RUNNING_P2P);
+    await group.remove(b.m);
+    expect(a.m.real).toBe(S.RUNNING);
+  });
+
+  it('devices without P2P are moved as asked and hold nobody up; one device alone takes no detour', async () => {
+    const log: string[] = [];
+    const group = new QuiesceGroup();
+    const a = await member(group, logged(log, 'A', 1));
+    const b = await member(group, logged(log, 'B', 1));
+    await writeU32(a.br, STATE, 0);
+    await writeU32(a.br, STATE, 1);
+    expect(log).toEqual(['A RUNNING->STOP', 'A STOP->RUNNING']);
+    expect(b.m.real).toBe(S.RUNNING);
+
+    const solo = new QuiesceGroup();
+    const c = await member(solo, logged(log, 'C'));
+    log.length = 0;
+    await writeU32(c.br, STATE, 0);
+    await writeU32(c.br, STATE, 1);
+    expect(log).toEqual(['C RUNNING->STOP', 'C STOP->RUNNING']);
+  });
+
+  it('reports each move it makes on its own, with the device that caused it', async () => {
+    const events: unknown[] = [];
+    const group = new QuiesceGroup((e) => events.push(e));
+    const a = await member(group, logged([], 'A'));
+    await member(group, logged([], 'B'));
+    await writeU32(a.br, STATE, 0);
+    expect(events).toEqual([{ device: 'B', cause: 'A', v2: ['SET_STATE RUNNING->RUNNING_P2P'] }]);
+  });
+});
