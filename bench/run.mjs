@@ -63,3 +63,12 @@ console.log('case'.padEnd(52), 'state'.padStart(8), 'MiB/s'.padStart(9), 'vs raw
 for (const r of runs.filter((r) => !r.baselineOnly)) {
   console.log(r.name.padEnd(52), `${r.mib} MiB`.padStart(8), rateOf(r).toFixed(0).padStart(9), `${(rateOf(r) / baseline(r.mib)).toFixed(2)}x`.padStart(10));
 }
+
+const { interposerBench } = await import('./interposer.mjs');
+const ip = await interposerBench({ mib: Number(process.env.BENCH_INTERPOSER_MIB ?? 256), reps, median });
+console.log('\nsave only, QEMU 7.2 access pattern through the LD_PRELOAD interposer (saved bytes checked against raw v2)');
+console.log('case'.padEnd(52), 'state'.padStart(8), 'MiB/s'.padStart(9), 'vs raw v2'.padStart(10), 'vs bridge'.padStart(10));
+for (const r of ip.rows) {
+  console.log(r.case.padEnd(52), `${r.mib} MiB`.padStart(8), r.rate.toFixed(0).padStart(9), `${r.vsRaw.toFixed(2)}x`.padStart(10), `${r.vsBridge.toFixed(2)}x`.padStart(10));
+}
+console.log(`header accesses over the socket: ${ip.headerPerMiB.toFixed(2)} per MiB of state (the service default data section, 4 MiB)`);

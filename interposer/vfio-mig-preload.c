@@ -418,12 +418,20 @@ static ssize_t region_rw(struct dev *d, int write, void *buf, size_t len, uint64
 		return -1;
 	}
 	if (kind == 2) {
+		/* The hot path of a VMM without mmap: 8 bytes a call, no lock, no locked instruction. */
 		uint8_t *p = d->section + (rel - d->data_offset);
-		if (write)
+		uint64_t *count = write ? &d->data_writes : &d->data_reads;
+		if (len == 8) {
+			uint64_t v;
+			memcpy(&v, write ? buf : p, 8);
+			memcpy(write ? p : buf, &v, 8);
+		} else if (write) {
 			memcpy(p, buf, len);
-		else
+		} else {
 			memcpy(buf, p, len);
-		__atomic_add_fetch(write ? &d->data_writes : &d->data_reads, 1, __ATOMIC_RELAXED);
+		}
+		/* A statistic: a lost increment between racing threads is acceptable. */
+		__atomic_store_n(count, __atomic_load_n(count, __ATOMIC_RELAXED) + 1, __ATOMIC_RELAXED);
 		return (ssize_t)len;
 	}
 	if (len > 64) { /* the header is 32 bytes: nothing valid is longer */

@@ -11,6 +11,7 @@ import { DEVICE_HELP, openDevice, parseSize } from './open-device.js';
 import { CliError, errorJson, errorLine, exitCodeFor, toJson } from './output.js';
 import { saveCommand, unfinishedFiles } from './save.js';
 import { envCommand, execCommand, serveCommand } from './serve.js';
+import { SERVICE_SECTION_SIZE } from '../service/bridge-service.js';
 import { stateCommand } from './state.js';
 import { traceCommand } from './trace.js';
 
@@ -35,7 +36,8 @@ const intOpt = (name: string) => (v: string) => {
   if (!/^\d+$/.test(v)) throw new CliError(`vfio-mig: ${name} takes a whole number (got "${v}")`, EXIT.USAGE);
   return Number(v);
 };
-const sectionOption = () => new Option('--section-size <bytes>', 'v1 data section size (bridge window)').default(1 << 20, '1M').argParser(sizeOpt);
+const sectionOption = (bytes = 1 << 20, shown = '1M') => new Option('--section-size <bytes>', 'v1 data section size (bridge window)').default(bytes, shown).argParser(sizeOpt);
+const serviceSectionOption = () => sectionOption(SERVICE_SECTION_SIZE, '4M');
 
 const program = new Command('vfio-mig')
   .description('Inspect VFIO migration devices, change their state, save and load their state, across the v1 region and v2 FSM protocols.')
@@ -122,7 +124,7 @@ program
   .argument('<command...>', 'the command and its arguments (after --)')
   .option('--trace <file>', 'write each v1 access with the v2 operations it caused, and the quiesce group\'s moves (NDJSON)')
   .option('--socket <path>', 'the service socket (default: a private one under $TMPDIR)')
-  .addOption(sectionOption())
+  .addOption(serviceSectionOption())
   .option('--sim <device>', 'serve every device with a fresh simulated DEVICE instead of the VMM\'s own (testing)')
   .passThroughOptions()
   .addHelpText('after', '\nThe exit status is COMMAND\'s (128+N when signal N ended it); SIGINT, SIGTERM, SIGHUP and SIGQUIT are forwarded.\n\nExample:\n  vfio-mig exec -- qemu-system-x86_64 -M pc -device vfio-pci,sysfsdev=/sys/bus/mdev/devices/UUID,x-enable-migration=on ...\n  vfio-mig exec --trace mig.ndjson -- qemu-system-x86_64 ...')
@@ -135,7 +137,7 @@ program
   .description('serve the v1 interposer of VMMs started by someone else (libvirt and the like); `vfio-mig env` prints what they need')
   .requiredOption('--socket <path>', 'where to listen (a Unix socket)')
   .option('--trace <file>', 'NDJSON trace of every v1 access and group move')
-  .addOption(sectionOption())
+  .addOption(serviceSectionOption())
   .option('--sim <device>', 'serve every device with a fresh simulated DEVICE (testing)')
   .addHelpText('after', '\nRuns until SIGINT, SIGTERM or SIGHUP; devices left mid-session are reset to RUNNING.\n\nExample:\n  vfio-mig serve --socket /run/vfio-mig.sock &\n  env $(vfio-mig env --socket /run/vfio-mig.sock) qemu-system-x86_64 ...')
   .action(async (o) => serveCommand(o));

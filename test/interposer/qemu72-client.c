@@ -1,7 +1,7 @@
 /*
- * A stand-in for QEMU 7.2's v1 migration caller (docs/protocol.md "How QEMU
- * 5.2-7.2 drove v1"), for tests and benchmarks of the interposer without a
- * VM: finds the v1 region the way vfio_migration_init() does (GET_INFO,
+ * A stand-in for QEMU 7.2's v1 migration caller (hw/vfio/migration.c at
+ * v7.2.0), for tests and benchmarks of the interposer (docs/interposer.md)
+ * without a VM: finds the v1 region the way vfio_migration_init() does (GET_INFO,
  * GET_REGION_INFO with argsz 32 then the size asked, CAP_TYPE {3, 1}, the
  * sparse-mmap area), then saves or loads through it with QEMU's register
  * sequence and its vfio_mig_rw() access split (naturally aligned 8/4/2/1

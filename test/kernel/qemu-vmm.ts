@@ -1,0 +1,137 @@
+/**
+ * Runs Debian 12's QEMU 7.2 (the host's binary, seen through the guest's
+ * 9p root) inside the test guest, with or without `vfio-mig exec`, and
+ * talks to its HMP monitor.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, rmSync } from 'node:fs';
+import { connect, type Socket } from 'node:net';
+import { resolve } from 'node:path';
+
+const CLI = resolve(import.meta.dirname, '../../dist/cli/main.js');
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+export interface VmmOptions {
+  /** mdev UUIDs to pass through, in order. */
+  devices: string[];
+  /** Run through `vfio-mig exec` (with --trace to this file when given). */
+  exec?: boolean;
+  trace?: string;
+  incoming?: string;
+  env?: Record<string, string>;
+  /** A name for the monitor socket. */
+  name: string;
+}
+
+export class Vmm {
+  readonly proc: ChildProcess;
+  stderr = '';
+  #mon: Socket | null = null;
+  #out = '';
+  readonly exited: Promise<number | null>;
+
+  constructor(readonly opts: VmmOptions) {
+    const monitor = `/tmp/${opts.name}.mon`;
+    rmSync(monitor, { force: true });
+    const qemu = [
+      'qemu-system-x86_64', '-M', 'pc', '-m', '64', '-nodefaults', '-display', 'none',
+      '-monitor', `unix:${monitor},server=on,wait=off`,
+      ...opts.devices.flatMap((u) => ['-device', `vfio-pci,sysfsdev=/sys/bus/mdev/devices/${u},x-enable-migration=on`]),
+      ...(opts.incoming ? ['-incoming', opts.incoming] : []),
+    ];
+    const argv = opts.exec ? [process.execPath, CLI, 'exec', ...(opts.trace ? ['--trace', opts.trace] : []), '--', ...qemu] : qemu;
+    this.proc = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...opts.env } });
+    this.proc.stdout!.on('data', (d) => (this.stderr += d));
+    this.proc.stderr!.on('data', (d) => (this.stderr += d));
+    this.exited = new Promise((done) => this.proc.on('exit', (code, sig) => done(code ?? (sig ? 128 : null))));
+  }
+
+  get monitorPath(): string {
+    return `/tmp/${this.opts.name}.mon`;
+  }
+
+  /** Waits for the monitor and its first prompt. */
+  async connect(timeoutMs = 90_000): Promise<void> {
+    const t0 = Date.now();
+    while (!existsSync(this.monitorPath)) {
+      if (Date.now() - t0 > timeoutMs) throw new Error(`no QEMU monitor after ${timeoutMs} ms; output:\n${this.stderr}`);
+      if (this.proc.exitCode !== null) throw new Error(`QEMU exited ${this.proc.exitCode} before its monitor came up:\n${this.stderr}`);
+      await sleep(100);
+    }
+    this.#mon = connect(this.monitorPath);
+    this.#mon.on('data', (d) => (this.#out += d));
+    this.#mon.on('error', () => undefined);
+    await this.#prompt(timeoutMs);
+  }
+
+  async #prompt(timeoutMs: number): Promise<string> {
+    const t0 = Date.now();
+    while (!this.#out.includes('(qemu) ')) {
+      if (Date.now() - t0 > timeoutMs) throw new Error(`no HMP prompt; got: ${this.#out}`);
+      await sleep(20);
+    }
+    // QEMU's readline echoes each keystroke with escape sequences; drop them and the echo line.
+    const text = this.#out.replace(/\x1b\[[0-9;]*[A-Za-z]/g, '');
+    this.#out = '';
+    return text.slice(0, text.lastIndexOf('(qemu) '));
+  }
+
+  /** One HMP command; its output without the echo. */
+  async hmp(command: string, timeoutMs = 60_000): Promise<string> {
+    this.#out = '';
+    this.#mon!.write(`${command}\n`);
+    const text = await this.#prompt(timeoutMs);
+    return text.slice(text.indexOf('\n') + 1);
+  }
+
+  /** I/O BAR bases of the passed-through serial ports (mtty: one BAR per UART). */
+  async uartPorts(): Promise<number[]> {
+    for (let i = 0; i < 100; i++) {
+      const pci = await this.hmp('info pci');
+      // Each "Serial port" entry (an mtty device) lists one I/O BAR per UART once SeaBIOS has assigned them.
+      const serial = pci
+        .split('Serial port')
+        .slice(1)
+        .flatMap((entry) => [...entry.split('id "')[0]!.matchAll(/I\/O at 0x([0-9a-f]+)/g)].map((m) => parseInt(m[1]!, 16)));
+      if (serial.length > 0 && serial.every((p) => p !== 0 && p < 0xffff)) return serial;
+      await sleep(300);
+    }
+    throw new Error('SeaBIOS assigned no I/O BARs to the serial ports');
+  }
+
+  async outb(port: number, value: number): Promise<void> {
+    await this.hmp(`o /b 0x${port.toString(16)} 0x${value.toString(16)}`);
+  }
+
+  async inb(port: number): Promise<number> {
+    const out = await this.hmp(`i /b 0x${port.toString(16)}`);
+    const m = /= 0x([0-9a-f]+)/.exec(out);
+    if (!m) throw new Error(`HMP i /b gave: ${out}`);
+    return parseInt(m[1]!, 16);
+  }
+
+  /** Polls `info migrate` until completed or failed: the figures QEMU reports. */
+  async waitMigration(timeoutMs = 120_000): Promise<{ status: string; totalMs: number; downtimeMs: number; text: string }> {
+    const t0 = Date.now();
+    for (;;) {
+      const text = await this.hmp('info migrate');
+      const status = /Migration status: (\S+)/.exec(text)?.[1] ?? 'none';
+      if (status === 'completed' || status === 'failed' || status === 'cancelled') {
+        return { status, totalMs: Number(/total time: (\d+)/.exec(text)?.[1] ?? NaN), downtimeMs: Number(/downtime: (\d+)/.exec(text)?.[1] ?? NaN), text };
+      }
+      if (Date.now() - t0 > timeoutMs) throw new Error(`migration still ${status} after ${timeoutMs} ms`);
+      await sleep(200);
+    }
+  }
+
+  async quit(): Promise<number | null> {
+    if (this.proc.exitCode === null) {
+      this.#mon?.write('quit\n');
+      const t = setTimeout(() => this.proc.kill('SIGKILL'), 20_000);
+      await this.exited;
+      clearTimeout(t);
+    }
+    this.#mon?.destroy();
+    return this.exited;
+  }
+}
