@@ -44,6 +44,7 @@
 
 struct dev {
 	int fd;
+	pid_t owner; /* the process that attached: a forked child never speaks for it */
 	char name[NAME_MAX_LEN];
 	int sock; /* -1 once the service is gone */
 	int memfd;
@@ -332,6 +333,7 @@ static struct dev *attach(int fd, uint32_t num_regions)
 	memcpy(d->info, info + sizeof(reg), reg.info_len);
 	d->info_len = reg.info_len;
 	d->fd = fd;
+	d->owner = getpid();
 	snprintf(d->name, sizeof(d->name), "%s", name);
 	d->sock = sock;
 	d->memfd = memfd;
@@ -354,7 +356,7 @@ fail:
 static void say_bye(struct dev *d)
 {
 	struct vmw_bye bye = { d->data_reads, d->data_writes, d->data_mmaps };
-	if (d->sock < 0)
+	if (d->sock < 0 || getpid() != d->owner) /* e.g. QEMU's exec: migration helper closing inherited fds */
 		return;
 	call(&d->sock, d->name, VMW_BYE, 0, 0, &bye, sizeof(bye), NULL, 0, NULL);
 	if (d->sock >= 0)

@@ -95,6 +95,15 @@ describe('interposer + service, QEMU 7.2 access pattern', () => {
 });
 
 describe('interposer failures never hang and never pass silently', () => {
+  it('a forked child that closes the inherited device fd and exits does not end the parent\'s session', async () => {
+    const svc = await serve([createSimDevice(model)]);
+    const out = join(dir, 'fork.bin');
+    const r = await runClient(['save', out, 'mmap', 'forkclose'], { VFIO_MIG_SOCKET: svc.socketPath });
+    await svc.close();
+    expect(r.code, r.stderr).toBe(0);
+    expect(readFileSync(out).equals(await saveV2(createSimDevice(model), false))).toBe(true);
+  });
+
   it('no service: one message, the device is left unbridged (QEMU then refuses to migrate)', async () => {
     const r = await runClient(['save', join(dir, 'x.bin')], { VFIO_MIG_SOCKET: join(dir, 'nobody.sock') });
     expect(r.code).toBe(3);

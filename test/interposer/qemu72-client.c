@@ -7,7 +7,7 @@
  * sequence and its vfio_mig_rw() access split (naturally aligned 8/4/2/1
  * bytes), or through the mmap'd data section.
  *
- *   qemu72-client DEVICE save FILE [mmap|pread] [precopy]
+ *   qemu72-client DEVICE save FILE [mmap|pread] [precopy|forkclose]
  *   qemu72-client DEVICE load FILE [mmap|pread]
  *
  * Prints one line: "ok BYTES bytes SECONDS s HEADER header accesses DATA data accesses".
@@ -22,6 +22,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -172,10 +173,20 @@ int main(int argc, char **argv)
 	int save = strcmp(argv[2], "save") == 0;
 	int want_mmap = argc > 4 && strcmp(argv[4], "mmap") == 0;
 	int precopy = argc > 5 && strcmp(argv[5], "precopy") == 0;
+	int forkclose = argc > 5 && strcmp(argv[5], "forkclose") == 0;
 	dev = open(argv[1], O_RDWR);
 	if (dev < 0)
 		die(argv[1]);
 	find_region(want_mmap);
+	if (forkclose) {
+		/* As QEMU's exec: migration: a child closes the inherited fds and exits. */
+		pid_t child = fork();
+		if (child == 0) {
+			close(dev);
+			exit(0);
+		}
+		waitpid(child, NULL, 0);
+	}
 	uint8_t *buf = malloc(reg_size);
 	struct timespec t0, t1;
 	clock_gettime(CLOCK_MONOTONIC, &t0);
