@@ -313,7 +313,7 @@ static struct dev *attach(int fd, uint32_t num_regions)
 	r = call(&sock, name, VMW_SECTION, 0, 0, &mfd, sizeof(mfd), info, sizeof(info), &got);
 	struct vmw_region reg;
 	if (r < 0 || got < sizeof(reg)) {
-		snprintf(why, sizeof(why), "the service could not map the data section (%s)", strerror(r < 0 ? -r : EPROTO));
+		snprintf(why, sizeof(why), "the service could not set up its region (%s; the service's log says why)", strerror(r < 0 ? -r : EPROTO));
 		munmap(section, hr.section_size);
 		real_close(memfd);
 		goto fail;

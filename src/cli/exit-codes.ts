@@ -16,4 +16,4 @@ export const EXIT_HELP = `Exit codes:
   3    the device has no migration support (ENOTTY)
   4    permission denied (EACCES, EPERM)
   5    the device was left in a bad state (ERROR, or reset after a failed load)
-  130  interrupted (SIGINT)`;
+  128+N  interrupted by signal N (130 SIGINT, 143 SIGTERM, 129 SIGHUP); the device's state is named`;

@@ -63,7 +63,12 @@ async function verifyFile(path: string): Promise<void> {
 }
 
 export async function loadCommand(devSpec: string, openDevice: (s: string) => Promise<V2Device>, opts: LoadOptions): Promise<void> {
-  if (opts.input !== '-') await verifyFile(opts.input);
+  if (opts.input !== '-') {
+    const st = await stat(opts.input).catch(() => null);
+    if (!st) throw new VfioError('ENOENT', 'load', opts.input, 'no such file');
+    if (st.isDirectory()) throw new VfioError('EISDIR', 'load', opts.input, 'is a directory: give the state file');
+    await verifyFile(opts.input);
+  }
   const { src, header: h, name } = await openInput(opts.input);
   const dev = await openDevice(devSpec);
   const progress = progressReporter(`load ${dev.name}`);

@@ -2,6 +2,8 @@
 /** vfio-mig: the command line. Argument parsing and dispatch only; the work is in the library. */
 import { Command, CommanderError, Option } from 'commander';
 import { readFileSync, unlinkSync } from 'node:fs';
+import { constants as osConstants } from 'node:os';
+import { MigState, migStateName } from '../v2/uapi.js';
 import type { V2Device } from '../v2/device.js';
 import { EXIT, EXIT_HELP } from './exit-codes.js';
 import { fsmCommand } from './fsm.js';
@@ -20,18 +22,28 @@ const version = (JSON.parse(readFileSync(new URL('../../package.json', import.me
 let jsonErrors = false;
 const openDevices = new Set<V2Device>();
 
-async function withDevice<T>(spec: string, fn: (d: V2Device) => Promise<T>): Promise<T> {
+/** Opens a device that an interrupt must close (and name the state of). */
+async function trackedOpen(spec: string): Promise<V2Device> {
   const dev = await openDevice(spec);
   openDevices.add(dev);
+  const close = dev.close.bind(dev);
+  dev.close = () => {
+    openDevices.delete(dev);
+    return close();
+  };
+  return dev;
+}
+
+async function withDevice<T>(spec: string, fn: (d: V2Device) => Promise<T>): Promise<T> {
+  const dev = await trackedOpen(spec);
   try {
     return await fn(dev);
   } finally {
-    openDevices.delete(dev);
     await dev.close();
   }
 }
 
-const sizeOpt = (v: string) => parseSize(v, '--section-size');
+const sizeOpt = (v: string) => parseSize(v, '--section-size', 1 << 30);
 const intOpt = (name: string) => (v: string) => {
   if (!/^\d+$/.test(v)) throw new CliError(`vfio-mig: ${name} takes a whole number (got "${v}")`, EXIT.USAGE);
   return Number(v);
@@ -93,7 +105,7 @@ program
   .addOption(sectionOption())
   .option('--json', 'machine-readable output')
   .addHelpText('after', '\nA file is verified whole before the device is touched. From stdin the checksum is checked at the end;\non a mismatch the resume is abandoned and the device reset (exit 5).\n\nExample:\n  vfio-mig load sim -i state.vfio\n  vfio-mig load sim --protocol v1 -i state.vfio')
-  .action(async (device: string, o) => loadCommand(device, openDevice, o));
+  .action(async (device: string, o) => loadCommand(device, trackedOpen, o));
 
 program
   .command('fsm')
@@ -146,23 +158,51 @@ program
   .command('env')
   .description('print the environment (LD_PRELOAD, VFIO_MIG_SOCKET) a VMM needs to reach `vfio-mig serve`')
   .requiredOption('--socket <path>', 'the socket `vfio-mig serve` listens on')
-  .addHelpText('after', '\nOther variables the interposer reads:\n  VFIO_MIG_REQUIRED=1     a device that cannot be bridged ends the VMM\n  VFIO_MIG_TIMEOUT_MS=N   longest wait for the service to answer one access (default 20000)')
+  .addHelpText('after', '\nExample:\n  vfio-mig env --socket /run/vfio-mig.sock\n  env $(vfio-mig env --socket /run/vfio-mig.sock) qemu-system-x86_64 ...\n\nOther variables the interposer reads:\n  VFIO_MIG_REQUIRED=1     a device that cannot be bridged ends the VMM\n  VFIO_MIG_TIMEOUT_MS=N   longest wait for the service to answer one access (default 20000)')
   .action((o) => envCommand(o));
 
-process.on('SIGINT', () => {
-  // An interrupted save leaves no file under the target name.
-  for (const f of unfinishedFiles) {
-    try {
-      unlinkSync(f);
-    } catch {
-      // already gone
+const SESSION_STATES = new Set([MigState.PRE_COPY, MigState.PRE_COPY_P2P, MigState.STOP_COPY, MigState.RESUMING]);
+
+/**
+ * Closes a device on an interrupt and says where it was left: a device
+ * mid-session is reset, since its data session dies with this process.
+ */
+async function closeInterrupted(dev: V2Device): Promise<string> {
+  let where: string;
+  try {
+    const state = await dev.getState();
+    if (SESSION_STATES.has(state)) {
+      await dev.reset();
+      where = 'reset to RUNNING';
+    } else {
+      where = `left in ${migStateName(state)}`;
     }
+  } catch (e) {
+    where = `left in an unknown state (${errorLine(e)})`;
   }
-  const closing = [...openDevices].map((d) => d.close().catch(() => undefined));
-  const exit = () => process.exit(EXIT.INTERRUPTED);
-  Promise.all(closing).then(exit, exit);
-  setTimeout(exit, 2000).unref();
-});
+  await dev.close().catch(() => undefined);
+  return `${dev.name} ${where}`;
+}
+
+// exec and serve replace these with their own (forwarding, or stopping the service).
+for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+  process.on(sig, () => {
+    // An interrupted save leaves no file under the target name.
+    for (const f of unfinishedFiles) {
+      try {
+        unlinkSync(f);
+      } catch {
+        // already gone
+      }
+    }
+    const exit = () => process.exit(128 + osConstants.signals[sig]);
+    setTimeout(exit, 2000).unref();
+    Promise.all([...openDevices].map(closeInterrupted)).then((states) => {
+      process.stderr.write(`vfio-mig: interrupted by ${sig}${states.length ? `; ${states.join('; ')}` : ''}\n`);
+      exit();
+    }, exit);
+  });
+}
 
 try {
   jsonErrors = process.argv.includes('--json');

@@ -2,11 +2,14 @@
  * The one place that knows both backends: `sim[:key=value,...]` or a
  * kernel device path (/dev/vfio/devices/vfioN, /dev/vfio/N:NAME).
  */
-import { VfioError } from '../errors.js';
+import { constants as osConstants } from 'node:os';
 import type { V2Device } from '../v2/device.js';
+import { nextState } from '../v2/fsm.js';
 import { openKernelDevice } from '../v2/kernel/kernel-device.js';
 import { createSimDevice, type SimDeviceOptions, type SimArcFault } from '../v2/sim/sim-device.js';
-import { MigFlag, parseMigState } from '../v2/uapi.js';
+import { MigFlag, migStateName, parseMigState } from '../v2/uapi.js';
+import { CliError } from './output.js';
+import { EXIT } from './exit-codes.js';
 
 export const DEVICE_HELP = `DEVICE is one of:
   sim                           the simulated reference device (flags 7, 1 MiB of state)
@@ -17,29 +20,37 @@ export const DEVICE_HELP = `DEVICE is one of:
   /dev/vfio/devices/vfioN       a kernel device through iommufd (cdev)
   /dev/vfio/N:NAME              a kernel device through its VFIO group (NAME: mdev UUID or PCI address)`;
 
-function usage(spec: string, why: string): VfioError {
-  return new VfioError('EINVAL', 'parse device', spec, why);
+/** A bad argument: exit 2, as every usage error. */
+function usage(what: string, why: string): CliError {
+  return new CliError(`vfio-mig: ${what}: ${why}`, EXIT.USAGE);
 }
 
-/** Parses `4096`, `4K`, `1M`, `2G`. */
-export function parseSize(text: string, what: string): number {
+/** Parses `4096`, `4K`, `1M`, `2G`, at most `max` bytes. */
+export function parseSize(text: string, what: string, max = Number.MAX_SAFE_INTEGER): number {
   const m = /^(\d+)([KMG]i?B?)?$/i.exec(text.trim());
-  if (!m) throw new VfioError('EINVAL', 'parse size', what, `"${text}" is not a size (e.g. 4096, 64K, 1M)`);
+  if (!m) throw usage(what, `"${text}" is not a size (e.g. 4096, 64K, 1M)`);
   const unit = (m[2] ?? '').toUpperCase()[0];
   const mult = unit === 'K' ? 1024 : unit === 'M' ? 1024 ** 2 : unit === 'G' ? 1024 ** 3 : 1;
-  return Number(m[1]) * mult;
+  const n = Number(m[1]) * mult;
+  if (n > max) throw usage(what, `${text} is more than the largest allowed (${max} bytes)`);
+  return n;
 }
 
-/** Parses `7`, `0x5`, `STOP_COPY+P2P`, `stop_copy,pre_copy`. */
+const KNOWN_FLAGS = MigFlag.STOP_COPY | MigFlag.P2P | MigFlag.PRE_COPY;
+
+/** Parses `7`, `0x5`, `STOP_COPY+P2P`, `stop_copy,pre_copy`: a set the kernel accepts (STOP_COPY always in it). */
 export function parseFlags(text: string, what = 'flags'): number {
   const t = text.trim();
-  if (/^(0x[0-9a-f]+|\d+)$/i.test(t)) return Number(t);
   let flags = 0;
-  for (const part of t.split(/[+,|]/)) {
-    const name = part.trim().toUpperCase().replace(/-/g, '_') as keyof typeof MigFlag;
-    if (!(name in MigFlag)) throw new VfioError('EINVAL', 'parse flags', what, `unknown migration flag "${part}" (STOP_COPY, P2P, PRE_COPY)`);
-    flags |= MigFlag[name];
+  if (/^(0x[0-9a-f]+|\d+)$/i.test(t)) flags = Number(t);
+  else {
+    for (const part of t.split(/[+,|]/)) {
+      const name = part.trim().toUpperCase().replace(/-/g, '_') as keyof typeof MigFlag;
+      if (!(name in MigFlag)) throw usage(what, `unknown migration flag "${part}" (STOP_COPY, P2P, PRE_COPY)`);
+      flags |= MigFlag[name];
+    }
   }
+  if (!(flags & MigFlag.STOP_COPY) || flags & ~KNOWN_FLAGS) throw usage(what, `flags ${text}: a set of STOP_COPY (required), P2P and PRE_COPY, e.g. 7 or STOP_COPY+P2P`);
   return flags;
 }
 
@@ -61,12 +72,22 @@ export function parseSimSpec(spec: string): SimDeviceOptions {
       case 'flags': opts.flags = parseFlags(value, spec); break;
       case 'size': opts.stateSize = parseSize(value, spec); break;
       case 'seed': opts.seed = int(); break;
-      case 'ports': opts.ports = int() === 1 ? 1 : 2; break;
+      case 'ports': {
+        const n = int();
+        if (n !== 1 && n !== 2) throw usage(spec, `ports must be 1 or 2 (got ${value})`);
+        opts.ports = n;
+        break;
+      }
       case 'profile':
         if (value !== 'mtty' && value !== 'default') throw usage(spec, `profile must be mtty or default (got "${value}")`);
         opts.profile = value;
         break;
-      case 'dirty': opts.dirtyRatio = Number(value); break;
+      case 'dirty': {
+        const r = Number(value);
+        if (value === '' || !(r >= 0 && r < 1)) throw usage(spec, `dirty must be a ratio in [0, 1) (got "${value}"): at 1 or more pre-copy never converges`);
+        opts.dirtyRatio = r;
+        break;
+      }
       case 'resume-failure':
         if (value !== 'stay' && value !== 'error') throw usage(spec, 'resume-failure must be stay or error');
         opts.resumeFailure = value;
@@ -81,6 +102,17 @@ export function parseSimSpec(spec: string): SimDeviceOptions {
         throw usage(spec, `unknown sim option "${key}"`);
     }
   }
+  // The arc a fault fires on is one step the device takes: check it against the FSM for these flags.
+  const flags = opts.flags ?? MigFlag.STOP_COPY | MigFlag.P2P | MigFlag.PRE_COPY;
+  for (const f of faults.failArc ?? []) {
+    let step: number | null = null;
+    try {
+      step = nextState(f.from, f.to, flags);
+    } catch {
+      // no path at all
+    }
+    if (step !== f.to) throw usage(spec, `fail=${migStateName(f.from)}:${migStateName(f.to)} is not one step of the FSM with flags ${flags}, so it would never fire (\`vfio-mig fsm\` shows the steps)`);
+  }
   opts.faults = faults;
   return opts;
 }
@@ -89,7 +121,9 @@ function parseArcFault(spec: string, text: string): SimArcFault {
   const [from, to, errno, leave] = text.split(':');
   const f = parseMigState(from ?? '');
   const t = parseMigState(to ?? '');
-  if (f === undefined || t === undefined || !errno || !/^E[A-Z0-9]+$/.test(errno)) throw usage(spec, `fail=${text}: expected FROM:TO:ERRNO[:error], e.g. STOP:STOP_COPY:EIO`);
+  if (f === undefined || t === undefined || !errno) throw usage(spec, `fail=${text}: expected FROM:TO:ERRNO[:error], e.g. STOP:STOP_COPY:EIO`);
+  if (!(errno in osConstants.errno)) throw usage(spec, `fail=${text}: unknown errno name "${errno}"`);
+  if (leave !== undefined && leave !== 'error') throw usage(spec, `fail=${text}: the fourth part can only be "error"`);
   return { from: f, to: t, errno, leave: leave === 'error' ? 'error' : 'stay' };
 }
 

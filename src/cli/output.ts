@@ -52,9 +52,9 @@ export function errorJson(e: unknown): Record<string, unknown> {
   return { error: { message: e instanceof Error ? e.message : String(e) } };
 }
 
-/** Progress goes to stderr only when both stdout and stderr are terminals. */
+/** Progress goes to stderr whenever stderr is a terminal (curl's rule: `save -o - | ssh ...` shows it too). */
 export function progressEnabled(): boolean {
-  return Boolean(process.stdout.isTTY && process.stderr.isTTY);
+  return Boolean(process.stderr.isTTY);
 }
 
 export function formatBytes(n: number): string {

@@ -3,8 +3,10 @@
  * synced, then renamed, so a failed or interrupted save leaves nothing under
  * the target name) or to stdout.
  */
-import { open, rename, unlink } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
+import { once } from 'node:events';
+import { existsSync } from 'node:fs';
+import { open, realpath, rename, stat, unlink } from 'node:fs/promises';
+import { basename, dirname, join, resolve } from 'node:path';
 import { openV1Bridge } from '../bridge/v1-bridge.js';
 import { saveV1 } from '../v1/reference-caller.js';
 import type { V2Device } from '../v2/device.js';
@@ -13,7 +15,9 @@ import { MigState } from '../v2/uapi.js';
 import { SimDevice } from '../v2/sim/sim-device.js';
 import { asVfioError } from '../errors.js';
 import { encodeHeader, encodeTrailer, newHash, stateFileHeader, type SavedProtocol } from './state-file.js';
-import { progressReporter, toJson } from './output.js';
+import { CliError, progressReporter, toJson } from './output.js';
+import { EXIT } from './exit-codes.js';
+import { VfioError } from '../errors.js';
 
 export interface SaveOptions {
   output: string;
@@ -29,17 +33,32 @@ export interface SaveOptions {
 export const unfinishedFiles = new Set<string>();
 
 async function writeStdout(data: Uint8Array): Promise<void> {
-  if (!process.stdout.write(data)) await new Promise<void>((resolve, reject) => {
-    process.stdout.once('drain', resolve);
-    process.stdout.once('error', reject);
-  });
+  if (!process.stdout.write(data)) await once(process.stdout, 'drain'); // rejects on 'error', removes its listeners
+}
+
+/**
+ * Where the state goes: a regular file (new or existing, through a symlink
+ * too) is replaced atomically from a temporary file next to it; a character
+ * device, FIFO or socket is written straight through; a directory is refused.
+ */
+async function outputTarget(output: string): Promise<{ file: string; atomic: boolean }> {
+  const st = await stat(output).catch(() => null);
+  if (st?.isDirectory()) throw new VfioError('EISDIR', 'save', output, 'is a directory: give a file name');
+  if (st && !st.isFile()) return { file: output, atomic: false };
+  const file = st ? await realpath(output) : resolve(output);
+  if (!existsSync(dirname(file))) throw new VfioError('ENOENT', 'save', output, `no directory ${dirname(file)}`);
+  return { file, atomic: true };
 }
 
 export async function saveCommand(dev: V2Device, opts: SaveOptions): Promise<void> {
-  const flags = await dev.migrationFlags();
   const toStdout = opts.output === '-';
-  const tmp = toStdout ? null : join(dirname(opts.output), `.${basename(opts.output)}.${process.pid}.tmp`);
-  const fh = tmp ? await open(tmp, 'wx') : null;
+  if (toStdout && process.stdout.isTTY) {
+    throw new CliError('vfio-mig: refusing to write binary device state to a terminal: redirect stdout or use -o FILE', EXIT.USAGE);
+  }
+  const target = toStdout ? null : await outputTarget(opts.output);
+  const flags = await dev.migrationFlags();
+  const tmp = target?.atomic ? join(dirname(target.file), `.${basename(target.file)}.${process.pid}.tmp`) : null;
+  const fh = target ? await open(tmp ?? target.file, tmp ? 'wx' : 'w') : null;
   if (tmp) unfinishedFiles.add(tmp);
   const hash = newHash();
   let count = 0n;
@@ -64,14 +83,18 @@ export async function saveCommand(dev: V2Device, opts: SaveOptions): Promise<voi
     const trailer = encodeTrailer(count, hash.digest());
     if (fh) {
       await fh.write(trailer);
-      // The byte count, now known, into the header.
-      const b = Buffer.alloc(8);
-      b.writeBigUInt64LE(count);
-      await fh.write(b, 0, 8, stateFileHeader.layout.byte_count.offset);
-      await fh.sync();
+      if (tmp) {
+        // The byte count, now known, into the header (a stream target keeps "unknown").
+        const b = Buffer.alloc(8);
+        b.writeBigUInt64LE(count);
+        await fh.write(b, 0, 8, stateFileHeader.layout.byte_count.offset);
+        await fh.sync();
+      }
       await fh.close();
-      await rename(tmp!, opts.output);
-      unfinishedFiles.delete(tmp!);
+      if (tmp) {
+        await rename(tmp, target!.file);
+        unfinishedFiles.delete(tmp);
+      }
     } else {
       await writeStdout(trailer);
     }
@@ -94,10 +117,10 @@ export async function saveCommand(dev: V2Device, opts: SaveOptions): Promise<voi
     else console.log(text);
   } catch (e) {
     progress.done();
-    if (fh) {
-      await fh.close().catch(() => undefined);
-      await unlink(tmp!).catch(() => undefined);
-      unfinishedFiles.delete(tmp!);
+    if (fh) await fh.close().catch(() => undefined);
+    if (tmp) {
+      await unlink(tmp).catch(() => undefined);
+      unfinishedFiles.delete(tmp);
     }
     throw asVfioError(e, 'save', toStdout ? 'stdout' : opts.output);
   }

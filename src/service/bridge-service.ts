@@ -181,6 +181,7 @@ class DeviceSession {
       }
     } catch (e) {
       const err = asVfioError(e, 'serve', this.#name);
+      if (op === WireOp.HELLO || op === WireOp.SECTION) this.#log(`${this.#name} could not be bridged: ${err.message}`);
       this.#reply(-err.errno, new TextEncoder().encode(err.message));
     }
   }

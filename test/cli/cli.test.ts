@@ -180,11 +180,11 @@ describe('usage errors exit 2', () => {
   });
   it('a bad device spec names what is wrong', () => {
     const r = runCli(['info', 'sim:size=lots']);
-    expect(r.code).toBe(1);
+    expect(r.code).toBe(2); // a usage error (hardening finding 6)
     expect(r.stderr).toMatch(/"lots" is not a size/);
   });
   it('--help on every command has an example', () => {
-    for (const c of ['info', 'state', 'save', 'load', 'fsm', 'trace']) {
+    for (const c of ['info', 'state', 'save', 'load', 'fsm', 'trace', 'exec', 'serve', 'env']) {
       const r = runCli([c, '--help']);
       expect(r.code).toBe(0);
       expect(r.stdout).toMatch(/Example:\n\s+vfio-mig /);

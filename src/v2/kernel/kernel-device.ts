@@ -4,7 +4,7 @@
  * (/dev/vfio/N:NAME). Every operation is one ioctl on the device fd; each
  * data_fd is owned by one KernelStream and closed exactly once.
  */
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import { VfioError } from '../../errors.js';
 import type { DataStream, PrecopyInfo, V2Device } from '../device.js';
 import {
@@ -322,7 +322,43 @@ export async function openKernelDevice(spec: KernelDeviceSpec): Promise<KernelDe
   const s = parseKernelSpec(spec);
   const path = 'cdev' in s ? s.cdev : s.group;
   if (!existsSync(path)) throw new VfioError('ENOENT', 'open', path, 'no such device node');
+  assertVfioNode(path, 'cdev' in s ? 'vfio-dev' : 'vfio');
   return checkMigration('cdev' in s ? openCdev(s.cdev, s.iommu) : openGroup(s.group, s.device, s.container));
+}
+
+/** Character-device majors by driver name, from /proc/devices (empty where there is none). */
+function charMajors(): Map<number, string> {
+  const out = new Map<number, string>();
+  let text: string;
+  try {
+    text = readFileSync('/proc/devices', 'utf8');
+  } catch {
+    return out;
+  }
+  for (const line of text.split('Block devices:')[0]!.split('\n')) {
+    const m = /^\s*(\d+)\s+(\S+)$/.exec(line);
+    if (m) out.set(Number(m[1]), m[2]!);
+  }
+  return out;
+}
+
+/**
+ * Refuses a path that is not a VFIO node before anything is opened, so the
+ * error names the user's path (not /dev/iommu or the container): a cdev
+ * node belongs to the "vfio-dev" major, a group node to "vfio".
+ */
+function assertVfioNode(path: string, driver: 'vfio-dev' | 'vfio'): void {
+  const expect = driver === 'vfio-dev' ? '/dev/vfio/devices/vfioN' : '/dev/vfio/N:DEVICE';
+  const st = statSync(path);
+  if (!st.isCharacterDevice()) {
+    throw new VfioError('ENOTTY', 'open', path, `not a VFIO device: ${st.isDirectory() ? 'a directory' : 'not a character device'} (expected ${expect})`);
+  }
+  const majors = charMajors();
+  const major = (st.rdev >>> 8) & 0xfff;
+  const name = majors.get(major);
+  if (majors.size > 0 && name !== driver) {
+    throw new VfioError('ENOTTY', 'open', path, `not a VFIO device: a ${name ?? `major ${major}`} character device (expected ${expect})`);
+  }
 }
 
 async function checkMigration(dev: KernelDevice): Promise<KernelDevice> {
