@@ -73,7 +73,7 @@ export async function saveCommand(dev: V2Device, opts: SaveOptions): Promise<voi
       if (fh) await fh.write(chunk);
       else await writeStdout(chunk);
     };
-    let result: { bytes: number; precopyBytes: number; rounds: number };
+    let result: { bytes: number; precopyBytes: number; rounds: number; converged?: boolean; precopyPending?: bigint };
     if (opts.protocol === 'v1') {
       const bridge = await openV1Bridge(dev, { sectionSize: opts.sectionSize });
       result = await saveV1(bridge, sink, { precopy: opts.precopy, threshold: opts.threshold, maxRounds: opts.rounds, device: dev.name, onProgress: (p) => progress(p.phase, p.bytes) });
@@ -106,13 +106,15 @@ export async function saveCommand(dev: V2Device, opts: SaveOptions): Promise<voi
       bytes: result.bytes,
       precopyBytes: result.precopyBytes,
       rounds: result.rounds,
+      ...(result.converged === false ? { converged: false, precopyPending: result.precopyPending } : {}),
       finalState: 'STOP',
       ...(dev instanceof SimDevice ? { stateDigest: dev.stateDigest() } : {}),
     };
     // With the data on stdout, the summary goes to stderr.
     const text = opts.json
       ? toJson(summary)
-      : `saved ${result.bytes} bytes (${result.precopyBytes} in ${result.rounds} pre-copy rounds) from ${dev.name} to ${summary.output} with the ${opts.protocol} protocol; device left in STOP`;
+      : `saved ${result.bytes} bytes (${result.precopyBytes} in ${result.rounds} pre-copy rounds) from ${dev.name} to ${summary.output} with the ${opts.protocol} protocol; device left in STOP` +
+        (result.converged === false ? `\npre-copy did not converge: ${result.precopyPending} bytes were still pending after ${result.rounds} rounds and went in stop-copy` : '');
     if (toStdout) process.stderr.write(`${text}\n`);
     else console.log(text);
   } catch (e) {

@@ -13,7 +13,11 @@ export interface SaveV2Options {
   precopy?: boolean;
   /** Leave pre-copy once initial + dirty bytes fall below this (default 1: until both are 0). */
   threshold?: bigint;
-  /** At most this many pre-copy rounds, each read until the temporary end (default 100). */
+  /**
+   * At most this many pre-copy rounds (default 100). A round reads at most the
+   * bytes pending when it began (as QEMU's iteration does), and pre-copy ends
+   * early when a round does not shrink what is pending to 3/4 or less.
+   */
   maxRounds?: number;
   /** State to leave the source in (default STOP). */
   finalState?: MigState;
@@ -26,14 +30,21 @@ export interface SaveV2Result {
   bytes: number;
   precopyBytes: number;
   rounds: number;
+  /** False when pre-copy ended with data still pending above the threshold (too many rounds, or dirtied as fast as read). */
+  converged: boolean;
+  /** initial + dirty bytes pending when pre-copy ended (0n without pre-copy). */
+  precopyPending: bigint;
 }
 
 export type Sink = (chunk: Uint8Array) => void | Promise<void>;
 
-/** Reads into `sink` until end of stream (0) or, in pre-copy, the temporary end (ENOMSG or 0). */
-export async function drainStream(stream: DataStream, sink: Sink, chunkSize = 1 << 20, onBytes: (n: number) => void = () => undefined): Promise<void> {
-  for (;;) {
-    const buf = new Uint8Array(chunkSize);
+/**
+ * Reads into `sink` until end of stream (0), in pre-copy the temporary end
+ * (ENOMSG or 0), or `limit` bytes.
+ */
+export async function drainStream(stream: DataStream, sink: Sink, chunkSize = 1 << 20, onBytes: (n: number) => void = () => undefined, limit = Infinity): Promise<void> {
+  for (let left = limit; left > 0; ) {
+    const buf = new Uint8Array(Math.min(chunkSize, left));
     let n: number;
     try {
       n = await readSome(stream, buf);
@@ -44,6 +55,7 @@ export async function drainStream(stream: DataStream, sink: Sink, chunkSize = 1 
     if (n === 0) return;
     await sink(buf.subarray(0, n));
     onBytes(n);
+    left -= n;
   }
 }
 
@@ -52,19 +64,36 @@ export async function saveV2(device: V2Device, sink: Sink, options: SaveV2Option
   const flags = await device.migrationFlags();
   let bytes = 0;
   let rounds = 0;
+  let pending = 0n;
+  let converged = true;
   let stream: DataStream | null = null;
   try {
     if (options.precopy !== false && flags & MigFlag.PRE_COPY) {
       stream = await device.setState(MigState.PRE_COPY);
       const threshold = options.threshold ?? 1n;
-      while (rounds < (options.maxRounds ?? 100)) {
+      const pendingNow = async () => {
+        const info = await stream!.precopyInfo();
+        return info.initialBytes + info.dirtyBytes;
+      };
+      pending = await pendingNow();
+      for (;;) {
+        if (pending < threshold) break;
+        if (rounds >= (options.maxRounds ?? 100)) {
+          converged = false;
+          break;
+        }
+        // Read what was pending when the round began, no more: a device that dirties as fast as it is read never reaches its temporary end.
         await drainStream(stream!, sink, chunkSize, (n) => {
           bytes += n;
           options.onProgress?.({ phase: 'precopy', bytes, rounds });
-        });
+        }, Number(pending));
         rounds++;
-        const info = await stream!.precopyInfo();
-        if (info.initialBytes + info.dirtyBytes < threshold) break;
+        const before = pending;
+        pending = await pendingNow();
+        if (pending >= threshold && pending * 4n > before * 3n) {
+          converged = false; // not shrinking: the rest goes in stop-copy
+          break;
+        }
       }
     }
     const precopyBytes = bytes;
@@ -74,7 +103,7 @@ export async function saveV2(device: V2Device, sink: Sink, options: SaveV2Option
       options.onProgress?.({ phase: 'stopcopy', bytes, rounds });
     });
     await device.setState(options.finalState ?? MigState.STOP);
-    return { bytes, precopyBytes, rounds };
+    return { bytes, precopyBytes, rounds, converged, precopyPending: pending };
   } finally {
     await stream?.close();
   }
