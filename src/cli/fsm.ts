@@ -23,17 +23,21 @@ export function fsmCommand(from: string | undefined, to: string | undefined, opt
     try {
       return { from: migStateName(a), to: migStateName(b), path: migrationPath(a, b, flags).map(migStateName) };
     } catch (e) {
-      return { from: migStateName(a), to: migStateName(b), error: (e as { code: string }).code };
+      return { from: migStateName(a), to: migStateName(b), error: (e as { code: string }).code, cause: e };
     }
   };
   if (from !== undefined && to !== undefined) {
-    const r = one(parseStateArg(from), parseStateArg(to));
+    const { cause, ...r } = one(parseStateArg(from), parseStateArg(to));
+    if (cause && opts.json) throw cause; // the one --json error object, on stderr
     if (opts.json) console.log(toJson({ flags, flagNames: migFlagNames(flags), ...r }));
     else console.log(r.path ? r.path.join(' -> ') : `${r.from} -> ${r.to}: ${r.error} (no such transition with flags ${migFlagNames(flags).join('|')})`);
     return r.path ? EXIT.OK : EXIT.FAILED;
   }
   const states = Object.values(MigState).filter((v): v is MigState => typeof v === 'number' && isStateSupported(v, flags));
-  const rows = states.flatMap((a) => states.filter((b) => a !== b).map((b) => one(a, b)));
+  const rows = states.flatMap((a) => states.filter((b) => a !== b).map((b) => {
+    const { cause: _, ...row } = one(a, b);
+    return row;
+  }));
   if (opts.json) console.log(toJson({ flags, flagNames: migFlagNames(flags), transitions: rows }));
   else {
     console.log(`flags 0x${flags.toString(16)} (${migFlagNames(flags).join('|')})`);

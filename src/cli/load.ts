@@ -94,7 +94,7 @@ export async function loadCommand(devSpec: string, openDevice: (s: string) => Pr
       savedWith: h.protocol,
       sourceFlags: h.flags,
       deviceFlags: flags,
-      bytes,
+      bytes: BigInt(bytes),
       state,
       ...(dev instanceof SimDevice ? { stateDigest: dev.stateDigest() } : {}),
     };
@@ -111,7 +111,7 @@ export async function loadCommand(devSpec: string, openDevice: (s: string) => Pr
     } catch (re) {
       after = `the reset failed too (${errorLine(re)}); the device state is unknown`;
     }
-    throw new CliError(`${errorLine(err)}; load abandoned: ${after}`, EXIT.DEVICE_LEFT_BAD);
+    throw new CliError(`${errorLine(err)}; load abandoned: ${after}`, EXIT.DEVICE_LEFT_BAD, err);
   } finally {
     await dev.close();
   }

@@ -19,7 +19,6 @@ import { traceCommand } from './trace.js';
 
 const version = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
-let jsonErrors = false;
 const openDevices = new Set<V2Device>();
 
 /** Opens a device that an interrupt must close (and name the state of). */
@@ -51,11 +50,15 @@ const intOpt = (name: string) => (v: string) => {
 const sectionOption = (bytes = 1 << 20, shown = '1M') => new Option('--section-size <bytes>', 'v1 data section size (bridge window)').default(bytes, shown).argParser(sizeOpt);
 const serviceSectionOption = () => sectionOption(SERVICE_SECTION_SIZE, '4M');
 
+const jsonErrors = process.argv.includes('--json');
+
 const program = new Command('vfio-mig')
   .description('Inspect VFIO migration devices, change their state, save and load their state, across the v1 region and v2 FSM protocols.')
   .version(version)
   .enablePositionalOptions()
-  .showHelpAfterError()
+  .showHelpAfterError(!jsonErrors)
+  // Under --json the usage error is reported once, as the JSON error object (below).
+  .configureOutput({ writeErr: (text) => void (jsonErrors || process.stderr.write(text)) })
   .exitOverride()
   .addHelpText('after', `\n${DEVICE_HELP}\n\n${EXIT_HELP}`);
 
@@ -205,15 +208,13 @@ for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
 }
 
 try {
-  jsonErrors = process.argv.includes('--json');
   await program.parseAsync(process.argv);
 } catch (e) {
   if (e instanceof CommanderError) {
     process.exitCode = e.exitCode === 0 || e.code === 'commander.helpDisplayed' || e.code === 'commander.version' ? EXIT.OK : EXIT.USAGE;
+    if (process.exitCode === EXIT.USAGE && jsonErrors) process.stderr.write(`${toJson(errorJson(new CliError(e.message.replace(/^error: /, ''), EXIT.USAGE), EXIT.USAGE))}\n`);
   } else {
-    const line = e instanceof CliError ? e.message : errorLine(e);
-    if (jsonErrors) process.stderr.write(`${toJson(errorJson(e))}\n`);
-    process.stderr.write(`${line}\n`);
     process.exitCode = exitCodeFor(e);
+    process.stderr.write(`${jsonErrors ? toJson(errorJson(e, process.exitCode)) : e instanceof CliError ? e.message : errorLine(e)}\n`);
   }
 }

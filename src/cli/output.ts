@@ -1,5 +1,5 @@
 /** Output conventions: data on stdout, diagnostics on stderr, one-line errors, exit codes. */
-import { isVfioError } from '../errors.js';
+import { errnoOf, isVfioError, type VfioError } from '../errors.js';
 import { EXIT } from './exit-codes.js';
 
 const HINTS: Record<string, string> = {
@@ -17,10 +17,10 @@ function hintFor(e: { code: string; op: string; reason: string | undefined }): s
   return undefined;
 }
 
-/** An error that also says which exit code it deserves. */
+/** An error that also says which exit code it deserves; `cause` is the device error behind it, if any. */
 export class CliError extends Error {
-  constructor(message: string, readonly exitCode: number) {
-    super(message);
+  constructor(message: string, readonly exitCode: number, cause?: unknown) {
+    super(message, cause === undefined ? undefined : { cause });
   }
 }
 
@@ -47,9 +47,17 @@ export function toJson(value: unknown): string {
   return JSON.stringify(value, (_k, v) => (typeof v === 'bigint' ? v.toString() : v));
 }
 
-export function errorJson(e: unknown): Record<string, unknown> {
-  if (isVfioError(e)) return { error: { code: e.code, errno: e.errno, op: e.op, device: e.device, message: e.message } };
-  return { error: { message: e instanceof Error ? e.message : String(e) } };
+/**
+ * The one error object of --json, alone on stderr: the errno name and number
+ * (EINVAL for usage errors, EIO where nothing more precise is known), the
+ * operation and device when a device error is behind it, the message as
+ * the text output would print it, and the exit code.
+ */
+export function errorJson(e: unknown, exit: number): { error: Record<string, unknown> } {
+  const dev: VfioError | null = isVfioError(e) ? e : e instanceof CliError && isVfioError(e.cause) ? e.cause : null;
+  const code = dev?.code ?? (exit === EXIT.USAGE ? 'EINVAL' : 'EIO');
+  const message = (e instanceof CliError ? e.message : errorLine(e)).replace(/^vfio-mig( \w+)?: /, '');
+  return { error: { code, errno: dev?.errno ?? errnoOf(code), op: dev?.op ?? null, device: dev?.device ?? null, message, exit } };
 }
 
 /** Progress goes to stderr whenever stderr is a terminal (curl's rule: `save -o - | ssh ...` shows it too). */

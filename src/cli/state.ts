@@ -43,7 +43,7 @@ export async function stateCommand(dev: V2Device, target: string | undefined, op
       await writeU32(traced, 0, to);
     } catch (e) {
       const now = await readU32(traced, 0);
-      throw new CliError(`${errorLine(e)}; device_state is now ${v1StateName(now)}${ops.length ? ` (v2: ${ops.join(', ')})` : ''}`, isErrorV1(now) ? EXIT.DEVICE_LEFT_BAD : exitCodeFor(e));
+      throw new CliError(`${errorLine(e)}; device_state is now ${v1StateName(now)}${ops.length ? ` (v2: ${ops.join(', ')})` : ''}`, isErrorV1(now) ? EXIT.DEVICE_LEFT_BAD : exitCodeFor(e), e);
     }
     out({ device: dev.name, from: v1StateName(from), to: v1StateName(to), v2: ops, state: migStateName(await dev.getState()) }, `${v1StateName(from)} -> ${v1StateName(to)}${ops.length ? `: ${ops.join(', ')}` : ' (no v2 operation)'}`);
     return EXIT.OK;
@@ -62,7 +62,7 @@ export async function stateCommand(dev: V2Device, target: string | undefined, op
     stream = await dev.setState(want);
   } catch (e) {
     const now = await dev.getState();
-    throw new CliError(`${errorLine(e)}; the device is now in ${migStateName(now)} (path was ${pathText(path)})`, now === MigState.ERROR ? EXIT.DEVICE_LEFT_BAD : exitCodeFor(e));
+    throw new CliError(`${errorLine(e)}; the device is now in ${migStateName(now)} (path was ${pathText(path)})`, now === MigState.ERROR ? EXIT.DEVICE_LEFT_BAD : exitCodeFor(e), e);
   }
   // The session's data is not wanted here: closing the fd ends the transfer side only.
   await stream?.close();

@@ -18,6 +18,6 @@ export async function traceCommand(dev: V2Device, opts: { json?: boolean; sectio
   const print = (e: V1TraceEvent) => console.log(opts.json ? toJson({ event: 'access', ...e }) : describe(e));
   const bridge = await openV1Bridge(dev, { sectionSize: opts.sectionSize, trace: print });
   const result = await saveV1(bridge, () => undefined, { precopy: opts.precopy, dataAccess: opts.dataAccess, device: dev.name });
-  const summary = { event: 'summary', device: dev.name, bytes: result.bytes, precopyBytes: result.precopyBytes, rounds: result.rounds, finalState: v1StateName(result.finalState) };
+  const summary = { event: 'summary', device: dev.name, bytes: BigInt(result.bytes), precopyBytes: BigInt(result.precopyBytes), rounds: result.rounds, finalState: v1StateName(result.finalState) };
   console.log(opts.json ? toJson(summary) : `# saved ${result.bytes} bytes through the v1 bridge (${result.rounds} pre-copy rounds); device_state ${summary.finalState}`);
 }

@@ -152,3 +152,37 @@ describe('finding 8: binary state never goes to a terminal', () => {
 });
 
 
+
+describe('finding 5: --json errors have one shape, alone on stderr', () => {
+  const one = (stderr: string) => {
+    const lines = stderr.trim().split('\n');
+    expect(lines).toHaveLength(1);
+    return JSON.parse(lines[0]!).error as Record<string, unknown>;
+  };
+  const cases: Array<[string[], number, string]> = [
+    [['info', '/etc/passwd', '--json'], 3, 'ENOTTY'],
+    [['load', 'sim', '-i', '/nonexistent.vfio', '--json'], 1, 'ENOENT'],
+    [['state', 'sim:fail=STOP:STOP_COPY:EIO:error', '--v1', '010', '--json'], 5, 'EIO'],
+    [['info', 'sim:foo=1', '--json'], 2, 'EINVAL'],
+    [['fsm', 'STOP_COPY', 'PRE_COPY', '--json'], 1, 'EINVAL'],
+    [['save', 'sim', '--json'], 2, 'EINVAL'],
+  ];
+  for (const [args, exit, code] of cases) {
+    it(args.join(' '), () => {
+      const r = runCli(args);
+      expect(r.code).toBe(exit);
+      const e = one(r.stderr);
+      expect(Object.keys(e).sort()).toEqual(['code', 'device', 'errno', 'exit', 'message', 'op']);
+      expect(e).toMatchObject({ code, exit });
+      expect(typeof e.errno).toBe('number');
+      expect(e.message).toMatch(/\S/);
+    });
+  }
+  it('save --json gives byte counts as decimal strings', () => {
+    const r = runCli(['save', 'sim:size=64K', '-o', join(dir, 'j.vfio'), '--json']);
+    expect(r.code).toBe(0);
+    const j = JSON.parse(r.stdout.trim());
+    expect(typeof j.bytes).toBe('string');
+    expect(typeof j.precopyBytes).toBe('string');
+  });
+});
