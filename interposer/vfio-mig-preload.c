@@ -108,13 +108,24 @@ static int env_flag(const char *name)
 
 static int g_exiting; /* at exit, goodbyes wait at most a second */
 
+#define DEFAULT_TIMEOUT_MS 20000
+
 static int timeout_ms(void)
 {
+	static int parsed = -1;
 	if (g_exiting)
 		return 1000;
-	const char *v = getenv("VFIO_MIG_TIMEOUT_MS");
-	long t = v ? strtol(v, NULL, 10) : 0;
-	return t > 0 && t < INT_MAX ? (int)t : 20000;
+	if (parsed < 0) {
+		const char *v = getenv("VFIO_MIG_TIMEOUT_MS");
+		char *end = NULL;
+		long t = v ? strtol(v, &end, 10) : 0;
+		parsed = DEFAULT_TIMEOUT_MS;
+		if (v && *v && (*end || t <= 0 || t > 3600000))
+			say("vfio-mig: VFIO_MIG_TIMEOUT_MS=%s is not a whole number of milliseconds from 1 to 3600000; using %d", v, DEFAULT_TIMEOUT_MS);
+		else if (v && *v)
+			parsed = (int)t;
+	}
+	return parsed;
 }
 
 static struct dev *lookup(int fd)
@@ -177,9 +188,9 @@ static int recv_all(int sock, void *buf, size_t len, long long deadline)
  * One request and its answer. Returns the reply's result (>= 0 or -errno)
  * and copies at most `cap` payload bytes to `out` (*got: how many came).
  * A lost or silent service gives -ECONNRESET or -ETIMEDOUT and the socket is
- * closed: every later access to the region fails with EIO at once.
+ * closed (*sockp = -1): every later request fails with EIO at once.
  */
-static int call(int *sockp, const char *who, uint32_t op, uint64_t offset, uint32_t length,
+static int call(int *sockp, uint32_t op, uint64_t offset, uint32_t length,
 		const void *payload, uint32_t payload_len, void *out, uint32_t cap, uint32_t *got)
 {
 	int sock = *sockp;
@@ -205,8 +216,6 @@ static int call(int *sockp, const char *who, uint32_t op, uint64_t offset, uint3
 		}
 	}
 	if (r) {
-		say("vfio-mig: bridge service %s for %s (request %u at offset 0x%llx): the v1 region of this device now fails with EIO",
-		    r == -ETIMEDOUT ? "did not answer in time" : "is gone", who, op, (unsigned long long)offset);
 		real_close(sock);
 		*sockp = -1;
 		return r;
@@ -272,7 +281,7 @@ static struct dev *attach(int fd, uint32_t num_regions)
 	char why[512];
 	int sock = connect_service(path);
 	if (sock < 0) {
-		snprintf(why, sizeof(why), "no bridge service at %s (%s)", path, strerror(-sock));
+		snprintf(why, sizeof(why), "%s at %s (%s)", sock == -ENOENT || sock == -ECONNREFUSED ? "no bridge service" : "cannot reach the bridge service", path, strerror(-sock));
 		unbridged(name, why);
 		return NULL;
 	}
@@ -283,9 +292,11 @@ static struct dev *attach(int fd, uint32_t num_regions)
 	memcpy(hello.name, g_name[fd], NAME_MAX_LEN);
 	uint8_t reply[512];
 	uint32_t got = 0;
-	int r = call(&sock, name, VMW_HELLO, 0, 0, &hello, sizeof(hello.h) + strnlen(hello.name, NAME_MAX_LEN), reply, sizeof(reply) - 1, &got);
+	int r = call(&sock, VMW_HELLO, 0, 0, &hello, sizeof(hello.h) + strnlen(hello.name, NAME_MAX_LEN), reply, sizeof(reply) - 1, &got);
 	if (r < 0 || got < sizeof(struct vmw_hello_reply)) {
-		snprintf(why, sizeof(why), "the service refused it (%s)", strerror(r < 0 ? -r : EPROTO));
+		snprintf(why, sizeof(why), "%s", r == -ETIMEDOUT ? "the bridge service did not answer in time (VFIO_MIG_TIMEOUT_MS)"
+						 : sock < 0 ? "the connection to the bridge service was lost"
+							    : "the bridge service refused it (its log says why)");
 		goto fail;
 	}
 	struct vmw_hello_reply hr;
@@ -310,7 +321,7 @@ static struct dev *attach(int fd, uint32_t num_regions)
 	}
 	uint8_t info[1024];
 	int32_t mfd = memfd;
-	r = call(&sock, name, VMW_SECTION, 0, 0, &mfd, sizeof(mfd), info, sizeof(info), &got);
+	r = call(&sock, VMW_SECTION, 0, 0, &mfd, sizeof(mfd), info, sizeof(info), &got);
 	struct vmw_region reg;
 	if (r < 0 || got < sizeof(reg)) {
 		snprintf(why, sizeof(why), "the service could not set up its region (%s; the service's log says why)", strerror(r < 0 ? -r : EPROTO));
@@ -358,7 +369,7 @@ static void say_bye(struct dev *d)
 	struct vmw_bye bye = { d->data_reads, d->data_writes, d->data_mmaps };
 	if (d->sock < 0 || getpid() != d->owner) /* e.g. QEMU's exec: migration helper closing inherited fds */
 		return;
-	call(&d->sock, d->name, VMW_BYE, 0, 0, &bye, sizeof(bye), NULL, 0, NULL);
+	call(&d->sock, VMW_BYE, 0, 0, &bye, sizeof(bye), NULL, 0, NULL);
 	if (d->sock >= 0)
 		real_close(d->sock);
 	d->sock = -1;
@@ -442,8 +453,12 @@ static ssize_t region_rw(struct dev *d, int write, void *buf, size_t len, uint64
 	}
 	pthread_mutex_lock(&d->lock);
 	uint32_t got = 0;
-	int r = write ? call(&d->sock, d->name, VMW_WRITE, rel, len, buf, len, NULL, 0, NULL)
-		      : call(&d->sock, d->name, VMW_READ, rel, len, NULL, 0, buf, len, &got);
+	int alive = d->sock >= 0;
+	int r = write ? call(&d->sock, VMW_WRITE, rel, len, buf, len, NULL, 0, NULL)
+		      : call(&d->sock, VMW_READ, rel, len, NULL, 0, buf, len, &got);
+	if (alive && d->sock < 0)
+		say("vfio-mig: bridge service %s for %s (request %u at offset 0x%llx): the v1 region of this device now fails with EIO",
+		    r == -ETIMEDOUT ? "did not answer in time" : "is gone", d->name, write ? VMW_WRITE : VMW_READ, (unsigned long long)rel);
 	pthread_mutex_unlock(&d->lock);
 	if (r < 0) {
 		errno = -r;

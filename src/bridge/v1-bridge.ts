@@ -168,7 +168,7 @@ export class V1Bridge implements V1Region {
     if (field === 'data') {
       const at = offset - this.dataOffset;
       const out = this.#section.slice(at, at + length);
-      this.#opts.trace?.({ op: 'read', field, offset, length, v2: [] });
+      this.#emit({ op: 'read', field, offset, length, v2: [] });
       return out;
     }
     return this.#traced('read', field, offset, length, undefined, async () => {
@@ -202,7 +202,7 @@ export class V1Bridge implements V1Region {
     const field = this.#field('write', offset, data.length);
     if (field === 'data') {
       this.#section.set(data, offset - this.dataOffset);
-      this.#opts.trace?.({ op: 'write', field, offset, length: data.length, v2: [] });
+      this.#emit({ op: 'write', field, offset, length: data.length, v2: [] });
       return;
     }
     const dv = new DataView(data.buffer, data.byteOffset, data.length);
@@ -232,16 +232,24 @@ export class V1Bridge implements V1Region {
     return f;
   }
 
+  /** Hands an event to the trace hook; a failing hook never fails the access (a v1 write that changed state must not read as failed). */
+  #emit(event: V1TraceEvent): void {
+    try {
+      this.#opts.trace?.(event);
+    } catch {
+      // the hook's owner reports its own failures
+    }
+  }
+
   async #traced<T>(op: 'read' | 'write', field: V1Field, offset: number, length: number, value: number | bigint | undefined, fn: () => Promise<[T, number | bigint]>): Promise<T> {
-    const trace = this.#opts.trace;
-    if (!trace) return (await fn())[0];
+    if (!this.#opts.trace) return (await fn())[0];
     this.#ops = [];
     try {
       const [out, v] = await fn();
-      trace({ op, field, offset, length, value: v, v2: this.#ops });
+      this.#emit({ op, field, offset, length, value: v, v2: this.#ops });
       return out;
     } catch (e) {
-      trace({ op, field, offset, length, ...(value !== undefined ? { value } : {}), v2: this.#ops, error: isVfioError(e) ? e.code : 'EIO' });
+      this.#emit({ op, field, offset, length, ...(value !== undefined ? { value } : {}), v2: this.#ops, error: isVfioError(e) ? e.code : 'EIO' });
       throw e;
     } finally {
       this.#ops = null;

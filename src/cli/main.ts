@@ -42,7 +42,7 @@ async function withDevice<T>(spec: string, fn: (d: V2Device) => Promise<T>): Pro
   }
 }
 
-const sizeOpt = (v: string) => parseSize(v, '--section-size', 1 << 30);
+const sizeOpt = (v: string) => parseSize(v, '--section-size', 1 << 30, 1);
 const intOpt = (name: string) => (v: string) => {
   if (!/^\d+$/.test(v)) throw new CliError(`vfio-mig: ${name} takes a whole number (got "${v}")`, EXIT.USAGE);
   return Number(v);

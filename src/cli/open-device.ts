@@ -25,14 +25,15 @@ function usage(what: string, why: string): CliError {
   return new CliError(`vfio-mig: ${what}: ${why}`, EXIT.USAGE);
 }
 
-/** Parses `4096`, `4K`, `1M`, `2G`, at most `max` bytes. */
-export function parseSize(text: string, what: string, max = Number.MAX_SAFE_INTEGER): number {
+/** Parses `4096`, `4K`, `1M`, `2G`: from `min` to `max` bytes. */
+export function parseSize(text: string, what: string, max = Number.MAX_SAFE_INTEGER, min = 0): number {
   const m = /^(\d+)([KMG]i?B?)?$/i.exec(text.trim());
   if (!m) throw usage(what, `"${text}" is not a size (e.g. 4096, 64K, 1M)`);
   const unit = (m[2] ?? '').toUpperCase()[0];
   const mult = unit === 'K' ? 1024 : unit === 'M' ? 1024 ** 2 : unit === 'G' ? 1024 ** 3 : 1;
   const n = Number(m[1]) * mult;
   if (n > max) throw usage(what, `${text} is more than the largest allowed (${max} bytes)`);
+  if (n < min) throw usage(what, `${text} is less than the smallest allowed (${min} bytes)`);
   return n;
 }
 

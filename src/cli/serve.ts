@@ -3,15 +3,14 @@
  * LD_PRELOAD interposer. `exec` starts one for a command it runs; `serve`
  * waits for VMMs someone else starts; `env` prints what such a VMM needs.
  */
-import { spawn } from 'node:child_process';
-import { closeSync, openSync, writeSync } from 'node:fs';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { closeSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
+import { constants as osConstants, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { constants as osConstants } from 'node:os';
-import { startBridgeService, type BridgeService, type BridgeServiceOptions, type ServiceTraceEvent } from '../service/bridge-service.js';
+import { MAX_SOCKET_PATH, startBridgeService, type BridgeServiceOptions, type ServiceTraceEvent } from '../service/bridge-service.js';
 import { preloadLibrary } from '../service/preload-library.js';
-import { openDevice } from './open-device.js';
+import { errorLine } from './output.js';
+import { openDevice, parseSimSpec } from './open-device.js';
 import { CliError, toJson } from './output.js';
 import { EXIT } from './exit-codes.js';
 
@@ -21,38 +20,70 @@ export interface ServiceCliOptions {
   sim?: string;
 }
 
-/** Each event as one JSON line, written at once (a crash keeps what came before). */
+/** exec's own failures, told apart from COMMAND's statuses as env(1) and timeout(1) do. */
+const EXEC_FAILED = 125;
+const STOP_SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
+
+/** Service diagnostics on stderr; a stderr that went away (EPIPE) must not take the service down. */
+function log(line: string): void {
+  try {
+    process.stderr.write(`vfio-mig: ${line}\n`);
+  } catch {
+    // nobody is reading
+  }
+}
+
+/**
+ * Each event as one JSON line, written at once (a crash keeps what came
+ * before). A write that fails turns tracing off with one message: the VMM's
+ * accesses never fail because of the trace.
+ */
 function traceWriter(path: string): { write: (e: ServiceTraceEvent) => void; close: () => void } {
+  if (!path) throw new CliError('vfio-mig: --trace needs a file name', EXIT.USAGE);
   const fd = openSync(path, 'w');
   const t0 = Date.now();
+  let on = true;
   return {
-    write: (e) => void writeSync(fd, `${toJson({ t: Date.now() - t0, ...e })}\n`),
+    write: (e) => {
+      if (!on) return;
+      try {
+        writeSync(fd, `${toJson({ t: Date.now() - t0, ...e })}\n`);
+      } catch (err) {
+        on = false;
+        log(`trace ${path}: ${(err as Error).message}; tracing stopped (the migration goes on)`);
+      }
+    },
     close: () => closeSync(fd),
   };
 }
 
-async function start(socketPath: string, o: ServiceCliOptions): Promise<{ svc: BridgeService; stop: () => Promise<void> }> {
-  const trace = o.trace ? traceWriter(o.trace) : null;
+async function start(socketPath: string, o: ServiceCliOptions): Promise<() => Promise<void>> {
+  if (o.sim) parseSimSpec(o.sim); // a bad --sim is a usage error now, not at each VMM's first device
+  process.stderr.on('error', () => undefined);
+  const trace = o.trace !== undefined ? traceWriter(o.trace) : null;
   const opts: BridgeServiceOptions = {
     socketPath,
     sectionSize: o.sectionSize,
-    log: (line) => process.stderr.write(`vfio-mig: ${line}\n`),
+    log,
     ...(trace ? { trace: trace.write } : {}),
     // --sim: every VMM device is served by a fresh simulated device (tests, benchmarks).
     ...(o.sim ? { openDevice: () => openDevice(o.sim!) } : {}),
   };
-  const svc = await startBridgeService(opts);
-  return {
-    svc,
-    stop: async () => {
-      await svc.close();
-      trace?.close();
-    },
+  let svc;
+  try {
+    svc = await startBridgeService(opts);
+  } catch (e) {
+    trace?.close();
+    throw e;
+  }
+  return async () => {
+    await svc.close();
+    trace?.close();
   };
 }
 
-/** The environment a VMM needs to reach the service at `socketPath`. */
-export function vmmEnvironment(socketPath: string, inherited = process.env.LD_PRELOAD): Record<string, string> {
+/** The environment a VMM needs to reach the service at `socketPath`; `inherited` is the VMM's own LD_PRELOAD. */
+export function vmmEnvironment(socketPath: string, inherited: string | undefined): Record<string, string> {
   const lib = preloadLibrary();
   return { LD_PRELOAD: inherited ? `${lib}:${inherited}` : lib, VFIO_MIG_SOCKET: resolve(socketPath) };
 }
@@ -61,43 +92,75 @@ export function envCommand(o: { socket: string }): void {
   for (const [k, v] of Object.entries(vmmEnvironment(o.socket, undefined))) process.stdout.write(`${k}=${v}\n`);
 }
 
-const STOP_SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
-
+/** Runs until SIGINT, SIGTERM or SIGHUP, then ends every session at once and exits 0. */
 export async function serveCommand(o: ServiceCliOptions & { socket: string }): Promise<void> {
-  const { stop } = await start(o.socket, o);
-  const env = vmmEnvironment(o.socket, undefined);
-  process.stderr.write(`vfio-mig: serving on ${env.VFIO_MIG_SOCKET}; start the VMM with\n  ${Object.entries(env).map(([k, v]) => `${k}=${v}`).join(' ')}\n`);
-  await new Promise<void>((done) => {
-    for (const sig of STOP_SIGNALS) process.removeAllListeners(sig).once(sig, () => done());
-  });
+  let stopRequested: (() => void) | null = null;
+  let early = false;
+  for (const sig of STOP_SIGNALS) process.removeAllListeners(sig).once(sig, () => (stopRequested ? stopRequested() : (early = true)));
+  const env = vmmEnvironment(o.socket, undefined); // before listening: a missing interposer is an error now
+  const stop = await start(o.socket, o);
+  log(`serving on ${env.VFIO_MIG_SOCKET}; start the VMM with\n  ${Object.entries(env).map(([k, v]) => `${k}=${v}`).join(' ')}`);
+  if (!early) await new Promise<void>((done) => (stopRequested = done));
   await stop();
+}
+
+/** A private socket under $TMPDIR, or /tmp when $TMPDIR is too long for a socket path. */
+function privateSocket(): { dir: string; socket: string } {
+  for (const base of [tmpdir(), '/tmp']) {
+    const dir = mkdtempSync(join(base, 'vfio-mig-'));
+    const socket = join(dir, 'bridge.sock');
+    if (Buffer.byteLength(socket) <= MAX_SOCKET_PATH) return { dir, socket };
+    rmSync(dir, { recursive: true, force: true });
+  }
+  throw new CliError('vfio-mig exec: no temporary directory with a short enough path for a socket: use --socket', EXEC_FAILED);
 }
 
 /**
  * Runs COMMAND with the interposer preloaded and a service of its own,
  * forwards SIGINT, SIGTERM, SIGHUP and SIGQUIT to it, and returns its exit
- * status (128 + signal number when a signal ended it).
+ * status (128 + signal number when a signal ended it; 125 when exec itself
+ * failed). The service ends with COMMAND: a process COMMAND left behind
+ * (QEMU's -daemonize) loses the bridge.
  */
 export async function execCommand(command: string[], o: ServiceCliOptions & { socket?: string }): Promise<number> {
   if (command.length === 0) throw new CliError('vfio-mig exec: no command given (vfio-mig exec -- COMMAND [ARGS...])', EXIT.USAGE);
-  const dir = o.socket ? null : mkdtempSync(join(tmpdir(), 'vfio-mig-'));
-  const socketPath = o.socket ?? join(dir!, 'bridge.sock');
-  const env = { ...process.env, ...vmmEnvironment(socketPath) };
-  const { stop } = await start(socketPath, o); // listening before the command starts
+  // Signals from the first moment: forwarded once COMMAND runs, remembered before.
+  let child: ChildProcess | null = null;
+  let pendingSignal: NodeJS.Signals | null = null;
+  for (const sig of [...STOP_SIGNALS, 'SIGQUIT'] as const) {
+    process.removeAllListeners(sig).on(sig, () => (child ? void child.kill(sig) : (pendingSignal ??= sig)));
+  }
+  let env: Record<string, string>;
   try {
-    const child = spawn(command[0]!, command.slice(1), { stdio: 'inherit', env });
-    const forward = (sig: NodeJS.Signals) => () => void child.kill(sig);
-    for (const sig of [...STOP_SIGNALS, 'SIGQUIT'] as const) process.removeAllListeners(sig).on(sig, forward(sig));
-    const status = await new Promise<number>((done) => {
-      child.once('error', (e) => {
-        process.stderr.write(`vfio-mig exec: cannot run ${command[0]}: ${e.message}\n`);
-        done((e as NodeJS.ErrnoException).code === 'ENOENT' ? 127 : 126);
+    env = vmmEnvironment(o.socket ?? '.', process.env.LD_PRELOAD);
+  } catch (e) {
+    throw new CliError(errorLine(e), EXEC_FAILED, e);
+  }
+  const priv = o.socket ? null : privateSocket();
+  const socketPath = o.socket ?? priv!.socket;
+  env.VFIO_MIG_SOCKET = resolve(socketPath);
+  try {
+    let stop: () => Promise<void>;
+    try {
+      stop = await start(socketPath, o); // listening before the command starts
+    } catch (e) {
+      throw e instanceof CliError ? e : new CliError(errorLine(e), EXEC_FAILED, e);
+    }
+    try {
+      if (pendingSignal) return 128 + osConstants.signals[pendingSignal];
+      const c = spawn(command[0]!, command.slice(1), { stdio: 'inherit', env: { ...process.env, ...env } });
+      child = c;
+      return await new Promise<number>((done) => {
+        c.once('error', (e) => {
+          log(`exec: cannot run ${command[0]}: ${e.message}`);
+          done((e as NodeJS.ErrnoException).code === 'ENOENT' ? 127 : 126);
+        });
+        c.once('exit', (code, signal) => done(code ?? 128 + (signal ? osConstants.signals[signal] : 0)));
       });
-      child.once('exit', (code, signal) => done(code ?? 128 + (signal ? osConstants.signals[signal] : 0)));
-    });
-    return status;
+    } finally {
+      await stop();
+    }
   } finally {
-    await stop();
-    if (dir) rmSync(dir, { recursive: true, force: true });
+    if (priv) rmSync(priv.dir, { recursive: true, force: true });
   }
 }

@@ -6,7 +6,7 @@
  * the header accesses. All v1 -> v2 translation is the bridge's; this file
  * only carries accesses and owns the resources. docs/interposer.md.
  */
-import { createServer, type Server, type Socket } from 'node:net';
+import { connect, createServer, type Server, type Socket } from 'node:net';
 import { existsSync, lstatSync, rmSync } from 'node:fs';
 import { dirname, resolve as resolvePath } from 'node:path';
 import { VfioError, asVfioError } from '../errors.js';
@@ -101,10 +101,14 @@ export class BridgeService {
     if (group && group.size === 0) this.#groups.delete(pid);
   }
 
-  /** Stops listening, ends every session (devices left mid-session are reset) and removes the socket. */
+  /**
+   * Stops listening, ends every session at once (devices left mid-session
+   * are reset; the VMM's next access fails) and removes the socket.
+   */
   async close(): Promise<void> {
-    await new Promise<void>((resolve) => this.#server.close(() => resolve()));
+    const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
     await Promise.all([...this.#sessions].map((s) => s.end('the service is stopping')));
+    await closed; // resolves once the ended sessions' connections are gone
     rmSync(this.#opts.socketPath, { force: true });
   }
 }
@@ -188,7 +192,7 @@ class DeviceSession {
 
   async #onHello(payload: Uint8Array): Promise<void> {
     const h = vmw_hello.decode(payload);
-    const hello: DeviceHello = { pid: h.pid, fd: h.fd, numRegions: h.num_regions, name: new TextDecoder().decode(payload.subarray(vmw_hello.size)) || `pid ${h.pid} fd ${h.fd}` };
+    const hello: DeviceHello = { pid: h.pid, fd: h.fd, numRegions: h.num_regions, name: new TextDecoder().decode(payload.subarray(vmw_hello.size)) || `device fd ${h.fd}` };
     this.#hello = hello;
     const refuse = (why: string) => {
       this.#log(`${hello.name} (VMM pid ${hello.pid}) is not bridged: ${why}`);
@@ -300,14 +304,42 @@ class DeviceSession {
 
 /** The VMM's own device fd, borrowed: closing it never resets the device. */
 async function openBorrowed(hello: DeviceHello): Promise<V2Device> {
-  const fd = sysTakeFd(hello.pid, hello.fd, 'serve', hello.name);
+  let fd: number;
+  try {
+    fd = sysTakeFd(hello.pid, hello.fd, 'serve', hello.name);
+  } catch (e) {
+    const err = asVfioError(e, 'serve', hello.name);
+    if (err.code !== 'EPERM' && err.code !== 'EACCES') throw err;
+    throw new VfioError(err.code, err.op, hello.name, `${err.reason ?? ''}: the service needs ptrace access to the VMM (run it as root, or as the VMM's parent with vfio-mig exec)`, { cause: e });
+  }
   return openKernelDevice({ fd, name: hello.name });
 }
 
-/** Listens on `socketPath`; a stale socket there is replaced, anything else is EEXIST. */
+/** Whether something answers on the Unix socket at `path`. */
+function answers(path: string): Promise<boolean> {
+  return new Promise((done) => {
+    const s = connect(path);
+    s.once('connect', () => {
+      s.destroy();
+      done(true);
+    });
+    s.once('error', () => done(false));
+  });
+}
+
+/** sockaddr_un holds 108 bytes with the NUL: a longer path would be cut short silently. */
+export const MAX_SOCKET_PATH = 107;
+
+/**
+ * Listens on `socketPath`. A stale socket there (nobody answers) is
+ * replaced; a live one is EADDRINUSE, anything else EEXIST.
+ */
 export async function startBridgeService(opts: BridgeServiceOptions): Promise<BridgeService> {
+  if (!opts.socketPath) throw new VfioError('EINVAL', 'serve', '(empty)', 'the socket path is empty');
+  if (Buffer.byteLength(opts.socketPath) > MAX_SOCKET_PATH) throw new VfioError('ENAMETOOLONG', 'serve', opts.socketPath, `a Unix socket path holds at most ${MAX_SOCKET_PATH} bytes`);
   const old = lstatSync(opts.socketPath, { throwIfNoEntry: false });
   if (old && !old.isSocket()) throw new VfioError('EEXIST', 'serve', opts.socketPath, 'exists and is not a socket');
+  if (old && (await answers(opts.socketPath))) throw new VfioError('EADDRINUSE', 'serve', opts.socketPath, 'another service is listening there');
   if (!old && !existsSync(dirname(resolvePath(opts.socketPath)))) throw new VfioError('ENOENT', 'serve', opts.socketPath, `no directory ${dirname(resolvePath(opts.socketPath))}`);
   if (old) rmSync(opts.socketPath);
   const server = createServer();

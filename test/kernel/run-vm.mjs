@@ -5,7 +5,7 @@
 // when a test fails, when no report comes back or when the guest does not
 // boot. Never a silent pass.
 import { spawn, spawnSync } from 'node:child_process';
-import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { copyFileSync, createWriteStream, existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -14,6 +14,8 @@ const project = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 const kernelEnv = process.env.VFIO_MIG_KERNEL;
 const kernel = kernelEnv && existsSync(kernelEnv) && !kernelEnv.endsWith('bzImage') && existsSync(join(kernelEnv, 'bzImage')) ? join(kernelEnv, 'bzImage') : kernelEnv;
 const REPORT = join(project, '.ci-kernel.json');
+// The guest console as it came, escape sequences and all; the terminal gets a filtered copy.
+const CONSOLE_LOG = join(project, '.ci-kernel-console.log');
 rmSync(REPORT, { force: true });
 
 function die(msg) {
@@ -61,6 +63,18 @@ const args = [
 const started = Date.now();
 const limitMs = Number(process.env.VFIO_MIG_VM_TIMEOUT_S ?? 1500) * 1000;
 let console_ = '';
+const raw = createWriteStream(CONSOLE_LOG);
+// Terminal control (SeaBIOS's ESC c, clear screen, wrap off) and the kernel's
+// normal end ("Attempted to kill init": init exiting ends the guest) stay in the raw log only.
+const ESCAPES = /\x1b(\[[0-9;?]*[A-Za-z]|[c()][0-9A-B]?)/g;
+const NORMAL_END = /^(Kernel panic - not syncing: Attempted to kill init!.*|Kernel Offset: .*|---\[ end Kernel panic.*)$/;
+let pending = '';
+function show(text) {
+  pending += text.replace(ESCAPES, '').replace(/\r/g, '');
+  const lines = pending.split('\n');
+  pending = lines.pop();
+  for (const line of lines) if (!NORMAL_END.test(line.trim())) process.stdout.write(`${line}\n`);
+}
 const vm = spawn('qemu-system-x86_64', args, { stdio: ['ignore', 'pipe', 'pipe'] });
 const timer = setTimeout(() => {
   console.error(`test:kernel: guest still running after ${limitMs / 1000} s: killed`);
@@ -70,11 +84,14 @@ for (const s of [vm.stdout, vm.stderr]) {
   s.on('data', (d) => {
     const text = d.toString();
     console_ += text;
-    process.stdout.write(text);
+    raw.write(d);
+    show(text);
   });
 }
 vm.on('close', (code, signal) => {
   clearTimeout(timer);
+  show('\n');
+  raw.end();
   const secs = ((Date.now() - started) / 1000).toFixed(1);
   const booted = console_.includes('VFIOMIG: booted');
   const reportPath = join(out, 'kernel.json');
@@ -83,7 +100,7 @@ vm.on('close', (code, signal) => {
   copyFileSync(reportPath, REPORT);
   rmSync(out, { recursive: true, force: true });
   const r = JSON.parse(readFileSync(REPORT, 'utf8'));
-  console.log(`test:kernel: boot to result ${secs} s; in the guest: ${r.numPassedTests} passed, ${r.numFailedTests} failed, ${r.numPendingTests + (r.numTodoTests ?? 0)} skipped`);
+  console.log(`test:kernel: guest console in ${CONSOLE_LOG}; boot to result ${secs} s; in the guest: ${r.numPassedTests} passed, ${r.numFailedTests} failed, ${r.numPendingTests + (r.numTodoTests ?? 0)} skipped`);
   if (r.numTotalTests === 0) die('the guest ran no test');
   process.exit(r.success && r.numFailedTests === 0 ? 0 : 1);
 });
