@@ -12,6 +12,7 @@ const HINTS: Record<string, string> = {
 
 function hintFor(e: { code: string; op: string; reason: string | undefined }): string | undefined {
   if (e.reason?.startsWith('not a VFIO device')) return undefined; // the reason says what was expected
+  if (e.op === 'listen' || e.op === 'serve') return e.code === 'EACCES' ? 'the socket\'s directory is not writable for this user' : undefined;
   if (e.code !== 'EINVAL') return HINTS[e.code];
   if (e.reason?.startsWith('resume data rejected')) return 'the data does not fit this device: same model and an intact file are needed';
   if (/^(SET_STATE|v1\.write\(device_state\)|vfio_mig_get_next_state)/.test(e.op)) return '`vfio-mig fsm` lists the valid transitions';
