@@ -230,6 +230,7 @@ export class KernelDevice implements V2Device {
    * dies with its data_fd, and mtty (Linux 6.12) keeps the state across
    * close and then dereferences the missing migration file on the next arc
    * out of it (a kernel NULL pointer dereference, reproduced in the test guest).
+   * A borrowed device is never reset: its owner still holds it.
    */
   async close(): Promise<void> {
     if (this.#fd < 0) return;
