@@ -70,10 +70,14 @@ const ESCAPES = /\x1b(\[[0-9;?]*[A-Za-z]|[c()][0-9A-B]?)/g;
 const NORMAL_END = /^(Kernel panic - not syncing: Attempted to kill init!.*|Kernel Offset: .*|---\[ end Kernel panic.*)$/;
 let pending = '';
 function show(text) {
-  pending += text.replace(ESCAPES, '').replace(/\r/g, '');
+  // Whole lines only: an escape sequence may be split across two chunks.
+  pending += text;
   const lines = pending.split('\n');
   pending = lines.pop();
-  for (const line of lines) if (!NORMAL_END.test(line.trim())) process.stdout.write(`${line}\n`);
+  for (const raw of lines) {
+    const line = raw.replace(ESCAPES, '').replace(/\r/g, '');
+    if (!NORMAL_END.test(line.trim())) process.stdout.write(`${line}\n`);
+  }
 }
 const vm = spawn('qemu-system-x86_64', args, { stdio: ['ignore', 'pipe', 'pipe'] });
 const timer = setTimeout(() => {
