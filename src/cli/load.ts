@@ -8,7 +8,7 @@ import { openV1Bridge } from '../bridge/v1-bridge.js';
 import { VfioError, asVfioError } from '../errors.js';
 import { loadV1 } from '../v1/reference-caller.js';
 import type { V2Device } from '../v2/device.js';
-import { loadV2 } from '../v2/native-caller.js';
+import { assertNoSession, loadV2 } from '../v2/native-caller.js';
 import { MigState, migStateName } from '../v2/uapi.js';
 import { SimDevice } from '../v2/sim/sim-device.js';
 import { ByteSource, fileChunks } from './byte-source.js';
@@ -53,7 +53,7 @@ async function openInput(input: string): Promise<{ src: ByteSource; header: Stat
 }
 
 /** For a file: header, size and checksum, all before the device is touched. */
-async function verifyFile(path: string): Promise<void> {
+export async function verifyStateFile(path: string): Promise<void> {
   const { src, header, name } = await openInput(path);
   const size = BigInt((await stat(path)).size);
   if (header.byteCount !== null && size !== BigInt(HEADER_SIZE + TRAILER_SIZE) + header.byteCount) {
@@ -67,7 +67,7 @@ export async function loadCommand(devSpec: string, openDevice: (s: string) => Pr
     const st = await stat(opts.input).catch(() => null);
     if (!st) throw new VfioError('ENOENT', 'load', opts.input, 'no such file');
     if (st.isDirectory()) throw new VfioError('EISDIR', 'load', opts.input, 'is a directory: give the state file');
-    await verifyFile(opts.input);
+    await verifyStateFile(opts.input);
   }
   const { src, header: h, name } = await openInput(opts.input);
   const dev = await openDevice(devSpec);
@@ -76,6 +76,7 @@ export async function loadCommand(devSpec: string, openDevice: (s: string) => Pr
   let touched = false;
   try {
     const flags = await dev.migrationFlags();
+    await assertNoSession(dev, 'load'); // someone else's session is not ours to abandon
     touched = true;
     let bytes: number;
     if (opts.protocol === 'v1') {

@@ -14,6 +14,10 @@
  *   trailer @0  magic "VFIOEND\0"      8 bytes
  *           @8  stream bytes u64
  *           @16 SHA-256 of the stream  32 bytes
+ *
+ * The checksum covers the stream. The header's reserved fields must be 0;
+ * protocol and source flags are informational (a load does not use them)
+ * and are only checked to be valid values.
  */
 import { createHash, type Hash } from 'node:crypto';
 import { defineStruct } from '../struct.js';
@@ -66,6 +70,9 @@ export function decodeHeader(b: Uint8Array, file: string): StateFileHeader {
   if (h.magic !== MAGIC) throw bad('wrong magic: not a vfio-mig state file');
   if (h.version !== FILE_VERSION) throw bad(`unsupported format version ${h.version} (this tool reads ${FILE_VERSION})`);
   if (h.protocol !== PROTOCOL.v1 && h.protocol !== PROTOCOL.v2) throw bad(`unknown protocol byte ${h.protocol}`);
+  if (h.reserved0 !== 0 || h.reserved !== 0n) throw bad('reserved header bytes are not zero: not written by this tool, or corrupted');
+  // The source's flags are informational, but a corrupted value must not pass: STOP_COPY and known bits only.
+  if (!(h.flags & 1) || h.flags & ~7) throw bad(`source flags 0x${h.flags.toString(16)} are not a VFIO migration flag set`);
   return { version: h.version, protocol: h.protocol === PROTOCOL.v1 ? 'v1' : 'v2', flags: h.flags, byteCount: h.byte_count === STREAMED ? null : h.byte_count };
 }
 

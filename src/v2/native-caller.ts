@@ -3,9 +3,9 @@
  * RUNNING -> PRE_COPY rounds -> STOP_COPY drained to end of stream -> STOP,
  * and RESUMING -> data -> the final state.
  */
-import { isVfioError } from '../errors.js';
+import { VfioError, isVfioError } from '../errors.js';
 import type { DataStream, V2Device } from './device.js';
-import { MigFlag, MigState } from './uapi.js';
+import { MigFlag, MigState, migStateName } from './uapi.js';
 import { readSome, writeAll } from './stream-io.js';
 
 export interface SaveV2Options {
@@ -59,9 +59,24 @@ export async function drainStream(stream: DataStream, sink: Sink, chunkSize = 1 
   }
 }
 
+const SESSION_STATES = new Set([MigState.PRE_COPY, MigState.PRE_COPY_P2P, MigState.STOP_COPY, MigState.RESUMING]);
+
+/**
+ * A device found mid-session belongs to whoever holds its data_fd, or to a
+ * process that died holding it: starting over from there would step an arc
+ * out of a session nobody owns (which oopses mtty, docs/decisions.md #10).
+ */
+export async function assertNoSession(device: V2Device, op: string): Promise<void> {
+  const state = await device.getState();
+  if (SESSION_STATES.has(state)) {
+    throw new VfioError('EBUSY', op, device.name, `device is in ${migStateName(state)}: another process holds its data session, or one died holding it (VFIO_DEVICE_RESET ends it: \`vfio-mig state DEVICE --reset\`)`);
+  }
+}
+
 export async function saveV2(device: V2Device, sink: Sink, options: SaveV2Options = {}): Promise<SaveV2Result> {
   const chunkSize = options.chunkSize ?? 1 << 20;
   const flags = await device.migrationFlags();
+  await assertNoSession(device, 'saveV2');
   let bytes = 0;
   let rounds = 0;
   let pending = 0n;
@@ -110,6 +125,7 @@ export async function saveV2(device: V2Device, sink: Sink, options: SaveV2Option
 }
 
 export async function loadV2(device: V2Device, source: AsyncIterable<Uint8Array> | Iterable<Uint8Array>, options: { finalState?: MigState; onProgress?: (bytes: number) => void } = {}): Promise<{ bytes: number }> {
+  await assertNoSession(device, 'loadV2');
   const stream = await device.setState(MigState.RESUMING);
   let bytes = 0;
   try {

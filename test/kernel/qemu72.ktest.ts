@@ -4,7 +4,7 @@
  * bridge service and the bridge (docs/interposer.md). Without the bridge the
  * same VM's migration is refused.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { resolve } from 'node:path';
@@ -287,4 +287,45 @@ describe('mbig: 64 MiB of device state through QEMU 7.2 and the bridge', () => {
     expect(m.totalMs, m.text).toBeGreaterThan(0);
     expect(m.totalMs).toBeLessThan(60_000);
   }, 400_000);
+
+  it('the CLI killed with SIGKILL mid-save and mid-load: the next command is refused (EBUSY), a reset makes the device usable', async () => {
+    const cli = (args: string[]) => spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8' });
+    const killedAfter = async (args: string[], feed: Buffer | null, bytes: number) => {
+      const p = spawn(process.execPath, [CLI, ...args], { stdio: ['pipe', 'pipe', 'inherit'] });
+      const exited = new Promise((r) => p.on('close', r));
+      if (feed) {
+        // Stop feeding part way: the load is then mid-resume, waiting for more.
+        p.stdin.write(feed.subarray(0, bytes), () => p.kill('SIGKILL'));
+      } else {
+        let got = 0;
+        p.stdout.on('data', (d) => {
+          got += d.length;
+          if (got >= bytes) p.kill('SIGKILL');
+        });
+      }
+      await exited;
+    };
+    const c = cdevOf(C);
+    const d = cdevOf(D);
+    await killedAfter(['save', c, '-o', '-', '--no-precopy'], null, 8 << 20);
+    // What the kernel did: the session state outlived the process that held its data_fd.
+    expect(cli(['state', c]).stdout.trim()).toBe('STOP_COPY');
+    const busy = cli(['save', c, '-o', '/tmp/again.vfio']);
+    expect(busy.status).toBe(1);
+    expect(busy.stderr).toMatch(/EBUSY .*STOP_COPY/);
+    expect(cli(['state', c, '--reset']).status).toBe(0);
+    expect(cli(['state', c]).stdout.trim()).toBe('RUNNING');
+
+    expect(cli(['save', c, '-o', '/tmp/full.vfio']).status).toBe(0);
+    const file = readFileSync('/tmp/full.vfio');
+    await killedAfter(['load', d, '-i', '-'], file, 16 << 20);
+    expect(cli(['state', d]).stdout.trim()).toBe('RESUMING');
+    const refused = cli(['load', d, '-i', '/tmp/full.vfio']);
+    expect(refused.status).toBe(1); // not 5: someone else's session is not reset behind their back
+    expect(refused.stderr).toMatch(/EBUSY .*RESUMING/);
+    expect(cli(['state', d, '--reset']).status).toBe(0);
+    expect(cli(['load', d, '-i', '/tmp/full.vfio']).status).toBe(0);
+    expect(crc(D)).toBe(crc(C));
+    await toRunning(C);
+  }, 300_000);
 });

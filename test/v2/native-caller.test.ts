@@ -3,7 +3,7 @@
  * data (hardening finding 2).
  */
 import { describe, expect, it } from 'vitest';
-import { createSimDevice, loadV2, saveV2 } from '../../src/index.js';
+import { createSimDevice, loadV2, MigState, saveV2 } from '../../src/index.js';
 
 const MiB = 1 << 20;
 
@@ -38,5 +38,16 @@ describe('saveV2 pre-copy', () => {
     expect(r.converged).toBe(true);
     expect(r.precopyPending).toBe(0n);
     expect(r.rounds).toBeGreaterThan(1);
+  });
+});
+
+describe('a device found mid-session', () => {
+  it('saveV2 and loadV2 refuse it with EBUSY and step no arc', async () => {
+    const dev = createSimDevice({ stateSize: 4096 });
+    await dev.setState(MigState.STOP_COPY);
+    const arcs = dev.arcs.length;
+    await expect(saveV2(dev, () => undefined)).rejects.toMatchObject({ code: 'EBUSY', reason: expect.stringMatching(/STOP_COPY.*--reset/) });
+    await expect(loadV2(dev, [])).rejects.toMatchObject({ code: 'EBUSY' });
+    expect(dev.arcs.length).toBe(arcs);
   });
 });
