@@ -241,7 +241,6 @@ class DeviceSession {
     });
     const info = encodeRegionInfo({ ...this.#bridge.regionInfo, offset: regionOffset(hello.numRegions) });
     this.stats = { device: dev.name, vmm: hello.pid, headerAccesses: 0, dataReads: 0n, dataWrites: 0n, dataMmaps: 0n };
-    this.#log(`${dev.name} (VMM pid ${hello.pid}) bridged: v1 region ${hello.numRegions}, data section ${sectionSize} bytes in shared memory`);
     this.#reply(
       0,
       concat(
@@ -256,6 +255,7 @@ class DeviceSession {
         info,
       ),
     );
+    this.#log(`${dev.name} (VMM pid ${hello.pid}) bridged: v1 region ${hello.numRegions}, data section ${sectionSize} bytes in shared memory`);
   }
 
   /**
