@@ -21,6 +21,8 @@ function parseV1(text: string): number {
   return v;
 }
 
+const ORPHANED = new Set([MigState.PRE_COPY, MigState.PRE_COPY_P2P, MigState.STOP_COPY, MigState.RESUMING]);
+
 export async function stateCommand(dev: V2Device, target: string | undefined, opts: { v1?: boolean; reset?: boolean; json?: boolean }): Promise<number> {
   const out = (obj: Record<string, unknown>, text: string) => console.log(opts.json ? toJson(obj) : text);
   if (opts.reset) {
@@ -32,6 +34,10 @@ export async function stateCommand(dev: V2Device, target: string | undefined, op
   const cur = await dev.getState();
   if (target === undefined) {
     out({ device: dev.name, state: migStateName(cur) }, migStateName(cur));
+    if (ORPHANED.has(cur)) {
+      // We could open it, so nobody holds it: its data session died with the process that had it.
+      process.stderr.write(`vfio-mig: ${dev.name} is in ${migStateName(cur)} with no process holding its data session; closing it now resets it to RUNNING\n`);
+    }
     return EXIT.OK;
   }
   if (opts.v1) {
