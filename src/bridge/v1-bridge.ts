@@ -91,6 +91,7 @@ export class V1Bridge implements V1Region {
   #aheadEnd = 0;
   #eof = false;
   #chunk: number | null = null; // frozen data_size of the prepared chunk
+  #chunkSizeRead = false; // whether the caller has read that data_size (only then is the chunk handed out)
   #pendingCache: bigint | null = null;
   #tempEndInfo: string | null = null; // precopy info when the temporary end was hit
   // Resume path.
@@ -190,6 +191,7 @@ export class V1Bridge implements V1Region {
           dv.setBigUint64(0, BigInt(this.dataOffset), true);
           return [out, BigInt(this.dataOffset)];
         default: {
+          if (this.#chunk !== null) this.#chunkSizeRead = true;
           const v = this.#isResuming() ? this.#resumeSize : BigInt(this.#chunk ?? 0);
           dv.setBigUint64(0, v, true);
           return [out, v];
@@ -422,19 +424,23 @@ export class V1Bridge implements V1Region {
   /**
    * pending_bytes (Q7). Side-effect free for the caller and stable on repeated
    * reads: the value is computed once per chunk and kept until the next
-   * data access or state change. A read also unfreezes the current chunk.
+   * data access or state change. A read also ends the current chunk, if the
+   * caller read its data_size; a chunk prepared by a data_offset read whose
+   * size was never read stays, counted in pending_bytes, for the next
+   * data_offset: its bytes have left the data_fd and exist nowhere else.
    */
   async #pendingBytes(): Promise<bigint> {
-    this.#chunk = null;
-    if (!this.#saving() || !this.#stream) return 0n;
+    if (this.#chunkSizeRead || !this.#chunk) this.#chunk = null;
+    const kept = BigInt(this.#chunk ?? 0);
+    if (!this.#saving() || !this.#stream) return kept;
     if (this.#pendingCache !== null) return this.#pendingCache;
     let v: bigint;
     if (isRealPrecopy(this.#shadow, this.#flags) && this.#v2 !== MigState.STOP_COPY) {
-      v = BigInt(this.#buffered()) + (await this.#precopyPending());
+      v = kept + BigInt(this.#buffered()) + (await this.#precopyPending());
     } else {
       // STOP_COPY: read ahead to know whether anything is left (0 only at true end).
       if (this.#buffered() === 0 && !this.#eof) await this.#fillReadAhead();
-      v = BigInt(this.#buffered());
+      v = kept + BigInt(this.#buffered());
       if (!this.#eof) v += await this.#stopCopyEstimate(v);
     }
     this.#pendingCache = v;
@@ -528,6 +534,7 @@ export class V1Bridge implements V1Region {
     }
     if (n < this.sectionSize && this.#buffered() === 0) n += await this.#readStream(this.#section, n);
     this.#chunk = n;
+    this.#chunkSizeRead = false;
     this.#pendingCache = null;
   }
 
