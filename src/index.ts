@@ -9,7 +9,7 @@ export {
 } from './v2/uapi.js';
 export type { RegionInfo, SparseMmapArea } from './v2/uapi.js';
 export * as uapi from './v2/uapi.js';
-export { nextState, migrationPath, isStateSupported, arcOpensStream, arcEndsStream, isSavingState } from './v2/fsm.js';
+export { nextState, migrationPath, isStateSupported, arcOpensStream, arcEndsStream, isSavingState, holdsSession } from './v2/fsm.js';
 export type { V2Device, DataStream, PrecopyInfo } from './v2/device.js';
 export { readSome, writeAll, chunkPipe } from './v2/stream-io.js';
 export { createSimDevice, SimDevice } from './v2/sim/sim-device.js';

@@ -21,6 +21,11 @@ export class ByteSource {
     return out;
   }
 
+  /** Stops reading early: the underlying file is closed now, not when it is garbage-collected. */
+  async close(): Promise<void> {
+    await this.#it.return?.();
+  }
+
   async *rest(): AsyncGenerator<Buffer> {
     if (this.#pending.length) yield this.#pending;
     this.#pending = Buffer.alloc(0);

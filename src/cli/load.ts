@@ -48,18 +48,27 @@ async function* verifiedBody(src: ByteSource, name: string, counted?: (n: bigint
 async function openInput(input: string): Promise<{ src: ByteSource; header: StateFileHeader; name: string }> {
   const name = input === '-' ? 'stdin' : input;
   const src = new ByteSource(input === '-' ? (process.stdin as AsyncIterable<Uint8Array>) : fileChunks(input));
-  const header = decodeHeader(await src.readUpTo(HEADER_SIZE), name);
-  return { src, header, name };
+  try {
+    const header = decodeHeader(await src.readUpTo(HEADER_SIZE), name);
+    return { src, header, name };
+  } catch (e) {
+    if (input !== '-') await src.close();
+    throw e;
+  }
 }
 
 /** For a file: header, size and checksum, all before the device is touched. */
 export async function verifyStateFile(path: string): Promise<void> {
   const { src, header, name } = await openInput(path);
-  const size = BigInt((await stat(path)).size);
-  if (header.byteCount !== null && size !== BigInt(HEADER_SIZE + TRAILER_SIZE) + header.byteCount) {
-    throw new VfioError('EINVAL', 'load', name, `truncated or padded: header says ${header.byteCount} stream bytes, the file holds ${size - BigInt(HEADER_SIZE + TRAILER_SIZE)}`);
+  try {
+    const size = BigInt((await stat(path)).size);
+    if (header.byteCount !== null && size !== BigInt(HEADER_SIZE + TRAILER_SIZE) + header.byteCount) {
+      throw new VfioError('EINVAL', 'load', name, `truncated or padded: header says ${header.byteCount} stream bytes, the file holds ${size - BigInt(HEADER_SIZE + TRAILER_SIZE)}`);
+    }
+    for await (const _ of verifiedBody(src, name)) void _;
+  } finally {
+    await src.close();
   }
-  for await (const _ of verifiedBody(src, name)) void _;
 }
 
 export async function loadCommand(devSpec: string, openDevice: (s: string) => Promise<V2Device>, opts: LoadOptions): Promise<void> {

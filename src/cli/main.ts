@@ -3,7 +3,8 @@
 import { Command, CommanderError, Option } from 'commander';
 import { readFileSync, unlinkSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
-import { MigState, migStateName } from '../v2/uapi.js';
+import { migStateName } from '../v2/uapi.js';
+import { holdsSession } from '../v2/fsm.js';
 import type { V2Device } from '../v2/device.js';
 import { EXIT, EXIT_HELP } from './exit-codes.js';
 import { fsmCommand } from './fsm.js';
@@ -164,8 +165,6 @@ program
   .addHelpText('after', '\nExample:\n  vfio-mig env --socket /run/vfio-mig.sock\n  env $(vfio-mig env --socket /run/vfio-mig.sock) qemu-system-x86_64 ...\n\nOther variables the interposer reads:\n  VFIO_MIG_REQUIRED=1     a device that cannot be bridged ends the VMM\n  VFIO_MIG_TIMEOUT_MS=N   longest wait for the service to answer one access (default 20000)')
   .action((o) => envCommand(o));
 
-const SESSION_STATES = new Set([MigState.PRE_COPY, MigState.PRE_COPY_P2P, MigState.STOP_COPY, MigState.RESUMING]);
-
 /**
  * Closes a device on an interrupt and says where it was left: a device
  * mid-session is reset, since its data session dies with this process.
@@ -174,7 +173,7 @@ async function closeInterrupted(dev: V2Device): Promise<string> {
   let where: string;
   try {
     const state = await dev.getState();
-    if (SESSION_STATES.has(state)) {
+    if (holdsSession(state)) {
       await dev.reset();
       where = 'reset to RUNNING';
     } else {

@@ -4,7 +4,7 @@ import { readU32, writeU32 } from '../v1/region-access.js';
 import { VfioError } from '../errors.js';
 import { V1, isErrorV1, v1StateName } from '../v1/uapi.js';
 import type { V2Device } from '../v2/device.js';
-import { migrationPath } from '../v2/fsm.js';
+import { holdsSession, migrationPath } from '../v2/fsm.js';
 import { MigState, migStateName } from '../v2/uapi.js';
 import { EXIT } from './exit-codes.js';
 import { parseStateArg, pathText } from './fsm.js';
@@ -21,8 +21,6 @@ function parseV1(text: string): number {
   return v;
 }
 
-const ORPHANED = new Set([MigState.PRE_COPY, MigState.PRE_COPY_P2P, MigState.STOP_COPY, MigState.RESUMING]);
-
 export async function stateCommand(dev: V2Device, target: string | undefined, opts: { v1?: boolean; reset?: boolean; json?: boolean }): Promise<number> {
   const out = (obj: Record<string, unknown>, text: string) => console.log(opts.json ? toJson(obj) : text);
   if (opts.reset) {
@@ -34,7 +32,7 @@ export async function stateCommand(dev: V2Device, target: string | undefined, op
   const cur = await dev.getState();
   if (target === undefined) {
     out({ device: dev.name, state: migStateName(cur) }, migStateName(cur));
-    if (ORPHANED.has(cur)) {
+    if (holdsSession(cur)) {
       // We could open it, so nobody holds it: its data session died with the process that had it.
       process.stderr.write(`vfio-mig: ${dev.name} is in ${migStateName(cur)} with no process holding its data session; closing it now resets it to RUNNING\n`);
     }

@@ -13,6 +13,7 @@ import { VfioError, asVfioError } from '../errors.js';
 import { openV1Bridge, type V1Bridge, type V1BridgeOptions, type V1TraceEvent } from '../bridge/v1-bridge.js';
 import type { V2Device } from '../v2/device.js';
 import { openKernelDevice } from '../v2/kernel/kernel-device.js';
+import { holdsSession } from '../v2/fsm.js';
 import { sysClose, sysMapShared, sysTakeFd, type SharedMapping } from '../v2/kernel/sys.js';
 import { MigState, VFIO_REGION_SUBTYPE_MIGRATION_DEPRECATED, VFIO_REGION_TYPE_MIGRATION_DEPRECATED, encodeRegionInfo, migStateName } from '../v2/uapi.js';
 import { GroupMember, QuiesceGroup, type GroupEvent } from './quiesce-group.js';
@@ -61,7 +62,6 @@ export const SERVICE_SECTION_SIZE = 4 << 20;
 const PAGE = 4096;
 /** Where region `index` starts in a vfio-pci device fd (VFIO_PCI_INDEX_TO_OFFSET). */
 const regionOffset = (index: number) => BigInt(index) << 40n;
-const SESSION_STATES = new Set([MigState.PRE_COPY, MigState.PRE_COPY_P2P, MigState.STOP_COPY, MigState.RESUMING]);
 
 export class BridgeService {
   readonly #server: Server;
@@ -271,7 +271,7 @@ class DeviceSession {
         try {
           await this.#bridge?.close();
           const state = await this.#device.getState();
-          if (SESSION_STATES.has(state) || state === MigState.ERROR) {
+          if (holdsSession(state) || state === MigState.ERROR) {
             await this.#device.reset();
             this.#log(`${this.#name}: ${why} while the device was in ${migStateName(state)}: reset to RUNNING`);
           } else if (state === MigState.RUNNING_P2P) {

@@ -94,6 +94,11 @@ export function isSavingState(s: MigState): boolean {
   return s === PRE_COPY || s === PRE_COPY_P2P || s === STOP_COPY;
 }
 
+/** Whether a device in state `s` has a data session (a saving state, or RESUMING), which lives only as long as its data_fd. */
+export function holdsSession(s: MigState): boolean {
+  return isSavingState(s) || s === RESUMING;
+}
+
 /**
  * Whether the single arc from -> to opens a data session and so returns a
  * new data_fd: entering the saving group from outside it, or entering RESUMING.

@@ -7,6 +7,7 @@ import { VfioError, isVfioError } from '../errors.js';
 import type { DataStream, V2Device } from './device.js';
 import { MigFlag, MigState, migStateName } from './uapi.js';
 import { readSome, writeAll } from './stream-io.js';
+import { holdsSession } from './fsm.js';
 
 export interface SaveV2Options {
   /** Use PRE_COPY when the device has it (default true). */
@@ -59,8 +60,6 @@ export async function drainStream(stream: DataStream, sink: Sink, chunkSize = 1 
   }
 }
 
-const SESSION_STATES = new Set([MigState.PRE_COPY, MigState.PRE_COPY_P2P, MigState.STOP_COPY, MigState.RESUMING]);
-
 /**
  * A device found mid-session belongs to whoever holds its data_fd, or to a
  * process that died holding it: starting over from there would step an arc
@@ -68,7 +67,7 @@ const SESSION_STATES = new Set([MigState.PRE_COPY, MigState.PRE_COPY_P2P, MigSta
  */
 export async function assertNoSession(device: V2Device, op: string): Promise<void> {
   const state = await device.getState();
-  if (SESSION_STATES.has(state)) {
+  if (holdsSession(state)) {
     throw new VfioError('EBUSY', op, device.name, `device is in ${migStateName(state)}: another process holds its data session, or one died holding it (VFIO_DEVICE_RESET ends it: \`vfio-mig state DEVICE --reset\`)`);
   }
 }

@@ -7,6 +7,7 @@
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { VfioError } from '../../errors.js';
 import type { DataStream, PrecopyInfo, V2Device } from '../device.js';
+import { holdsSession } from '../fsm.js';
 import {
   IOMMU_IOAS_ALLOC,
   MigState,
@@ -236,7 +237,7 @@ export class KernelDevice implements V2Device {
     if (this.#fd < 0) return;
     try {
       const s = this.#borrowed ? null : await this.getState();
-      if (s === MigState.PRE_COPY || s === MigState.PRE_COPY_P2P || s === MigState.STOP_COPY || s === MigState.RESUMING) await this.reset();
+      if (s !== null && holdsSession(s)) await this.reset();
     } catch {
       // closing must not fail; the fds are released below either way
     }
