@@ -113,11 +113,18 @@ export class Vmm {
   /** Polls `info migrate` until completed or failed: the figures QEMU reports. */
   async waitMigration(timeoutMs = 120_000): Promise<{ status: string; totalMs: number; downtimeMs: number; text: string }> {
     const t0 = Date.now();
+    let reasks = 0;
     for (;;) {
       const text = await this.hmp('info migrate');
       const status = /Migration status: (\S+)/.exec(text)?.[1] ?? 'none';
+      const totalMs = Number(/total time: (\d+)/.exec(text)?.[1] ?? NaN);
+      // QEMU 7.2 can report "completed" a moment before it has filled in its times (0 ms): ask again.
+      if (status === 'completed' && totalMs === 0 && reasks++ < 25) {
+        await sleep(200);
+        continue;
+      }
       if (status === 'completed' || status === 'failed' || status === 'cancelled') {
-        return { status, totalMs: Number(/total time: (\d+)/.exec(text)?.[1] ?? NaN), downtimeMs: Number(/downtime: (\d+)/.exec(text)?.[1] ?? NaN), text };
+        return { status, totalMs, downtimeMs: Number(/downtime: (\d+)/.exec(text)?.[1] ?? NaN), text };
       }
       if (Date.now() - t0 > timeoutMs) throw new Error(`migration still ${status} after ${timeoutMs} ms`);
       await sleep(200);

@@ -284,8 +284,8 @@ describe('mbig: 64 MiB of device state through QEMU 7.2 and the bridge', () => {
     console.log(`mbig 64 MiB via QEMU 7.2 + vfio-mig exec: QEMU total ${m.totalMs} ms, downtime ${m.downtimeMs} ms, migrate-to-completed ${wall} ms wall; ${accesses} header accesses over the socket; destination start-to-running ${load} ms`);
     console.log(src.stderr.split('\n').filter((l) => /done:/.test(l)).join('\n'));
     console.log(m.text);
-    expect(m.totalMs, m.text).toBeGreaterThan(0);
-    expect(m.totalMs).toBeLessThan(60_000);
+    expect(wall).toBeLessThan(60_000);
+    expect(m.totalMs, m.text).toBeLessThan(60_000);
   }, 400_000);
 
   it('the CLI killed with SIGKILL mid-save and mid-load: the session outlives it; the next command says so and leaves the device usable', async () => {
