@@ -9,9 +9,8 @@ import { constants as osConstants, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { MAX_SOCKET_PATH, startBridgeService, type BridgeServiceOptions, type ServiceTraceEvent } from '../service/bridge-service.js';
 import { preloadLibrary } from '../service/preload-library.js';
-import { errorLine } from './output.js';
 import { openDevice, parseSimSpec } from './open-device.js';
-import { CliError, toJson } from './output.js';
+import { CliError, errorLine, toJson } from './output.js';
 import { EXIT } from './exit-codes.js';
 
 export interface ServiceCliOptions {
