@@ -6,7 +6,6 @@ export const EXIT = {
   NO_MIGRATION: 3,
   PERMISSION: 4,
   DEVICE_LEFT_BAD: 5,
-  INTERRUPTED: 130,
 } as const;
 
 export const EXIT_HELP = `Exit codes:

@@ -7,7 +7,7 @@ import type { V2Device } from '../v2/device.js';
 import { nextState } from '../v2/fsm.js';
 import { openKernelDevice } from '../v2/kernel/kernel-device.js';
 import { createSimDevice, type SimDeviceOptions, type SimArcFault } from '../v2/sim/sim-device.js';
-import { MigFlag, migStateName, parseMigState } from '../v2/uapi.js';
+import { MIG_FLAGS_ALL, MigFlag, isMigFlagSet, migStateName, parseMigState } from '../v2/uapi.js';
 import { CliError } from './output.js';
 import { EXIT } from './exit-codes.js';
 
@@ -37,8 +37,6 @@ export function parseSize(text: string, what: string, max = Number.MAX_SAFE_INTE
   return n;
 }
 
-const KNOWN_FLAGS = MigFlag.STOP_COPY | MigFlag.P2P | MigFlag.PRE_COPY;
-
 /** Parses `7`, `0x5`, `STOP_COPY+P2P`, `stop_copy,pre_copy`: a set the kernel accepts (STOP_COPY always in it). */
 export function parseFlags(text: string, what = 'flags'): number {
   const t = text.trim();
@@ -51,7 +49,7 @@ export function parseFlags(text: string, what = 'flags'): number {
       flags |= MigFlag[name];
     }
   }
-  if (!(flags & MigFlag.STOP_COPY) || flags & ~KNOWN_FLAGS) throw usage(what, `flags ${text}: a set of STOP_COPY (required), P2P and PRE_COPY, e.g. 7 or STOP_COPY+P2P`);
+  if (!isMigFlagSet(flags)) throw usage(what, `flags ${text}: a set of STOP_COPY (required), P2P and PRE_COPY, e.g. 7 or STOP_COPY+P2P`);
   return flags;
 }
 
@@ -104,7 +102,7 @@ export function parseSimSpec(spec: string): SimDeviceOptions {
     }
   }
   // The arc a fault fires on is one step the device takes: check it against the FSM for these flags.
-  const flags = opts.flags ?? MigFlag.STOP_COPY | MigFlag.P2P | MigFlag.PRE_COPY;
+  const flags = opts.flags ?? MIG_FLAGS_ALL; // the sim's default
   for (const f of faults.failArc ?? []) {
     let step: number | null = null;
     try {

@@ -13,11 +13,10 @@ import type { V2Device } from '../v2/device.js';
 import { saveV2 } from '../v2/native-caller.js';
 import { MigState } from '../v2/uapi.js';
 import { SimDevice } from '../v2/sim/sim-device.js';
-import { asVfioError } from '../errors.js';
+import { VfioError, asVfioError } from '../errors.js';
 import { encodeHeader, encodeTrailer, newHash, stateFileHeader, type SavedProtocol } from './state-file.js';
 import { CliError, progressReporter, toJson } from './output.js';
 import { EXIT } from './exit-codes.js';
-import { VfioError } from '../errors.js';
 
 export interface SaveOptions {
   output: string;

@@ -22,6 +22,7 @@
 import { createHash, type Hash } from 'node:crypto';
 import { defineStruct } from '../struct.js';
 import { VfioError } from '../errors.js';
+import { isMigFlagSet } from '../v2/uapi.js';
 
 export const FILE_VERSION = 1;
 export const STREAMED = 0xffff_ffff_ffff_ffffn;
@@ -72,7 +73,7 @@ export function decodeHeader(b: Uint8Array, file: string): StateFileHeader {
   if (h.protocol !== PROTOCOL.v1 && h.protocol !== PROTOCOL.v2) throw bad(`unknown protocol byte ${h.protocol}`);
   if (h.reserved0 !== 0 || h.reserved !== 0n) throw bad('reserved header bytes are not zero: not written by this tool, or corrupted');
   // The source's flags are informational, but a corrupted value must not pass: STOP_COPY and known bits only.
-  if (!(h.flags & 1) || h.flags & ~7) throw bad(`source flags 0x${h.flags.toString(16)} are not a VFIO migration flag set`);
+  if (!isMigFlagSet(h.flags)) throw bad(`source flags 0x${h.flags.toString(16)} are not a VFIO migration flag set`);
   return { version: h.version, protocol: h.protocol === PROTOCOL.v1 ? 'v1' : 'v2', flags: h.flags, byteCount: h.byte_count === STREAMED ? null : h.byte_count };
 }
 

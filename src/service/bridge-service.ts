@@ -17,7 +17,7 @@ import { holdsSession } from '../v2/fsm.js';
 import { sysClose, sysMapShared, sysTakeFd, type SharedMapping } from '../v2/kernel/sys.js';
 import { MigState, VFIO_REGION_SUBTYPE_MIGRATION_DEPRECATED, VFIO_REGION_TYPE_MIGRATION_DEPRECATED, encodeRegionInfo, migStateName } from '../v2/uapi.js';
 import { GroupMember, QuiesceGroup, type GroupEvent } from './quiesce-group.js';
-import { RequestReader, WireOp, concat, encodeReply, vmw_bye, vmw_hello, vmw_hello_reply, vmw_region } from './wire.js';
+import { RequestReader, WireOp, encodeReply, vmw_bye, vmw_hello, vmw_hello_reply, vmw_region } from './wire.js';
 
 /** What a VMM said about the device fd it wants bridged. */
 export interface DeviceHello {
@@ -144,6 +144,10 @@ class DeviceSession {
     sock.on('error', () => undefined); // 'close' follows
   }
 
+  get #sectionSize(): number {
+    return this.#opts.sectionSize ?? SERVICE_SECTION_SIZE;
+  }
+
   get #name(): string {
     return this.#device?.name ?? this.#hello?.name ?? 'device';
   }
@@ -196,7 +200,7 @@ class DeviceSession {
     this.#hello = hello;
     const refuse = (why: string) => {
       this.#log(`${hello.name} (VMM pid ${hello.pid}) is not bridged: ${why}`);
-      this.#reply(0, concat(vmw_hello_reply.encode({ bridged: 0 }), new TextEncoder().encode(why)));
+      this.#reply(0, Buffer.concat([vmw_hello_reply.encode({ bridged: 0 }), Buffer.from(why)]));
     };
     let dev: V2Device;
     try {
@@ -211,8 +215,7 @@ class DeviceSession {
       await this.#closeDevice();
       return refuse('it already has a v1 migration region');
     }
-    const sectionSize = this.#opts.sectionSize ?? SERVICE_SECTION_SIZE;
-    this.#reply(0, vmw_hello_reply.encode({ bridged: 1, section_size: BigInt(sectionSize) }));
+    this.#reply(0, vmw_hello_reply.encode({ bridged: 1, section_size: BigInt(this.#sectionSize) }));
   }
 
   async #onSection(payload: Uint8Array): Promise<void> {
@@ -220,10 +223,9 @@ class DeviceSession {
     const dev = this.#device;
     if (!hello || !dev || this.#bridge) throw new VfioError('EPROTO', 'serve', this.#name, 'SECTION out of order');
     const memfd = new DataView(payload.buffer, payload.byteOffset, 4).getInt32(0, true);
-    const sectionSize = this.#opts.sectionSize ?? SERVICE_SECTION_SIZE;
     const fd = sysTakeFd(hello.pid, memfd, 'serve: data section', dev.name);
     try {
-      this.#mapping = sysMapShared(fd, sectionSize, 'serve: data section', dev.name);
+      this.#mapping = sysMapShared(fd, this.#sectionSize, 'serve: data section', dev.name);
     } finally {
       sysClose(fd); // the mapping keeps the memory
     }
@@ -243,19 +245,19 @@ class DeviceSession {
     this.stats = { device: dev.name, vmm: hello.pid, headerAccesses: 0, dataReads: 0n, dataWrites: 0n, dataMmaps: 0n };
     this.#reply(
       0,
-      concat(
+      Buffer.concat([
         vmw_region.encode({
           index: hello.numRegions,
           info_len: info.length,
           region_offset: regionOffset(hello.numRegions),
           region_size: BigInt(this.#bridge.size),
           data_offset: BigInt(this.#bridge.dataOffset),
-          section_size: BigInt(sectionSize),
+          section_size: BigInt(this.#bridge.sectionSize),
         }),
         info,
-      ),
+      ]),
     );
-    this.#log(`${dev.name} (VMM pid ${hello.pid}) bridged: v1 region ${hello.numRegions}, data section ${sectionSize} bytes in shared memory`);
+    this.#log(`${dev.name} (VMM pid ${hello.pid}) bridged: v1 region ${hello.numRegions}, data section ${this.#bridge.sectionSize} bytes in shared memory`);
   }
 
   /**

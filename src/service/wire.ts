@@ -6,7 +6,6 @@
 import { defineStruct } from '../struct.js';
 
 export const WireOp = { HELLO: 1, SECTION: 2, READ: 3, WRITE: 4, BYE: 5 } as const;
-export type WireOpName = keyof typeof WireOp;
 
 export const vmw_request = defineStruct('vmw_request', 24, {
   op: { offset: 0, type: 'u32' },
@@ -63,7 +62,7 @@ export class RequestReader {
   #buf: Uint8Array = new Uint8Array(0);
 
   push(data: Uint8Array): WireRequest[] {
-    this.#buf = this.#buf.length ? concat(this.#buf, data) : data;
+    this.#buf = this.#buf.length ? Buffer.concat([this.#buf, data]) : data;
     const out: WireRequest[] = [];
     for (;;) {
       if (this.#buf.length < vmw_request.size) break;
@@ -82,19 +81,5 @@ export function encodeReply(result: number, payload: Uint8Array = new Uint8Array
   const out = new Uint8Array(vmw_reply.size + payload.length);
   vmw_reply.encode({ result, payload_len: payload.length }, out);
   out.set(payload, vmw_reply.size);
-  return out;
-}
-
-export function encodeRequest(op: number, offset: bigint, length: number, payload: Uint8Array = new Uint8Array(0)): Uint8Array {
-  const out = new Uint8Array(vmw_request.size + payload.length);
-  vmw_request.encode({ op, payload_len: payload.length, offset, length }, out);
-  out.set(payload, vmw_request.size);
-  return out;
-}
-
-export function concat(a: Uint8Array, b: Uint8Array): Uint8Array {
-  const out = new Uint8Array(a.length + b.length);
-  out.set(a);
-  out.set(b, a.length);
   return out;
 }

@@ -76,6 +76,12 @@ export const MigFlag = {
   PRE_COPY: 1 << 2,
 } as const;
 export type MigFlagName = keyof typeof MigFlag;
+export const MIG_FLAGS_ALL = MigFlag.STOP_COPY | MigFlag.P2P | MigFlag.PRE_COPY;
+
+/** A flag set a v2 driver may report: STOP_COPY always, no bits beyond the three defined. */
+export function isMigFlagSet(flags: number): boolean {
+  return (flags & MigFlag.STOP_COPY) !== 0 && (flags & ~MIG_FLAGS_ALL) === 0;
+}
 
 export function migStateName(s: number): string {
   return MigState[s] ?? `UNKNOWN(${s})`;

@@ -27,8 +27,6 @@ interface Libc {
   syscall3: (nr: number, a: number, b: number, c: number) => number | bigint;
   mmap: (addr: null, len: number, prot: number, flags: number, fd: number, off: bigint) => unknown;
   munmap: (addr: unknown, len: number) => number;
-  memfdCreate: (name: string, flags: number) => number;
-  ftruncate: (fd: number, len: bigint) => number;
 }
 
 let libc: Libc | null = null;
@@ -51,8 +49,6 @@ function load(): Libc {
     syscall3: lib.func('long syscall(long nr, long a, long b, long c)'),
     mmap: lib.func('void *mmap(void *addr, size_t len, int prot, int flags, int fd, int64_t off)'),
     munmap: lib.func('int munmap(void *addr, size_t len)'),
-    memfdCreate: lib.func('int memfd_create(const char *name, unsigned int flags)'),
-    ftruncate: lib.func('int ftruncate(int fd, int64_t len)'),
   } as Libc;
   return libc;
 }
@@ -150,7 +146,6 @@ export function sysTakeFd(pid: number, fd: number, op: string, device: string): 
 const PROT_READ = 1;
 const PROT_WRITE = 2;
 const MAP_SHARED = 1;
-const MFD_CLOEXEC = 1;
 
 /** Shared memory mapped from `fd` (a memfd): the bytes and how to unmap them. */
 export interface SharedMapping {
@@ -171,17 +166,4 @@ export function sysMapShared(fd: number, size: number, op: string, device: strin
       live = false;
     },
   };
-}
-
-/** An anonymous shared-memory file of `size` bytes (memfd_create + ftruncate). */
-export function sysMemfd(name: string, size: number, op: string): number {
-  const lib = load();
-  const fd = lib.memfdCreate(name, MFD_CLOEXEC);
-  if (fd < 0) throw fail(op, name, 'memfd_create');
-  if (lib.ftruncate(fd, BigInt(size)) < 0) {
-    const e = fail(op, name, 'ftruncate');
-    lib.close(fd);
-    throw e;
-  }
-  return fd;
 }

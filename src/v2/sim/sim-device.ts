@@ -8,8 +8,8 @@ import { createHash } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { VfioError } from '../../errors.js';
 import type { DataStream, PrecopyInfo, V2Device } from '../device.js';
-import { arcEndsStream, arcOpensStream, isSavingState, isStateSupported, nextState } from '../fsm.js';
-import { MigState, MIG_STATE_COUNT, migStateName } from '../uapi.js';
+import { arcEndsStream, arcOpensStream, isSavingState, nextState } from '../fsm.js';
+import { MIG_FLAGS_ALL, MigState, MIG_STATE_COUNT, isMigFlagSet, migStateName } from '../uapi.js';
 import { Prng, fnv1a32, pageWindow, patternFor } from './content.js';
 import { RECORD_END, RECORD_PAGE, SIM_STREAM_MAGIC, simHeader, simRecord } from './stream-format.js';
 
@@ -414,8 +414,8 @@ export class SimDevice implements V2Device {
   constructor(options: SimDeviceOptions = {}) {
     this.profile = options.profile ?? 'default';
     const mtty = this.profile === 'mtty';
-    this.flags = options.flags ?? 7;
-    if (!isStateSupported(MigState.STOP, this.flags) || this.flags & ~7) {
+    this.flags = options.flags ?? MIG_FLAGS_ALL;
+    if (!isMigFlagSet(this.flags)) {
       throw new VfioError('EINVAL', 'createSimDevice', 'sim', `flags must be 1, 3, 5 or 7 (got ${this.flags})`);
     }
     this.stateSize = options.stateSize ?? (mtty ? (options.ports === 1 ? 60 : 96) : 1 << 20);
