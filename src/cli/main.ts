@@ -143,7 +143,7 @@ program
   .addOption(serviceSectionOption())
   .option('--sim <device>', 'serve every device with a fresh simulated DEVICE instead of the VMM\'s own (testing)')
   .passThroughOptions()
-  .addHelpText('after', '\nThe exit status is COMMAND\'s (128+N when signal N ended it); SIGINT, SIGTERM, SIGHUP and SIGQUIT are forwarded.\n\nExample:\n  vfio-mig exec -- qemu-system-x86_64 -M pc -device vfio-pci,sysfsdev=/sys/bus/mdev/devices/UUID,x-enable-migration=on ...\n  vfio-mig exec --trace mig.ndjson -- qemu-system-x86_64 ...')
+  .addHelpText('after', '\nThe exit status is COMMAND\'s (128+N when signal N ended it; 125 when exec itself failed, 127 when COMMAND was not found); SIGINT, SIGTERM, SIGHUP and SIGQUIT are forwarded. The service ends with COMMAND.\n\nExample:\n  vfio-mig exec -- qemu-system-x86_64 -M pc -device vfio-pci,sysfsdev=/sys/bus/mdev/devices/UUID,x-enable-migration=on ...\n  vfio-mig exec --trace mig.ndjson -- qemu-system-x86_64 ...')
   .action(async (command: string[], o) => {
     process.exitCode = await execCommand(command, o);
   });
