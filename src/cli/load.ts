@@ -80,7 +80,7 @@ export async function loadCommand(devSpec: string, openDevice: (s: string) => Pr
   }
   const { src, header: h, name } = await openInput(opts.input);
   const dev = await openDevice(devSpec);
-  const progress = progressReporter(`load ${dev.name}`);
+  const progress = progressReporter(`load ${dev.name}`, h.byteCount !== null ? { bytes: h.byteCount, estimate: false } : null);
   const body = verifiedBody(src, name);
   let touched = false;
   try {

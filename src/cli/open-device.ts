@@ -16,7 +16,8 @@ export const DEVICE_HELP = `DEVICE is one of:
   sim:key=value,...             with options: flags=7|STOP_COPY+P2P+PRE_COPY, size=4M, seed=N,
                                 profile=mtty, ports=1|2, dirty=0.125, resume-failure=stay|error,
                                 fail=FROM:TO:ERRNO[:error] (repeatable with +), short-read=N,
-                                short-write=N, read-delay-ms=N
+                                short-write=N, read-delay-ms=N,
+                                write-delay-ms=N
   /dev/vfio/devices/vfioN       a kernel device through iommufd (cdev)
   /dev/vfio/N:NAME              a kernel device through its VFIO group (NAME: mdev UUID or PCI address)`;
 
@@ -94,6 +95,7 @@ export function parseSimSpec(spec: string): SimDeviceOptions {
       case 'short-read': faults.shortRead = int(); break;
       case 'short-write': faults.shortWrite = int(); break;
       case 'read-delay-ms': faults.readDelayMs = int(); break;
+      case 'write-delay-ms': faults.writeDelayMs = int(); break;
       case 'fail':
         faults.failArc = value.split('+').map((f) => parseArcFault(spec, f));
         break;

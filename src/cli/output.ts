@@ -79,7 +79,11 @@ export function formatBytes(n: number): string {
   return `${v.toFixed(1)} ${units[u]}`;
 }
 
-export function progressReporter(label: string): ((phase: string, bytes: number) => void) & { done(): void } {
+/**
+ * `total`: the byte count when it is known (a state file's header), or
+ * MIG_DATA_SIZE's estimate (shown with "~" and never as 100 % before the end).
+ */
+export function progressReporter(label: string, total?: { bytes: bigint; estimate: boolean } | null): ((phase: string, bytes: number) => void) & { done(): void } {
   const started = Date.now();
   let last = 0;
   const on = progressEnabled();
@@ -88,11 +92,17 @@ export function progressReporter(label: string): ((phase: string, bytes: number)
     if (!on || now - last < 100) return;
     last = now;
     const rate = bytes / Math.max(0.001, (now - started) / 1000);
-    process.stderr.write(`\r${label} ${phase}: ${formatBytes(bytes)} at ${formatBytes(rate)}/s   `);
+    process.stderr.write(`\r${label} ${phase}: ${formatBytes(bytes)}${percentOf(bytes, total)} at ${formatBytes(rate)}/s   `);
   };
   return Object.assign(fn, {
     done() {
       if (on && last) process.stderr.write('\n');
     },
   });
+}
+
+function percentOf(bytes: number, total?: { bytes: bigint; estimate: boolean } | null): string {
+  if (!total || total.bytes <= 0n) return '';
+  const pct = Math.floor((bytes * 100) / Number(total.bytes));
+  return total.estimate ? ` (~${Math.min(pct, 99)}% of ~${formatBytes(Number(total.bytes))})` : ` (${Math.min(pct, 100)}%)`;
 }

@@ -15,7 +15,7 @@ import { MigState } from '../v2/uapi.js';
 import { SimDevice } from '../v2/sim/sim-device.js';
 import { VfioError, asVfioError } from '../errors.js';
 import { encodeHeader, encodeTrailer, newHash, stateFileHeader, type SavedProtocol } from './state-file.js';
-import { CliError, progressReporter, toJson } from './output.js';
+import { CliError, progressEnabled, progressReporter, toJson } from './output.js';
 import { EXIT } from './exit-codes.js';
 
 export interface SaveOptions {
@@ -61,7 +61,9 @@ export async function saveCommand(dev: V2Device, opts: SaveOptions): Promise<voi
   if (tmp) unfinishedFiles.add(tmp);
   const hash = newHash();
   let count = 0n;
-  const progress = progressReporter(`save ${dev.name}`);
+  // MIG_DATA_SIZE is an estimate (pre-copy may send more); ENOTTY: no percentage.
+  const estimate = progressEnabled() ? await dev.stopCopySize().catch(() => null) : null;
+  const progress = progressReporter(`save ${dev.name}`, estimate ? { bytes: estimate, estimate: true } : null);
   try {
     const header = encodeHeader({ protocol: opts.protocol, flags, byteCount: null });
     if (fh) await fh.write(header);

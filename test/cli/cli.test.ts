@@ -197,7 +197,14 @@ describe('progress', () => {
     const file = join(dir, 'progress.vfio');
     const tty = spawnSync('script', ['-qec', `${process.execPath} ${CLI} save sim:size=8M,read-delay-ms=1 -o ${file}`, '/dev/null'], { encoding: 'utf8' });
     expect(tty.status).toBe(0);
-    expect(tty.stdout).toMatch(/\rsave sim:size=8M,read-delay-ms=1 (precopy|stopcopy): [\d.]+ (KiB|MiB) at [\d.]+ (B|KiB|MiB|GiB)\/s/);
+    expect(tty.stdout).toMatch(/\rsave sim:size=8M,read-delay-ms=1 (precopy|stopcopy): [\d.]+ (KiB|MiB) \(~\d+% of ~8\.0 MiB\) at [\d.]+ (B|KiB|MiB|GiB)\/s/);
+    // A state file says its size: an exact percentage, 100 at the end.
+    const load = spawnSync('script', ['-qec', `${process.execPath} ${CLI} load sim:size=8M,write-delay-ms=1,short-write=65536 -i ${file}`, '/dev/null'], { encoding: 'utf8' });
+    expect(load.status).toBe(0);
+    const shown = [...load.stdout.matchAll(/\rload sim:\S+ resume: [\d.]+ (?:KiB|MiB) \((\d+)%\) at /g)].map((m) => Number(m[1]));
+    expect(shown.length).toBeGreaterThan(1);
+    expect(shown).toEqual([...shown].sort((a, b) => a - b));
+    expect(shown.every((p) => p >= 0 && p <= 100)).toBe(true);
     const piped = runCli(['save', 'sim:size=8M', '-o', file]);
     expect(piped.code).toBe(0);
     expect(piped.stderr).toBe('');

@@ -45,6 +45,8 @@ export interface SimFaults {
   writeErrors?: SimIoFault[];
   /** Delay before each read() completes, ms (a slow device). */
   readDelayMs?: number;
+  /** Delay before each write() completes, ms (a slow resume). */
+  writeDelayMs?: number;
 }
 
 export interface SimDeviceOptions {
@@ -363,6 +365,10 @@ class SimStream implements DataStream {
     this.#check(op);
     if (!this.resume) throw new VfioError('EINVAL', op, this.dev.name, 'saving stream is read-only');
     const f = this.dev.faults;
+    if (f.writeDelayMs) {
+      await sleep(f.writeDelayMs);
+      this.#check(op);
+    }
     this.#injected(op, f.writeErrors, this.#writeFaultsLeft, this.#writes);
     const chunk = f.shortWrite ? from.subarray(0, Math.min(from.length, f.shortWrite)) : from;
     const headerError = this.resume.consume(chunk);

@@ -1,0 +1,20 @@
+// npm run test:mutation: mutation testing of the bridge and the FSM, the two
+// places where a wrong branch silently corrupts a migration. Not in CI (tens
+// of minutes on two cores); incremental, so a rerun tests only what changed.
+// Error-message strings are left out (StringLiteral): a changed message is
+// not a logic fault. RELIABILITY.md lists the score and the survivors.
+/** @type {import('@stryker-mutator/api/core').PartialStrykerOptions} */
+export default {
+  testRunner: 'vitest',
+  vitest: { configFile: 'vitest.mutation.config.ts' },
+  mutate: ['src/bridge/*.ts', 'src/v2/fsm.ts'],
+  mutator: { excludedMutations: ['StringLiteral'] },
+  coverageAnalysis: 'perTest',
+  incremental: true,
+  incrementalFile: '.stryker-incremental.json',
+  reporters: ['clear-text', 'progress', 'json'],
+  jsonReporter: { fileName: '.stryker-report.json' },
+  concurrency: 2,
+  tempDirName: '.stryker-tmp',
+  cleanTempDir: 'always',
+};
