@@ -6,7 +6,7 @@
 import { VfioError, isVfioError } from '../errors.js';
 import { MIGRATION_INFO as F, V1, isErrorV1, isSeed004Allowed, isValidV1, setErrorV1, v1StateName, type V1Region } from '../v1/uapi.js';
 import type { DataStream, V2Device } from '../v2/device.js';
-import { isSavingState } from '../v2/fsm.js';
+import { arcOpensStream, isSavingState } from '../v2/fsm.js';
 import { readSome, writeAll } from '../v2/stream-io.js';
 import {
   MigFlag,
@@ -306,9 +306,35 @@ export class V1Bridge implements V1Region {
       await this.#recover(start, old);
       throw e;
     }
+    if (Boolean(stream) !== arcOpensStream(start, target)) {
+      await this.#movedBehindUs(start, target, stream, old, op);
+    }
     this.#v2 = target;
     this.#shadow = value;
     this.#afterTransition(start, target, stream, value);
+  }
+
+  /**
+   * SET_STATE answered with a data_fd where the bridge expected none, or none
+   * where it expected one: the device was not in the state the bridge left
+   * it in, so another owner moved it (a second bridge, a reset from outside).
+   * No data_fd: the device already was at the target, in someone else's
+   * session; nothing changed, so a nak. An unexpected data_fd: the session
+   * this bridge's caller was reading or writing is gone; the new one would
+   * restart the stream, so it is closed and the region reads 110.
+   */
+  async #movedBehindUs(start: MigState, target: MigState, stream: DataStream | null, oldV1: number, op: string): Promise<never> {
+    const name = this.#dev.name;
+    if (!stream) {
+      this.#v2 = await this.#call('GET_STATE', () => this.#dev.getState(), migStateName).catch(() => target);
+      this.#dropSession();
+      throw new VfioError('EBUSY', op, name, `the device was already in ${migStateName(this.#v2)} without a data_fd for this region: another owner holds its data session`);
+    }
+    void stream.close().catch(() => undefined);
+    this.#dropSession();
+    this.#v2 = target;
+    this.#shadow = setErrorV1(oldV1);
+    throw new VfioError('EBUSY', op, name, `the device was moved outside this region (expected ${migStateName(start)}): its data session is gone; reset the device`);
   }
 
   /** Stream and buffer bookkeeping after the device moved start -> target. */

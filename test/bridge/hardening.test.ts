@@ -4,7 +4,7 @@
  * overlapping accesses. Each test failed before its fix.
  */
 import { describe, expect, it } from 'vitest';
-import { createSimDevice, MigState, openV1Bridge, type SimDeviceOptions, type V1Bridge, type V1TraceEvent } from '../../src/index.js';
+import { createSimDevice, MigState, openV1Bridge, type DataStream, type SimDeviceOptions, type V1Bridge, type V1TraceEvent } from '../../src/index.js';
 import { readU32, readU64, writeU32, writeU64 } from '../../src/v1/region-access.js';
 import { saveV2 } from '../helpers.js';
 
@@ -157,5 +157,40 @@ describe('finding 11: overlapping accesses are serialized in order', () => {
     expect(events[0]!.v2[0]).toMatch(/^SET_STATE RUNNING->STOP_COPY/);
     expect(events[1]!.v2.every((op) => op.startsWith('read(data_fd') || op.startsWith('FEATURE_MIG_DATA_SIZE'))).toBe(true);
     expect(events[3]!.v2).toEqual([]);
+  });
+});
+
+describe('a device moved outside the bridge (found by racing two bridges on one device)', () => {
+  it('010 on a device another owner already holds in STOP_COPY: EBUSY, a nak, never an empty save', async () => {
+    const dev = createSimDevice({ flags: 1, stateSize: 50_000 });
+    const a = await openV1Bridge(dev, { sectionSize: SECTION });
+    const b = await openV1Bridge(dev, { sectionSize: SECTION });
+    await writeU32(a, STATE, 2);
+    await expect(writeU32(b, STATE, 2)).rejects.toMatchObject({ code: 'EBUSY' });
+    expect(await readU32(b, STATE)).toBe(1);
+    expect(await readU64(b, PENDING)).toBe(0n);
+    // The owner's session is untouched.
+    expect(await readU64(a, PENDING)).toBeGreaterThan(0n);
+  });
+
+  it('pre-copy after an outside reset: 011 -> 010 would restart the stream, so EBUSY and 110', async () => {
+    const dev = createSimDevice({ flags: 5, stateSize: 50_000 });
+    const opened: DataStream[] = [];
+    const setState = dev.setState.bind(dev);
+    dev.setState = async (s) => {
+      const st = await setState(s);
+      if (st) opened.push(st);
+      return st;
+    };
+    const br = await openV1Bridge(dev, { sectionSize: SECTION });
+    await writeU32(br, STATE, 3);
+    await readU64(br, PENDING);
+    await dev.reset(); // someone else's VFIO_DEVICE_RESET
+    await expect(writeU32(br, STATE, 2)).rejects.toMatchObject({ code: 'EBUSY' });
+    expect(await readU32(br, STATE)).toBe(6);
+    expect(opened.length).toBe(2);
+    expect(opened.every((st) => st.closed)).toBe(true);
+    await br.reset();
+    expect(await readU32(br, STATE)).toBe(1);
   });
 });
