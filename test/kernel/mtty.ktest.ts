@@ -29,6 +29,8 @@ for (const [path, spec] of [['cdev', cdevOf], ['group', groupOf]] as const) {
     name: `mtty via ${path}`,
     flags: 7,
     temporaryEnd: 'zero',
+    // The long profile here: only a kernel device has real fds to leak (about 30 s a path).
+    cycles: 1000,
     open: (which) => openKernelDevice(spec(UUID[which])),
     async mutate(dev, value) {
       const k = dev as KernelDevice;

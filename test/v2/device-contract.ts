@@ -34,12 +34,14 @@ export interface ContractTarget {
   mutate(dev: V2Device, value: number): Promise<void>;
   /** What a resume must reproduce. */
   fingerprint(dev: V2Device): Promise<string>;
+  /** Save/load cycles in the stress test (default: 100, or 1000 with VFIO_MIG_LONG=1). */
+  cycles?: number;
 }
 
 const S = MigState;
 
 /** Save/load cycles in the stress test: the quick profile, or the long one (VFIO_MIG_LONG=1). */
-const CYCLES = process.env.VFIO_MIG_LONG ? 1000 : 100;
+const DEFAULT_CYCLES = process.env.VFIO_MIG_LONG ? 1000 : 100;
 
 setFlagsFromString('--expose-gc');
 const gc = runInNewContext('gc') as () => void;
@@ -86,6 +88,7 @@ async function withDevice<T>(t: ContractTarget, which: 'a' | 'b', fn: (d: V2Devi
 }
 
 export function deviceContract(t: ContractTarget): void {
+  const CYCLES = t.cycles ?? DEFAULT_CYCLES;
   describe(`${t.name}: v2 device contract`, () => {
     it('reports its migration flags and starts RUNNING', async () => {
       await withDevice(t, 'a', async (d) => {
