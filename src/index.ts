@@ -20,6 +20,8 @@ export {
   isErrorV1,
   setErrorV1,
   v1StateName,
+  V1_TRANSITION_CHECK,
+  v1TransitionCheckAllows,
   SEED004_ALLOWED,
   isSeed004Allowed,
   vfio_device_migration_info,

@@ -1,5 +1,5 @@
 /**
- * v1 device_state values <-> v2 states (DESIGN.md "State mapping", Q1-Q6).
+ * v1 device_state values <-> v2 states (docs/protocol.md#bridge-states).
  */
 import { V1 } from '../v1/uapi.js';
 import { MigFlag, MigState } from '../v2/uapi.js';

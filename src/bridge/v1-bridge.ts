@@ -1,10 +1,10 @@
 /**
- * A byte-exact v1 migration region over a v2 device (DESIGN.md "The v1
- * region the bridge presents", "State mapping", "Data path"). Every v1
- * access is translated here and nowhere else.
+ * A byte-exact v1 migration region over a v2 device (docs/protocol.md#bridge:
+ * the region, the state mapping, the data path). Every v1 access is
+ * translated here and nowhere else.
  */
 import { VfioError, isVfioError } from '../errors.js';
-import { MIGRATION_INFO as F, V1, isErrorV1, isSeed004Allowed, isValidV1, setErrorV1, v1StateName, type V1Region } from '../v1/uapi.js';
+import { MIGRATION_INFO as F, V1, isErrorV1, isValidV1, setErrorV1, v1StateName, v1TransitionCheckAllows, type V1Region } from '../v1/uapi.js';
 import type { DataStream, V2Device } from '../v2/device.js';
 import { arcOpensStream, isSavingState } from '../v2/fsm.js';
 import { readSome, writeAll } from '../v2/stream-io.js';
@@ -29,7 +29,7 @@ export interface V1BridgeOptions {
   section?: Uint8Array;
   /** Where the data section starts: page aligned, past the 32-byte header (default 4096). */
   dataOffset?: number;
-  /** Enforce the seed-004 v1 allow-list (transitions old v1 drivers accepted). */
+  /** Enforce the v1 transition check (docs/protocol.md#v1-transition-check): transitions old v1 drivers accepted. */
   strict?: boolean;
   /** On a transition that leaves the device in ERROR: reset it and report 001 instead of 110. */
   resetOnError?: boolean;
@@ -80,7 +80,7 @@ export class V1Bridge implements V1Region {
   readonly #flags: number;
   readonly #opts: V1BridgeOptions;
   readonly #section: Uint8Array;
-  /** v1 device_state as the caller sees it. Starts at 001 with no SET (Q1). */
+  /** v1 device_state as the caller sees it. Starts at 001 with no SET (docs/protocol.md#bridge-states). */
   #shadow: number = V1.RUNNING;
   /** The v2 state the device is in, as far as the bridge knows. */
   #v2: MigState = MigState.RUNNING;
@@ -216,7 +216,7 @@ export class V1Bridge implements V1Region {
     });
   }
 
-  /** Which field an access touches, or EINVAL for anything the v1 contract does not allow (X1, Q14). */
+  /** Which field an access touches, or EINVAL for anything the v1 contract does not allow (docs/protocol.md#v1-access-rules). */
   #field(op: 'read' | 'write', offset: number, length: number): V1Field {
     const bad = (why: string) =>
       new VfioError('EINVAL', `v1.${op}`, this.#dev.name, why, { details: { offset, length } });
@@ -290,7 +290,7 @@ export class V1Bridge implements V1Region {
     const to = value & V1.MASK;
     // v2 blocks STOP_COPY -> PRE_COPY, so v1 010 -> 011 cannot be carried out.
     if (from === V1.SAVING && to === (V1.SAVING | V1.RUNNING)) throw nak('SAVING -> SAVING|RUNNING has no v2 equivalent (STOP_COPY -> PRE_COPY is blocked)');
-    if (this.#opts.strict && from !== to && !isSeed004Allowed(from, to)) throw nak('not in the seed-004 v1 allow-list (strict mode)');
+    if (this.#opts.strict && from !== to && !v1TransitionCheckAllows(from, to)) throw nak('not allowed by the v1 transition check (strict mode)');
 
     const target = v2TargetFor(value, this.#flags);
     const start = this.#v2;
@@ -348,7 +348,7 @@ export class V1Bridge implements V1Region {
   }
 
   /**
-   * A failed SET_STATE (Q5): find where the device is. At the start state:
+   * A failed SET_STATE (docs/protocol.md#bridge-failed-transition): find where the device is. At the start state:
    * a nak. In ERROR: 110 (or reset and 001). Elsewhere: unwind to the start
    * state; if that fails too, 110. P2P and unknown states never leak out.
    */
@@ -448,7 +448,7 @@ export class V1Bridge implements V1Region {
   }
 
   /**
-   * pending_bytes (Q7). Side-effect free for the caller and stable on repeated
+   * pending_bytes (docs/protocol.md#bridge-pending-bytes). Side-effect free for the caller and stable on repeated
    * reads: the value is computed once per chunk and kept until the next
    * data access or state change. A read also ends the current chunk, if the
    * caller read its data_size; a chunk prepared by a data_offset read whose
@@ -541,7 +541,7 @@ export class V1Bridge implements V1Region {
   }
 
   /**
-   * data_offset read while saving (X5b): fill the section, read-ahead
+   * data_offset read while saving (docs/protocol.md#bridge-save-data): fill the section, read-ahead
    * buffer first, then the stream; freeze {offset, size} until the next
    * pending_bytes read.
    */
@@ -566,7 +566,7 @@ export class V1Bridge implements V1Region {
 
   // ---------------------------------------------------------------- resume path
 
-  /** data_size write while resuming (X7): push exactly the n window bytes into the stream before returning. */
+  /** data_size write while resuming (docs/protocol.md#bridge-resume-data): push exactly the n window bytes into the stream before returning. */
   async #writeDataSize(n: bigint): Promise<void> {
     const name = this.#dev.name;
     if (!this.#isResuming() || !this.#stream) throw new VfioError('EINVAL', 'v1.write(data_size)', name, `data_size is written only while RESUMING (device_state ${v1StateName(this.#shadow)})`);
@@ -590,7 +590,7 @@ export async function openV1Bridge(device: V2Device, options: V1BridgeOptions = 
   const flags = await device.migrationFlags();
   if (!(flags & MigFlag.STOP_COPY)) throw new VfioError('ENOTTY', 'openV1Bridge', device.name, 'device does not support VFIO_MIGRATION_STOP_COPY');
   const bridge = new V1Bridge(device, flags, options);
-  // Q1: the shadow starts at 001, but a device not in RUNNING must be stated honestly.
+  // The shadow starts at 001 (docs/protocol.md#bridge-states), but a device not in RUNNING must be stated honestly.
   const state = await device.getState();
   if (state !== MigState.RUNNING) bridge.adoptState(state);
   return bridge;

@@ -3,7 +3,6 @@ import { V1Bridge } from '../bridge/v1-bridge.js';
 import { isVfioError } from '../errors.js';
 import type { V2Device } from '../v2/device.js';
 import { migFlagNames, migStateName } from '../v2/uapi.js';
-import { SimDevice } from '../v2/sim/sim-device.js';
 import { formatBytes, toJson } from './output.js';
 
 export async function infoCommand(dev: V2Device, opts: { json?: boolean; sectionSize: number }): Promise<void> {
@@ -28,7 +27,7 @@ export async function infoCommand(dev: V2Device, opts: { json?: boolean; section
     precopyInfo: null,
     regions,
     v1Region: { index: v1.index, size: v1.size, dataOffset: bridge.dataOffset, sectionSize: bridge.sectionSize, flags: v1.flags, type: v1.type, precopy: flags & 4 ? 'real (PRE_COPY)' : 'virtual (RUNNING, pending_bytes 0)' },
-    ...(dev instanceof SimDevice ? { stateDigest: dev.stateDigest() } : {}),
+    ...(dev.stateDigest ? { stateDigest: await dev.stateDigest() } : {}),
   };
   if (opts.json) {
     console.log(toJson(info));

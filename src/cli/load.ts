@@ -10,7 +10,6 @@ import { loadV1 } from '../v1/reference-caller.js';
 import type { V2Device } from '../v2/device.js';
 import { assertNoSession, loadV2 } from '../v2/native-caller.js';
 import { MigState, migStateName } from '../v2/uapi.js';
-import { SimDevice } from '../v2/sim/sim-device.js';
 import { ByteSource, fileChunks } from './byte-source.js';
 import { EXIT } from './exit-codes.js';
 import { CliError, errorLine, progressReporter, toJson } from './output.js';
@@ -106,7 +105,7 @@ export async function loadCommand(devSpec: string, openDevice: (s: string) => Pr
       deviceFlags: flags,
       bytes: BigInt(bytes),
       state,
-      ...(dev instanceof SimDevice ? { stateDigest: dev.stateDigest() } : {}),
+      ...(dev.stateDigest ? { stateDigest: await dev.stateDigest() } : {}),
     };
     console.log(opts.json ? toJson(summary) : `loaded ${bytes} bytes (saved with ${h.protocol}) into ${dev.name} with the ${opts.protocol} protocol; device now ${state}`);
   } catch (e) {

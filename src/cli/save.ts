@@ -12,7 +12,6 @@ import { saveV1 } from '../v1/reference-caller.js';
 import type { V2Device } from '../v2/device.js';
 import { saveV2 } from '../v2/native-caller.js';
 import { MigState } from '../v2/uapi.js';
-import { SimDevice } from '../v2/sim/sim-device.js';
 import { VfioError, asVfioError } from '../errors.js';
 import { encodeHeader, encodeTrailer, newHash, stateFileHeader, type SavedProtocol } from './state-file.js';
 import { CliError, progressEnabled, progressReporter, toJson } from './output.js';
@@ -109,7 +108,7 @@ export async function saveCommand(dev: V2Device, opts: SaveOptions): Promise<voi
       rounds: result.rounds,
       ...(result.converged === false ? { converged: false, precopyPending: result.precopyPending } : {}),
       finalState: 'STOP',
-      ...(dev instanceof SimDevice ? { stateDigest: dev.stateDigest() } : {}),
+      ...(dev.stateDigest ? { stateDigest: await dev.stateDigest() } : {}),
     };
     // With the data on stdout, the summary goes to stderr.
     const text = opts.json

@@ -1,6 +1,7 @@
 /**
  * The legacy reference caller: the save and resume loops of a v1 VMM
- * (QEMU 5.2-7.2 hw/vfio/migration.c, X5-X7), talking to any V1Region by
+ * (QEMU 5.2-7.2 hw/vfio/migration.c; docs/protocol.md#v1-save-loop,
+ * #v1-resume-loop, #qemu-v1-caller), talking to any V1Region by
  * offsets only. It is the CLI's v1 mode and the bridge's test driver.
  */
 import { VfioError } from '../errors.js';

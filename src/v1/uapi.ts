@@ -53,11 +53,12 @@ export function v1StateName(state: number): string {
 }
 
 /**
- * The proposed v1 allow-list of seed 004 (vfio_from_state_table, Sep 2021,
- * never merged): [old][new], diagonal excluded, RUNNING->RESUMING added as
- * the review agreed. `strict` bridges enforce it.
+ * The v1 transition check (docs/protocol.md#v1-transition-check): the
+ * [old, new] pairs of the allow-list proposed on the kernel list in Sep 2021
+ * and never merged, diagonal excluded, RUNNING->RESUMING added as the review
+ * agreed. `strict` bridges enforce it.
  */
-export const SEED004_ALLOWED: ReadonlyArray<readonly [number, number]> = [
+export const V1_TRANSITION_CHECK: ReadonlyArray<readonly [number, number]> = [
   [V1.STOP, V1.RUNNING],
   [V1.STOP, V1.RESUMING],
   [V1.RUNNING, V1.STOP],
@@ -72,11 +73,17 @@ export const SEED004_ALLOWED: ReadonlyArray<readonly [number, number]> = [
   [V1.RESUMING, V1.RUNNING],
 ];
 
-export function isSeed004Allowed(from: number, to: number): boolean {
+/** Whether the v1 transition check allows from -> to (bits outside MASK ignored). */
+export function v1TransitionCheckAllows(from: number, to: number): boolean {
   const f = from & V1.MASK;
   const t = to & V1.MASK;
-  return SEED004_ALLOWED.some(([a, b]) => a === f && b === t);
+  return V1_TRANSITION_CHECK.some(([a, b]) => a === f && b === t);
 }
+
+/** @deprecated The former name of V1_TRANSITION_CHECK. */
+export const SEED004_ALLOWED = V1_TRANSITION_CHECK;
+/** @deprecated The former name of v1TransitionCheckAllows. */
+export const isSeed004Allowed = v1TransitionCheckAllows;
 
 /** struct vfio_device_migration_info, at offset 0 of the migration region. */
 export const vfio_device_migration_info = defineStruct('vfio_device_migration_info', 32, {

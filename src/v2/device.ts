@@ -56,4 +56,10 @@ export interface V2Device {
   close(): Promise<void>;
   /** VFIO_DEVICE_GET_INFO and GET_REGION_INFO, where the backend has real regions. */
   regions?(): Promise<RegionInfo[]>;
+  /**
+   * A digest of the device's whole current state, where the backend can
+   * compute one (the simulated device: SHA-256 of its state bytes). Equal
+   * digests on source and target prove a resume reproduced the state.
+   */
+  stateDigest?(): string | Promise<string>;
 }

@@ -215,8 +215,21 @@ export interface RegionInfo {
   sparseMmap?: SparseMmapArea[];
 }
 
-// binary-parser for the variable-length area array; 64-bit fields come back as bigint.
+// VFIO_REGION_INFO_CAP_SPARSE_MMAP with its variable-length area array, as
+// one declarative binary-parser layout (u64 fields come back as bigint). Built
+// and compiled once here: binary-parser generates its parse function on the
+// first parse() of a Parser and keeps it. The fixed structs stay in the
+// defineStruct tables (docs/decisions.md 19 says why).
 const sparseAreaParser = new Parser().endianness('little').uint64('offset').uint64('size');
+const sparseMmapCapParser = new Parser()
+  .endianness('little')
+  .uint16('id')
+  .uint16('version')
+  .uint32('next')
+  .uint32('nr_areas')
+  .uint32('reserved')
+  .array('areas', { type: sparseAreaParser, length: 'nr_areas' });
+sparseMmapCapParser.compile();
 
 /**
  * Decodes a vfio_region_info buffer the kernel filled, following the
@@ -243,8 +256,7 @@ export function decodeRegionInfo(buf: Uint8Array): RegionInfo {
       const cap = vfio_region_info_cap_sparse_mmap_header.decode(buf, off);
       const areasEnd = off + 16 + 16 * cap.nr_areas;
       if (areasEnd > limit) throw new RangeError(`vfio_region_info: sparse mmap areas run past argsz`);
-      const areas = new Parser().array('areas', { type: sparseAreaParser, length: cap.nr_areas });
-      const parsed = areas.parse(Buffer.from(buf.buffer, buf.byteOffset + off + 16, 16 * cap.nr_areas)) as {
+      const parsed = sparseMmapCapParser.parse(Buffer.from(buf.buffer, buf.byteOffset + off, areasEnd - off)) as {
         areas: SparseMmapArea[];
       };
       out.sparseMmap = parsed.areas.map((a) => ({ offset: a.offset, size: a.size }));

@@ -1,6 +1,6 @@
 /**
  * The exact v1 access sequences QEMU 7.2 (hw/vfio/migration.c) issues, as
- * docs/qemu-callers.md records them, replayed against the bridge: a legacy
+ * docs/protocol.md#qemu-v1-caller describes them, replayed against the bridge: a legacy
  * caller must work unchanged on a v2 device.
  */
 import { describe, expect, it } from 'vitest';

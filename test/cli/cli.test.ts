@@ -34,6 +34,9 @@ describe('vfio-mig info and state', () => {
     const j = json(runCli(['info', 'sim:flags=STOP_COPY,size=64K', '--json', '--section-size', '64K']).stdout);
     expect(j).toMatchObject({ flags: 1, state: 'RUNNING', v1Region: { sectionSize: 65536, type: { type: 3, subtype: 1 } } });
     expect(typeof j.stopCopySize).toBe('string');
+    // The simulated device offers the stateDigest capability; the CLI shows it.
+    expect(j.stateDigest).toMatch(/^[0-9a-f]{64}$/);
+    expect(r.stdout).toMatch(/^state digest {2}[0-9a-f]{64}$/m);
   });
   it('state gets, sets by v2 name with the path, and sets v1 bits through the bridge', () => {
     expect(runCli(['state', 'sim']).stdout.trim()).toBe('RUNNING');
@@ -66,6 +69,7 @@ describe('vfio-mig save and load', () => {
       expect(l.code, l.stderr).toBe(0);
       const loaded = json(l.stdout);
       expect(loaded).toMatchObject({ savedWith: saveP, protocol: loadP, bytes: saved.bytes, state: 'RUNNING' });
+      expect(saved.stateDigest).toMatch(/^[0-9a-f]{64}$/);
       expect(loaded.stateDigest).toBe(saved.stateDigest);
     });
   }

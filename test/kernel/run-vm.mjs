@@ -11,7 +11,10 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const project = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
-const kernelEnv = process.env.VFIO_MIG_KERNEL;
+// The image built by scripts/kernel/build-kernel.sh into the cache (npm run
+// kernel:build, or npm run test:all when VFIO_MIG_KERNEL is unset).
+const CACHED_KERNEL = join(project, '.cache/kernel/bzImage');
+const kernelEnv = process.env.VFIO_MIG_KERNEL || (existsSync(CACHED_KERNEL) ? CACHED_KERNEL : undefined);
 const kernel = kernelEnv && existsSync(kernelEnv) && !kernelEnv.endsWith('bzImage') && existsSync(join(kernelEnv, 'bzImage')) ? join(kernelEnv, 'bzImage') : kernelEnv;
 const REPORT = join(project, '.ci-kernel.json');
 // The guest console as it came, escape sequences and all; the terminal gets a filtered copy.
@@ -23,7 +26,7 @@ function die(msg) {
   process.exit(1);
 }
 
-if (!kernel) die('set VFIO_MIG_KERNEL to a Linux bzImage built with VFIO, iommufd and the mtty sample (e.g. ../shared/vm/bzImage)');
+if (!kernel) die('no test kernel: set VFIO_MIG_KERNEL to a bzImage built by scripts/kernel/build-kernel.sh, or build one into .cache/kernel with npm run kernel:build (README: The real-kernel test bed)');
 if (!existsSync(kernel)) die(`VFIO_MIG_KERNEL=${kernel}: no such file`);
 if (spawnSync('qemu-system-x86_64', ['--version']).error) {
   // A fresh Debian machine lacks it: install it when we can, else say how.

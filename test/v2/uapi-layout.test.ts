@@ -1,4 +1,5 @@
-import { describe, expect, it } from 'vitest';
+import { Parser } from 'binary-parser';
+import { describe, expect, it, vi } from 'vitest';
 import { uapi } from '../../src/index.js';
 import { vfio_device_migration_info } from '../../src/v1/uapi.js';
 
@@ -91,6 +92,21 @@ describe('codecs', () => {
     const back = uapi.decodeRegionInfo(buf);
     expect(back).toEqual({ ...info, flags: info.flags | uapi.VFIO_REGION_INFO_FLAG_CAPS });
     expect(typeof back.sparseMmap![0]!.size).toBe('bigint');
+  });
+
+  it('decodes sparse mmap areas without compiling a parser per call', () => {
+    // binary-parser generates code on a Parser's first parse(); the layout is built once at load.
+    const compile = vi.spyOn(Parser.prototype, 'compile');
+    try {
+      for (const n of [0, 1, 3]) {
+        const areas = Array.from({ length: n }, (_, i) => ({ offset: BigInt(4096 * (2 * i + 1)), size: BigInt(4096 * (i + 1)) }));
+        const back = uapi.decodeRegionInfo(uapi.encodeRegionInfo({ index: 9, flags: 7, size: 1n << 20n, offset: 0n, sparseMmap: areas }));
+        expect(back.sparseMmap).toEqual(areas);
+      }
+      expect(compile).not.toHaveBeenCalled();
+    } finally {
+      compile.mockRestore();
+    }
   });
 
   it('rejects a capability chain that loops', () => {

@@ -2,7 +2,9 @@
  * A V2Device over a real VFIO device: the iommufd cdev path
  * (/dev/vfio/devices/vfioN) or the legacy group/container path
  * (/dev/vfio/N:NAME). Every operation is one ioctl on the device fd; each
- * data_fd is owned by one KernelStream and closed exactly once.
+ * data_fd is owned by one KernelStream and closed exactly once. Syscalls go
+ * through a SysCalls table (the real ones from sys.ts unless a test passes
+ * a fake kernel).
  */
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { VfioError } from '../../errors.js';
@@ -32,6 +34,7 @@ import {
   VFIO_MIG_GET_PRECOPY_INFO,
   VFIO_SET_IOMMU,
   VFIO_TYPE1v2_IOMMU,
+  FEATURE_HEADER_SIZE,
   decodeRegionInfo,
   featureBuffer,
   iommu_ioas_alloc,
@@ -47,7 +50,7 @@ import {
   vfio_region_info,
   type RegionInfo,
 } from '../uapi.js';
-import { sysClose, sysIoctl, sysIoctlInt, sysOpen, sysPread, sysPwrite, sysRead, sysWrite } from './sys.js';
+import { linuxSys, type SysCalls } from './sys.js';
 
 export type KernelDeviceSpec =
   | string
@@ -65,7 +68,7 @@ export interface BorrowedDeviceSpec {
   name: string;
 }
 
-const FEATURE_PAYLOAD = 8; // every migration feature payload used here is 8 bytes
+const FEATURE_PAYLOAD = 8; // every migration feature payload used here is 8 bytes (after the FEATURE_HEADER_SIZE header)
 
 /** Parses `/dev/vfio/devices/vfioN` or `/dev/vfio/N:NAME`. */
 export function parseKernelSpec(spec: Exclude<KernelDeviceSpec, BorrowedDeviceSpec>): { cdev: string; iommu: string } | { group: string; device: string; container: string } {
@@ -80,8 +83,10 @@ export function parseKernelSpec(spec: Exclude<KernelDeviceSpec, BorrowedDeviceSp
 
 class KernelStream implements DataStream {
   #fd: number;
-  constructor(fd: number, readonly device: string) {
+  readonly #sys: SysCalls;
+  constructor(fd: number, readonly device: string, sys: SysCalls) {
     this.#fd = fd;
+    this.#sys = sys;
   }
   get closed(): boolean {
     return this.#fd < 0;
@@ -91,21 +96,21 @@ class KernelStream implements DataStream {
     return this.#fd;
   }
   async read(into: Uint8Array): Promise<number> {
-    return sysRead(this.#live('data_fd.read'), into, 'data_fd.read', this.device);
+    return this.#sys.read(this.#live('data_fd.read'), into, 'data_fd.read', this.device);
   }
   async write(from: Uint8Array): Promise<number> {
-    return sysWrite(this.#live('data_fd.write'), from, 'data_fd.write', this.device);
+    return this.#sys.write(this.#live('data_fd.write'), from, 'data_fd.write', this.device);
   }
   async precopyInfo(): Promise<PrecopyInfo> {
     const op = 'VFIO_MIG_GET_PRECOPY_INFO';
     // flags zeroed on input, ignored on output: older drivers (mtty) echo it back.
     const buf = vfio_precopy_info.encode({ argsz: vfio_precopy_info.size, flags: 0 });
-    sysIoctl(this.#live(op), VFIO_MIG_GET_PRECOPY_INFO, buf, op, this.device);
+    this.#sys.ioctl(this.#live(op), VFIO_MIG_GET_PRECOPY_INFO, buf, op, this.device);
     const info = vfio_precopy_info.decode(buf);
     return { initialBytes: info.initial_bytes, dirtyBytes: info.dirty_bytes };
   }
   async close(): Promise<void> {
-    if (this.#fd >= 0) sysClose(this.#fd);
+    if (this.#fd >= 0) this.#sys.close(this.#fd);
     this.#fd = -1;
   }
 }
@@ -118,11 +123,13 @@ export class KernelDevice implements V2Device {
   #known: MigState | null = null;
 
   readonly #borrowed: boolean;
+  readonly #sys: SysCalls;
 
-  constructor(readonly name: string, fd: number, held: number[], borrowed = false) {
+  constructor(readonly name: string, fd: number, held: number[], borrowed = false, sys: SysCalls = linuxSys) {
     this.#fd = fd;
     this.#held = held;
     this.#borrowed = borrowed;
+    this.#sys = sys;
   }
 
   #live(op: string): number {
@@ -132,20 +139,20 @@ export class KernelDevice implements V2Device {
 
   #feature(op: string, flags: number, payload?: Uint8Array): Uint8Array {
     const buf = featureBuffer(flags, FEATURE_PAYLOAD);
-    if (payload) buf.set(payload, 8);
-    sysIoctl(this.#live(op), VFIO_DEVICE_FEATURE, buf, op, this.name);
+    if (payload) buf.set(payload, FEATURE_HEADER_SIZE);
+    this.#sys.ioctl(this.#live(op), VFIO_DEVICE_FEATURE, buf, op, this.name);
     return buf;
   }
 
   async migrationFlags(): Promise<number> {
     const op = 'FEATURE_MIGRATION';
     const buf = this.#feature(op, VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_MIGRATION);
-    return Number(vfio_device_feature_migration.decode(buf, 8).flags);
+    return Number(vfio_device_feature_migration.decode(buf, FEATURE_HEADER_SIZE).flags);
   }
 
   async getState(): Promise<MigState> {
     const buf = this.#feature('GET_STATE', VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE);
-    this.#known = vfio_device_feature_mig_state.decode(buf, 8).device_state as MigState;
+    this.#known = vfio_device_feature_mig_state.decode(buf, FEATURE_HEADER_SIZE).device_state as MigState;
     return this.#known;
   }
 
@@ -160,17 +167,17 @@ export class KernelDevice implements V2Device {
       throw e;
     }
     this.#known = state;
-    const fd = vfio_device_feature_mig_state.decode(buf, 8).data_fd;
-    return fd >= 0 ? new KernelStream(fd, this.name) : null;
+    const fd = vfio_device_feature_mig_state.decode(buf, FEATURE_HEADER_SIZE).data_fd;
+    return fd >= 0 ? new KernelStream(fd, this.name, this.#sys) : null;
   }
 
   async stopCopySize(): Promise<bigint> {
     const buf = this.#feature('FEATURE_MIG_DATA_SIZE', VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_MIG_DATA_SIZE);
-    return vfio_device_feature_mig_data_size.decode(buf, 8).stop_copy_length;
+    return vfio_device_feature_mig_data_size.decode(buf, FEATURE_HEADER_SIZE).stop_copy_length;
   }
 
   async reset(): Promise<void> {
-    sysIoctl(this.#live('VFIO_DEVICE_RESET'), VFIO_DEVICE_RESET, null, 'VFIO_DEVICE_RESET', this.name);
+    this.#sys.ioctl(this.#live('VFIO_DEVICE_RESET'), VFIO_DEVICE_RESET, null, 'VFIO_DEVICE_RESET', this.name);
     this.#known = MigState.RUNNING;
   }
 
@@ -179,7 +186,7 @@ export class KernelDevice implements V2Device {
     if (this.#regions) return this.#regions;
     const fd = this.#live('VFIO_DEVICE_GET_INFO');
     const info = vfio_device_info.encode({ argsz: vfio_device_info.size });
-    sysIoctl(fd, VFIO_DEVICE_GET_INFO, info, 'VFIO_DEVICE_GET_INFO', this.name);
+    this.#sys.ioctl(fd, VFIO_DEVICE_GET_INFO, info, 'VFIO_DEVICE_GET_INFO', this.name);
     const count = vfio_device_info.decode(info).num_regions;
     const out: RegionInfo[] = [];
     for (let index = 0; index < count; index++) {
@@ -187,7 +194,7 @@ export class KernelDevice implements V2Device {
       for (;;) {
         const buf = new Uint8Array(argsz);
         vfio_region_info.encode({ argsz, index }, buf);
-        sysIoctl(fd, VFIO_DEVICE_GET_REGION_INFO, buf, `VFIO_DEVICE_GET_REGION_INFO(${index})`, this.name);
+        this.#sys.ioctl(fd, VFIO_DEVICE_GET_REGION_INFO, buf, `VFIO_DEVICE_GET_REGION_INFO(${index})`, this.name);
         const need = vfio_region_info.decode(buf).argsz;
         if (need > argsz) {
           argsz = need;
@@ -213,7 +220,7 @@ export class KernelDevice implements V2Device {
     const op = `region(${index}).read`;
     const r = await this.#region(index, offset, length, op);
     const buf = new Uint8Array(length);
-    const n = sysPread(this.#live(op), buf, r.offset + BigInt(offset), op, this.name);
+    const n = this.#sys.pread(this.#live(op), buf, r.offset + BigInt(offset), op, this.name);
     if (n !== length) throw new VfioError('EIO', op, this.name, `short read: ${n} of ${length} bytes`);
     return buf;
   }
@@ -221,7 +228,7 @@ export class KernelDevice implements V2Device {
   async regionWrite(index: number, offset: number, data: Uint8Array): Promise<void> {
     const op = `region(${index}).write`;
     const r = await this.#region(index, offset, data.length, op);
-    const n = sysPwrite(this.#live(op), data, r.offset + BigInt(offset), op, this.name);
+    const n = this.#sys.pwrite(this.#live(op), data, r.offset + BigInt(offset), op, this.name);
     if (n !== data.length) throw new VfioError('EIO', op, this.name, `short write: ${n} of ${data.length} bytes`);
   }
 
@@ -241,54 +248,56 @@ export class KernelDevice implements V2Device {
     } catch {
       // closing must not fail; the fds are released below either way
     }
-    sysClose(this.#fd);
+    this.#sys.close(this.#fd);
     this.#fd = -1;
-    for (const fd of this.#held.reverse()) sysClose(fd);
+    for (const fd of this.#held.reverse()) this.#sys.close(fd);
     this.#held = [];
   }
 }
 
-function openCdev(path: string, iommu: string): KernelDevice {
+/** @internal The cdev open sequence; exported for the host tests with a fake SysCalls. */
+export function openCdev(path: string, iommu: string, sys: SysCalls = linuxSys): KernelDevice {
   const fds: number[] = [];
   try {
-    const dev = sysOpen(path, 'open');
+    const dev = sys.open(path, 'open');
     fds.push(dev);
-    const iommufd = sysOpen(iommu, 'open');
+    const iommufd = sys.open(iommu, 'open');
     fds.push(iommufd);
     const bind = vfio_device_bind_iommufd.encode({ argsz: vfio_device_bind_iommufd.size, iommufd });
     try {
-      sysIoctl(dev, VFIO_DEVICE_BIND_IOMMUFD, bind, 'VFIO_DEVICE_BIND_IOMMUFD', path);
+      sys.ioctl(dev, VFIO_DEVICE_BIND_IOMMUFD, bind, 'VFIO_DEVICE_BIND_IOMMUFD', path);
     } catch (e) {
       if ((e as VfioError).code !== 'ENOTTY') throw e;
       throw new VfioError('ENOTTY', 'VFIO_DEVICE_BIND_IOMMUFD', path, 'not a VFIO device (cdev) node', { syscall: 'ioctl', cause: e });
     }
     const ioas = iommu_ioas_alloc.encode({ size: iommu_ioas_alloc.size });
-    sysIoctl(iommufd, IOMMU_IOAS_ALLOC, ioas, 'IOMMU_IOAS_ALLOC', iommu);
+    sys.ioctl(iommufd, IOMMU_IOAS_ALLOC, ioas, 'IOMMU_IOAS_ALLOC', iommu);
     const attach = vfio_device_attach_iommufd_pt.encode({ argsz: vfio_device_attach_iommufd_pt.size, pt_id: iommu_ioas_alloc.decode(ioas).out_ioas_id });
-    sysIoctl(dev, VFIO_DEVICE_ATTACH_IOMMUFD_PT, attach, 'VFIO_DEVICE_ATTACH_IOMMUFD_PT', path);
-    return new KernelDevice(path, dev, [iommufd]);
+    sys.ioctl(dev, VFIO_DEVICE_ATTACH_IOMMUFD_PT, attach, 'VFIO_DEVICE_ATTACH_IOMMUFD_PT', path);
+    return new KernelDevice(path, dev, [iommufd], false, sys);
   } catch (e) {
-    for (const fd of fds.reverse()) sysClose(fd);
+    for (const fd of fds.reverse()) sys.close(fd);
     throw e;
   }
 }
 
-function openGroup(group: string, device: string, containerPath: string): KernelDevice {
+/** @internal The group/container open sequence; exported for the host tests with a fake SysCalls. */
+export function openGroup(group: string, device: string, containerPath: string, sys: SysCalls = linuxSys): KernelDevice {
   const name = `${group}:${device}`;
   const fds: number[] = [];
   try {
-    const container = sysOpen(containerPath, 'open');
+    const container = sys.open(containerPath, 'open');
     fds.push(container);
-    const api = sysIoctl(container, VFIO_GET_API_VERSION, null, 'VFIO_GET_API_VERSION', containerPath);
+    const api = sys.ioctl(container, VFIO_GET_API_VERSION, null, 'VFIO_GET_API_VERSION', containerPath);
     if (api !== VFIO_API_VERSION) throw new VfioError('EINVAL', 'VFIO_GET_API_VERSION', containerPath, `unknown VFIO API version ${api}`);
-    if (sysIoctlInt(container, VFIO_CHECK_EXTENSION, VFIO_TYPE1v2_IOMMU, 'VFIO_CHECK_EXTENSION(TYPE1v2)', containerPath) <= 0) {
+    if (sys.ioctlInt(container, VFIO_CHECK_EXTENSION, VFIO_TYPE1v2_IOMMU, 'VFIO_CHECK_EXTENSION(TYPE1v2)', containerPath) <= 0) {
       throw new VfioError('ENOTTY', 'VFIO_CHECK_EXTENSION(TYPE1v2)', containerPath, 'the container does not support VFIO_TYPE1v2_IOMMU');
     }
-    const g = sysOpen(group, 'open');
+    const g = sys.open(group, 'open');
     fds.push(g);
     const status = vfio_group_status.encode({ argsz: vfio_group_status.size });
     try {
-      sysIoctl(g, VFIO_GROUP_GET_STATUS, status, 'VFIO_GROUP_GET_STATUS', group);
+      sys.ioctl(g, VFIO_GROUP_GET_STATUS, status, 'VFIO_GROUP_GET_STATUS', group);
     } catch (e) {
       if ((e as VfioError).code !== 'ENOTTY') throw e;
       throw new VfioError('ENOTTY', 'VFIO_GROUP_GET_STATUS', group, 'not a VFIO group node', { syscall: 'ioctl', cause: e });
@@ -298,18 +307,18 @@ function openGroup(group: string, device: string, containerPath: string): Kernel
     }
     const cfd = new Uint8Array(4);
     new DataView(cfd.buffer).setInt32(0, container, true);
-    sysIoctl(g, VFIO_GROUP_SET_CONTAINER, cfd, 'VFIO_GROUP_SET_CONTAINER', group);
-    sysIoctlInt(container, VFIO_SET_IOMMU, VFIO_TYPE1v2_IOMMU, 'VFIO_SET_IOMMU(TYPE1v2)', containerPath);
+    sys.ioctl(g, VFIO_GROUP_SET_CONTAINER, cfd, 'VFIO_GROUP_SET_CONTAINER', group);
+    sys.ioctlInt(container, VFIO_SET_IOMMU, VFIO_TYPE1v2_IOMMU, 'VFIO_SET_IOMMU(TYPE1v2)', containerPath);
     let dev: number;
     try {
-      dev = sysIoctl(g, VFIO_GROUP_GET_DEVICE_FD, Buffer.from(`${device}\0`), 'VFIO_GROUP_GET_DEVICE_FD', name);
+      dev = sys.ioctl(g, VFIO_GROUP_GET_DEVICE_FD, Buffer.from(`${device}\0`), 'VFIO_GROUP_GET_DEVICE_FD', name);
     } catch (e) {
       const ve = e as VfioError;
       throw new VfioError(ve.code, ve.op, name, `no device "${device}" in group ${group}`, { syscall: 'ioctl', cause: e });
     }
-    return new KernelDevice(name, dev, [container, g]);
+    return new KernelDevice(name, dev, [container, g], false, sys);
   } catch (e) {
-    for (const fd of fds.reverse()) sysClose(fd);
+    for (const fd of fds.reverse()) sys.close(fd);
     throw e;
   }
 }

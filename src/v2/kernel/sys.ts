@@ -167,3 +167,32 @@ export function sysMapShared(fd: number, size: number, op: string, device: strin
     },
   };
 }
+
+/**
+ * The syscalls the kernel device uses, as one table: the seam where tests
+ * put a fake kernel (test/v2/kernel-device.test.ts) to check the argsz
+ * retry loop, fd clean-up order and close() on the host. Same contract as
+ * the functions above: a failure throws a VfioError carrying the errno.
+ */
+export interface SysCalls {
+  open(path: string, op: string): number;
+  close(fd: number): void;
+  ioctl(fd: number, request: number, arg: Uint8Array | null, op: string, device: string): number;
+  ioctlInt(fd: number, request: number, arg: number, op: string, device: string): number;
+  read(fd: number, into: Uint8Array, op: string, device: string): Promise<number>;
+  write(fd: number, from: Uint8Array, op: string, device: string): Promise<number>;
+  pread(fd: number, into: Uint8Array, offset: bigint, op: string, device: string): number;
+  pwrite(fd: number, from: Uint8Array, offset: bigint, op: string, device: string): number;
+}
+
+/** The real syscalls, through koffi (libc is loaded on first use). */
+export const linuxSys: SysCalls = {
+  open: sysOpen,
+  close: sysClose,
+  ioctl: sysIoctl,
+  ioctlInt: sysIoctlInt,
+  read: sysRead,
+  write: sysWrite,
+  pread: sysPread,
+  pwrite: sysPwrite,
+};
