@@ -16,7 +16,7 @@ export const discoveryChecks: Check[] = [
     source: `${VFIO_H}, struct vfio_device_feature_migration`,
     changesState: false,
     async run(ctx) {
-      const flags = ctx.rawFlags;
+      const flags = await ctx.dev.migrationFlags();
       if (!isMigFlagSet(flags)) ctx.fail(`flags 0x${flags.toString(16)} are not a defined combination (1, 3, 5 or 7)`);
       else ctx.info(`flags ${flags} (${migFlagNames(flags).join('+')})`);
     },

@@ -45,6 +45,7 @@ export const precopyChecks: Check[] = [
       const r = await ctx.dev.setState(S.RESUMING);
       // A resuming fd has no PRE_COPY meaning; ENOTTY from an fd without ioctls is a deviation, not a failure.
       if (r) await expect('RESUMING data_fd', () => r.precopyInfo(), ['ENOTTY']);
+      if (!ctx.fails.length && !ctx.warns.length) ctx.info(`EINVAL on ${pre ? 'a pre-copy data_fd in STOP_COPY, ' : ''}a STOP_COPY and a RESUMING data_fd`);
     },
   },
   {
@@ -66,6 +67,7 @@ export const precopyChecks: Check[] = [
         if (!s) throw new Skip(`no data_fd on entering ${MigState[state]} (streams.data-fd judges that)`);
         try {
           const info = await s.precopyInfo();
+          ctx.info(`${MigState[state]}: initial ${info.initialBytes}, dirty ${info.dirtyBytes}`);
           if (info.initialBytes === 0n) ctx.warn(`${MigState[state]}: initial_bytes is 0 on a fresh session ("should have a non-zero initial value")`);
         } catch (e) {
           ctx.fail(`${MigState[state]}: PRECOPY_INFO failed with ${errText(e)}`);

@@ -90,12 +90,17 @@ export const resumeChecks: Check[] = [
         ['empty', new Uint8Array(0)],
         ['foreign (another model\'s stream)', await foreignStream(ctx, data)],
       ];
+      const refused: string[] = [];
       for (const [what, bytes] of cases) {
         await ctx.settle(ctx.peer);
         const why = await tryResume(ctx.peer, bytes);
         if (why === null) ctx.fail(`${what} (${bytes.length} bytes): accepted, the device is RUNNING on it`);
-        else ctx.note(`${what}: refused at ${why}`);
+        else {
+          ctx.note(`${what}: refused at ${why}`);
+          refused.push(`${what.replace(/ \(.*\)$/, '')} at ${why.split(':')[0]}`);
+        }
       }
+      if (!ctx.fails.length) ctx.info(`refused: ${refused.join(', ')}`);
       await ctx.settle(ctx.peer);
     },
   },

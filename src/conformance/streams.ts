@@ -206,6 +206,7 @@ export const streamChecks: Check[] = [
           // refused: the session is gone
         }
       }
+      if (!ctx.fails.length) ctx.info(`old data_fds carry nothing after STOP_COPY->STOP${ctx.has(MigFlag.PRE_COPY) ? ', PRE_COPY->RUNNING' : ''} and RESUMING->STOP`);
     },
   },
 ];
