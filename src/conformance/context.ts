@@ -181,8 +181,9 @@ export class CheckContext {
    * it elsewhere (a rule resume.reset-recovers judges), SET_STATE RUNNING.
    */
   async settle(dev: LoggedDevice = this.dev): Promise<void> {
-    await dev.closeStreams();
+    // Reset before the fds close: the session ends on the device's side first (mtty, docs/decisions.md #10).
     await dev.reset().catch(() => undefined);
+    await dev.closeStreams();
     let s = await dev.getState();
     if (s !== S.RUNNING && s !== S.ERROR) {
       await dev.setState(S.RUNNING).then((r) => r?.close()).catch(() => undefined);

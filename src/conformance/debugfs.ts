@@ -30,7 +30,7 @@ export const debugfsChecks: Check[] = [
     group: 'debugfs',
     title: "debugfs's migration state agrees with GET_STATE",
     rule: 'debugfs (Linux 6.8+, CONFIG_VFIO_DEBUGFS) shows the device\'s migration state in /sys/kernel/debug/vfio/<device>/migration/state: it must name the state GET_STATE returns',
-    source: 'drivers/vfio/debugfs.c (Linux 6.8+); docs/conformance.md',
+    source: 'docs/conformance.md (VFIO debugfs, Linux 6.8+)',
     changesState: true,
     async run(ctx) {
       const file = ctx.debugfsState;

@@ -23,21 +23,25 @@ export function compareSaves(ctx: CheckContext, what: string, first: Buffer, sec
   }
 }
 
-/** Writes `data` to a fresh RESUMING session and leaves it: null when accepted, else what refused it. */
-async function tryResume(dev: LoggedDevice, data: Uint8Array): Promise<string | null> {
+/**
+ * Writes `data` to a fresh RESUMING session and then leaves RESUMING even
+ * when a write failed (a caller might): where each step refused it.
+ */
+async function tryResume(dev: LoggedDevice, data: Uint8Array): Promise<{ write: string | null; leave: string | null }> {
   const r = await dev.setState(S.RESUMING);
-  if (!r) return 'no data_fd';
+  if (!r) return { write: 'no data_fd', leave: null };
+  let write: string | null = null;
   try {
     await writeAll(r, data, dev.name);
   } catch (e) {
-    return `write: ${errText(e)}`;
+    write = errText(e);
   }
   try {
     await dev.setState(S.RUNNING);
+    return { write, leave: null };
   } catch (e) {
-    return `leaving RESUMING: ${errText(e)}`;
+    return { write, leave: errText(e) };
   }
-  return null;
 }
 
 /** A stream of another device model: a simulated device's, sized unlike anything real. */
@@ -60,8 +64,8 @@ export const resumeChecks: Check[] = [
     id: 'resume.roundtrip',
     group: 'resume',
     title: 'a saved stream resumes (into --peer), and a save from there equals the first',
-    rule: '"The data stream fed into the data_fd should be taken from the data transfer output of a single FD during saving from a compatible device."; the device then holds the saved state (README, "Conformance": compared byte for byte where two saves of one state are equal)',
-    source: `${VFIO_H}, STOP -> RESUMING`,
+    rule: '"The data stream fed into the data_fd should be taken from the data transfer output of a single FD during saving from a compatible device." Resumed, the device holds the saved state: a save from it equals the first, byte for byte where two saves of one state are equal, else in size',
+    source: `${VFIO_H}, STOP -> RESUMING; docs/conformance.md`,
     changesState: true,
     async run(ctx) {
       const { data, deterministic } = await ctx.reference();
@@ -94,13 +98,14 @@ export const resumeChecks: Check[] = [
       for (const [what, bytes] of cases) {
         await ctx.settle(ctx.peer);
         const why = await tryResume(ctx.peer, bytes);
-        if (why === null) ctx.fail(`${what} (${bytes.length} bytes): accepted, the device is RUNNING on it`);
-        else {
-          ctx.note(`${what}: refused at ${why}`);
-          refused.push(`${what.replace(/ \(.*\)$/, '')} at ${why.split(':')[0]}`);
-        }
+        const name = what.replace(/ \(.*\)$/, '');
+        if (why.leave) refused.push(`${name} on leaving RESUMING (${why.leave}${why.write ? `, and write() ${why.write}` : ''})`);
+        else if (why.write) {
+          // Refused, but only where the caller looked: one that goes on anyway runs the device on this data.
+          ctx.warn(`${what}: write() refused it (${why.write}), but leaving RESUMING afterwards succeeded and the device runs on it`);
+        } else ctx.fail(`${what} (${bytes.length} bytes): accepted, the device is RUNNING on it`);
       }
-      if (!ctx.fails.length) ctx.info(`refused: ${refused.join(', ')}`);
+      if (refused.length) ctx.info(`refused: ${refused.join('; ')}`);
       await ctx.settle(ctx.peer);
     },
   },
@@ -178,12 +183,12 @@ export const resumeChecks: Check[] = [
       // ERROR: a refused resume may put the device there ("optionally go to the ERROR state").
       await ctx.settle();
       const e = await ctx.dev.setState(S.RESUMING);
-      await e?.write(Buffer.alloc(Math.max(64, data.length), 0x41)).catch(() => undefined);
+      if (e) await writeAll(e, data.subarray(0, data.length - 1), ctx.dev.name).catch(() => undefined);
       await ctx.dev.setState(S.RUNNING).catch(() => undefined);
       if ((await ctx.dev.getState()) === S.ERROR) await afterReset('ERROR', e, 'write');
       else {
         await e?.close();
-        ctx.info('a refused resume does not put this device in ERROR, and nothing else the checker may do does: recovery from ERROR not exercised');
+        ctx.info('recovery from ERROR not exercised: a refused resume leaves this device out of ERROR, and nothing else the checker may do puts it there');
       }
     },
   },
