@@ -6,10 +6,8 @@
 import { readdirSync } from 'node:fs';
 import { VfioError, isVfioError } from '../errors.js';
 import type { DataStream, PrecopyInfo, V2Device } from '../v2/device.js';
-import { holdsSession } from '../v2/fsm.js';
 import { writeAll } from '../v2/stream-io.js';
 import { MIG_FLAGS_ALL, MigState, migStateName } from '../v2/uapi.js';
-import { Skip } from './types.js';
 
 /** The checker reads in pieces of this size (drivers must take any size; the bridge uses others). */
 export const READ_CHUNK = 16 * 1024;
@@ -279,5 +277,3 @@ export function openFdCount(): number | null {
     return null;
   }
 }
-
-export { holdsSession, Skip };

@@ -31,10 +31,10 @@ export const stressChecks: Check[] = [
           const head = s ? (await readToTemporaryEnd(ctx, s, await precopyLimit(ctx))).bytes : 0;
           s = (await ctx.dev.setState(S.STOP_COPY)) ?? s;
           if (!s) throw new Error('no data_fd');
-          const rest = await ctx.readToEnd(s, ctx.dev);
+          // Without pre-copy this is the whole stream; after pre-copy only its tail (not resumed).
+          const data = await ctx.readToEnd(s, ctx.dev);
           await ctx.dev.setState(S.STOP);
           await s.close();
-          const data = rest; // the stop-copy part alone is a complete stream only without pre-copy
           if (!precopy) {
             if (size === null) size = data.length;
             else if (deterministic && data.length !== size) fail(c, `stop-copy save of ${data.length} bytes, the first was ${size}`);
