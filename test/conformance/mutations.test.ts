@@ -272,6 +272,46 @@ describe('conformance checker: one broken rule fails exactly its check', () => {
     });
   }
 
+  it('mtty\'s deviations warn, not fail: 0 at the temporary end, ENOTTY from a resuming fd, a bad header refused only by write()', async () => {
+    // As mtty does: its resuming fd has no ioctl; a write whose header is bad is EFAULT, yet leaving RESUMING then succeeds.
+    const dev = new Mutant({
+      precopyInfo: (s, next) => (s.dev.state === S.RESUMING ? Promise.reject(new VfioError('ENOTTY', 'PRECOPY_INFO', s.dev.name, 'mutant')) : next()),
+      write: async (s, from, next) => {
+        try {
+          return await next();
+        } catch (e) {
+          s.dev.count = 1; // the bytes were taken all the same
+          throw e;
+        }
+      },
+      setState: async (m, t, next) => {
+        if (t === S.RESUMING) m.count = 0;
+        if (m.state !== S.RESUMING || t === S.RESUMING || m.count === 0) return next();
+        await m.inner.reset();
+        return null;
+      },
+    }, { profile: 'mtty' });
+    const r = await checkConformance(dev, { cycles: 2 });
+    expect(r.checks.filter((c) => c.verdict === 'fail').map((c) => c.id)).toEqual([]);
+    // The mtty profile adds its 0 at the temporary end: this is the set real mtty gets (docs/conformance.md).
+    expect(r.checks.filter((c) => c.verdict === 'warn').map((c) => c.id)).toEqual(['streams.precopy-end', 'precopy.info-einval', 'resume.bad-streams']);
+    expect(r.checks.find((c) => c.id === 'resume.bad-streams')!.findings[0]).toMatch(/write\(\) refused it .* but leaving RESUMING afterwards succeeded/);
+  });
+
+  it('a device that cannot be returned to RUNNING stops the run and the report says how to recover', async () => {
+    // Reset does nothing, and the way out of STOP (STOP -> RUNNING_P2P) fails.
+    const dev = new Mutant({ reset: async () => undefined }, { stateSize: SIZE, faults: { failArc: [{ from: S.STOP, to: S.RUNNING_P2P, errno: 'EIO' }] } });
+    const r = await checkConformance(dev, { cycles: 2 });
+    const dataSize = r.checks.find((c) => c.id === 'discovery.data-size')!;
+    expect(dataSize.verdict).toBe('fail');
+    expect(dataSize.findings.join(' ')).toMatch(/could not be returned to RUNNING \(it is in STOP\)/);
+    const later = r.checks.filter((c) => c.id !== 'discovery.flags' && c.id !== 'discovery.data-size');
+    expect(new Set(later.map((c) => c.verdict))).toEqual(new Set(['skip']));
+    expect(later[0]!.findings[0]).toMatch(/^not run: .* after discovery\.data-size/);
+    expect(r.ok).toBe(false);
+    expect(r.left).toEqual([{ device: dev.name, state: 'STOP', recover: `VFIO_DEVICE_RESET (\`vfio-mig state ${dev.name} --reset\`)` }]);
+  });
+
   it('debugfs.state passes with a faithful fake debugfs file', async () => {
     const file = join(mkdtempSync(join(tmpdir(), 'conformance-')), 'state');
     writeFileSync(file, 'RUNNING\n');
