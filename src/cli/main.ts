@@ -134,6 +134,8 @@ program
   .option('--json', 'one object: device, flags, kernel release, every check with its verdict and evidence')
   .addHelpText('after', conformanceHelp())
   .action(async (device: string, o) => {
+    // A kernel device cannot be opened twice; a second sim of one spec is a second device.
+    if (o.peer === device && !device.startsWith('sim')) throw new CliError(`vfio-mig conformance: --peer ${o.peer} is the device itself (leave --peer out to resume into the device)`, EXIT.USAGE);
     process.exitCode = await withDevice(device, async (d) => {
       if (!o.peer) return conformanceCommand(d, undefined, o);
       return withDevice(o.peer, (p) => conformanceCommand(d, p, o));

@@ -49,6 +49,13 @@ describe('vfio-mig conformance', () => {
     expect(JSON.parse(c.stderr).error).toMatchObject({ code: 'EINVAL', exit: 2, message: expect.stringContaining("peer's migration flags (1) differ") });
   });
 
+  it('--peer naming the kernel device itself is a usage error', () => {
+    // Refused before anything is opened (this path does not even exist here).
+    const r = runCli(['conformance', '/dev/vfio/devices/vfio9', '--peer', '/dev/vfio/devices/vfio9']);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/--peer \/dev\/vfio\/devices\/vfio9 is the device itself/);
+  });
+
   it('--help lists every check and whether it changes device state', () => {
     const r = runCli(['conformance', '--help']);
     expect(r.code).toBe(0);
