@@ -43,3 +43,6 @@ export type { GroupEvent } from './service/quiesce-group.js';
 export { preloadLibrary } from './service/preload-library.js';
 export { saveV2, loadV2, drainStream } from './v2/native-caller.js';
 export type { SaveV2Options, SaveV2Result, Sink } from './v2/native-caller.js';
+export { checkConformance } from './conformance/runner.js';
+export { CHECKS as CONFORMANCE_CHECKS } from './conformance/registry.js';
+export type { CheckResult, ConformanceOptions, ConformanceReport, Verdict, CheckGroup, DeviceEnd } from './conformance/types.js';

@@ -7,6 +7,7 @@ import { migStateName } from '../v2/uapi.js';
 import { holdsSession } from '../v2/fsm.js';
 import type { V2Device } from '../v2/device.js';
 import { EXIT, EXIT_HELP } from './exit-codes.js';
+import { conformanceCommand, conformanceHelp, parseOnly } from './conformance.js';
 import { fsmCommand } from './fsm.js';
 import { infoCommand } from './info.js';
 import { loadCommand } from './load.js';
@@ -121,6 +122,24 @@ program
   .addHelpText('after', '\nExample:\n  vfio-mig fsm RUNNING STOP_COPY\n  vfio-mig fsm --flags STOP_COPY')
   .action((from: string | undefined, to: string | undefined, o) => {
     process.exitCode = fsmCommand(from, to, o);
+  });
+
+program
+  .command('conformance')
+  .description('check that a v2 migration driver keeps the uAPI (FSM, data_fd, PRECOPY_INFO, resume, reset) and that v1 callers work on it through the bridge')
+  .argument('<device>')
+  .option('--peer <device>', 'a second device of the same model to resume into (default: the device itself)')
+  .option('--only <ids>', 'comma-separated check ids or group names', parseOnly)
+  .option('--cycles <n>', 'save/resume/reset cycles of stress.cycles', intOpt('--cycles'), 20)
+  .option('--json', 'one object: device, flags, kernel release, every check with its verdict and evidence')
+  .addHelpText('after', conformanceHelp())
+  .action(async (device: string, o) => {
+    // A kernel device cannot be opened twice; a second sim of one spec is a second device.
+    if (o.peer === device && !device.startsWith('sim')) throw new CliError(`vfio-mig conformance: --peer ${o.peer} is the device itself (leave --peer out to resume into the device)`, EXIT.USAGE);
+    process.exitCode = await withDevice(device, async (d) => {
+      if (!o.peer) return conformanceCommand(d, undefined, o);
+      return withDevice(o.peer, (p) => conformanceCommand(d, p, o));
+    });
   });
 
 program

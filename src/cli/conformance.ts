@@ -1,0 +1,82 @@
+/** vfio-mig conformance: runs the checker and prints its table (or one JSON object). */
+import { isVfioError } from '../errors.js';
+import { checkConformance } from '../conformance/runner.js';
+import { CHECKS, CHECK_IDS } from '../conformance/registry.js';
+import type { CheckResult, ConformanceReport } from '../conformance/types.js';
+import type { V2Device } from '../v2/device.js';
+import { EXIT } from './exit-codes.js';
+import { CliError, progressEnabled, toJson } from './output.js';
+
+const MARK: Record<CheckResult['verdict'], string> = { pass: 'pass', fail: 'FAIL', warn: 'warn', skip: 'skip' };
+
+/** --help: the checks, and which of them move the device out of RUNNING. */
+export function conformanceHelp(): string {
+  const width = Math.max(...CHECK_IDS.map((id) => id.length));
+  const rows = CHECKS.map((c) => `  ${c.id.padEnd(width)}  ${c.changesState ? 'changes state' : 'read-only    '}  ${c.title}`);
+  return [
+    '',
+    'Checks (--only takes ids or group names: discovery, fsm, streams, precopy, resume, stress, v1, debugfs):',
+    ...rows,
+    '',
+    'Checks that change state move the device through its migration states, save and resume it, and reset it',
+    '(VFIO_DEVICE_RESET) between steps: run it on a device no VM is using. The device (and the peer) are left',
+    'RUNNING; where that fails, the output says so and how to recover. docs/conformance.md quotes each rule.',
+    '',
+    'Exit 0 when no check failed (warnings and skips allowed), 1 when one did.',
+    '',
+    'Example:',
+    '  vfio-mig conformance sim:flags=STOP_COPY+P2P',
+    '  vfio-mig conformance /dev/vfio/devices/vfio0 --peer /dev/vfio/devices/vfio1 --cycles 200 --json',
+    '  vfio-mig conformance sim --only fsm,streams.data-fd',
+  ].join('\n');
+}
+
+export function parseOnly(text: string): string[] {
+  const names = text.split(',').map((s) => s.trim()).filter(Boolean);
+  const groups = new Set(CHECKS.map((c) => c.group as string));
+  for (const n of names) {
+    if (!CHECK_IDS.includes(n) && !groups.has(n)) throw new CliError(`vfio-mig: --only: unknown check "${n}" (\`vfio-mig conformance --help\` lists them)`, EXIT.USAGE);
+  }
+  if (!names.length) throw new CliError('vfio-mig: --only: no check named', EXIT.USAGE);
+  return names;
+}
+
+function table(r: ConformanceReport): string {
+  const width = Math.max(...r.checks.map((c) => c.id.length));
+  const lines = [
+    `device   ${r.device}${r.peer ? `  (peer ${r.peer})` : '  (resumes into itself)'}`,
+    `flags    ${r.flagNames.join(' | ')} (0x${r.flags.toString(16)})${r.kernel ? `   kernel ${r.kernel}` : ''}`,
+    '',
+    `${'CHECK'.padEnd(width)}  RESULT  FINDING`,
+  ];
+  for (const c of r.checks) {
+    const [first = '', ...rest] = c.findings;
+    lines.push(`${c.id.padEnd(width)}  ${MARK[c.verdict].padEnd(6)}  ${first}`);
+    // Failures and warnings show every finding; passes only their first note.
+    if (c.verdict === 'fail' || c.verdict === 'warn') for (const f of rest) lines.push(`${''.padEnd(width)}          ${f}`);
+  }
+  const s = r.summary;
+  lines.push('', `${s.pass} passed, ${s.fail} failed, ${s.warn} warned, ${s.skip} skipped`);
+  for (const l of r.left) lines.push(l.state === 'RUNNING' ? `${l.device} left RUNNING` : `${l.device} left in ${l.state ?? 'an unknown state'}: recover with ${l.recover}`);
+  return lines.join('\n');
+}
+
+export async function conformanceCommand(dev: V2Device, peer: V2Device | undefined, opts: { json?: boolean; only?: string[]; cycles?: number }): Promise<number> {
+  const progress = !opts.json && progressEnabled();
+  let report: ConformanceReport;
+  try {
+    report = await checkConformance(dev, {
+      peer,
+      only: opts.only,
+      cycles: opts.cycles,
+      onResult: progress ? (c) => process.stderr.write(`\r${c.id} ${c.verdict}`.padEnd(60)) : undefined,
+    });
+  } catch (e) {
+    // A peer of another model is a bad argument, not a device failure.
+    if (isVfioError(e, 'EINVAL') && e.op === 'checkConformance') throw new CliError(`vfio-mig conformance: ${e.reason}`, EXIT.USAGE, e);
+    throw e;
+  }
+  if (progress) process.stderr.write(`\r${''.padEnd(60)}\r`);
+  console.log(opts.json ? toJson(report) : table(report));
+  return report.ok ? EXIT.OK : EXIT.FAILED;
+}

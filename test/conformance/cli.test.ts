@@ -1,0 +1,66 @@
+/** vfio-mig conformance: exit codes, the table, the JSON object, usage errors. */
+import { describe, expect, it } from 'vitest';
+import { CONFORMANCE_CHECKS } from '../../src/index.js';
+import { runCli } from '../cli/run-cli.js';
+
+describe('vfio-mig conformance', () => {
+  it('a clean sim with a peer: exit 0, a table row per check, both devices left RUNNING', () => {
+    const r = runCli(['conformance', 'sim:size=16K', '--peer', 'sim:size=16K,seed=4', '--cycles', '4']);
+    expect(r.code, r.stderr).toBe(0);
+    for (const c of CONFORMANCE_CHECKS) expect(r.stdout).toMatch(new RegExp(`^${c.id.replace('.', '\\.')} +(pass|skip) `, 'm'));
+    expect(r.stdout).toMatch(/^21 passed, 0 failed, 0 warned, 1 skipped$/m);
+    expect(r.stdout).toMatch(/^sim:size=16K left RUNNING$/m);
+    expect(r.stdout).toMatch(/^sim:size=16K,seed=4 left RUNNING$/m);
+  });
+
+  it('a device whose STOP->RUNNING_P2P arc fails: exit 1 and the failing checks say why', () => {
+    const r = runCli(['conformance', 'sim:size=16K,fail=STOP:RUNNING_P2P:EIO', '--only', 'fsm.paths', '--json']);
+    expect(r.code, r.stderr).toBe(1);
+    const j = JSON.parse(r.stdout);
+    expect(j).toMatchObject({ device: 'sim:size=16K,fail=STOP:RUNNING_P2P:EIO', peer: null, flags: 7, kernel: null, ok: false, summary: { fail: 1 } });
+    expect(j.checks).toHaveLength(1);
+    expect(j.checks[0]).toMatchObject({ id: 'fsm.paths', verdict: 'fail', rule: expect.stringContaining('must fully transition the device') });
+    expect(j.checks[0].findings[0]).toMatch(/STOP->RUNNING: failed with EIO/);
+    expect(j.checks[0].evidence.join('\n')).toMatch(/SET_STATE RUNNING = EIO/);
+  });
+
+  it('--json is one object with the flags, each check and where the device was left', () => {
+    const r = runCli(['conformance', 'sim:flags=STOP_COPY,size=8K', '--json', '--only', 'discovery,streams.precopy-end']);
+    expect(r.code, r.stderr).toBe(0);
+    const j = JSON.parse(r.stdout);
+    expect(j.flagNames).toEqual(['STOP_COPY']);
+    expect(j.checks.map((c: { id: string; verdict: string }) => [c.id, c.verdict])).toEqual([
+      ['discovery.flags', 'pass'],
+      ['discovery.data-size', 'pass'],
+      ['streams.precopy-end', 'skip'],
+    ]);
+    expect(j.left).toEqual([{ device: 'sim:flags=STOP_COPY,size=8K', state: 'RUNNING' }]);
+  });
+
+  it('usage errors exit 2: unknown check, bad --cycles, a peer of another model', () => {
+    const a = runCli(['conformance', 'sim', '--only', 'fsm.nope']);
+    expect(a.code).toBe(2);
+    expect(a.stderr).toMatch(/unknown check "fsm\.nope"/);
+    const b = runCli(['conformance', 'sim', '--cycles', 'many']);
+    expect(b.code).toBe(2);
+    expect(b.stderr).toMatch(/--cycles takes a whole number/);
+    const c = runCli(['conformance', 'sim:flags=7', '--peer', 'sim:flags=1', '--json']);
+    expect(c.code).toBe(2);
+    expect(JSON.parse(c.stderr).error).toMatchObject({ code: 'EINVAL', exit: 2, message: expect.stringContaining("peer's migration flags (1) differ") });
+  });
+
+  it('--peer naming the kernel device itself is a usage error', () => {
+    // Refused before anything is opened (this path does not even exist here).
+    const r = runCli(['conformance', '/dev/vfio/devices/vfio9', '--peer', '/dev/vfio/devices/vfio9']);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/--peer \/dev\/vfio\/devices\/vfio9 is the device itself/);
+  });
+
+  it('--help lists every check and whether it changes device state', () => {
+    const r = runCli(['conformance', '--help']);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/discovery\.flags +read-only/);
+    for (const c of CONFORMANCE_CHECKS) expect(r.stdout).toContain(c.id);
+    expect(r.stdout).toMatch(/fsm\.paths +changes state/);
+  });
+});
