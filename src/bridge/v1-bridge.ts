@@ -160,18 +160,28 @@ export class V1Bridge implements V1Region {
     return this.#serial(() => this.#read(offset, length));
   }
 
+  /** read() into the caller's buffer: a data section access is one copy and no allocation. */
+  readInto(offset: number, into: Uint8Array): Promise<void> {
+    return this.#serial(async () => {
+      if (this.#field('read', offset, into.length) === 'data') this.#readData(offset, into);
+      else into.set(await this.#read(offset, into.length));
+    });
+  }
+
+  #readData(offset: number, into: Uint8Array): Uint8Array {
+    const at = offset - this.dataOffset;
+    into.set(this.#section.subarray(at, at + into.length));
+    this.#emit({ op: 'read', field: 'data', offset, length: into.length, v2: [] });
+    return into;
+  }
+
   write(offset: number, data: Uint8Array): Promise<void> {
     return this.#serial(() => this.#write(offset, data));
   }
 
   async #read(offset: number, length: number): Promise<Uint8Array> {
     const field = this.#field('read', offset, length);
-    if (field === 'data') {
-      const at = offset - this.dataOffset;
-      const out = this.#section.slice(at, at + length);
-      this.#emit({ op: 'read', field, offset, length, v2: [] });
-      return out;
-    }
+    if (field === 'data') return this.#readData(offset, new Uint8Array(length));
     return this.#traced('read', field, offset, length, undefined, async () => {
       const out = new Uint8Array(length);
       const dv = new DataView(out.buffer);

@@ -38,13 +38,29 @@ function pieceSize(offset: number, remaining: number): number {
   return 1;
 }
 
-/** Reads `length` bytes of the data section; a bulk read hands back the region's own copy. */
-export async function readData(region: V1Region, offset: number, length: number, mode: DataAccess): Promise<Uint8Array> {
-  if (mode === 'bulk') return region.read(offset, length);
-  const into = new Uint8Array(length);
+/**
+ * Reads `length` bytes of the data section; a bulk read hands back the
+ * region's own copy. With `buffer` (at least `length` bytes), the bytes go
+ * into it, with readInto() where the region has it, and the result is a view
+ * of it.
+ */
+export async function readData(region: V1Region, offset: number, length: number, mode: DataAccess, buffer?: Uint8Array): Promise<Uint8Array> {
+  const into = buffer ? buffer.subarray(0, length) : null;
+  if (mode === 'bulk') {
+    if (into && region.readInto) {
+      await region.readInto(offset, into);
+      return into;
+    }
+    return region.read(offset, length);
+  }
+  return readPieces(region, offset, into ?? new Uint8Array(length));
+}
+
+async function readPieces(region: V1Region, offset: number, into: Uint8Array): Promise<Uint8Array> {
   for (let done = 0; done < into.length; ) {
     const n = pieceSize(offset + done, into.length - done);
-    into.set(await region.read(offset + done, n), done);
+    if (region.readInto) await region.readInto(offset + done, into.subarray(done, done + n));
+    else into.set(await region.read(offset + done, n), done);
     done += n;
   }
   return into;
