@@ -87,6 +87,8 @@ export class V1Bridge implements V1Region {
   #stream: DataStream | null = null;
   // Save path.
   #readAhead: Uint8Array | null = null;
+  /** The read-ahead bytes are at the start of the section itself (no chunk was held there). */
+  #aheadInSection = false;
   #aheadStart = 0;
   #aheadEnd = 0;
   #eof = false;
@@ -379,6 +381,7 @@ export class V1Bridge implements V1Region {
     this.#stream = null;
     if (s && !s.closed) void s.close().catch(() => undefined);
     this.#readAhead = null;
+    this.#aheadInSection = false;
     this.#aheadStart = this.#aheadEnd = 0;
     this.#eof = false;
     this.#chunk = null;
@@ -449,7 +452,7 @@ export class V1Bridge implements V1Region {
       v = kept + BigInt(this.#buffered()) + (await this.#precopyPending());
     } else {
       // STOP_COPY: read ahead to know whether anything is left (0 only at true end).
-      if (this.#buffered() === 0 && !this.#eof) await this.#fillReadAhead();
+      if (this.#buffered() === 0 && !this.#eof) await this.#fillReadAhead(kept === 0n);
       v = kept + BigInt(this.#buffered());
       if (!this.#eof) v += await this.#stopCopyEstimate(v);
     }
@@ -476,11 +479,17 @@ export class V1Bridge implements V1Region {
     }
   }
 
-  async #fillReadAhead(): Promise<void> {
-    // Enough to learn whether the stream goes on; the chunk itself is read straight into the section.
-    this.#readAhead ??= new Uint8Array(Math.min(this.sectionSize, READ_AHEAD));
+  /**
+   * Reads ahead to learn whether the stream goes on. With the section free
+   * (no chunk held in it), straight into the section, a whole chunk: the
+   * next data_offset then has nothing to copy or read (one read() per
+   * chunk). Else into a small buffer of its own, copied in at data_offset.
+   */
+  async #fillReadAhead(intoSection: boolean): Promise<void> {
     this.#aheadStart = this.#aheadEnd = 0; // a failed read below must not leave the last chunk looking unread
-    this.#aheadEnd = await this.#readStream(this.#readAhead, 0);
+    this.#aheadInSection = intoSection;
+    if (!intoSection) this.#readAhead ??= new Uint8Array(Math.min(this.sectionSize, READ_AHEAD));
+    this.#aheadEnd = await this.#readStream(intoSection ? this.#section : this.#readAhead!, 0);
   }
 
   /**
@@ -538,10 +547,12 @@ export class V1Bridge implements V1Region {
     let n = 0;
     const fromAhead = Math.min(this.#buffered(), this.sectionSize);
     if (fromAhead > 0) {
-      this.#section.set(this.#readAhead!.subarray(this.#aheadStart, this.#aheadStart + fromAhead));
+      // In the section the bytes are already in place (read ahead from its start).
+      if (!this.#aheadInSection) this.#section.set(this.#readAhead!.subarray(this.#aheadStart, this.#aheadStart + fromAhead));
       this.#aheadStart += fromAhead;
       n = fromAhead;
     }
+    this.#aheadInSection = false;
     if (n < this.sectionSize && this.#buffered() === 0) n += await this.#readStream(this.#section, n);
     this.#chunk = n;
     this.#chunkSizeRead = false;
