@@ -21,6 +21,7 @@ import {
   type RegionInfo,
 } from '../v2/uapi.js';
 import { V1_NDMA, isRealPrecopy, v2TargetFor } from './state-map.js';
+import { getU32LE, getU64LE, putU32LE, putU64LE } from '../struct.js';
 
 export interface V1BridgeOptions {
   /** Data section size in bytes (default 1 MiB, or the length of `section`). */
@@ -186,26 +187,25 @@ export class V1Bridge implements V1Region {
     if (field === 'data') return this.#readData(offset, new Uint8Array(length));
     return this.#traced('read', field, offset, length, undefined, async () => {
       const out = new Uint8Array(length);
-      const dv = new DataView(out.buffer);
       switch (field) {
         case 'device_state':
-          dv.setUint32(0, this.#shadow, true);
+          putU32LE(out, this.#shadow);
           return [out, this.#shadow];
         case 'reserved':
           return [out, 0];
         case 'pending_bytes': {
           const v = await this.#pendingBytes();
-          dv.setBigUint64(0, v, true);
+          putU64LE(out, v);
           return [out, v];
         }
         case 'data_offset':
           await this.#prepareChunk();
-          dv.setBigUint64(0, BigInt(this.dataOffset), true);
+          putU64LE(out, BigInt(this.dataOffset));
           return [out, BigInt(this.dataOffset)];
         default: {
           if (this.#chunk !== null) this.#chunkSizeRead = true;
           const v = this.#isResuming() ? this.#resumeSize : BigInt(this.#chunk ?? 0);
-          dv.setBigUint64(0, v, true);
+          putU64LE(out, v);
           return [out, v];
         }
       }
@@ -219,8 +219,7 @@ export class V1Bridge implements V1Region {
       this.#emit({ op: 'write', field, offset, length: data.length, v2: [] });
       return;
     }
-    const dv = new DataView(data.buffer, data.byteOffset, data.length);
-    const value = field === 'device_state' ? dv.getUint32(0, true) : dv.getBigUint64(0, true);
+    const value = field === 'device_state' ? getU32LE(data) : getU64LE(data);
     await this.#traced('write', field, offset, data.length, value, async () => {
       if (field === 'device_state') await this.#setDeviceState(value as number);
       else await this.#writeDataSize(value as bigint);

@@ -5,28 +5,29 @@
  * pieces, i.e. a 1 MiB chunk as 131072 8-byte reads).
  */
 import type { V1Region } from './uapi.js';
+import { getU32LE, getU64LE, putU32LE, putU64LE } from '../struct.js';
 
 export type DataAccess = 'bulk' | 'qemu';
 
 export async function readU32(region: V1Region, offset: number): Promise<number> {
   const b = await region.read(offset, 4);
-  return new DataView(b.buffer, b.byteOffset, 4).getUint32(0, true);
+  return getU32LE(b);
 }
 
 export async function readU64(region: V1Region, offset: number): Promise<bigint> {
   const b = await region.read(offset, 8);
-  return new DataView(b.buffer, b.byteOffset, 8).getBigUint64(0, true);
+  return getU64LE(b);
 }
 
 export async function writeU32(region: V1Region, offset: number, value: number): Promise<void> {
   const b = new Uint8Array(4);
-  new DataView(b.buffer).setUint32(0, value >>> 0, true);
+  putU32LE(b, value >>> 0);
   await region.write(offset, b);
 }
 
 export async function writeU64(region: V1Region, offset: number, value: bigint): Promise<void> {
   const b = new Uint8Array(8);
-  new DataView(b.buffer).setBigUint64(0, value, true);
+  putU64LE(b, value);
   await region.write(offset, b);
 }
 
