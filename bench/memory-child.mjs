@@ -5,7 +5,7 @@ import { createSimDevice } from '../dist/index.js';
 import { MiB, savePaths, verifyingSink } from './callers.mjs';
 
 const [path, mib] = [process.argv[2], Number(process.argv[3])];
-if (!savePaths[path] || !(mib > 0)) throw new Error('usage: memory-child.mjs raw|bulk|mmap MiB');
+if (!savePaths[path] || !(mib > 0)) throw new Error('usage: memory-child.mjs raw|bulk|mmap|mmap4 MiB');
 const model = { stateSize: mib * MiB, dirtyRatio: 0 };
 const a = createSimDevice({ ...model, seed: 1 });
 const b = createSimDevice({ ...model, seed: 2 });
