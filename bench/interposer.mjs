@@ -43,8 +43,8 @@ export async function interposerBench({ mib, reps, median, sectionSize }) {
   };
   const discard = () => undefined;
   const cases = {
-    'raw v2 save (saveV2)': () => timed(() => saveV2(createSimDevice(model), discard, { precopy: false })),
-    'in-process bridge save, bulk': () => timed(async () => saveV1(await openV1Bridge(createSimDevice(model)), discard, { precopy: false })),
+    'raw v2 save (saveV2)': () => timed(() => saveV2(createSimDevice(model), discard, { precopy: false, reuseBuffer: true })),
+    'in-process bridge save, bulk': () => timed(async () => saveV1(await openV1Bridge(createSimDevice(model)), discard, { precopy: false, reuseBuffer: true })),
     'interposer, mmap data section': async () => (await runClient('mmap')).secs,
     'interposer, 8-byte preads': async () => (await runClient('pread')).secs,
   };

@@ -34,7 +34,7 @@ export type { DataAccess } from './v1/region-access.js';
 export { openV1Bridge, V1Bridge } from './bridge/v1-bridge.js';
 export type { V1BridgeOptions, V1TraceEvent, V1Field } from './bridge/v1-bridge.js';
 export { V1_NDMA } from './bridge/state-map.js';
-export { openKernelDevice, KernelDevice, parseKernelSpec } from './v2/kernel/kernel-device.js';
+export { openKernelDevice, KernelDevice, parseKernelSpec, kernelDataStream } from './v2/kernel/kernel-device.js';
 export type { KernelDeviceSpec, BorrowedDeviceSpec } from './v2/kernel/kernel-device.js';
 export { startBridgeService, BridgeService } from './service/bridge-service.js';
 export type { BridgeServiceOptions, DeviceHello, ServiceTraceEvent, SessionStats } from './service/bridge-service.js';

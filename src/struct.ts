@@ -71,3 +71,29 @@ function readField(dv: DataView, spec: FieldSpec): number | bigint {
     case 'u64': return dv.getBigUint64(spec.offset, true);
   }
 }
+
+// Little-endian u32/u64 in a byte array, byte by byte. For the hot 4- and
+// 8-byte v1 header accesses: a DataView needs `.buffer`, and asking a small
+// new Uint8Array for its buffer moves its bytes off the V8 heap (an
+// allocation and a GC-tracked backing store per access).
+
+export function getU32LE(b: Uint8Array, at = 0): number {
+  if (at + 4 > b.length) throw new RangeError(`need 4 bytes at ${at}, have ${b.length - at}`);
+  return (b[at]! | (b[at + 1]! << 8) | (b[at + 2]! << 16) | (b[at + 3]! << 24)) >>> 0;
+}
+
+export function getU64LE(b: Uint8Array, at = 0): bigint {
+  return (BigInt(getU32LE(b, at + 4)) << 32n) | BigInt(getU32LE(b, at));
+}
+
+export function putU32LE(b: Uint8Array, v: number, at = 0): void {
+  b[at] = v;
+  b[at + 1] = v >>> 8;
+  b[at + 2] = v >>> 16;
+  b[at + 3] = v >>> 24;
+}
+
+export function putU64LE(b: Uint8Array, v: bigint, at = 0): void {
+  putU32LE(b, Number(BigInt.asUintN(32, v)), at);
+  putU32LE(b, Number(BigInt.asUintN(32, v >> 32n)), at + 4);
+}

@@ -21,6 +21,7 @@ import {
   type RegionInfo,
 } from '../v2/uapi.js';
 import { V1_NDMA, isRealPrecopy, v2TargetFor } from './state-map.js';
+import { getU32LE, getU64LE, putU32LE, putU64LE } from '../struct.js';
 
 export interface V1BridgeOptions {
   /** Data section size in bytes (default 1 MiB, or the length of `section`). */
@@ -87,6 +88,8 @@ export class V1Bridge implements V1Region {
   #stream: DataStream | null = null;
   // Save path.
   #readAhead: Uint8Array | null = null;
+  /** The read-ahead bytes are at the start of the section itself (no chunk was held there). */
+  #aheadInSection = false;
   #aheadStart = 0;
   #aheadEnd = 0;
   #eof = false;
@@ -160,40 +163,49 @@ export class V1Bridge implements V1Region {
     return this.#serial(() => this.#read(offset, length));
   }
 
+  /** read() into the caller's buffer: a data section access is one copy and no allocation. */
+  readInto(offset: number, into: Uint8Array): Promise<void> {
+    return this.#serial(async () => {
+      if (this.#field('read', offset, into.length) === 'data') this.#readData(offset, into);
+      else into.set(await this.#read(offset, into.length));
+    });
+  }
+
+  #readData(offset: number, into: Uint8Array): Uint8Array {
+    const at = offset - this.dataOffset;
+    into.set(this.#section.subarray(at, at + into.length));
+    this.#emit({ op: 'read', field: 'data', offset, length: into.length, v2: [] });
+    return into;
+  }
+
   write(offset: number, data: Uint8Array): Promise<void> {
     return this.#serial(() => this.#write(offset, data));
   }
 
   async #read(offset: number, length: number): Promise<Uint8Array> {
     const field = this.#field('read', offset, length);
-    if (field === 'data') {
-      const at = offset - this.dataOffset;
-      const out = this.#section.slice(at, at + length);
-      this.#emit({ op: 'read', field, offset, length, v2: [] });
-      return out;
-    }
+    if (field === 'data') return this.#readData(offset, new Uint8Array(length));
     return this.#traced('read', field, offset, length, undefined, async () => {
       const out = new Uint8Array(length);
-      const dv = new DataView(out.buffer);
       switch (field) {
         case 'device_state':
-          dv.setUint32(0, this.#shadow, true);
+          putU32LE(out, this.#shadow);
           return [out, this.#shadow];
         case 'reserved':
           return [out, 0];
         case 'pending_bytes': {
           const v = await this.#pendingBytes();
-          dv.setBigUint64(0, v, true);
+          putU64LE(out, v);
           return [out, v];
         }
         case 'data_offset':
           await this.#prepareChunk();
-          dv.setBigUint64(0, BigInt(this.dataOffset), true);
+          putU64LE(out, BigInt(this.dataOffset));
           return [out, BigInt(this.dataOffset)];
         default: {
           if (this.#chunk !== null) this.#chunkSizeRead = true;
           const v = this.#isResuming() ? this.#resumeSize : BigInt(this.#chunk ?? 0);
-          dv.setBigUint64(0, v, true);
+          putU64LE(out, v);
           return [out, v];
         }
       }
@@ -207,8 +219,7 @@ export class V1Bridge implements V1Region {
       this.#emit({ op: 'write', field, offset, length: data.length, v2: [] });
       return;
     }
-    const dv = new DataView(data.buffer, data.byteOffset, data.length);
-    const value = field === 'device_state' ? dv.getUint32(0, true) : dv.getBigUint64(0, true);
+    const value = field === 'device_state' ? getU32LE(data) : getU64LE(data);
     await this.#traced('write', field, offset, data.length, value, async () => {
       if (field === 'device_state') await this.#setDeviceState(value as number);
       else await this.#writeDataSize(value as bigint);
@@ -395,6 +406,7 @@ export class V1Bridge implements V1Region {
     this.#stream = null;
     if (s && !s.closed) void s.close().catch(() => undefined);
     this.#readAhead = null;
+    this.#aheadInSection = false;
     this.#aheadStart = this.#aheadEnd = 0;
     this.#eof = false;
     this.#chunk = null;
@@ -465,7 +477,7 @@ export class V1Bridge implements V1Region {
       v = kept + BigInt(this.#buffered()) + (await this.#precopyPending());
     } else {
       // STOP_COPY: read ahead to know whether anything is left (0 only at true end).
-      if (this.#buffered() === 0 && !this.#eof) await this.#fillReadAhead();
+      if (this.#buffered() === 0 && !this.#eof) await this.#fillReadAhead(kept === 0n);
       v = kept + BigInt(this.#buffered());
       if (!this.#eof) v += await this.#stopCopyEstimate(v);
     }
@@ -492,11 +504,17 @@ export class V1Bridge implements V1Region {
     }
   }
 
-  async #fillReadAhead(): Promise<void> {
-    // Enough to learn whether the stream goes on; the chunk itself is read straight into the section.
-    this.#readAhead ??= new Uint8Array(Math.min(this.sectionSize, READ_AHEAD));
+  /**
+   * Reads ahead to learn whether the stream goes on. With the section free
+   * (no chunk held in it), straight into the section, a whole chunk: the
+   * next data_offset then has nothing to copy or read (one read() per
+   * chunk). Else into a small buffer of its own, copied in at data_offset.
+   */
+  async #fillReadAhead(intoSection: boolean): Promise<void> {
     this.#aheadStart = this.#aheadEnd = 0; // a failed read below must not leave the last chunk looking unread
-    this.#aheadEnd = await this.#readStream(this.#readAhead, 0);
+    this.#aheadInSection = intoSection;
+    if (!intoSection) this.#readAhead ??= new Uint8Array(Math.min(this.sectionSize, READ_AHEAD));
+    this.#aheadEnd = await this.#readStream(intoSection ? this.#section : this.#readAhead!, 0);
   }
 
   /**
@@ -554,10 +572,12 @@ export class V1Bridge implements V1Region {
     let n = 0;
     const fromAhead = Math.min(this.#buffered(), this.sectionSize);
     if (fromAhead > 0) {
-      this.#section.set(this.#readAhead!.subarray(this.#aheadStart, this.#aheadStart + fromAhead));
+      // In the section the bytes are already in place (read ahead from its start).
+      if (!this.#aheadInSection) this.#section.set(this.#readAhead!.subarray(this.#aheadStart, this.#aheadStart + fromAhead));
       this.#aheadStart += fromAhead;
       n = fromAhead;
     }
+    this.#aheadInSection = false;
     if (n < this.sectionSize && this.#buffered() === 0) n += await this.#readStream(this.#section, n);
     this.#chunk = n;
     this.#chunkSizeRead = false;

@@ -17,6 +17,12 @@ export interface SaveV1Options {
   maxRounds?: number;
   /** 'qemu': the data section in 8-byte reads as QEMU without mmap; 'bulk': one read per chunk (default). */
   dataAccess?: DataAccess;
+  /**
+   * Read every chunk into one buffer (as QEMU reads into its own), allocated
+   * once (default false: a new buffer per chunk). Only for a sink that is
+   * done with each chunk when its promise resolves: the next chunk overwrites it.
+   */
+  reuseBuffer?: boolean;
   /** Device name for error messages. */
   device?: string;
   onProgress?: (p: SaveProgress) => void;
@@ -71,7 +77,7 @@ export async function setStateV1(region: V1Region, mask: number, value: number, 
 }
 
 /** One chunk (vfio_save_buffer): data_offset, then data_size, then the data. */
-async function saveBuffer(region: V1Region, sink: ChunkSink, mode: DataAccess, device: string): Promise<number> {
+async function saveBuffer(region: V1Region, sink: ChunkSink, mode: DataAccess, device: string, buffer?: Uint8Array): Promise<number> {
   const dataOffset = await readU64(region, F.DATA_OFFSET);
   const dataSize = await readU64(region, F.DATA_SIZE);
   if (dataOffset < BigInt(F.SIZE) || dataOffset > BigInt(region.size) || dataSize > BigInt(region.size) - dataOffset) {
@@ -79,7 +85,7 @@ async function saveBuffer(region: V1Region, sink: ChunkSink, mode: DataAccess, d
     throw new VfioError('EINVAL', 'v1 save', device, `data_offset ${dataOffset} + data_size ${dataSize} runs past the region (${region.size} bytes)`);
   }
   const n = Number(dataSize);
-  if (n > 0) await sink(await readData(region, Number(dataOffset), n, mode));
+  if (n > 0) await sink(await readData(region, Number(dataOffset), n, mode, buffer));
   return n;
 }
 
@@ -93,6 +99,8 @@ export async function saveV1(region: V1Region, sink: ChunkSink, options: SaveV1O
   const mode = options.dataAccess ?? 'bulk';
   const threshold = options.threshold ?? 1n;
   const maxRounds = options.maxRounds ?? 1000;
+  // data_offset + data_size never run past the region (saveBuffer checks), so a region-sized buffer holds any chunk.
+  const buffer = options.reuseBuffer ? new Uint8Array(region.size) : undefined;
   let bytes = 0;
   let rounds = 0;
   const state = await readU32(region, F.DEVICE_STATE);
@@ -101,7 +109,7 @@ export async function saveV1(region: V1Region, sink: ChunkSink, options: SaveV1O
     while (rounds < maxRounds) {
       const pending = await readU64(region, F.PENDING_BYTES);
       if (pending < threshold || pending === 0n) break;
-      bytes += await saveBuffer(region, sink, mode, device);
+      bytes += await saveBuffer(region, sink, mode, device, buffer);
       rounds++;
       options.onProgress?.({ phase: 'precopy', bytes, rounds });
     }
@@ -110,7 +118,7 @@ export async function saveV1(region: V1Region, sink: ChunkSink, options: SaveV1O
   await setStateV1(region, ~V1.RUNNING, V1.SAVING, device); // -> 010
   let pending = await readU64(region, F.PENDING_BYTES);
   while (pending > 0n) {
-    const n = await saveBuffer(region, sink, mode, device);
+    const n = await saveBuffer(region, sink, mode, device, buffer);
     if (n === 0) break;
     bytes += n;
     options.onProgress?.({ phase: 'stopcopy', bytes, rounds });

@@ -5,28 +5,29 @@
  * pieces, i.e. a 1 MiB chunk as 131072 8-byte reads).
  */
 import type { V1Region } from './uapi.js';
+import { getU32LE, getU64LE, putU32LE, putU64LE } from '../struct.js';
 
 export type DataAccess = 'bulk' | 'qemu';
 
 export async function readU32(region: V1Region, offset: number): Promise<number> {
   const b = await region.read(offset, 4);
-  return new DataView(b.buffer, b.byteOffset, 4).getUint32(0, true);
+  return getU32LE(b);
 }
 
 export async function readU64(region: V1Region, offset: number): Promise<bigint> {
   const b = await region.read(offset, 8);
-  return new DataView(b.buffer, b.byteOffset, 8).getBigUint64(0, true);
+  return getU64LE(b);
 }
 
 export async function writeU32(region: V1Region, offset: number, value: number): Promise<void> {
   const b = new Uint8Array(4);
-  new DataView(b.buffer).setUint32(0, value >>> 0, true);
+  putU32LE(b, value >>> 0);
   await region.write(offset, b);
 }
 
 export async function writeU64(region: V1Region, offset: number, value: bigint): Promise<void> {
   const b = new Uint8Array(8);
-  new DataView(b.buffer).setBigUint64(0, value, true);
+  putU64LE(b, value);
   await region.write(offset, b);
 }
 
@@ -38,13 +39,29 @@ function pieceSize(offset: number, remaining: number): number {
   return 1;
 }
 
-/** Reads `length` bytes of the data section; a bulk read hands back the region's own copy. */
-export async function readData(region: V1Region, offset: number, length: number, mode: DataAccess): Promise<Uint8Array> {
-  if (mode === 'bulk') return region.read(offset, length);
-  const into = new Uint8Array(length);
+/**
+ * Reads `length` bytes of the data section; a bulk read hands back the
+ * region's own copy. With `buffer` (at least `length` bytes), the bytes go
+ * into it, with readInto() where the region has it, and the result is a view
+ * of it.
+ */
+export async function readData(region: V1Region, offset: number, length: number, mode: DataAccess, buffer?: Uint8Array): Promise<Uint8Array> {
+  const into = buffer ? buffer.subarray(0, length) : null;
+  if (mode === 'bulk') {
+    if (into && region.readInto) {
+      await region.readInto(offset, into);
+      return into;
+    }
+    return region.read(offset, length);
+  }
+  return readPieces(region, offset, into ?? new Uint8Array(length));
+}
+
+async function readPieces(region: V1Region, offset: number, into: Uint8Array): Promise<Uint8Array> {
   for (let done = 0; done < into.length; ) {
     const n = pieceSize(offset + done, into.length - done);
-    into.set(await region.read(offset + done, n), done);
+    if (region.readInto) await region.readInto(offset + done, into.subarray(done, done + n));
+    else into.set(await region.read(offset + done, n), done);
     done += n;
   }
   return into;

@@ -111,5 +111,7 @@ export interface V1Region {
   /** Header + data section, bytes. */
   readonly size: number;
   read(offset: number, length: number): Promise<Uint8Array>;
+  /** read() into the caller's buffer, `into.length` bytes (pread into its own buffer): no allocation per access. */
+  readInto?(offset: number, into: Uint8Array): Promise<void>;
   write(offset: number, data: Uint8Array): Promise<void>;
 }

@@ -24,6 +24,12 @@ export interface SaveV2Options {
   finalState?: MigState;
   /** Read size (default 1 MiB). */
   chunkSize?: number;
+  /**
+   * Read every chunk into one buffer, allocated once (default false: a new
+   * buffer per chunk). Only for a sink that is done with each chunk when its
+   * promise resolves: the next read overwrites it.
+   */
+  reuseBuffer?: boolean;
   onProgress?: (p: { phase: 'precopy' | 'stopcopy'; bytes: number; rounds: number }) => void;
 }
 
@@ -41,11 +47,14 @@ export type Sink = (chunk: Uint8Array) => void | Promise<void>;
 
 /**
  * Reads into `sink` until end of stream (0), in pre-copy the temporary end
- * (ENOMSG or 0), or `limit` bytes.
+ * (ENOMSG or 0), or `limit` bytes. With `buffer`, every chunk is read into
+ * it (the sink must be done with a chunk when its promise resolves); else
+ * each chunk gets a buffer of its own.
  */
-export async function drainStream(stream: DataStream, sink: Sink, chunkSize = 1 << 20, onBytes: (n: number) => void = () => undefined, limit = Infinity): Promise<void> {
+export async function drainStream(stream: DataStream, sink: Sink, chunkSize = 1 << 20, onBytes: (n: number) => void = () => undefined, limit = Infinity, buffer?: Uint8Array): Promise<void> {
   for (let left = limit; left > 0; ) {
-    const buf = new Uint8Array(Math.min(chunkSize, left));
+    const size = Math.min(buffer?.length ?? chunkSize, left);
+    const buf = buffer ? buffer.subarray(0, size) : new Uint8Array(size);
     let n: number;
     try {
       n = await readSome(stream, buf);
@@ -74,6 +83,7 @@ export async function assertNoSession(device: V2Device, op: string): Promise<voi
 
 export async function saveV2(device: V2Device, sink: Sink, options: SaveV2Options = {}): Promise<SaveV2Result> {
   const chunkSize = options.chunkSize ?? 1 << 20;
+  const buffer = options.reuseBuffer ? new Uint8Array(chunkSize) : undefined;
   const flags = await device.migrationFlags();
   await assertNoSession(device, 'saveV2');
   let bytes = 0;
@@ -100,7 +110,7 @@ export async function saveV2(device: V2Device, sink: Sink, options: SaveV2Option
         await drainStream(stream!, sink, chunkSize, (n) => {
           bytes += n;
           options.onProgress?.({ phase: 'precopy', bytes, rounds });
-        }, Number(pending));
+        }, Number(pending), buffer);
         rounds++;
         const before = pending;
         pending = await pendingNow();
@@ -115,7 +125,7 @@ export async function saveV2(device: V2Device, sink: Sink, options: SaveV2Option
     await drainStream(stream!, sink, chunkSize, (n) => {
       bytes += n;
       options.onProgress?.({ phase: 'stopcopy', bytes, rounds });
-    });
+    }, Infinity, buffer);
     await device.setState(options.finalState ?? MigState.STOP);
     return { bytes, precopyBytes, rounds, converged, precopyPending: pending };
   } finally {

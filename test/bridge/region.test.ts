@@ -248,6 +248,45 @@ describe('save path', () => {
     const n = Number(await nextChunk(br));
     expect(br.dataView().subarray(0, n)).toEqual(await br.read(br.dataOffset, n));
   });
+
+  it('readInto: the bytes read() gives, into the buffer of the caller, under the same access rules', async () => {
+    const events: V1TraceEvent[] = [];
+    const { br } = await bridgeFor({}, { trace: (e: V1TraceEvent) => events.push(e) });
+    await writeU32(br, STATE, 2);
+    const n = Number(await nextChunk(br));
+    const into = new Uint8Array(n + 10).fill(0xee);
+    await br.readInto(br.dataOffset + 5, into.subarray(3, 3 + n - 5));
+    expect(into.subarray(3, 3 + n - 5)).toEqual(await br.read(br.dataOffset + 5, n - 5));
+    expect([...into.subarray(0, 3), ...into.subarray(3 + n - 5)]).toEqual(new Array(15).fill(0xee));
+    expect(events.at(-2)).toMatchObject({ op: 'read', field: 'data', offset: br.dataOffset + 5, length: n - 5 });
+    const size = new Uint8Array(8);
+    await br.readInto(SIZE, size);
+    expect(new DataView(size.buffer).getBigUint64(0, true)).toBe(BigInt(n));
+    await expect(br.readInto(br.size - 4, new Uint8Array(8))).rejects.toMatchObject({ code: 'EINVAL' });
+    await expect(br.readInto(9, new Uint8Array(8))).rejects.toMatchObject({ code: 'EINVAL' });
+    await expect(br.readInto(br.dataOffset, new Uint8Array(0))).rejects.toMatchObject({ code: 'EINVAL' });
+  });
+
+  it('saveV1 reuseBuffer: every chunk read into one buffer, the same bytes, in bulk and 8-byte access', async () => {
+    const model = { stateSize: 50_000, seed: 4, dirtyRatio: 1 / 8 };
+    for (const dataAccess of ['bulk', 'qemu'] as const) {
+      const want: Uint8Array[] = [];
+      await saveV1((await bridgeFor(model)).br, (c) => void want.push(c), { dataAccess });
+      const { dev, br } = await bridgeFor(model);
+      const got: Buffer[] = [];
+      const buffers = new Set<ArrayBufferLike>();
+      await saveV1(br, (c) => {
+        buffers.add(c.buffer);
+        got.push(Buffer.from(c)); // the next chunk overwrites c
+      }, { reuseBuffer: true, dataAccess });
+      expect(buffers.size, dataAccess).toBe(1);
+      expect(got.length).toBeGreaterThan(10);
+      expect(Buffer.concat(got).equals(Buffer.concat(want)), dataAccess).toBe(true);
+      const b = createSimDevice({ ...model, seed: 5 });
+      await loadV1(await openV1Bridge(b, { sectionSize: 4096 }), [Buffer.concat(got)]);
+      expect(b.stateDigest(), dataAccess).toBe(dev.stateDigest());
+    }
+  });
 });
 
 /**

@@ -51,3 +51,21 @@ describe('a device found mid-session', () => {
     expect(dev.arcs.length).toBe(arcs);
   });
 });
+
+describe('saveV2 reuseBuffer', () => {
+  it('reads every chunk, pre-copy and stop-copy, into one buffer and saves the same bytes', async () => {
+    const model = { stateSize: 3 * MiB + 5, dirtyRatio: 1 / 8, seed: 7 };
+    const want: Uint8Array[] = [];
+    await saveV2(createSimDevice(model), (c) => void want.push(c), { chunkSize: 100_000 });
+    const got: Buffer[] = [];
+    const buffers = new Set<ArrayBufferLike>();
+    const r = await saveV2(createSimDevice(model), (c) => {
+      buffers.add(c.buffer);
+      got.push(Buffer.from(c)); // the next read overwrites c
+    }, { chunkSize: 100_000, reuseBuffer: true });
+    expect(r.rounds).toBeGreaterThan(1);
+    expect(buffers.size).toBe(1);
+    expect(got.length).toBeGreaterThan(30);
+    expect(Buffer.concat(got).equals(Buffer.concat(want))).toBe(true);
+  });
+});

@@ -115,6 +115,16 @@ class KernelStream implements DataStream {
   }
 }
 
+/**
+ * The data_fd stream over a descriptor the caller already holds (an ordinary
+ * file or pipe will do): the same read()/write() path without a device, for
+ * the benchmark and tests. The stream owns `fd` and closes it.
+ */
+export function kernelDataStream(fd: number, name: string): DataStream {
+  if (!Number.isInteger(fd) || fd < 0) throw new VfioError('EBADF', 'kernelDataStream', name, `not a file descriptor: ${fd}`);
+  return new KernelStream(fd, name);
+}
+
 export class KernelDevice implements V2Device {
   #fd: number;
   #held: number[]; // iommufd or container+group fds that must live as long as the device fd

@@ -132,6 +132,8 @@ class SaveSession {
     }
     const pattern = d.pattern;
     while (n < into.length) {
+      if (!this.current) n = this.produceWhole(into, n);
+      if (n === into.length) break;
       if (!this.current && !this.nextRecord()) {
         if (!stopCopy || this.endPos === RECORD_HEADER) break;
         // END record: emitted only in stop-copy, once everything else is out.
@@ -156,6 +158,34 @@ class SaveSession {
       r.pos += k;
       n += k;
       if (r.pos === RECORD_HEADER + r.length) this.current = null;
+    }
+    return n;
+  }
+
+  /**
+   * The fast path of produce(): the next unsent pages of the sweep, each as
+   * one record written whole at `n`, for as long as whole records fit. The
+   * bytes are those nextRecord() and the loop above would give; one copy per
+   * page and no allocation, so the sim runs near memory-copy speed.
+   */
+  private produceWhole(into: Uint8Array, n: number): number {
+    const d = this.dev;
+    const { pattern, pageCount } = d;
+    const { seed, versions } = d.content;
+    const view = new DataView(into.buffer, into.byteOffset, into.length);
+    while (this.sweepNext < pageCount) {
+      const page = this.sweepNext;
+      const length = d.pageLength(page);
+      if (n + RECORD_HEADER + length > into.length) break;
+      const version = versions[page]!;
+      view.setUint32(n, RECORD_PAGE, true);
+      view.setUint32(n + 4, page, true);
+      view.setUint32(n + 8, version, true);
+      view.setUint32(n + 12, length, true);
+      const w = pageWindow(seed, page, version);
+      pattern.copy(into, n + RECORD_HEADER, w, w + length);
+      n += RECORD_HEADER + length;
+      this.sweepNext = page + 1;
     }
     return n;
   }
@@ -236,6 +266,10 @@ class ResumeSession {
         break;
       }
       if (!this.rec) {
+        if (this.recPos === 0) {
+          i = this.consumeWhole(data, i);
+          if (i === data.length || this.error) break;
+        }
         const k = Math.min(data.length - i, RECORD_HEADER - this.recPos);
         this.recBuf.set(data.subarray(i, i + k), this.recPos);
         this.recPos += k;
@@ -265,6 +299,38 @@ class ResumeSession {
       }
     }
     return null;
+  }
+
+  /**
+   * The fast path of consume(): whole, well-formed page records from `i`,
+   * each checked with one compare and no allocation. Stops at the first
+   * record that is not whole or not a valid page record, and leaves it to
+   * the byte-at-a-time path, which gives its verdict.
+   */
+  private consumeWhole(data: Uint8Array, i: number): number {
+    const d = this.dev;
+    const { pattern, pageCount } = d;
+    const view = new DataView(data.buffer, data.byteOffset, data.length);
+    while (i + RECORD_HEADER <= data.length) {
+      const page = view.getUint32(i + 4, true);
+      const length = view.getUint32(i + 12, true);
+      if (view.getUint32(i, true) !== RECORD_PAGE || page >= pageCount || length !== d.pageLength(page)) break;
+      const at = i + RECORD_HEADER;
+      if (at + length > data.length) break;
+      const version = view.getUint32(i + 8, true);
+      const w = pageWindow(this.seed, page, version);
+      if (pattern.compare(data, at, at + length, w, w + length) !== 0) {
+        this.error = `page ${page} content does not match its record (corrupt stream)`;
+        return at;
+      }
+      this.staged[page] = version;
+      if (!this.received[page]) {
+        this.received[page] = 1;
+        this.receivedCount++;
+      }
+      i = at + length;
+    }
+    return i;
   }
 
   private checkHeader(): void {
