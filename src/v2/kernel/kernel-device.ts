@@ -120,9 +120,9 @@ class KernelStream implements DataStream {
  * file or pipe will do): the same read()/write() path without a device, for
  * the benchmark and tests. The stream owns `fd` and closes it.
  */
-export function kernelDataStream(fd: number, name: string): DataStream {
+export function kernelDataStream(fd: number, name: string, sys: SysCalls = linuxSys): DataStream {
   if (!Number.isInteger(fd) || fd < 0) throw new VfioError('EBADF', 'kernelDataStream', name, `not a file descriptor: ${fd}`);
-  return new KernelStream(fd, name);
+  return new KernelStream(fd, name, sys);
 }
 
 export class KernelDevice implements V2Device {
