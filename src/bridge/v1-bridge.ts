@@ -473,7 +473,7 @@ export class V1Bridge implements V1Region {
     if (!this.#saving() || !this.#stream) return kept;
     if (this.#pendingCache !== null) return this.#pendingCache;
     let v: bigint;
-    if (isRealPrecopy(this.#shadow, this.#flags) && this.#v2 !== MigState.STOP_COPY) {
+    if (isRealPrecopy(this.#shadow, this.#flags)) {
       v = kept + BigInt(this.#buffered()) + (await this.#precopyPending());
     } else {
       // STOP_COPY: read ahead to know whether anything is left (0 only at true end).
@@ -578,7 +578,7 @@ export class V1Bridge implements V1Region {
       n = fromAhead;
     }
     this.#aheadInSection = false;
-    if (n < this.sectionSize && this.#buffered() === 0) n += await this.#readStream(this.#section, n);
+    n += await this.#readStream(this.#section, n); // nothing to read when the read-ahead filled the section
     this.#chunk = n;
     this.#chunkSizeRead = false;
     this.#pendingCache = null;

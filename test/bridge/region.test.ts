@@ -346,7 +346,10 @@ describe('failure handling', () => {
         expect(dev.state).toBe(v2TargetFor(from, flags)); // unwound: the device is where v1 says
       }
       if (expected === '110') expect(now).toBe(6);
-      if (expected === '001') expect(now).toBe(1);
+      if (expected === '001') {
+        expect(now).toBe(1);
+        expect(dev.state).toBe(S.RUNNING); // really reset, not only reported so
+      }
       // The device is usable again after a reset through the bridge.
       await br.reset();
       expect(await readU32(br, STATE)).toBe(1);

@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { MigState, migrationPath, nextState, arcOpensStream } from '../../src/index.js';
+import { MigState, migrationPath, nextState, arcOpensStream, arcEndsStream, isStateSupported } from '../../src/index.js';
 // @ts-expect-error plain .mjs script without typings
 import { kernelFsmTable } from '../../scripts/kernel-fsm-table.mjs';
 
@@ -98,5 +98,24 @@ describe('migrationPath', () => {
         }
       }
     }
+  });
+});
+
+describe('edges the mutation run found untested', () => {
+  const S = MigState;
+  it('isStateSupported is false for anything that is not a state', () => {
+    for (const s of [-1, 8, 1.5, Number.NaN, 2 ** 32]) expect(isStateSupported(s, 7)).toBe(false);
+    expect(isStateSupported(S.ERROR, 7)).toBe(false);
+    expect(isStateSupported(S.RUNNING, 1)).toBe(true);
+  });
+
+  it('an impossible arc names both states in its details', () => {
+    expect(() => migrationPath(S.STOP_COPY, S.PRE_COPY, 7)).toThrow(expect.objectContaining({ code: 'EINVAL', details: { cur: S.STOP_COPY, target: S.PRE_COPY } }));
+  });
+
+  it('staying in RESUMING neither ends nor opens its stream', () => {
+    expect(arcEndsStream(S.RESUMING, S.RESUMING)).toBe(false);
+    expect(arcOpensStream(S.RESUMING, S.RESUMING)).toBe(false);
+    expect(arcEndsStream(S.RESUMING, S.STOP)).toBe(true);
   });
 });
