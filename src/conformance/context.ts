@@ -42,21 +42,26 @@ export class Evidence {
   }
 }
 
+/** Runs one call and notes it in the evidence with its result or its error. */
+async function logged<T>(ctx: CheckContext, call: string, fn: () => Promise<T>, show: (v: T) => string): Promise<T> {
+  try {
+    const v = await fn();
+    ctx.note(`${call} = ${show(v)}`);
+    return v;
+  } catch (e) {
+    ctx.note(`${call} = ${errText(e)}`);
+    throw e;
+  }
+}
+
 /** A data stream whose every call is logged. */
 class LoggedStream implements DataStream {
   constructor(readonly inner: DataStream, readonly label: string, readonly ctx: CheckContext) {}
   get closed(): boolean {
     return this.inner.closed;
   }
-  async #log<T>(call: string, fn: () => Promise<T>, show: (v: T) => string): Promise<T> {
-    try {
-      const v = await fn();
-      this.ctx.note(`${this.label} ${call} = ${show(v)}`);
-      return v;
-    } catch (e) {
-      this.ctx.note(`${this.label} ${call} = ${errText(e)}`);
-      throw e;
-    }
+  #log<T>(call: string, fn: () => Promise<T>, show: (v: T) => string): Promise<T> {
+    return logged(this.ctx, `${this.label} ${call}`, fn, show);
   }
   read(into: Uint8Array): Promise<number> {
     return this.#log(`read(${into.length})`, () => this.inner.read(into), String);
@@ -80,15 +85,8 @@ export class LoggedDevice implements V2Device {
   get name(): string {
     return this.inner.name;
   }
-  async #log<T>(call: string, fn: () => Promise<T>, show: (v: T) => string): Promise<T> {
-    try {
-      const v = await fn();
-      this.ctx.note(`${this.label} ${call} = ${show(v)}`);
-      return v;
-    } catch (e) {
-      this.ctx.note(`${this.label} ${call} = ${errText(e)}`);
-      throw e;
-    }
+  #log<T>(call: string, fn: () => Promise<T>, show: (v: T) => string): Promise<T> {
+    return logged(this.ctx, `${this.label} ${call}`, fn, show);
   }
   migrationFlags(): Promise<number> {
     return this.#log('FEATURE_MIGRATION', () => this.inner.migrationFlags(), (f) => `flags ${f}`);

@@ -12,51 +12,25 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { createSimDevice, isVfioError, loadV1, openV1Bridge, type SimDeviceOptions, type V1Bridge, type V1TraceEvent } from '../../src/index.js';
-import { readU32, readU64, writeU32, writeU64 } from '../../src/v1/region-access.js';
+import { readU32, readU64, writeU32 } from '../../src/v1/region-access.js';
+import { OFFSET, PENDING, SIZE, STATE, opArb, runOp, type Op } from './v1-ops.js';
 
 const RUNS = process.env.VFIO_MIG_LONG ? 1000 : 60;
 const SECTION = 4096;
-const STATE = 0, PENDING = 8, OFFSET = 16, SIZE = 24;
-
-type Op =
-  | { op: 'state'; v: number }
-  | { op: 'pending' | 'offset' | 'size' | 'reset' }
-  | { op: 'data' | 'wdata'; len: number }
-  | { op: 'wsize'; n: number };
-
-const opArb: fc.Arbitrary<Op> = fc.oneof(
-  { weight: 4, arbitrary: fc.record({ op: fc.constant('state' as const), v: fc.constantFrom(0, 1, 2, 3, 4) }) },
-  { weight: 6, arbitrary: fc.record({ op: fc.constantFrom('pending' as const, 'offset' as const, 'size' as const) }) },
-  { weight: 1, arbitrary: fc.record({ op: fc.constant('reset' as const) }) },
-  { weight: 2, arbitrary: fc.record({ op: fc.constantFrom('data' as const, 'wdata' as const), len: fc.integer({ min: 1, max: SECTION }) }) },
-  { weight: 2, arbitrary: fc.record({ op: fc.constant('wsize' as const), n: fc.integer({ min: 0, max: SECTION }) }) },
-);
-
-function run(br: V1Bridge, o: Op): Promise<unknown> {
-  switch (o.op) {
-    case 'state': return writeU32(br, STATE, o.v);
-    case 'pending': return readU64(br, PENDING);
-    case 'offset': return readU64(br, OFFSET);
-    case 'size': return readU64(br, SIZE);
-    case 'reset': return br.reset();
-    case 'data': return br.read(br.dataOffset, o.len).then((b) => Buffer.from(b).toString('base64'));
-    case 'wdata': return br.write(br.dataOffset, new Uint8Array(o.len).fill(o.len & 0xff));
-    case 'wsize': return writeU64(br, SIZE, BigInt(o.n));
-  }
-}
+const RACE_OPS = opArb({ states: fc.constantFrom(0, 1, 2, 3, 4), section: SECTION, maxSize: SECTION, registerWeight: 6 });
 
 /** What an access came to: its value, or its errno name. */
 const outcome = (r: PromiseSettledResult<unknown>) => (r.status === 'fulfilled' ? { ok: r.value } : { error: isVfioError(r.reason) ? r.reason.code : String(r.reason) });
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 describe('random races on one bridge', () => {
   it(`two callers at random moments come out as the same accesses one after another, in issue order (${RUNS} runs)`, async () => {
     await fc.assert(
       fc.asyncProperty(
         fc.constantFrom(1, 3, 5, 7),
-        fc.array(opArb, { minLength: 1, maxLength: 25 }),
-        fc.array(opArb, { minLength: 1, maxLength: 25 }),
+        fc.array(RACE_OPS, { minLength: 1, maxLength: 25 }),
+        fc.array(RACE_OPS, { minLength: 1, maxLength: 25 }),
         fc.array(fc.integer({ min: 0, max: 3 }), { minLength: 50, maxLength: 50 }),
         async (flags, opsA, opsB, pauses) => {
           // Slow, short reads and writes: one access spans several timer ticks.
@@ -72,7 +46,7 @@ describe('random races on one bridge', () => {
             for (const o of ops) {
               await sleep(pauses[p++ % pauses.length]!);
               issued.push(o);
-              settled.push(run(br, o).then((value) => ({ status: 'fulfilled' as const, value }), (reason) => ({ status: 'rejected' as const, reason })));
+              settled.push(runOp(br, o).then((value) => ({ status: 'fulfilled' as const, value }), (reason) => ({ status: 'rejected' as const, reason })));
             }
           };
           await Promise.all([caller(opsA), caller(opsB)]);
@@ -82,7 +56,7 @@ describe('random races on one bridge', () => {
           const serialEvents: V1TraceEvent[] = [];
           const ref = await openV1Bridge(serial, { sectionSize: SECTION, trace: (e) => serialEvents.push(e) });
           const serialOutcomes = [];
-          for (const o of issued) serialOutcomes.push(outcome(await run(ref, o).then((value) => ({ status: 'fulfilled' as const, value }), (reason) => ({ status: 'rejected' as const, reason }))));
+          for (const o of issued) serialOutcomes.push(outcome(await runOp(ref, o).then((value) => ({ status: 'fulfilled' as const, value }), (reason) => ({ status: 'rejected' as const, reason }))));
 
           expect(racedOutcomes).toEqual(serialOutcomes);
           expect(racedEvents).toEqual(serialEvents);

@@ -9,50 +9,19 @@
  */
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { createSimDevice, isVfioError, loadV1, openV1Bridge, saveV1, type DataStream, type MigState, type V2Device } from '../../src/index.js';
-import { readU32, readU64, writeU32, writeU64 } from '../../src/v1/region-access.js';
+import { createSimDevice, isVfioError, loadV1, openV1Bridge, saveV1, type MigState } from '../../src/index.js';
+import { readU32, readU64, writeU32 } from '../../src/v1/region-access.js';
+import { tracked } from '../helpers.js';
+import { OFFSET, PENDING, SIZE, STATE, opArb, runOp, type Op } from './v1-ops.js';
 
 const RUNS = process.env.VFIO_MIG_LONG ? 2000 : 150;
 const SECTION = 4096;
-const STATE = 0, PENDING = 8, OFFSET = 16, SIZE = 24;
-
-type Op =
-  | { op: 'state'; v: number }
-  | { op: 'pending' | 'offset' | 'size' | 'reset' }
-  | { op: 'data' | 'wdata'; len: number }
-  | { op: 'wsize'; n: number };
-
-const opArb: fc.Arbitrary<Op> = fc.oneof(
-  { weight: 4, arbitrary: fc.record({ op: fc.constant('state' as const), v: fc.integer({ min: 0, max: 15 }) }) },
-  { weight: 3, arbitrary: fc.record({ op: fc.constantFrom('pending' as const, 'offset' as const, 'size' as const) }) },
-  { weight: 1, arbitrary: fc.record({ op: fc.constant('reset' as const) }) },
-  { weight: 2, arbitrary: fc.record({ op: fc.constantFrom('data' as const, 'wdata' as const), len: fc.integer({ min: 1, max: SECTION }) }) },
-  { weight: 2, arbitrary: fc.record({ op: fc.constant('wsize' as const), n: fc.integer({ min: 0, max: SECTION + 8 }) }) },
-);
+const SECTION_OPS = opArb({ states: fc.integer({ min: 0, max: 15 }), section: SECTION, maxSize: SECTION + 8, registerWeight: 3 });
 
 const faultArb = fc.record({
   arc: fc.option(fc.record({ from: fc.integer({ min: 1, max: 7 }), to: fc.integer({ min: 1, max: 7 }), leave: fc.constantFrom('stay' as const, 'error' as const) }), { nil: undefined }),
   readAfter: fc.option(fc.integer({ min: 0, max: 6 }), { nil: undefined }),
 });
-
-/** The device, with every data stream it hands out remembered. */
-function tracked(dev: V2Device): V2Device & { streams: DataStream[] } {
-  const streams: DataStream[] = [];
-  return {
-    streams,
-    name: dev.name,
-    migrationFlags: () => dev.migrationFlags(),
-    getState: () => dev.getState(),
-    async setState(s: MigState) {
-      const st = await dev.setState(s);
-      if (st) streams.push(st);
-      return st;
-    },
-    stopCopySize: () => dev.stopCopySize(),
-    reset: () => dev.reset(),
-    close: () => dev.close(),
-  };
-}
 
 describe('random v1 sequences with faults', () => {
   it(`keep the v1 contract in every mode (${RUNS} runs)`, async () => {
@@ -61,7 +30,7 @@ describe('random v1 sequences with faults', () => {
         fc.constantFrom(1, 3, 5, 7),
         fc.record({ strict: fc.boolean(), resetOnError: fc.boolean(), ndma: fc.boolean(), mmap: fc.boolean() }),
         faultArb,
-        fc.array(opArb, { maxLength: 40 }),
+        fc.array(SECTION_OPS, { maxLength: 40 }),
         fc.boolean(),
         async (flags, mode, fault, ops, concurrent) => {
           const ndma = mode.ndma && (flags & 2) !== 0;
@@ -78,18 +47,7 @@ describe('random v1 sequences with faults', () => {
           const br = await openV1Bridge(t, { sectionSize: SECTION, ...mode, ndma });
           // A v1 state (000, 001, 010, 011, 100) or the error state 110; with NDMA, bit 3 may ride along.
           const valid = (v: number) => [0, 1, 2, 3, 4, 6].includes(v & 7) && (v & ~7) === (ndma ? v & 8 : 0);
-          const run = async (o: Op) => {
-            switch (o.op) {
-              case 'state': return writeU32(br, STATE, o.v);
-              case 'pending': return readU64(br, PENDING);
-              case 'offset': return readU64(br, OFFSET);
-              case 'size': return readU64(br, SIZE);
-              case 'reset': return br.reset();
-              case 'data': return br.read(br.dataOffset, o.len);
-              case 'wdata': return br.write(br.dataOffset, new Uint8Array(o.len).fill(7));
-              case 'wsize': return writeU64(br, SIZE, BigInt(o.n));
-            }
-          };
+          const run = (o: Op) => runOp(br, o);
           const check = (r: PromiseSettledResult<unknown>) => {
             if (r.status === 'rejected') {
               expect(isVfioError(r.reason), String(r.reason)).toBe(true);

@@ -104,8 +104,8 @@ describe('vfio-mig save and load', () => {
       ['wrong magic', (b) => Buffer.concat([Buffer.from('NOTMAGIC'), b.subarray(8)]), /wrong magic/],
       ['truncated', (b) => b.subarray(0, b.length - 1000), /truncated/],
       ['truncated header', (b) => b.subarray(0, 20), /truncated/],
-      ['corrupted', (b) => { const c = Buffer.from(b); c[5000] ^= 1; return c; }, /checksum mismatch/],
-      ['corrupted trailer', (b) => { const c = Buffer.from(b); c[c.length - 1] ^= 1; return c; }, /checksum mismatch/],
+      ['corrupted', (b) => { const c = Buffer.from(b); c[5000] = c[5000]! ^ 1; return c; }, /checksum mismatch/],
+      ['corrupted trailer', (b) => { const c = Buffer.from(b); c[c.length - 1] = c[c.length - 1]! ^ 1; return c; }, /checksum mismatch/],
     ];
     it.each(cases)('%s', (_name, mutate, why) => {
       if (!existsSync(good)) expect(runCli(['save', `sim:${model}`, '-o', good]).code).toBe(0);
@@ -125,7 +125,7 @@ describe('vfio-mig save and load', () => {
       expect(r1.code).toBe(1);
       expect(r1.stderr).toMatch(/wrong magic/);
       const corrupt = Buffer.from(g);
-      corrupt[9000] ^= 0x40;
+      corrupt[9000] = corrupt[9000]! ^ 0x40;
       const r2 = runCli(['load', `sim:${model}`, '-i', '-'], corrupt);
       expect(r2.code).toBe(5);
       expect(r2.stderr).toMatch(/load abandoned: device reset to RUNNING/);

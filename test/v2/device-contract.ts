@@ -21,7 +21,7 @@ import {
   type DataStream,
   type V2Device,
 } from '../../src/index.js';
-import { drain, loadV2, saveV2 } from '../helpers.js';
+import { drain, loadV2, saveV2, tracked } from '../helpers.js';
 
 export interface ContractTarget {
   name: string;
@@ -54,25 +54,6 @@ function random(seed: number): () => number {
     let x = Math.imul(seed ^ (seed >>> 15), 1 | seed);
     x = (x + Math.imul(x ^ (x >>> 7), 61 | x)) ^ x;
     return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-/** The device, with every data stream it hands out remembered. */
-function tracked(dev: V2Device): V2Device & { streams: DataStream[] } {
-  const streams: DataStream[] = [];
-  return {
-    streams,
-    name: dev.name,
-    migrationFlags: () => dev.migrationFlags(),
-    getState: () => dev.getState(),
-    async setState(s: MigState) {
-      const st = await dev.setState(s);
-      if (st) streams.push(st);
-      return st;
-    },
-    stopCopySize: () => dev.stopCopySize(),
-    reset: () => dev.reset(),
-    close: () => dev.close(),
   };
 }
 

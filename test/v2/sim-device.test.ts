@@ -24,7 +24,7 @@ describe('sim device: streams', () => {
             continue;
           }
           const last = path.length > 1 ? [path.at(-2)!, to] : null;
-          const opens = last !== null && ((to === S.RESUMING) || ([S.PRE_COPY, S.PRE_COPY_P2P, S.STOP_COPY].includes(to) && ![S.PRE_COPY, S.PRE_COPY_P2P, S.STOP_COPY].includes(last[0])));
+          const opens = last !== null && ((to === S.RESUMING) || ([S.PRE_COPY, S.PRE_COPY_P2P, S.STOP_COPY].includes(to) && ![S.PRE_COPY, S.PRE_COPY_P2P, S.STOP_COPY].includes(last[0]!)));
           const stream = await dev.setState(to);
           expect(stream !== null, `flags ${flags} ${S[from]}->${S[to]}`).toBe(opens);
           expect(dev.state).toBe(to);
@@ -117,7 +117,7 @@ describe('sim device: resume validation', () => {
     ['truncated header', (d) => d.subarray(0, 20)],
     ['truncated body', (d) => d.subarray(0, d.length - 100)],
     ['truncated end record', (d) => d.subarray(0, d.length - 1)],
-    ['corrupt byte', (d) => { const c = Buffer.from(d); c[500] ^= 0xff; return c; }],
+    ['corrupt byte', (d) => { const c = Buffer.from(d); c[500] = c[500]! ^ 0xff; return c; }],
     ['trailing garbage', (d) => Buffer.concat([d, Buffer.from('xx')])],
     ['garbage', () => Buffer.alloc(2000, 0x41)],
     ['foreign model', async () => saveV2(createSimDevice({ stateSize: 10_001 }))],
@@ -290,7 +290,7 @@ describe('sim device: whole runs of pages per call', () => {
     const model = { stateSize: 50_000 + 17 };
     const good = await saveV2(createSimDevice({ ...model, seed: 1 }), false);
     const corrupt = Buffer.from(good);
-    corrupt[32 + 5 * 4112 + 100] ^= 1; // inside page 5's data
+    corrupt[32 + 5 * 4112 + 100] = corrupt[32 + 5 * 4112 + 100]! ^ 1; // inside page 5's data
     const badRecord = Buffer.from(good);
     badRecord.writeUInt32LE(999, 32 + 3 * 4112 + 4); // page 3's record names a page past the end
     const cases: Array<[Buffer, string | null]> = [
