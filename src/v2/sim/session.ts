@@ -117,9 +117,9 @@ export class SaveSession {
     }
     const pattern = d.pattern;
     while (n < into.length) {
-      if (!this.#current) n = this.produceWhole(into, n);
+      if (!this.#current) n = this.#produceWhole(into, n);
       if (n === into.length) break;
-      if (!this.#current && !this.nextRecord()) {
+      if (!this.#current && !this.#nextRecord()) {
         if (!stopCopy || this.#endPos === RECORD_HEADER) break;
         // END record: emitted only in stop-copy, once everything else is out.
         const end = simRecord.encode({ kind: RECORD_END, page: d.pageCount, version: 0, length: 0 });
@@ -153,7 +153,7 @@ export class SaveSession {
    * bytes are those nextRecord() and the loop above would give; one copy per
    * page and no allocation, so the sim runs near memory-copy speed.
    */
-  private produceWhole(into: Uint8Array, n: number): number {
+  #produceWhole(into: Uint8Array, n: number): number {
     const d = this.#geo;
     const { pattern, pageCount } = d;
     const { seed, versions } = this.#port.content();
@@ -179,7 +179,7 @@ export class SaveSession {
     return this.#endPos === RECORD_HEADER;
   }
 
-  private nextRecord(): boolean {
+  #nextRecord(): boolean {
     const d = this.#geo;
     let page: number;
     let dirty = false;
@@ -191,12 +191,13 @@ export class SaveSession {
       this.#dirty.delete(page);
       dirty = true;
     }
-    const version = this.#port.content().versions[page]!;
+    const { seed, versions } = this.#port.content();
+    const version = versions[page]!;
     const length = d.pageLength(page);
     this.#current = {
       hdr: simRecord.encode({ kind: RECORD_PAGE, page, version, length }),
       page,
-      window: pageWindow(this.#port.content().seed, page, version),
+      window: pageWindow(seed, page, version),
       length,
       pos: 0,
       dirty,
@@ -243,7 +244,7 @@ export class ResumeSession {
         this.#headerPos += k;
         i += k;
         if (this.#headerPos === this.#headerBuf.length) {
-          this.checkHeader();
+          this.#checkHeader();
           if (this.#error) return this.#error;
         }
         continue;
@@ -254,7 +255,7 @@ export class ResumeSession {
       }
       if (!this.#rec) {
         if (this.#recPos === 0) {
-          i = this.consumeWhole(data, i);
+          i = this.#consumeWhole(data, i);
           if (i === data.length || this.#error) break;
         }
         const k = Math.min(data.length - i, RECORD_HEADER - this.#recPos);
@@ -263,7 +264,7 @@ export class ResumeSession {
         i += k;
         if (this.#recPos === RECORD_HEADER) {
           this.#recPos = 0;
-          this.startRecord();
+          this.#startRecord();
         }
         continue;
       }
@@ -294,7 +295,7 @@ export class ResumeSession {
    * record that is not whole or not a valid page record, and leaves it to
    * the byte-at-a-time path, which gives its verdict.
    */
-  private consumeWhole(data: Uint8Array, i: number): number {
+  #consumeWhole(data: Uint8Array, i: number): number {
     const d = this.#geo;
     const { pattern, pageCount } = d;
     const view = new DataView(data.buffer, data.byteOffset, data.length);
@@ -320,7 +321,7 @@ export class ResumeSession {
     return i;
   }
 
-  private checkHeader(): void {
+  #checkHeader(): void {
     const h = simHeader.decode(this.#headerBuf);
     const d = this.#geo;
     if (h.magic !== SIM_STREAM_MAGIC) this.#error = 'bad stream magic (not a simulated-device stream)';
@@ -329,7 +330,7 @@ export class ResumeSession {
     else this.#seed = h.seed;
   }
 
-  private startRecord(): void {
+  #startRecord(): void {
     const r = simRecord.decode(this.#recBuf);
     const d = this.#geo;
     if (r.kind === RECORD_END && r.length === 0) {
