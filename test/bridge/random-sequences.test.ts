@@ -62,9 +62,7 @@ describe('random v1 sequences with faults', () => {
           }
 
           // Recovery: faults off, reset, then a whole save and load reproduce the device.
-          dev.faults.failArc = [];
-          dev.faults.readErrors = [];
-          dev.rearmFaults();
+          dev.setFaults({});
           await br.reset();
           expect(await readU32(br, STATE)).toBe(1);
           const parts: Uint8Array[] = [];

@@ -331,10 +331,9 @@ describe('failure handling', () => {
   for (const [leave, opts, expected] of outcomes) {
     it.each(arcs)(`leave=${leave}${'resetOnError' in opts ? ', resetOnError' : ''}: flags %i, v1 %i -> %i, fault on arc %i->%i gives ${expected}`, async (flags, from, to, a, b) => {
       const fault = { from: a, to: b, errno: 'EIO', leave, count: 1 };
-      // Reach `from` first with the fault disarmed, then arm it for this transition.
-      const { dev, br } = await reach(from, opts, [{ ...fault, count: 0 }], flags);
-      dev.faults.failArc![dev.faults.failArc!.length - 1]!.count = 1;
-      dev.rearmFaults();
+      // Reach `from` first without the fault, then arm it for this transition (every count fresh).
+      const { dev, br } = await reach(from, opts, [], flags);
+      dev.setFaults({ failArc: [...(dev.faults.failArc ?? []), fault] });
       expect(await readU32(br, STATE)).toBe(from);
       const err = await writeU32(br, STATE, to).then(() => null, (e) => e);
       expect(err).toMatchObject({ code: 'EIO', errno: 5, details: { from: a, to: b } });

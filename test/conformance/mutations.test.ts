@@ -230,13 +230,7 @@ describe('conformance checker: clean simulated devices', () => {
 
   it('a device whose reset keeps its state (as mtty\'s does), resuming into itself: nothing fails', async () => {
     // Loads change what the device holds for the rest of the run: no check may compare with a stale save.
-    const dev = new Mutant({
-      reset: async (m, next) => {
-        const kept = m.inner.content;
-        await next();
-        m.inner.content = kept;
-      },
-    }, { stateSize: SIZE });
+    const dev = createSimDevice({ stateSize: SIZE, resetKeepsState: true });
     const r = await checkConformance(dev, { cycles: 4 });
     expect(r.checks.filter((c) => c.verdict === 'fail').map((c) => `${c.id}: ${c.findings.join('; ')}`)).toEqual([]);
   });

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { createHash } from 'node:crypto';
-import { createSimDevice, isStateSupported, migrationPath, MigState, readSome, writeAll } from '../../src/index.js';
+import { createSimDevice, isStateSupported, migrationPath, MigState, readSome, SIM_ARCS_KEPT, writeAll, type SimFaults } from '../../src/index.js';
 import { drain, loadV2, saveV2 } from '../helpers.js';
 
 const S = MigState;
@@ -203,12 +203,100 @@ describe('sim device: fault injection', () => {
     await expect(r!.write(new Uint8Array(10))).rejects.toMatchObject({ code: 'EIO' });
   });
 
+  it('copies its fault options: editing the object afterwards changes nothing, and the armed faults cannot be edited', async () => {
+    const faults: SimFaults = { failArc: [{ from: S.RUNNING, to: S.STOP, errno: 'EIO', count: 0 }] };
+    const dev = createSimDevice({ flags: 1, stateSize: 1000, faults });
+    faults.failArc![0]!.count = 1;
+    faults.failArc!.push({ from: S.STOP, to: S.RUNNING, errno: 'EIO' });
+    faults.readErrors = [{ errno: 'EIO' }];
+    await dev.setState(S.STOP);
+    await dev.setState(S.RUNNING);
+    expect(await (await dev.setState(S.STOP_COPY))!.read(new Uint8Array(10))).toBe(10);
+    expect(dev.faults).toEqual({ failArc: [{ from: S.RUNNING, to: S.STOP, errno: 'EIO', count: 0 }] });
+    // Frozen: a test that still edits them in place fails loudly instead of silently testing nothing.
+    expect(() => ((dev.faults.failArc![0] as { count?: number }).count = 1)).toThrow(TypeError);
+    expect(() => (dev.faults as SimFaults).failArc!.push({ from: S.STOP, to: S.RUNNING, errno: 'EIO' })).toThrow(TypeError);
+  });
+
+  it('setFaults() arms new faults with fresh counts and copies them', async () => {
+    const once = { from: S.RUNNING, to: S.STOP, errno: 'EIO', count: 1 };
+    const dev = createSimDevice({ flags: 1, faults: { failArc: [once] } });
+    await expect(dev.setState(S.STOP)).rejects.toMatchObject({ code: 'EIO' });
+    await dev.setState(S.STOP); // used up
+    await dev.setState(S.RUNNING);
+    const armed: SimFaults = { failArc: [once, { from: S.STOP, to: S.RUNNING, errno: 'EBUSY', leave: 'error' }] };
+    dev.setFaults(armed);
+    armed.failArc = [];
+    await expect(dev.setState(S.STOP)).rejects.toMatchObject({ code: 'EIO' }); // its count starts again
+    await dev.setState(S.STOP);
+    await expect(dev.setState(S.RUNNING)).rejects.toMatchObject({ code: 'EBUSY' });
+    expect(dev.state).toBe(S.ERROR);
+    dev.setFaults({});
+    expect(dev.faults).toEqual({});
+    await dev.reset();
+    await dev.setState(S.STOP);
+    await dev.setState(S.RUNNING);
+    expect(dev.state).toBe(S.RUNNING);
+  });
+
+  it('setFaults() reaches an open stream: read faults disarmed at once, new ones counted from its next call', async () => {
+    const dev = createSimDevice({ stateSize: 100_000, faults: { readErrors: [{ errno: 'EIO', after: 1, count: 5 }] } });
+    const s = await dev.setState(S.STOP_COPY);
+    const buf = new Uint8Array(100);
+    expect(await s!.read(buf)).toBe(100);
+    await expect(s!.read(buf)).rejects.toMatchObject({ code: 'EIO' });
+    dev.setFaults({});
+    expect(await s!.read(buf)).toBe(100);
+    dev.setFaults({ readErrors: [{ errno: 'EAGAIN', after: 2 }], shortRead: 7 });
+    expect(await s!.read(buf)).toBe(7);
+    expect(await s!.read(buf)).toBe(7);
+    await expect(s!.read(buf)).rejects.toMatchObject({ code: 'EAGAIN' });
+    expect(await s!.read(buf)).toBe(7);
+  });
+
   it('delays reads', async () => {
     const dev = createSimDevice({ stateSize: 100, faults: { readDelayMs: 50 } });
     const s = await dev.setState(S.STOP_COPY);
     const t = performance.now();
     await s!.read(new Uint8Array(10));
     expect(performance.now() - t).toBeGreaterThanOrEqual(45);
+  });
+});
+
+describe('sim device: what tests observe', () => {
+  it('logs the arcs it ran, keeping the last SIM_ARCS_KEPT so a long-lived device stays small', async () => {
+    const dev = createSimDevice({ stateSize: 100 });
+    await dev.setState(S.STOP_COPY);
+    expect(dev.arcs).toEqual([[S.RUNNING, S.RUNNING_P2P], [S.RUNNING_P2P, S.STOP], [S.STOP, S.STOP_COPY]]);
+    (dev.arcs as Array<[MigState, MigState]>).length = 0; // a copy: the log is not touched
+    expect(dev.arcs.length).toBe(3);
+    await dev.setState(S.STOP);
+    for (let i = 0; i < SIM_ARCS_KEPT; i++) await dev.setState(i % 2 ? S.STOP : S.RUNNING_P2P);
+    expect(dev.arcs.length).toBe(SIM_ARCS_KEPT);
+    expect(dev.arcs[0]).toEqual([S.STOP, S.RUNNING_P2P]); // the STOP_COPY arcs have aged out
+    expect(dev.arcs.at(-1)).toEqual([S.RUNNING_P2P, S.STOP]);
+  });
+
+  it('resets to its initial content, or keeps its state with resetKeepsState (as mtty does)', async () => {
+    for (const resetKeepsState of [false, true]) {
+      const dev = createSimDevice({ stateSize: 50_000, seed: 4, resetKeepsState });
+      const initial = dev.stateDigest();
+      dev.runFor(5);
+      const changed = dev.stateDigest();
+      expect(changed).not.toBe(initial);
+      await dev.setState(S.STOP);
+      await dev.reset();
+      expect(dev.state).toBe(S.RUNNING);
+      expect(dev.stateDigest()).toBe(resetKeepsState ? changed : initial);
+    }
+  });
+
+  it('content is a copy: editing it does not change the device', () => {
+    const dev = createSimDevice({ stateSize: 50_000 });
+    const before = dev.stateDigest();
+    dev.content.versions.fill(9);
+    expect(dev.content.versions.every((v) => v === 0)).toBe(true);
+    expect(dev.stateDigest()).toBe(before);
   });
 });
 

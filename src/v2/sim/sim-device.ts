@@ -2,52 +2,21 @@
  * The simulated reference device: a v2 migration driver behind the kernel
  * core, in memory. setState() is structured like mtty_set_state(): ask the
  * FSM for the next arc, run it, commit, repeat. Faults come only from the
- * options object.
+ * options and setFaults(). The data sessions (session.ts) reach the device
+ * only through the SessionPort it hands them.
  */
 import { createHash } from 'node:crypto';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { VfioError } from '../../errors.js';
-import type { DataStream, PrecopyInfo, V2Device } from '../device.js';
+import type { DataStream, V2Device } from '../device.js';
 import { arcEndsStream, arcOpensStream, isSavingState, nextState } from '../fsm.js';
 import { MIG_FLAGS_ALL, MigState, MIG_STATE_COUNT, isMigFlagSet, migStateName } from '../uapi.js';
-import { Prng, fnv1a32, pageWindow, patternFor } from './content.js';
-import { RECORD_END, RECORD_PAGE, SIM_STREAM_MAGIC, simHeader, simRecord } from './stream-format.js';
+import { Prng, fnv1a32, pageWindow } from './content.js';
+import { FaultPlan, type FrozenFaults, type SimFaults } from './faults.js';
+import { Geometry, RECORD_HEADER, ResumeSession, SaveSession, SimStream, type Content, type SessionPort } from './session.js';
+
+export type { FrozenFaults, SimArcFault, SimFaults, SimIoFault } from './faults.js';
 
 export type SimProfile = 'default' | 'mtty';
-
-export interface SimArcFault {
-  from: MigState;
-  to: MigState;
-  /** errno name the arc fails with, e.g. 'EIO'. */
-  errno: string;
-  /** Where the device is left: at `from` (the state reached so far) or ERROR. */
-  leave?: 'stay' | 'error';
-  /** How many times the fault fires (default: every time). */
-  count?: number;
-}
-
-export interface SimIoFault {
-  /** 'ENOMSG' | 'EINTR' | 'EAGAIN' | 'EIO' | ... */
-  errno: string;
-  /** Successful calls before the first fault (default 0). */
-  after?: number;
-  /** Faults in a row (default 1). */
-  count?: number;
-}
-
-export interface SimFaults {
-  failArc?: SimArcFault[];
-  /** At most this many bytes per read(). */
-  shortRead?: number;
-  /** At most this many bytes per write(). */
-  shortWrite?: number;
-  readErrors?: SimIoFault[];
-  writeErrors?: SimIoFault[];
-  /** Delay before each read() completes, ms (a slow device). */
-  readDelayMs?: number;
-  /** Delay before each write() completes, ms (a slow resume). */
-  writeDelayMs?: number;
-}
 
 export interface SimDeviceOptions {
   /** VFIO_MIGRATION_* flags: 1, 3, 5 or 7 (default 7; mtty profile 7). */
@@ -67,398 +36,15 @@ export interface SimDeviceOptions {
   dirtyRatio?: number;
   /** Where a failed resume leaves the device: RESUMING (like mtty, default) or ERROR. */
   resumeFailure?: 'stay' | 'error';
+  /** A reset leaves the state as it is (as mtty's does) instead of restoring the initial content. */
+  resetKeepsState?: boolean;
+  /** Copied at construction: editing the object afterwards changes nothing (SimDevice.setFaults() does). */
   faults?: SimFaults;
   name?: string;
 }
 
-const RECORD_HEADER = simRecord.size;
-
-interface Content {
-  seed: number;
-  versions: Uint32Array;
-}
-
-interface OutRecord {
-  hdr: Uint8Array;
-  page: number;
-  window: number;
-  length: number;
-  pos: number; // bytes of this record already emitted
-  dirty: boolean; // a re-send of a dirtied page (counts as dirty_bytes)
-}
-
-/** The saving side of one data session: produces the stream lazily. */
-class SaveSession {
-  readonly header: Uint8Array;
-  headerPos = 0;
-  sweepNext = 0;
-  readonly dirty = new Set<number>();
-  current: OutRecord | null = null;
-  endPos = 0;
-  constructor(readonly dev: SimDevice) {
-    this.header = simHeader.encode({
-      magic: SIM_STREAM_MAGIC,
-      model: dev.model,
-      page_size: dev.pageSize,
-      state_size: BigInt(dev.stateSize),
-      seed: dev.content.seed,
-    });
-  }
-
-  /** Bytes still owed before the temporary end of pre-copy: [initial, dirty]. */
-  pending(): [bigint, bigint] {
-    const d = this.dev;
-    let initial = BigInt(this.header.length - this.headerPos);
-    initial += BigInt((d.pageCount - this.sweepNext) * RECORD_HEADER) + BigInt(d.stateSize - Math.min(d.stateSize, this.sweepNext * d.pageSize));
-    let dirty = 0n;
-    for (const p of this.dirty) dirty += BigInt(RECORD_HEADER + d.pageLength(p));
-    if (this.current) {
-      const rest = BigInt(RECORD_HEADER + this.current.length - this.current.pos);
-      if (this.current.dirty) dirty += rest;
-      else initial += rest;
-    }
-    return [initial, dirty];
-  }
-
-  /** Copies stream bytes into `into`; in pre-copy stops at the temporary end, in stop-copy at END. */
-  produce(into: Uint8Array, stopCopy: boolean): number {
-    const d = this.dev;
-    let n = 0;
-    if (this.headerPos < this.header.length) {
-      const k = Math.min(into.length, this.header.length - this.headerPos);
-      into.set(this.header.subarray(this.headerPos, this.headerPos + k), 0);
-      this.headerPos += k;
-      n += k;
-    }
-    const pattern = d.pattern;
-    while (n < into.length) {
-      if (!this.current) n = this.produceWhole(into, n);
-      if (n === into.length) break;
-      if (!this.current && !this.nextRecord()) {
-        if (!stopCopy || this.endPos === RECORD_HEADER) break;
-        // END record: emitted only in stop-copy, once everything else is out.
-        const end = simRecord.encode({ kind: RECORD_END, page: d.pageCount, version: 0, length: 0 });
-        const k = Math.min(into.length - n, RECORD_HEADER - this.endPos);
-        into.set(end.subarray(this.endPos, this.endPos + k), n);
-        this.endPos += k;
-        n += k;
-        continue;
-      }
-      const r = this.current!;
-      if (r.pos < RECORD_HEADER) {
-        const k = Math.min(into.length - n, RECORD_HEADER - r.pos);
-        into.set(r.hdr.subarray(r.pos, r.pos + k), n);
-        r.pos += k;
-        n += k;
-        continue;
-      }
-      const off = r.pos - RECORD_HEADER;
-      const k = Math.min(into.length - n, r.length - off);
-      into.set(pattern.subarray(r.window + off, r.window + off + k), n);
-      r.pos += k;
-      n += k;
-      if (r.pos === RECORD_HEADER + r.length) this.current = null;
-    }
-    return n;
-  }
-
-  /**
-   * The fast path of produce(): the next unsent pages of the sweep, each as
-   * one record written whole at `n`, for as long as whole records fit. The
-   * bytes are those nextRecord() and the loop above would give; one copy per
-   * page and no allocation, so the sim runs near memory-copy speed.
-   */
-  private produceWhole(into: Uint8Array, n: number): number {
-    const d = this.dev;
-    const { pattern, pageCount } = d;
-    const { seed, versions } = d.content;
-    const view = new DataView(into.buffer, into.byteOffset, into.length);
-    while (this.sweepNext < pageCount) {
-      const page = this.sweepNext;
-      const length = d.pageLength(page);
-      if (n + RECORD_HEADER + length > into.length) break;
-      const version = versions[page]!;
-      view.setUint32(n, RECORD_PAGE, true);
-      view.setUint32(n + 4, page, true);
-      view.setUint32(n + 8, version, true);
-      view.setUint32(n + 12, length, true);
-      const w = pageWindow(seed, page, version);
-      pattern.copy(into, n + RECORD_HEADER, w, w + length);
-      n += RECORD_HEADER + length;
-      this.sweepNext = page + 1;
-    }
-    return n;
-  }
-
-  get finished(): boolean {
-    return this.endPos === RECORD_HEADER;
-  }
-
-  private nextRecord(): boolean {
-    const d = this.dev;
-    let page: number;
-    let dirty = false;
-    if (this.sweepNext < d.pageCount) page = this.sweepNext++;
-    else {
-      const first = this.dirty.values().next();
-      if (first.done) return false;
-      page = first.value;
-      this.dirty.delete(page);
-      dirty = true;
-    }
-    const version = d.content.versions[page]!;
-    const length = d.pageLength(page);
-    this.current = {
-      hdr: simRecord.encode({ kind: RECORD_PAGE, page, version, length }),
-      page,
-      window: pageWindow(d.content.seed, page, version),
-      length,
-      pos: 0,
-      dirty,
-    };
-    return true;
-  }
-
-  /** The running device changed page `p`: re-send it if it was (being) sent. */
-  touched(p: number): void {
-    if (p < this.sweepNext || this.current?.page === p) this.dirty.add(p);
-  }
-}
-
-/** The resuming side of one data session: checks the stream as it arrives. */
-class ResumeSession {
-  readonly staged: Uint32Array;
-  readonly received: Uint8Array;
-  receivedCount = 0;
-  headerBuf = new Uint8Array(simHeader.size);
-  headerPos = 0;
-  seed = 0;
-  recBuf = new Uint8Array(RECORD_HEADER);
-  recPos = 0;
-  rec: { page: number; version: number; length: number; window: number; pos: number } | null = null;
-  ended = false;
-  bytes = 0;
-  error: string | null = null;
-
-  constructor(readonly dev: SimDevice) {
-    this.staged = new Uint32Array(dev.pageCount);
-    this.received = new Uint8Array(dev.pageCount);
-  }
-
-  /** Consumes bytes; returns a header error for the caller to raise at once (mtty mode), else null. */
-  consume(data: Uint8Array): string | null {
-    let i = 0;
-    this.bytes += data.length;
-    while (i < data.length && !this.error) {
-      if (this.headerPos < this.headerBuf.length) {
-        const k = Math.min(data.length - i, this.headerBuf.length - this.headerPos);
-        this.headerBuf.set(data.subarray(i, i + k), this.headerPos);
-        this.headerPos += k;
-        i += k;
-        if (this.headerPos === this.headerBuf.length) {
-          this.checkHeader();
-          if (this.error) return this.error;
-        }
-        continue;
-      }
-      if (this.ended) {
-        this.error = `${data.length - i} bytes after the end of the stream`;
-        break;
-      }
-      if (!this.rec) {
-        if (this.recPos === 0) {
-          i = this.consumeWhole(data, i);
-          if (i === data.length || this.error) break;
-        }
-        const k = Math.min(data.length - i, RECORD_HEADER - this.recPos);
-        this.recBuf.set(data.subarray(i, i + k), this.recPos);
-        this.recPos += k;
-        i += k;
-        if (this.recPos === RECORD_HEADER) {
-          this.recPos = 0;
-          this.startRecord();
-        }
-        continue;
-      }
-      const r = this.rec;
-      const k = Math.min(data.length - i, r.length - r.pos);
-      const expect = this.dev.pattern.subarray(r.window + r.pos, r.window + r.pos + k);
-      if (Buffer.compare(expect, data.subarray(i, i + k)) !== 0) {
-        this.error = `page ${r.page} content does not match its record (corrupt stream)`;
-        break;
-      }
-      r.pos += k;
-      i += k;
-      if (r.pos === r.length) {
-        this.staged[r.page] = r.version;
-        if (!this.received[r.page]) {
-          this.received[r.page] = 1;
-          this.receivedCount++;
-        }
-        this.rec = null;
-      }
-    }
-    return null;
-  }
-
-  /**
-   * The fast path of consume(): whole, well-formed page records from `i`,
-   * each checked with one compare and no allocation. Stops at the first
-   * record that is not whole or not a valid page record, and leaves it to
-   * the byte-at-a-time path, which gives its verdict.
-   */
-  private consumeWhole(data: Uint8Array, i: number): number {
-    const d = this.dev;
-    const { pattern, pageCount } = d;
-    const view = new DataView(data.buffer, data.byteOffset, data.length);
-    while (i + RECORD_HEADER <= data.length) {
-      const page = view.getUint32(i + 4, true);
-      const length = view.getUint32(i + 12, true);
-      if (view.getUint32(i, true) !== RECORD_PAGE || page >= pageCount || length !== d.pageLength(page)) break;
-      const at = i + RECORD_HEADER;
-      if (at + length > data.length) break;
-      const version = view.getUint32(i + 8, true);
-      const w = pageWindow(this.seed, page, version);
-      if (pattern.compare(data, at, at + length, w, w + length) !== 0) {
-        this.error = `page ${page} content does not match its record (corrupt stream)`;
-        return at;
-      }
-      this.staged[page] = version;
-      if (!this.received[page]) {
-        this.received[page] = 1;
-        this.receivedCount++;
-      }
-      i = at + length;
-    }
-    return i;
-  }
-
-  private checkHeader(): void {
-    const h = simHeader.decode(this.headerBuf);
-    const d = this.dev;
-    if (h.magic !== SIM_STREAM_MAGIC) this.error = 'bad stream magic (not a simulated-device stream)';
-    else if (h.model !== d.model || h.page_size !== d.pageSize || h.state_size !== BigInt(d.stateSize))
-      this.error = `foreign stream: model 0x${h.model.toString(16)} state ${h.state_size} bytes, this device is model 0x${d.model.toString(16)} with ${d.stateSize} bytes`;
-    else this.seed = h.seed;
-  }
-
-  private startRecord(): void {
-    const r = simRecord.decode(this.recBuf);
-    const d = this.dev;
-    if (r.kind === RECORD_END && r.length === 0) {
-      this.ended = true;
-      return;
-    }
-    if (r.kind !== RECORD_PAGE || r.page >= d.pageCount || r.length !== d.pageLength(r.page)) {
-      this.error = `bad record (kind ${r.kind}, page ${r.page}, length ${r.length})`;
-      return;
-    }
-    this.rec = { page: r.page, version: r.version, length: r.length, window: pageWindow(this.seed, r.page, r.version), pos: 0 };
-  }
-
-  /** Why the data cannot be loaded, or null when it is complete and intact. */
-  verdict(): string | null {
-    if (this.error) return this.error;
-    if (this.bytes === 0) return 'no data was written (empty resume)';
-    if (this.headerPos < this.headerBuf.length) return `truncated: ${this.bytes} bytes, stream header incomplete`;
-    if (!this.ended) return `truncated: ${this.bytes} bytes and no end record`;
-    if (this.receivedCount !== this.dev.pageCount) return `incomplete: ${this.receivedCount} of ${this.dev.pageCount} pages`;
-    return null;
-  }
-}
-
-class SimStream implements DataStream {
-  #closed = false;
-  torn = false;
-  #reads = 0;
-  #writes = 0;
-  #readFaultsLeft: number[];
-  #writeFaultsLeft: number[];
-
-  constructor(
-    readonly dev: SimDevice,
-    readonly save: SaveSession | null,
-    readonly resume: ResumeSession | null,
-  ) {
-    this.#readFaultsLeft = (dev.faults.readErrors ?? []).map((f) => f.count ?? 1);
-    this.#writeFaultsLeft = (dev.faults.writeErrors ?? []).map((f) => f.count ?? 1);
-  }
-
-  get closed(): boolean {
-    return this.#closed;
-  }
-
-  #check(op: string): void {
-    if (this.#closed) throw new VfioError('EBADF', op, this.dev.name, 'data stream already closed');
-    if (this.torn) throw new VfioError('ENODEV', op, this.dev.name, 'migration session ended (state change or reset)');
-  }
-
-  #injected(op: string, faults: SimIoFault[] | undefined, left: number[], calls: number): void {
-    faults?.forEach((f, i) => {
-      if (calls >= (f.after ?? 0) && left[i]! > 0) {
-        left[i]!--;
-        throw new VfioError(f.errno, op, this.dev.name, 'injected fault');
-      }
-    });
-  }
-
-  async read(into: Uint8Array): Promise<number> {
-    const op = 'data_fd.read';
-    this.#check(op);
-    const f = this.dev.faults;
-    if (f.readDelayMs) {
-      await sleep(f.readDelayMs);
-      this.#check(op);
-    }
-    if (!this.save) throw new VfioError('EINVAL', op, this.dev.name, 'resuming stream is write-only');
-    this.#injected(op, f.readErrors, this.#readFaultsLeft, this.#reads);
-    const state = this.dev.state;
-    const stopCopy = state === MigState.STOP_COPY;
-    const limit = f.shortRead ? into.subarray(0, Math.min(into.length, f.shortRead)) : into;
-    const n = this.save.produce(limit, stopCopy);
-    this.#reads++;
-    if (n === 0 && !stopCopy && into.length > 0) {
-      // Temporary end of pre-copy: the uAPI says ENOMSG; mtty returns 0.
-      if (this.dev.profile === 'mtty') return 0;
-      throw new VfioError('ENOMSG', op, this.dev.name, 'no pre-copy data now');
-    }
-    if (!stopCopy) this.dev.ranWhileRead(n);
-    return n;
-  }
-
-  async write(from: Uint8Array): Promise<number> {
-    const op = 'data_fd.write';
-    this.#check(op);
-    if (!this.resume) throw new VfioError('EINVAL', op, this.dev.name, 'saving stream is read-only');
-    const f = this.dev.faults;
-    if (f.writeDelayMs) {
-      await sleep(f.writeDelayMs);
-      this.#check(op);
-    }
-    this.#injected(op, f.writeErrors, this.#writeFaultsLeft, this.#writes);
-    const chunk = f.shortWrite ? from.subarray(0, Math.min(from.length, f.shortWrite)) : from;
-    const headerError = this.resume.consume(chunk);
-    this.#writes++;
-    // mtty checks its header as soon as it is complete and answers EFAULT.
-    if (headerError && this.dev.profile === 'mtty') throw new VfioError('EFAULT', op, this.dev.name, headerError);
-    return chunk.length;
-  }
-
-  async precopyInfo(): Promise<PrecopyInfo> {
-    const op = 'VFIO_MIG_GET_PRECOPY_INFO';
-    this.#check(op);
-    const s = this.dev.state;
-    if (!this.save || (s !== MigState.PRE_COPY && s !== MigState.PRE_COPY_P2P)) {
-      throw new VfioError('EINVAL', op, this.dev.name, `valid only in PRE_COPY states (device is ${migStateName(s)})`);
-    }
-    const [initialBytes, dirtyBytes] = this.save.pending();
-    return { initialBytes, dirtyBytes };
-  }
-
-  async close(): Promise<void> {
-    this.#closed = true;
-  }
-}
+/** The arcs log keeps the most recent arcs only, so a long-lived device (`serve --sim`) stays small. */
+export const SIM_ARCS_KEPT = 10_000;
 
 export class SimDevice implements V2Device {
   readonly name: string;
@@ -469,19 +55,19 @@ export class SimDevice implements V2Device {
   readonly profile: SimProfile;
   readonly model: number;
   readonly dirtyRatio: number;
-  #dirtyOwed = 0;
   readonly resumeFailure: 'stay' | 'error';
-  readonly faults: SimFaults;
-  readonly pattern: Buffer;
+  readonly resetKeepsState: boolean;
   readonly initialSeed: number;
-  content: Content;
+  readonly #geo: Geometry;
+  #dirtyOwed = 0;
+  #faults: FaultPlan;
+  #content: Content;
   #state = MigState.RUNNING;
   #stream: SimStream | null = null;
+  readonly #port: SessionPort;
   #prng: Prng;
-  #arcFaultsLeft: number[];
   #closed = false;
-  /** Every arc the driver ran, for tests and traces: [from, to]. */
-  readonly arcs: Array<[MigState, MigState]> = [];
+  #arcs: Array<[MigState, MigState]> = [];
 
   constructor(options: SimDeviceOptions = {}) {
     this.profile = options.profile ?? 'default';
@@ -495,22 +81,40 @@ export class SimDevice implements V2Device {
       throw new VfioError('EINVAL', 'createSimDevice', 'sim', `stateSize must be a byte count (got ${options.stateSize})`);
     }
     this.pageSize = options.pageSize ?? 4096;
-    this.pageCount = Math.ceil(this.stateSize / this.pageSize);
     this.initialSeed = (options.seed ?? 1) >>> 0;
     this.dirtyRatio = options.dirtyRatio ?? (mtty ? 0 : 1 / 8);
     this.resumeFailure = options.resumeFailure ?? 'stay';
-    this.faults = options.faults ?? {};
+    this.resetKeepsState = options.resetKeepsState ?? false;
+    this.#faults = new FaultPlan(options.faults);
     this.name = options.name ?? `sim:${this.profile === 'mtty' ? 'mtty:' : ''}flags=${this.flags},size=${this.stateSize}`;
     this.model = fnv1a32(`${this.profile}|${this.flags}|${this.stateSize}|${this.pageSize}`);
-    this.pattern = patternFor(this.pageSize);
-    this.content = { seed: this.initialSeed, versions: new Uint32Array(this.pageCount) };
+    this.#geo = new Geometry(this.model, this.pageSize, this.stateSize);
+    this.pageCount = this.#geo.pageCount;
+    this.#content = { seed: this.initialSeed, versions: new Uint32Array(this.pageCount) };
     this.#prng = new Prng(this.initialSeed);
-    this.#arcFaultsLeft = (this.faults.failArc ?? []).map((f) => f.count ?? Infinity);
+    this.#port = {
+      name: this.name,
+      geometry: this.#geo,
+      mttyQuirks: mtty,
+      state: () => this.#state,
+      content: () => this.#content,
+      ranWhileRead: (bytes) => this.#ranWhileRead(bytes),
+      faults: () => this.#faults,
+    };
   }
 
-  /** Re-reads the fault counts from options.faults.failArc (tests arm a fault after setup). */
-  rearmFaults(): void {
-    this.#arcFaultsLeft = (this.faults.failArc ?? []).map((f) => f.count ?? Infinity);
+  /**
+   * Arms `faults` in place of the current ones, with every count fresh: arc
+   * faults count from now, and an open data stream counts its reads and
+   * writes (`after`) from its next call. The object is copied.
+   */
+  setFaults(faults: SimFaults): void {
+    this.#faults = new FaultPlan(faults);
+  }
+
+  /** The faults armed now (a frozen copy: arm others with setFaults()). */
+  get faults(): FrozenFaults {
+    return this.#faults.faults;
   }
 
   /** The current state, without an ioctl (tests). */
@@ -518,8 +122,14 @@ export class SimDevice implements V2Device {
     return this.#state;
   }
 
-  pageLength(page: number): number {
-    return Math.min(this.pageSize, this.stateSize - page * this.pageSize);
+  /** The arcs the driver ran, oldest first: [from, to], at most the last SIM_ARCS_KEPT (a copy). */
+  get arcs(): ReadonlyArray<readonly [MigState, MigState]> {
+    return this.#arcs.slice(-SIM_ARCS_KEPT);
+  }
+
+  /** What the device holds now (a copy): the seed its content came from and each page's version. */
+  get content(): Content {
+    return { seed: this.#content.seed, versions: this.#content.versions.slice() };
   }
 
   #live(op: string): void {
@@ -543,7 +153,7 @@ export class SimDevice implements V2Device {
       const [a, b] = s.pending();
       return a + b + (s.finished ? 0n : BigInt(RECORD_HEADER));
     }
-    return BigInt(simHeader.size + this.pageCount * RECORD_HEADER + this.stateSize + RECORD_HEADER);
+    return this.#geo.streamSize;
   }
 
   async setState(target: MigState): Promise<DataStream | null> {
@@ -568,16 +178,12 @@ export class SimDevice implements V2Device {
 
   /** One driver arc; returns the stream it opens, if any. */
   #arc(op: string, from: MigState, to: MigState): SimStream | null {
-    const faults = this.faults.failArc ?? [];
-    for (let i = 0; i < faults.length; i++) {
-      const f = faults[i]!;
-      if (f.from === from && f.to === to && this.#arcFaultsLeft[i]! > 0) {
-        this.#arcFaultsLeft[i]!--;
-        if (f.leave === 'error') this.#fail();
-        throw new VfioError(f.errno, op, this.name, `injected fault on arc ${migStateName(from)}->${migStateName(to)}`, {
-          details: { from, to, leftAt: migStateName(this.#state) },
-        });
-      }
+    const f = this.#faults.takeArcFault(from, to);
+    if (f) {
+      if (f.leave === 'error') this.#fail();
+      throw new VfioError(f.errno, op, this.name, `injected fault on arc ${migStateName(from)}->${migStateName(to)}`, {
+        details: { from, to, leftAt: migStateName(this.#state) },
+      });
     }
     if (arcEndsStream(from, to)) {
       const s = this.#stream;
@@ -587,22 +193,28 @@ export class SimDevice implements V2Device {
           if (this.resumeFailure === 'error') this.#fail();
           throw new VfioError('EINVAL', op, this.name, `resume data rejected: ${why}`, { details: { arc: [from, to] } });
         }
-        this.content = { seed: s.resume.seed, versions: s.resume.staged };
+        this.#content = s.resume.loaded();
       }
       this.#endSession();
     }
-    this.arcs.push([from, to]);
+    this.#logArc(from, to);
     if (arcOpensStream(from, to)) {
       this.#endSession();
-      const save = isSavingState(to) ? new SaveSession(this) : null;
-      this.#stream = new SimStream(this, save, save ? null : new ResumeSession(this));
+      const save = isSavingState(to) ? new SaveSession(this.#port) : null;
+      this.#stream = new SimStream(this.#port, save, save ? null : new ResumeSession(this.#port));
       return this.#stream;
     }
     return null;
   }
 
+  #logArc(from: MigState, to: MigState): void {
+    this.#arcs.push([from, to]);
+    // Trimmed in batches, so logging stays O(1) per arc on average.
+    if (this.#arcs.length >= 2 * SIM_ARCS_KEPT) this.#arcs = this.#arcs.slice(-SIM_ARCS_KEPT);
+  }
+
   #endSession(): void {
-    if (this.#stream) this.#stream.torn = true;
+    this.#stream?.tear();
     this.#stream = null;
   }
 
@@ -612,7 +224,7 @@ export class SimDevice implements V2Device {
   }
 
   /** The device kept running while `bytes` of pre-copy data were read: it dirties pages at dirtyRatio. */
-  ranWhileRead(bytes: number): void {
+  #ranWhileRead(bytes: number): void {
     this.#dirtyOwed += (bytes / this.pageSize) * this.dirtyRatio;
     const pages = Math.floor(this.#dirtyOwed);
     this.#dirtyOwed -= pages;
@@ -625,7 +237,7 @@ export class SimDevice implements V2Device {
     if (!running || this.pageCount === 0) return;
     for (let i = 0; i < pages; i++) {
       const p = this.#prng.next(this.pageCount);
-      this.content.versions[p]!++;
+      this.#content.versions[p]!++;
       this.#stream?.save?.touched(p);
     }
   }
@@ -634,7 +246,7 @@ export class SimDevice implements V2Device {
     this.#live('VFIO_DEVICE_RESET');
     this.#endSession();
     this.#state = MigState.RUNNING;
-    this.content = { seed: this.initialSeed, versions: new Uint32Array(this.pageCount) };
+    if (!this.resetKeepsState) this.#content = { seed: this.initialSeed, versions: new Uint32Array(this.pageCount) };
   }
 
   async close(): Promise<void> {
@@ -648,10 +260,11 @@ export class SimDevice implements V2Device {
     const size = Buffer.alloc(8);
     size.writeBigUInt64LE(BigInt(this.stateSize));
     h.update(size);
-    const { seed, versions } = this.content;
+    const { seed, versions } = this.#content;
+    const g = this.#geo;
     for (let p = 0; p < this.pageCount; p++) {
       const w = pageWindow(seed, p, versions[p]!);
-      h.update(this.pattern.subarray(w, w + this.pageLength(p)));
+      h.update(g.pattern.subarray(w, w + g.pageLength(p)));
     }
     return h.digest('hex');
   }
@@ -660,4 +273,3 @@ export class SimDevice implements V2Device {
 export function createSimDevice(options: SimDeviceOptions = {}): SimDevice {
   return new SimDevice(options);
 }
-
