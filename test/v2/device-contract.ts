@@ -271,7 +271,7 @@ export function deviceContract(t: ContractTarget): void {
         console.log(`${t.name}: ${CYCLES} cycles ${JSON.stringify(done)}; ${dataFds} data_fds; open fds ${fds0} -> ${openFds()}; heap ${(heap0 / 2 ** 20).toFixed(1)} MiB, growth after warm-up ${(heapGrowth / 2 ** 10).toFixed(0)} KiB`);
         expect(openFds()).toBe(fds0);
         // Flat: 1000 cycles leaking 2 KiB each fail this. (The simulated device's log of arcs, about
-        // 0.5 KiB a cycle, is the one thing that grows; a kernel device keeps nothing.)
+        // 0.5 KiB a cycle up to its cap of SIM_ARCS_KEPT arcs, is the one thing that grows.)
         expect(heapGrowth).toBeLessThan(2 * 2 ** 20);
       } finally {
         await rawA.reset();
