@@ -4,6 +4,7 @@ import { checkConformance } from '../conformance/runner.js';
 import { CHECKS, CHECK_IDS } from '../conformance/registry.js';
 import type { CheckResult, ConformanceReport } from '../conformance/types.js';
 import type { V2Device } from '../v2/device.js';
+import type { CliContext } from './context.js';
 import { EXIT } from './exit-codes.js';
 import { CliError, progressEnabled, toJson } from './output.js';
 
@@ -61,22 +62,22 @@ function table(r: ConformanceReport): string {
   return lines.join('\n');
 }
 
-export async function conformanceCommand(dev: V2Device, peer: V2Device | undefined, opts: { json?: boolean; only?: string[]; cycles?: number }): Promise<number> {
-  const progress = !opts.json && progressEnabled();
+export async function conformanceCommand(ctx: CliContext, dev: V2Device, peer: V2Device | undefined, opts: { json?: boolean; only?: string[]; cycles?: number }): Promise<number> {
+  const progress = !opts.json && progressEnabled(ctx.stderr);
   let report: ConformanceReport;
   try {
     report = await checkConformance(dev, {
       peer,
       only: opts.only,
       cycles: opts.cycles,
-      onResult: progress ? (c) => process.stderr.write(`\r${c.id} ${c.verdict}`.padEnd(60)) : undefined,
+      onResult: progress ? (c) => ctx.stderr.write(`\r${c.id} ${c.verdict}`.padEnd(60)) : undefined,
     });
   } catch (e) {
     // A peer of another model is a bad argument, not a device failure.
     if (isVfioError(e, 'EINVAL') && e.op === 'checkConformance') throw new CliError(`vfio-mig conformance: ${e.reason}`, EXIT.USAGE, e);
     throw e;
   }
-  if (progress) process.stderr.write(`\r${''.padEnd(60)}\r`);
-  console.log(opts.json ? toJson(report) : table(report));
+  if (progress) ctx.stderr.write(`\r${''.padEnd(60)}\r`);
+  ctx.log(opts.json ? toJson(report) : table(report));
   return report.ok ? EXIT.OK : EXIT.FAILED;
 }

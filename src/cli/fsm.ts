@@ -4,6 +4,7 @@ import { MigState, migFlagNames, migStateName, parseMigState } from '../v2/uapi.
 import { isStateSupported } from '../v2/fsm.js';
 import { parseFlags } from './open-device.js';
 import { CliError, toJson } from './output.js';
+import type { CliContext } from './context.js';
 import { EXIT } from './exit-codes.js';
 
 export function pathText(path: MigState[]): string {
@@ -16,7 +17,7 @@ export function parseStateArg(text: string): MigState {
   return s;
 }
 
-export function fsmCommand(from: string | undefined, to: string | undefined, opts: { flags: string; json?: boolean }): number {
+export function fsmCommand(ctx: CliContext, from: string | undefined, to: string | undefined, opts: { flags: string; json?: boolean }): number {
   const flags = parseFlags(opts.flags);
   if ((from === undefined) !== (to === undefined)) throw new CliError('vfio-mig: fsm takes both FROM and TO, or neither', EXIT.USAGE);
   const one = (a: MigState, b: MigState) => {
@@ -29,8 +30,8 @@ export function fsmCommand(from: string | undefined, to: string | undefined, opt
   if (from !== undefined && to !== undefined) {
     const { cause, ...r } = one(parseStateArg(from), parseStateArg(to));
     if (cause && opts.json) throw cause; // the one --json error object, on stderr
-    if (opts.json) console.log(toJson({ flags, flagNames: migFlagNames(flags), ...r }));
-    else console.log(r.path ? r.path.join(' -> ') : `${r.from} -> ${r.to}: ${r.error} (no such transition with flags ${migFlagNames(flags).join('|')})`);
+    if (opts.json) ctx.log(toJson({ flags, flagNames: migFlagNames(flags), ...r }));
+    else ctx.log(r.path ? r.path.join(' -> ') : `${r.from} -> ${r.to}: ${r.error} (no such transition with flags ${migFlagNames(flags).join('|')})`);
     return r.path ? EXIT.OK : EXIT.FAILED;
   }
   const states = Object.values(MigState).filter((v): v is MigState => typeof v === 'number' && isStateSupported(v, flags));
@@ -38,10 +39,10 @@ export function fsmCommand(from: string | undefined, to: string | undefined, opt
     const { cause: _, ...row } = one(a, b);
     return row;
   }));
-  if (opts.json) console.log(toJson({ flags, flagNames: migFlagNames(flags), transitions: rows }));
+  if (opts.json) ctx.log(toJson({ flags, flagNames: migFlagNames(flags), transitions: rows }));
   else {
-    console.log(`flags 0x${flags.toString(16)} (${migFlagNames(flags).join('|')})`);
-    for (const r of rows) console.log(`${r.from.padEnd(12)} -> ${r.to.padEnd(12)}  ${r.path ? r.path.join(' -> ') : r.error}`);
+    ctx.log(`flags 0x${flags.toString(16)} (${migFlagNames(flags).join('|')})`);
+    for (const r of rows) ctx.log(`${r.from.padEnd(12)} -> ${r.to.padEnd(12)}  ${r.path ? r.path.join(' -> ') : r.error}`);
   }
   return EXIT.OK;
 }

@@ -3,9 +3,10 @@ import { V1Bridge } from '../bridge/v1-bridge.js';
 import { isVfioError } from '../errors.js';
 import type { V2Device } from '../v2/device.js';
 import { migFlagNames, migStateName } from '../v2/uapi.js';
+import type { CliContext } from './context.js';
 import { formatBytes, toJson } from './output.js';
 
-export async function infoCommand(dev: V2Device, opts: { json?: boolean; sectionSize: number }): Promise<void> {
+export async function infoCommand(ctx: CliContext, dev: V2Device, opts: { json?: boolean; sectionSize: number }): Promise<void> {
   const flags = await dev.migrationFlags();
   const state = await dev.getState();
   let stopCopySize: bigint | null = null;
@@ -30,7 +31,7 @@ export async function infoCommand(dev: V2Device, opts: { json?: boolean; section
     ...(dev.stateDigest ? { stateDigest: await dev.stateDigest() } : {}),
   };
   if (opts.json) {
-    console.log(toJson(info));
+    ctx.log(toJson(info));
     return;
   }
   const lines = [
@@ -49,5 +50,5 @@ export async function infoCommand(dev: V2Device, opts: { json?: boolean; section
     `v1 pre-copy   ${info.v1Region.precopy}`,
   );
   if ('stateDigest' in info) lines.push(`state digest  ${info.stateDigest}`);
-  console.log(lines.join('\n'));
+  ctx.log(lines.join('\n'));
 }

@@ -11,6 +11,7 @@ import type { V2Device } from '../v2/device.js';
 import { assertNoSession, loadV2 } from '../v2/native-caller.js';
 import { MigState, migStateName } from '../v2/uapi.js';
 import { ByteSource, fileChunks } from './byte-source.js';
+import type { CliContext } from './context.js';
 import { EXIT } from './exit-codes.js';
 import { CliError, errorLine, progressReporter, toJson } from './output.js';
 import { HEADER_SIZE, TRAILER_SIZE, checkTrailer, decodeHeader, newHash, type StateFileHeader } from './state-file.js';
@@ -44,9 +45,11 @@ async function* verifiedBody(src: ByteSource, name: string, counted?: (n: bigint
   counted?.(count);
 }
 
-async function openInput(input: string): Promise<{ src: ByteSource; header: StateFileHeader; name: string }> {
+/** `stdin` is asked for only when `input` is `-`. */
+async function openInput(input: string, stdin?: () => AsyncIterable<Uint8Array>): Promise<{ src: ByteSource; header: StateFileHeader; name: string }> {
   const name = input === '-' ? 'stdin' : input;
-  const src = new ByteSource(input === '-' ? (process.stdin as AsyncIterable<Uint8Array>) : fileChunks(input));
+  if (input === '-' && !stdin) throw new Error('vfio-mig: reading - needs the stdin of the run');
+  const src = new ByteSource(input === '-' ? stdin!() : fileChunks(input));
   try {
     const header = decodeHeader(await src.readUpTo(HEADER_SIZE), name);
     return { src, header, name };
@@ -70,16 +73,24 @@ export async function verifyStateFile(path: string): Promise<void> {
   }
 }
 
-export async function loadCommand(devSpec: string, openDevice: (s: string) => Promise<V2Device>, opts: LoadOptions): Promise<void> {
+export async function loadCommand(ctx: CliContext, devSpec: string, opts: LoadOptions): Promise<void> {
   if (opts.input !== '-') {
     const st = await stat(opts.input).catch(() => null);
     if (!st) throw new VfioError('ENOENT', 'load', opts.input, 'no such file');
     if (st.isDirectory()) throw new VfioError('EISDIR', 'load', opts.input, 'is a directory: give the state file');
     await verifyStateFile(opts.input);
   }
-  const { src, header: h, name } = await openInput(opts.input);
-  const dev = await openDevice(devSpec);
-  const progress = progressReporter(`load ${dev.name}`, h.byteCount !== null ? { bytes: h.byteCount, estimate: false } : null);
+  const { src, header: h, name } = await openInput(opts.input, () => ctx.stdin());
+  try {
+    await ctx.withDevice(devSpec, (dev) => loadInto(ctx, dev, src, h, name, opts));
+  } finally {
+    if (opts.input !== '-') await src.close(); // a load that failed midway stops reading the file now
+  }
+}
+
+/** The device is opened: from here a failure after the first change abandons the resume and resets it. */
+async function loadInto(ctx: CliContext, dev: V2Device, src: ByteSource, h: StateFileHeader, name: string, opts: LoadOptions): Promise<void> {
+  const progress = progressReporter(ctx.stderr, `load ${dev.name}`, h.byteCount !== null ? { bytes: h.byteCount, estimate: false } : null);
   const body = verifiedBody(src, name);
   let touched = false;
   try {
@@ -107,7 +118,7 @@ export async function loadCommand(devSpec: string, openDevice: (s: string) => Pr
       state,
       ...(dev.stateDigest ? { stateDigest: await dev.stateDigest() } : {}),
     };
-    console.log(opts.json ? toJson(summary) : `loaded ${bytes} bytes (saved with ${h.protocol}) into ${dev.name} with the ${opts.protocol} protocol; device now ${state}`);
+    ctx.log(opts.json ? toJson(summary) : `loaded ${bytes} bytes (saved with ${h.protocol}) into ${dev.name} with the ${opts.protocol} protocol; device now ${state}`);
   } catch (e) {
     progress.done();
     const err = asVfioError(e, 'load', dev.name);
@@ -121,7 +132,5 @@ export async function loadCommand(devSpec: string, openDevice: (s: string) => Pr
       after = `the reset failed too (${errorLine(re)}); the device state is unknown`;
     }
     throw new CliError(`${errorLine(err)}; load abandoned: ${after}`, EXIT.DEVICE_LEFT_BAD, err);
-  } finally {
-    await dev.close();
   }
 }

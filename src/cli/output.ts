@@ -1,4 +1,5 @@
 /** Output conventions: data on stdout, diagnostics on stderr, one-line errors, exit codes. */
+import type { Writable } from 'node:stream';
 import { errnoOf, isVfioError, type VfioError } from '../errors.js';
 import { EXIT } from './exit-codes.js';
 
@@ -63,8 +64,8 @@ export function errorJson(e: unknown, exit: number): { error: Record<string, unk
 }
 
 /** Progress goes to stderr whenever stderr is a terminal (curl's rule: `save -o - | ssh ...` shows it too). */
-export function progressEnabled(): boolean {
-  return Boolean(process.stderr.isTTY);
+export function progressEnabled(stderr: Writable & { isTTY?: boolean }): boolean {
+  return Boolean(stderr.isTTY);
 }
 
 export function formatBytes(n: number): string {
@@ -83,20 +84,20 @@ export function formatBytes(n: number): string {
  * `total`: the byte count when it is known (a state file's header), or
  * MIG_DATA_SIZE's estimate (shown with "~" and never as 100 % before the end).
  */
-export function progressReporter(label: string, total?: { bytes: bigint; estimate: boolean } | null): ((phase: string, bytes: number) => void) & { done(): void } {
+export function progressReporter(stderr: Writable & { isTTY?: boolean }, label: string, total?: { bytes: bigint; estimate: boolean } | null): ((phase: string, bytes: number) => void) & { done(): void } {
   const started = Date.now();
   let last = 0;
-  const on = progressEnabled();
+  const on = progressEnabled(stderr);
   const fn = (phase: string, bytes: number) => {
     const now = Date.now();
     if (!on || now - last < 100) return;
     last = now;
     const rate = bytes / Math.max(0.001, (now - started) / 1000);
-    process.stderr.write(`\r${label} ${phase}: ${formatBytes(bytes)}${percentOf(bytes, total)} at ${formatBytes(rate)}/s   `);
+    stderr.write(`\r${label} ${phase}: ${formatBytes(bytes)}${percentOf(bytes, total)} at ${formatBytes(rate)}/s   `);
   };
   return Object.assign(fn, {
     done() {
-      if (on && last) process.stderr.write('\n');
+      if (on && last) stderr.write('\n');
     },
   });
 }

@@ -15,6 +15,7 @@ import { MigState } from '../v2/uapi.js';
 import { VfioError, asVfioError } from '../errors.js';
 import { encodeHeader, encodeTrailer, newHash, stateFileHeader, type SavedProtocol } from './state-file.js';
 import { CliError, progressEnabled, progressReporter, toJson } from './output.js';
+import type { CliContext, CliStream } from './context.js';
 import { EXIT } from './exit-codes.js';
 
 export interface SaveOptions {
@@ -27,11 +28,8 @@ export interface SaveOptions {
   json?: boolean;
 }
 
-/** Files being written right now, removed if the process is interrupted. */
-export const unfinishedFiles = new Set<string>();
-
-async function writeStdout(data: Uint8Array): Promise<void> {
-  if (!process.stdout.write(data)) await once(process.stdout, 'drain'); // rejects on 'error', removes its listeners
+async function writeStream(out: CliStream, data: Uint8Array): Promise<void> {
+  if (!out.write(data)) await once(out, 'drain'); // rejects on 'error', removes its listeners
 }
 
 /**
@@ -48,21 +46,22 @@ async function outputTarget(output: string): Promise<{ file: string; atomic: boo
   return { file, atomic: true };
 }
 
-export async function saveCommand(dev: V2Device, opts: SaveOptions): Promise<void> {
+export async function saveCommand(ctx: CliContext, dev: V2Device, opts: SaveOptions): Promise<void> {
   const toStdout = opts.output === '-';
-  if (toStdout && process.stdout.isTTY) {
+  const writeStdout = (data: Uint8Array) => writeStream(ctx.stdout, data);
+  if (toStdout && ctx.stdout.isTTY) {
     throw new CliError('vfio-mig: refusing to write binary device state to a terminal: redirect stdout or use -o FILE', EXIT.USAGE);
   }
   const target = toStdout ? null : await outputTarget(opts.output);
   const flags = await dev.migrationFlags();
   const tmp = target?.atomic ? join(dirname(target.file), `.${basename(target.file)}.${process.pid}.tmp`) : null;
   const fh = target ? await open(tmp ?? target.file, tmp ? 'wx' : 'w') : null;
-  if (tmp) unfinishedFiles.add(tmp);
+  if (tmp) ctx.unfinished(tmp); // an interrupt removes it
   const hash = newHash();
   let count = 0n;
   // MIG_DATA_SIZE is an estimate (pre-copy may send more); ENOTTY: no percentage.
-  const estimate = progressEnabled() ? await dev.stopCopySize().catch(() => null) : null;
-  const progress = progressReporter(`save ${dev.name}`, estimate ? { bytes: estimate, estimate: true } : null);
+  const estimate = progressEnabled(ctx.stderr) ? await dev.stopCopySize().catch(() => null) : null;
+  const progress = progressReporter(ctx.stderr, `save ${dev.name}`, estimate ? { bytes: estimate, estimate: true } : null);
   try {
     const header = encodeHeader({ protocol: opts.protocol, flags, byteCount: null });
     if (fh) await fh.write(header);
@@ -93,7 +92,7 @@ export async function saveCommand(dev: V2Device, opts: SaveOptions): Promise<voi
       await fh.close();
       if (tmp) {
         await rename(tmp, target!.file);
-        unfinishedFiles.delete(tmp);
+        ctx.finished(tmp);
       }
     } else {
       await writeStdout(trailer);
@@ -115,14 +114,14 @@ export async function saveCommand(dev: V2Device, opts: SaveOptions): Promise<voi
       ? toJson(summary)
       : `saved ${result.bytes} bytes (${result.precopyBytes} in ${result.rounds} pre-copy rounds) from ${dev.name} to ${summary.output} with the ${opts.protocol} protocol; device left in STOP` +
         (result.converged === false ? `\npre-copy did not converge: ${result.precopyPending} bytes were still pending after ${result.rounds} rounds and went in stop-copy` : '');
-    if (toStdout) process.stderr.write(`${text}\n`);
-    else console.log(text);
+    if (toStdout) ctx.stderr.write(`${text}\n`);
+    else ctx.log(text);
   } catch (e) {
     progress.done();
     if (fh) await fh.close().catch(() => undefined);
     if (tmp) {
       await unlink(tmp).catch(() => undefined);
-      unfinishedFiles.delete(tmp);
+      ctx.finished(tmp);
     }
     throw asVfioError(e, 'save', toStdout ? 'stdout' : opts.output);
   }

@@ -9,6 +9,7 @@ import { constants as osConstants, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { MAX_SOCKET_PATH, startBridgeService, type BridgeServiceOptions, type ServiceTraceEvent } from '../service/bridge-service.js';
 import { preloadLibrary } from '../service/preload-library.js';
+import type { CliContext, SignalSource } from './context.js';
 import { openDevice, parseSimSpec } from './open-device.js';
 import { CliError, errorLine, toJson } from './output.js';
 import { EXIT } from './exit-codes.js';
@@ -24,12 +25,21 @@ const EXEC_FAILED = 125;
 const STOP_SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
 
 /** Service diagnostics on stderr; a stderr that went away (EPIPE) must not take the service down. */
-function log(line: string): void {
-  try {
-    process.stderr.write(`vfio-mig: ${line}\n`);
-  } catch {
-    // nobody is reading
-  }
+function serviceLog(ctx: CliContext): (line: string) => void {
+  return (line) => {
+    try {
+      ctx.stderr.write(`vfio-mig: ${line}\n`);
+    } catch {
+      // nobody is reading
+    }
+  };
+}
+
+/** serve and exec handle these signals themselves, instead of the run's interrupt clean-up. */
+function replaceHandler(signals: SignalSource | null, sig: NodeJS.Signals, how: 'on' | 'once', handler: () => void): void {
+  if (!signals) return;
+  signals.removeAllListeners(sig);
+  signals[how](sig, handler);
 }
 
 /**
@@ -37,7 +47,7 @@ function log(line: string): void {
  * before). A write that fails turns tracing off with one message: the VMM's
  * accesses never fail because of the trace.
  */
-function traceWriter(path: string): { write: (e: ServiceTraceEvent) => void; close: () => void } {
+function traceWriter(path: string, log: (line: string) => void): { write: (e: ServiceTraceEvent) => void; close: () => void } {
   if (!path) throw new CliError('vfio-mig: --trace needs a file name', EXIT.USAGE);
   const fd = openSync(path, 'w');
   const t0 = Date.now();
@@ -56,16 +66,18 @@ function traceWriter(path: string): { write: (e: ServiceTraceEvent) => void; clo
   };
 }
 
-async function start(socketPath: string, o: ServiceCliOptions): Promise<() => Promise<void>> {
+async function start(ctx: CliContext, socketPath: string, o: ServiceCliOptions): Promise<() => Promise<void>> {
   if (o.sim) parseSimSpec(o.sim); // a bad --sim is a usage error now, not at each VMM's first device
-  process.stderr.on('error', () => undefined);
-  const trace = o.trace !== undefined ? traceWriter(o.trace) : null;
+  ctx.stderr.on('error', () => undefined);
+  const log = serviceLog(ctx);
+  const trace = o.trace !== undefined ? traceWriter(o.trace, log) : null;
   const opts: BridgeServiceOptions = {
     socketPath,
     sectionSize: o.sectionSize,
     log,
     ...(trace ? { trace: trace.write } : {}),
     // --sim: every VMM device is served by a fresh simulated device (tests, benchmarks).
+    // The service owns the devices it opens and resets them when it stops: not the run's to track.
     ...(o.sim ? { openDevice: () => openDevice(o.sim!) } : {}),
   };
   let svc;
@@ -87,18 +99,18 @@ export function vmmEnvironment(socketPath: string, inherited: string | undefined
   return { LD_PRELOAD: inherited ? `${lib}:${inherited}` : lib, VFIO_MIG_SOCKET: resolve(socketPath) };
 }
 
-export function envCommand(o: { socket: string }): void {
-  for (const [k, v] of Object.entries(vmmEnvironment(o.socket, undefined))) process.stdout.write(`${k}=${v}\n`);
+export function envCommand(ctx: CliContext, o: { socket: string }): void {
+  for (const [k, v] of Object.entries(vmmEnvironment(o.socket, undefined))) ctx.stdout.write(`${k}=${v}\n`);
 }
 
 /** Runs until SIGINT, SIGTERM or SIGHUP, then ends every session at once and exits 0. */
-export async function serveCommand(o: ServiceCliOptions & { socket: string }): Promise<void> {
+export async function serveCommand(ctx: CliContext, o: ServiceCliOptions & { socket: string }): Promise<void> {
   let stopRequested: (() => void) | null = null;
   let early = false;
-  for (const sig of STOP_SIGNALS) process.removeAllListeners(sig).once(sig, () => (stopRequested ? stopRequested() : (early = true)));
+  for (const sig of STOP_SIGNALS) replaceHandler(ctx.signals, sig, 'once', () => (stopRequested ? stopRequested() : (early = true)));
   const env = vmmEnvironment(o.socket, undefined); // before listening: a missing interposer is an error now
-  const stop = await start(o.socket, o);
-  log(`serving on ${env.VFIO_MIG_SOCKET}; start the VMM with\n  ${Object.entries(env).map(([k, v]) => `${k}=${v}`).join(' ')}`);
+  const stop = await start(ctx, o.socket, o);
+  serviceLog(ctx)(`serving on ${env.VFIO_MIG_SOCKET}; start the VMM with\n  ${Object.entries(env).map(([k, v]) => `${k}=${v}`).join(' ')}`);
   if (!early) await new Promise<void>((done) => (stopRequested = done));
   await stop();
 }
@@ -121,13 +133,13 @@ function privateSocket(): { dir: string; socket: string } {
  * failed). The service ends with COMMAND: a process COMMAND left behind
  * (QEMU's -daemonize) loses the bridge.
  */
-export async function execCommand(command: string[], o: ServiceCliOptions & { socket?: string }): Promise<number> {
+export async function execCommand(ctx: CliContext, command: string[], o: ServiceCliOptions & { socket?: string }): Promise<number> {
   if (command.length === 0) throw new CliError('vfio-mig exec: no command given (vfio-mig exec -- COMMAND [ARGS...])', EXIT.USAGE);
   // Signals from the first moment: forwarded once COMMAND runs, remembered before.
   let child: ChildProcess | null = null;
   let pendingSignal: NodeJS.Signals | null = null;
   for (const sig of [...STOP_SIGNALS, 'SIGQUIT'] as const) {
-    process.removeAllListeners(sig).on(sig, () => (child ? void child.kill(sig) : (pendingSignal ??= sig)));
+    replaceHandler(ctx.signals, sig, 'on', () => (child ? void child.kill(sig) : (pendingSignal ??= sig)));
   }
   let env: Record<string, string>;
   try {
@@ -141,7 +153,7 @@ export async function execCommand(command: string[], o: ServiceCliOptions & { so
   try {
     let stop: () => Promise<void>;
     try {
-      stop = await start(socketPath, o); // listening before the command starts
+      stop = await start(ctx, socketPath, o); // listening before the command starts
     } catch (e) {
       throw e instanceof CliError ? e : new CliError(errorLine(e), EXEC_FAILED, e);
     }
@@ -151,7 +163,7 @@ export async function execCommand(command: string[], o: ServiceCliOptions & { so
       child = c;
       return await new Promise<number>((done) => {
         c.once('error', (e) => {
-          log(`exec: cannot run ${command[0]}: ${e.message}`);
+          serviceLog(ctx)(`exec: cannot run ${command[0]}: ${e.message}`);
           done((e as NodeJS.ErrnoException).code === 'ENOENT' ? 127 : 126);
         });
         c.once('exit', (code, signal) => done(code ?? 128 + (signal ? osConstants.signals[signal] : 0)));

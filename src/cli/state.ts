@@ -6,6 +6,7 @@ import { V1, isErrorV1, v1StateName } from '../v1/uapi.js';
 import type { V2Device } from '../v2/device.js';
 import { holdsSession, migrationPath } from '../v2/fsm.js';
 import { MigState, migStateName } from '../v2/uapi.js';
+import type { CliContext } from './context.js';
 import { EXIT } from './exit-codes.js';
 import { parseStateArg, pathText } from './fsm.js';
 import { CliError, errorLine, exitCodeFor, toJson } from './output.js';
@@ -21,8 +22,8 @@ function parseV1(text: string): number {
   return v;
 }
 
-export async function stateCommand(dev: V2Device, target: string | undefined, opts: { v1?: boolean; reset?: boolean; json?: boolean }): Promise<number> {
-  const out = (obj: Record<string, unknown>, text: string) => console.log(opts.json ? toJson(obj) : text);
+export async function stateCommand(ctx: CliContext, dev: V2Device, target: string | undefined, opts: { v1?: boolean; reset?: boolean; json?: boolean }): Promise<number> {
+  const out = (obj: Record<string, unknown>, text: string) => ctx.log(opts.json ? toJson(obj) : text);
   if (opts.reset) {
     await dev.reset();
     const after = migStateName(await dev.getState());
@@ -34,7 +35,7 @@ export async function stateCommand(dev: V2Device, target: string | undefined, op
     out({ device: dev.name, state: migStateName(cur) }, migStateName(cur));
     if (holdsSession(cur)) {
       // We could open it, so nobody holds it: its data session died with the process that had it.
-      process.stderr.write(`vfio-mig: ${dev.name} is in ${migStateName(cur)} with no process holding its data session; closing it now resets it to RUNNING\n`);
+      ctx.stderr.write(`vfio-mig: ${dev.name} is in ${migStateName(cur)} with no process holding its data session; closing it now resets it to RUNNING\n`);
     }
     return EXIT.OK;
   }

@@ -3,6 +3,7 @@ import { openV1Bridge, type V1TraceEvent } from '../bridge/v1-bridge.js';
 import { saveV1 } from '../v1/reference-caller.js';
 import { v1StateName } from '../v1/uapi.js';
 import type { V2Device } from '../v2/device.js';
+import type { CliContext } from './context.js';
 import { toJson } from './output.js';
 
 function describe(e: V1TraceEvent): string {
@@ -14,10 +15,10 @@ function describe(e: V1TraceEvent): string {
   return `${access.padEnd(12)} ${what}${e.error ? `  ! ${e.error}` : ''}${v2}`;
 }
 
-export async function traceCommand(dev: V2Device, opts: { json?: boolean; sectionSize: number; precopy: boolean; dataAccess: 'bulk' | 'qemu' }): Promise<void> {
-  const print = (e: V1TraceEvent) => console.log(opts.json ? toJson({ event: 'access', ...e }) : describe(e));
+export async function traceCommand(ctx: CliContext, dev: V2Device, opts: { json?: boolean; sectionSize: number; precopy: boolean; dataAccess: 'bulk' | 'qemu' }): Promise<void> {
+  const print = (e: V1TraceEvent) => ctx.log(opts.json ? toJson({ event: 'access', ...e }) : describe(e));
   const bridge = await openV1Bridge(dev, { sectionSize: opts.sectionSize, trace: print });
   const result = await saveV1(bridge, () => undefined, { precopy: opts.precopy, dataAccess: opts.dataAccess, device: dev.name });
   const summary = { event: 'summary', device: dev.name, bytes: BigInt(result.bytes), precopyBytes: BigInt(result.precopyBytes), rounds: result.rounds, finalState: v1StateName(result.finalState) };
-  console.log(opts.json ? toJson(summary) : `# saved ${result.bytes} bytes through the v1 bridge (${result.rounds} pre-copy rounds); device_state ${summary.finalState}`);
+  ctx.log(opts.json ? toJson(summary) : `# saved ${result.bytes} bytes through the v1 bridge (${result.rounds} pre-copy rounds); device_state ${summary.finalState}`);
 }

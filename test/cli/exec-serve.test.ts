@@ -9,7 +9,7 @@ import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CLI, runCli } from './run-cli.js';
+import { CLI, runCli, runInProcess } from './run-cli.js';
 
 const root = resolve(import.meta.dirname, '../..');
 const dir = mkdtempSync(join(tmpdir(), 'vfio-mig-exec-'));
@@ -54,21 +54,21 @@ describe('vfio-mig serve', () => {
     const sock = join(dir, 'busy.sock');
     const first = startServe(sock, ['--sim', 'sim']);
     await first.until(/serving on/);
-    const second = runCli(['serve', '--socket', sock]);
+    const second = await runInProcess(['serve', '--socket', sock]);
     expect(second.code).toBe(1);
     expect(second.stderr).toMatch(/EADDRINUSE/);
-    const again = runCli(['exec', '--socket', sock, '--', 'true']);
+    const again = await runInProcess(['exec', '--socket', sock, '--', 'true']);
     expect(again.code).toBe(125);
     expect(existsSync(sock)).toBe(true);
     first.p.kill('SIGTERM');
     await first.exited;
   });
 
-  it('bad socket paths and sizes are refused before anything listens', () => {
-    expect(runCli(['serve', '--socket', join(dir, 'a'.repeat(110))])).toMatchObject({ code: 1, stderr: expect.stringMatching(/ENAMETOOLONG/) });
-    expect(runCli(['serve', '--socket', ''])).toMatchObject({ code: 1, stderr: expect.stringMatching(/socket path is empty/) });
-    for (const size of ['0', '8G', 'abc']) expect(runCli(['serve', '--socket', join(dir, 's.sock'), '--section-size', size]).code).toBe(2);
-    expect(runCli(['serve', '--socket', join(dir, 's.sock'), '--sim', 'bogus']).code).toBe(2);
+  it('bad socket paths and sizes are refused before anything listens', async () => {
+    expect(await runInProcess(['serve', '--socket', join(dir, 'a'.repeat(110))])).toMatchObject({ code: 1, stderr: expect.stringMatching(/ENAMETOOLONG/) });
+    expect(await runInProcess(['serve', '--socket', ''])).toMatchObject({ code: 1, stderr: expect.stringMatching(/socket path is empty/) });
+    for (const size of ['0', '8G', 'abc']) expect((await runInProcess(['serve', '--socket', join(dir, 's.sock'), '--section-size', size])).code).toBe(2);
+    expect((await runInProcess(['serve', '--socket', join(dir, 's.sock'), '--sim', 'bogus'])).code).toBe(2);
   });
 });
 

@@ -3,21 +3,23 @@
  * and 8). Each test failed before its fix.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { CLI, runCli } from './run-cli.js';
+import { CLI, bufferContext, runInProcess, signalSource } from './run-cli.js';
+import { runCli as runCommandLine } from '../../src/cli/program.js';
+import { MigState } from '../../src/v2/uapi.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'vfio-mig-hard-'));
 const isRoot = process.getuid?.() === 0;
 const STATE_FILE = /^VFIOMIG\0/;
 
 describe('finding 1: save -o never replaces what is not a regular file', () => {
-  it.runIf(isRoot)('a character device is written through and stays a character device', () => {
+  it.runIf(isRoot)('a character device is written through and stays a character device', async () => {
     const node = join(dir, 'null');
     expect(spawnSync('mknod', [node, 'c', '1', '3']).status).toBe(0); // our own /dev/null
-    const r = runCli(['save', 'sim:size=64K', '-o', node]);
+    const r = await runInProcess(['save', 'sim:size=64K', '-o', node]);
     expect(r.code, r.stderr).toBe(0);
     expect(lstatSync(node).isCharacterDevice()).toBe(true);
     expect(readdirSync(dir).filter((f) => f.endsWith('.tmp'))).toEqual([]);
@@ -30,37 +32,37 @@ describe('finding 1: save -o never replaces what is not a regular file', () => {
     const chunks: Buffer[] = [];
     reader.stdout.on('data', (d) => chunks.push(d));
     const closed = new Promise((r) => reader.on('close', r));
-    const r = spawnSync(process.execPath, [CLI, 'save', 'sim:size=64K', '-o', fifo], { encoding: 'utf8' });
+    const r = await runInProcess(['save', 'sim:size=64K', '-o', fifo]);
     const killer = setTimeout(() => reader.kill(), 3000); // a save that never opened the FIFO leaves cat waiting
     await closed;
     clearTimeout(killer);
-    expect(r.status, r.stderr).toBe(0);
+    expect(r.code, r.stderr).toBe(0);
     expect(lstatSync(fifo).isFIFO()).toBe(true);
     expect(Buffer.concat(chunks).toString('latin1')).toMatch(STATE_FILE);
   });
 
-  it('a symlink is followed: its target is replaced atomically, the link stays', () => {
+  it('a symlink is followed: its target is replaced atomically, the link stays', async () => {
     mkdirSync(join(dir, 'real'));
     const target = join(dir, 'real', 'state.vfio');
     writeFileSync(target, 'old');
     const link = join(dir, 'link.vfio');
     symlinkSync(target, link);
-    const r = runCli(['save', 'sim:size=64K', '-o', link]);
+    const r = await runInProcess(['save', 'sim:size=64K', '-o', link]);
     expect(r.code, r.stderr).toBe(0);
     expect(lstatSync(link).isSymbolicLink()).toBe(true);
     expect(readFileSync(target).toString('latin1')).toMatch(STATE_FILE);
     expect(readdirSync(join(dir, 'real'))).toEqual(['state.vfio']);
   });
 
-  it('a directory is refused, naming it', () => {
-    const r = runCli(['save', 'sim:size=64K', '-o', dir]);
+  it('a directory is refused, naming it', async () => {
+    const r = await runInProcess(['save', 'sim:size=64K', '-o', dir]);
     expect(r.code).toBe(1);
     expect(r.stderr).toContain(`${dir}: EISDIR`);
     expect(r.stderr).not.toMatch(/\.tmp/);
   });
 
-  it('a missing output directory is named, not the temporary file', () => {
-    const r = runCli(['save', 'sim:size=64K', '-o', join(dir, 'nope', 'x.vfio')]);
+  it('a missing output directory is named, not the temporary file', async () => {
+    const r = await runInProcess(['save', 'sim:size=64K', '-o', join(dir, 'nope', 'x.vfio')]);
     expect(r.code).toBe(1);
     expect(r.stderr).toContain(`no directory ${join(dir, 'nope')}`);
     expect(r.stderr).not.toMatch(/\.tmp/);
@@ -84,12 +86,50 @@ describe('finding 3: SIGTERM and SIGHUP clean up like SIGINT', () => {
       expect(stderr).toMatch(new RegExp(`interrupted by ${sig}; sim:size=64M,read-delay-ms=50 (reset to RUNNING|left in \\w+)`));
     });
   }
+
+  // The same clean-up in-process, through the run's context: what the process does before it exits.
+  it('in-process: SIGINT mid-save removes the temporary file, resets the device and ends with 130', async () => {
+    const out = join(dir, 'ctx-int.vfio');
+    const args = ['save', 'sim:size=64M,read-delay-ms=5', '-o', out];
+    const signals = signalSource();
+    const exits: number[] = [];
+    const { ctx, stderr } = bufferContext(args, undefined, { signals, exit: (c) => exits.push(c) });
+    const run = runCommandLine(args, ctx);
+    const tmp = () => readdirSync(dir).filter((f) => f.startsWith('.ctx-int.vfio.'));
+    // Stream bytes after the 32-byte header: the device is mid-session.
+    const streaming = () => tmp().some((f) => (statSync(join(dir, f), { throwIfNoEntry: false })?.size ?? 0) > 32);
+    for (let i = 0; i < 1000 && !streaming(); i++) await new Promise((r) => setTimeout(r, 10));
+    expect(streaming()).toBe(true);
+    signals.emit('SIGINT');
+    expect(tmp()).toEqual([]); // removed before anything is awaited
+    for (let i = 0; i < 200 && exits.length === 0; i++) await new Promise((r) => setTimeout(r, 10));
+    expect(exits).toEqual([130]);
+    expect(stderr.bytes().toString()).toMatch(/^vfio-mig: interrupted by SIGINT; sim:size=64M,read-delay-ms=5 reset to RUNNING\n/);
+    // A stand-in exit returns: the save then fails on its closed device, and still leaves no file.
+    expect(await run).not.toBe(0);
+    expect(existsSync(out)).toBe(false);
+    expect(tmp()).toEqual([]);
+  });
+
+  it('in-process: a device outside a session is named with its state; a closed one is no longer tracked', async () => {
+    const signals = signalSource();
+    const exits: number[] = [];
+    const { ctx, stderr } = bufferContext([], undefined, { signals, exit: (c) => exits.push(c) });
+    await ctx.withDevice('sim:seed=1', async () => undefined); // opened and closed: nothing to clean up
+    const dev = await ctx.openDevice('sim:size=4K');
+    await dev.setState(MigState.STOP);
+    signals.emit('SIGTERM');
+    for (let i = 0; i < 200 && exits.length === 0; i++) await new Promise((r) => setTimeout(r, 10));
+    expect(exits).toEqual([143]);
+    expect(stderr.bytes().toString()).toBe('vfio-mig: interrupted by SIGTERM; sim:size=4K left in STOP\n');
+    expect(await ctx.cleanup()).toEqual([]); // the interrupt closed it
+  });
 });
 
 describe('finding 4: errors name what the user gave', () => {
   for (const path of ['/etc/passwd', '/dev/null']) {
-    it(`info ${path}: not a VFIO device, exit 3`, () => {
-      const r = runCli(['info', path]);
+    it(`info ${path}: not a VFIO device, exit 3`, async () => {
+      const r = await runInProcess(['info', path]);
       expect(r.code).toBe(3);
       expect(r.stderr).toContain(`${path}: ENOTTY`);
       expect(r.stderr).toMatch(/not a VFIO device/);
@@ -97,8 +137,8 @@ describe('finding 4: errors name what the user gave', () => {
     });
   }
 
-  it('load -i a missing file names it, without Node\'s raw message', () => {
-    const r = runCli(['load', 'sim', '-i', join(dir, 'missing.vfio')]);
+  it('load -i a missing file names it, without Node\'s raw message', async () => {
+    const r = await runInProcess(['load', 'sim', '-i', join(dir, 'missing.vfio')]);
     expect(r.code).toBe(1);
     expect(r.stderr).toContain(`${join(dir, 'missing.vfio')}: ENOENT (2): no such file`);
     expect(r.stderr).not.toMatch(/no such file or directory, open/);
@@ -107,19 +147,19 @@ describe('finding 4: errors name what the user gave', () => {
 
 describe('finding 6: bad values are usage errors (exit 2), never silently changed', () => {
   for (const spec of ['sim:foo=1', 'sim:size=abc', 'simx', 'sim:ports=7', 'sim:dirty=2', 'sim:fail=STOP:STOP_COPY:EFOO', 'sim:fail=RUNNING:STOP_COPY:EIO']) {
-    it(`info ${spec}`, () => {
-      const r = runCli(['info', spec]);
+    it(`info ${spec}`, async () => {
+      const r = await runInProcess(['info', spec]);
       expect(r.code, r.stderr).toBe(2);
       expect(r.stderr.trim().split('\n')[0]).toMatch(/^vfio-mig: /);
     });
   }
-  it('--section-size 100G', () => {
-    const r = runCli(['info', 'sim', '--section-size', '100G']);
+  it('--section-size 100G', async () => {
+    const r = await runInProcess(['info', 'sim', '--section-size', '100G']);
     expect(r.code).toBe(2);
     expect(r.stderr).toMatch(/--section-size/);
   });
-  it('fsm --flags 0', () => {
-    const r = runCli(['fsm', '--flags', '0']);
+  it('fsm --flags 0', async () => {
+    const r = await runInProcess(['fsm', '--flags', '0']);
     expect(r.code).toBe(2);
     expect(r.stderr).toMatch(/STOP_COPY/);
   });
@@ -168,8 +208,8 @@ describe('finding 5: --json errors have one shape, alone on stderr', () => {
     [['save', 'sim', '--json'], 2, 'EINVAL'],
   ];
   for (const [args, exit, code] of cases) {
-    it(args.join(' '), () => {
-      const r = runCli(args);
+    it(args.join(' '), async () => {
+      const r = await runInProcess(args);
       expect(r.code).toBe(exit);
       const e = one(r.stderr);
       expect(Object.keys(e).sort()).toEqual(['code', 'device', 'errno', 'exit', 'message', 'op']);
@@ -178,8 +218,8 @@ describe('finding 5: --json errors have one shape, alone on stderr', () => {
       expect(e.message).toMatch(/\S/);
     });
   }
-  it('save --json gives byte counts as decimal strings', () => {
-    const r = runCli(['save', 'sim:size=64K', '-o', join(dir, 'j.vfio'), '--json']);
+  it('save --json gives byte counts as decimal strings', async () => {
+    const r = await runInProcess(['save', 'sim:size=64K', '-o', join(dir, 'j.vfio'), '--json']);
     expect(r.code).toBe(0);
     const j = JSON.parse(r.stdout.trim());
     expect(typeof j.bytes).toBe('string');

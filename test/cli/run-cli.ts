@@ -1,5 +1,9 @@
 import { spawn, spawnSync } from 'node:child_process';
+import { EventEmitter } from 'node:events';
 import { join } from 'node:path';
+import { Readable, Writable } from 'node:stream';
+import { CliContext, type CliIo } from '../../src/cli/context.js';
+import { runCli as runCommandLine } from '../../src/cli/program.js';
 
 export const CLI = join(__dirname, '../../dist/cli/main.js');
 
@@ -9,11 +13,45 @@ export interface CliResult {
   stderr: string;
 }
 
-/** Runs the built CLI (npm test builds first). */
+/** Runs the built CLI as a process (npm test builds first): for signals, terminals, pipes and the binary's own exit. */
 export function runCli(args: string[], input?: Buffer | string, env: Record<string, string> = {}): CliResult {
   const r = spawnSync(process.execPath, [CLI, ...args], { input, encoding: 'utf8', env: { ...process.env, NO_COLOR: '1', ...env }, maxBuffer: 1 << 28 });
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
 }
+
+/** A Writable that keeps what it is given. */
+export function sink(): Writable & { bytes(): Buffer } {
+  const chunks: Buffer[] = [];
+  const w = new Writable({
+    write(chunk: Buffer, _enc, done) {
+      chunks.push(chunk);
+      done();
+    },
+  });
+  return Object.assign(w, { bytes: () => Buffer.concat(chunks) });
+}
+
+/** A context on buffers: stdin is `input`; signals come from `signals` when given (emit them to interrupt). */
+export function bufferContext(args: string[], input?: Buffer | string, more: Partial<CliIo> = {}) {
+  const stdout = sink();
+  const stderr = sink();
+  const io: CliIo = { stdout, stderr, stdin: () => Readable.from(input === undefined ? [] : [Buffer.from(input)]), ...more };
+  return { ctx: new CliContext(io, args), stdout, stderr };
+}
+
+export interface InProcessResult extends CliResult {
+  stdoutBytes: Buffer;
+}
+
+/** Runs one command line in this process with buffers for stdin, stdout and stderr: what runCli gives, without a process. */
+export async function runInProcess(args: string[], input?: Buffer | string): Promise<InProcessResult> {
+  const { ctx, stdout, stderr } = bufferContext(args, input);
+  const code = await runCommandLine(args, ctx);
+  return { code, stdout: stdout.bytes().toString('utf8'), stderr: stderr.bytes().toString('utf8'), stdoutBytes: stdout.bytes() };
+}
+
+/** A stand-in for the process's signals. */
+export const signalSource = () => new EventEmitter();
 
 /** Runs `vfio-mig A | vfio-mig B` as two processes joined by a pipe. */
 export function pipeCli(a: string[], b: string[]): Promise<[CliResult, CliResult]> {

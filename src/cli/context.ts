@@ -1,0 +1,159 @@
+/**
+ * What one run of vfio-mig owns: its output streams, whether --json was
+ * given, the devices it opened and the files it has not finished. An
+ * interrupt closes the devices (naming the state each was left in) and
+ * removes the files. main.ts builds one from the process; tests build one
+ * from buffers and run commands in-process.
+ */
+import { Console } from 'node:console';
+import { unlinkSync } from 'node:fs';
+import { constants as osConstants } from 'node:os';
+import type { Writable } from 'node:stream';
+import type { V2Device } from '../v2/device.js';
+import { holdsSession } from '../v2/fsm.js';
+import { migStateName } from '../v2/uapi.js';
+import { openDevice } from './open-device.js';
+import { errorLine } from './output.js';
+
+/** process.stdout / process.stderr, or any Writable standing in for them. */
+export type CliStream = Writable & { isTTY?: boolean; columns?: number };
+
+/** Where signals come from (the process): serve and exec replace the interrupt handling with their own. */
+export interface SignalSource {
+  on(sig: NodeJS.Signals, listener: () => void): unknown;
+  once(sig: NodeJS.Signals, listener: () => void): unknown;
+  removeAllListeners(sig: NodeJS.Signals): unknown;
+}
+
+export interface CliIo {
+  stdout: CliStream;
+  stderr: CliStream;
+  /** Read only when a command takes `-`: the process's stdin is not touched otherwise. */
+  stdin?: () => AsyncIterable<Uint8Array>;
+  /** When given, SIGINT, SIGTERM and SIGHUP clean up and end the run through `exit`. */
+  signals?: SignalSource;
+  exit?: (code: number) => void;
+}
+
+export const INTERRUPT_SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
+
+/** How long an interrupt waits for the devices to be closed before exiting anyway. */
+const INTERRUPT_GRACE_MS = 2000;
+
+export class CliContext {
+  readonly stdout: CliStream;
+  readonly stderr: CliStream;
+  /** --json anywhere on the command line: errors, usage errors too, are then one JSON object. */
+  readonly json: boolean;
+  readonly signals: SignalSource | null;
+  readonly #console: Console;
+  readonly #stdin: (() => AsyncIterable<Uint8Array>) | undefined;
+  readonly #devices = new Set<V2Device>();
+  readonly #unfinished = new Set<string>();
+
+  constructor(io: CliIo, argv: readonly string[]) {
+    this.stdout = io.stdout;
+    this.stderr = io.stderr;
+    this.json = argv.includes('--json');
+    this.signals = io.signals ?? null;
+    this.#stdin = io.stdin;
+    // console.log's semantics on these streams (a reader gone away does not throw).
+    this.#console = new Console({ stdout: io.stdout, stderr: io.stderr });
+    if (io.signals) {
+      const exit = io.exit ?? ((code: number) => process.exit(code));
+      for (const sig of INTERRUPT_SIGNALS) io.signals.on(sig, () => this.#interrupted(sig, exit));
+    }
+  }
+
+  /** One line (or lines) of output on stdout. */
+  log(text: string): void {
+    this.#console.log(text);
+  }
+
+  stdin(): AsyncIterable<Uint8Array> {
+    if (!this.#stdin) throw new Error('vfio-mig: this run has no stdin');
+    return this.#stdin();
+  }
+
+  /** Opens a device that an interrupt must close (and name the state of); closing it stops the tracking. */
+  async openDevice(spec: string): Promise<V2Device> {
+    const dev = await openDevice(spec);
+    this.#devices.add(dev);
+    const close = dev.close.bind(dev);
+    dev.close = () => {
+      this.#devices.delete(dev);
+      return close();
+    };
+    return dev;
+  }
+
+  async withDevice<T>(spec: string, fn: (d: V2Device) => Promise<T>): Promise<T> {
+    const dev = await this.openDevice(spec);
+    try {
+      return await fn(dev);
+    } finally {
+      await dev.close();
+    }
+  }
+
+  /** A file being written under a temporary name: removed if the run is interrupted. */
+  unfinished(file: string): void {
+    this.#unfinished.add(file);
+  }
+
+  /** The file was renamed into place or removed: nothing for an interrupt to do. */
+  finished(file: string): void {
+    this.#unfinished.delete(file);
+  }
+
+  /**
+   * Removes every unfinished file (at once, before anything is awaited) and
+   * closes every open device, resetting one that holds a data session since
+   * that session dies with this run. Returns where each device was left.
+   */
+  cleanup(): Promise<string[]> {
+    for (const f of this.#unfinished) {
+      try {
+        unlinkSync(f);
+      } catch {
+        // already gone
+      }
+    }
+    this.#unfinished.clear();
+    return Promise.all([...this.#devices].map(closeInterrupted));
+  }
+
+  #interrupted(sig: (typeof INTERRUPT_SIGNALS)[number], exit: (code: number) => void): void {
+    let timer: NodeJS.Timeout | undefined;
+    let ended = false;
+    const done = () => {
+      clearTimeout(timer);
+      if (!ended) exit(128 + osConstants.signals[sig]);
+      ended = true; // a stand-in exit (tests) returns: end once
+    };
+    const closing = this.cleanup(); // an interrupted save leaves no file under the target name
+    timer = setTimeout(done, INTERRUPT_GRACE_MS).unref();
+    closing.then((states) => {
+      this.stderr.write(`vfio-mig: interrupted by ${sig}${states.length ? `; ${states.join('; ')}` : ''}\n`);
+      done();
+    }, done);
+  }
+}
+
+/** Closes a device on an interrupt and says where it was left. */
+async function closeInterrupted(dev: V2Device): Promise<string> {
+  let where: string;
+  try {
+    const state = await dev.getState();
+    if (holdsSession(state)) {
+      await dev.reset();
+      where = 'reset to RUNNING';
+    } else {
+      where = `left in ${migStateName(state)}`;
+    }
+  } catch (e) {
+    where = `left in an unknown state (${errorLine(e)})`;
+  }
+  await dev.close().catch(() => undefined);
+  return `${dev.name} ${where}`;
+}

@@ -1,0 +1,188 @@
+/**
+ * vfio-mig's commands: argument parsing and dispatch only; the work is in
+ * the library. runCli runs one command line in a context (main.ts gives it
+ * the process; tests give it buffers) and returns the exit code.
+ */
+import { Command, CommanderError, Option } from 'commander';
+import { readFileSync } from 'node:fs';
+import { EXIT, EXIT_HELP } from './exit-codes.js';
+import { conformanceCommand, conformanceHelp, parseOnly } from './conformance.js';
+import type { CliContext } from './context.js';
+import { fsmCommand } from './fsm.js';
+import { infoCommand } from './info.js';
+import { loadCommand } from './load.js';
+import { DEVICE_HELP, parseSize } from './open-device.js';
+import { CliError, errorJson, errorLine, exitCodeFor, toJson } from './output.js';
+import { saveCommand } from './save.js';
+import { envCommand, execCommand, serveCommand } from './serve.js';
+import { SERVICE_SECTION_SIZE } from '../service/bridge-service.js';
+import { stateCommand } from './state.js';
+import { traceCommand } from './trace.js';
+
+const version = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+
+const sizeOpt = (v: string) => parseSize(v, '--section-size', 1 << 30, 1);
+const intOpt = (name: string) => (v: string) => {
+  if (!/^\d+$/.test(v)) throw new CliError(`vfio-mig: ${name} takes a whole number (got "${v}")`, EXIT.USAGE);
+  return Number(v);
+};
+const sectionOption = (bytes = 1 << 20, shown = '1M') => new Option('--section-size <bytes>', 'v1 data section size (bridge window)').default(bytes, shown).argParser(sizeOpt);
+const serviceSectionOption = () => sectionOption(SERVICE_SECTION_SIZE, '4M');
+
+/** The command tree for one run: its output, devices and exit code go through `ctx` and `exit`. */
+function buildProgram(ctx: CliContext, exit: (code: number) => void): Command {
+  const program = new Command('vfio-mig')
+    .description('Inspect VFIO migration devices, change their state, save and load their state, across the v1 region and v2 FSM protocols.')
+    .version(version)
+    .enablePositionalOptions()
+    .showHelpAfterError(!ctx.json)
+    // Under --json the usage error is reported once, as the JSON error object (runCli).
+    .configureOutput({
+      writeOut: (text) => void ctx.stdout.write(text),
+      writeErr: (text) => void (ctx.json || ctx.stderr.write(text)),
+      // commander's defaults, on the run's streams (undefined: its own 80 columns)
+      getOutHelpWidth: () => (ctx.stdout.isTTY ? ctx.stdout.columns : undefined) as number,
+      getErrHelpWidth: () => (ctx.stderr.isTTY ? ctx.stderr.columns : undefined) as number,
+    })
+    .exitOverride()
+    .addHelpText('after', `\n${DEVICE_HELP}\n\n${EXIT_HELP}`);
+
+  program
+    .command('info')
+    .description('migration flags, state, stop-copy size, regions, and the v1 region the bridge would present')
+    .argument('<device>')
+    .addOption(sectionOption())
+    .option('--json', 'machine-readable output (u64 values as decimal strings)')
+    .addHelpText('after', '\nExample:\n  vfio-mig info sim:profile=mtty\n  vfio-mig info /dev/vfio/devices/vfio0 --json')
+    .action(async (device: string, o) => ctx.withDevice(device, (d) => infoCommand(ctx, d, o)));
+
+  program
+    .command('state')
+    .description('print the state, or set it (v2 names, or v1 bits with --v1 through the bridge); prints the path taken')
+    .argument('<device>')
+    .argument('[state]', 'v2: STOP, RUNNING, STOP_COPY, RESUMING, RUNNING_P2P, PRE_COPY, PRE_COPY_P2P; v1 (--v1): 000..100 or STOP, RUNNING, SAVING, SAVING|RUNNING, RESUMING')
+    .option('--v1', 'STATE is a v1 device_state, written through the bridge')
+    .option('--reset', 'VFIO_DEVICE_RESET first (the way out of ERROR)')
+    .option('--json', 'machine-readable output')
+    .addHelpText('after', '\nExample:\n  vfio-mig state sim STOP_COPY        # RUNNING -> RUNNING_P2P -> STOP -> STOP_COPY\n  vfio-mig state sim --v1 011\n  vfio-mig state /dev/vfio/devices/vfio0 --reset')
+    .action(async (device: string, state: string | undefined, o) => {
+      exit(await ctx.withDevice(device, (d) => stateCommand(ctx, d, state, o)));
+    });
+
+  program
+    .command('save')
+    .description('save the device state to a file or stdout (header, the device stream, SHA-256 trailer)')
+    .argument('<device>')
+    .requiredOption('-o, --output <file>', 'target file, or - for stdout')
+    .addOption(new Option('--protocol <p>', 'v1: the legacy caller through the bridge; v2: native').choices(['v1', 'v2']).default('v2'))
+    .option('--no-precopy', 'skip pre-copy and go straight to stop-copy')
+    .option('--rounds <n>', 'at most this many pre-copy rounds', intOpt('--rounds'), 100)
+    .addOption(new Option('--threshold <bytes>', 'leave pre-copy once pending data is below this').default(1n, '1').argParser((v) => BigInt(parseSize(v, '--threshold'))))
+    .addOption(sectionOption())
+    .option('--json', 'summary as JSON (on stderr when the data goes to stdout)')
+    .addHelpText('after', '\nThe device is left in STOP. A file is written as .NAME.PID.tmp, synced and renamed when complete.\n\nExample:\n  vfio-mig save sim:size=64M -o state.vfio\n  vfio-mig save /dev/vfio/devices/vfio0 -o - | ssh dst vfio-mig load /dev/vfio/devices/vfio0 -i -')
+    .action(async (device: string, o) => ctx.withDevice(device, (d) => saveCommand(ctx, d, o)));
+
+  program
+    .command('load')
+    .description('load device state from a file or stdin; checks header and checksum')
+    .argument('<device>')
+    .requiredOption('-i, --input <file>', 'state file, or - for stdin')
+    .addOption(new Option('--protocol <p>', 'v1: the legacy caller through the bridge; v2: native').choices(['v1', 'v2']).default('v2'))
+    .addOption(new Option('--final-state <s>', 'state after the load').choices(['running', 'stop']).default('running'))
+    .addOption(sectionOption())
+    .option('--json', 'machine-readable output')
+    .addHelpText('after', '\nA file is verified whole before the device is touched. From stdin the checksum is checked at the end;\non a mismatch the resume is abandoned and the device reset (exit 5).\n\nExample:\n  vfio-mig load sim -i state.vfio\n  vfio-mig load sim --protocol v1 -i state.vfio')
+    .action(async (device: string, o) => loadCommand(ctx, device, o));
+
+  program
+    .command('fsm')
+    .description('the path a v2 transition takes (vfio_mig_get_next_state), or the whole table')
+    .argument('[from]')
+    .argument('[to]')
+    .option('--flags <list>', 'migration flags: 1, 3, 5, 7 or STOP_COPY+P2P+PRE_COPY', '7')
+    .option('--json', 'machine-readable output')
+    .addHelpText('after', '\nExample:\n  vfio-mig fsm RUNNING STOP_COPY\n  vfio-mig fsm --flags STOP_COPY')
+    .action((from: string | undefined, to: string | undefined, o) => {
+      exit(fsmCommand(ctx, from, to, o));
+    });
+
+  program
+    .command('conformance')
+    .description('check that a v2 migration driver keeps the uAPI (FSM, data_fd, PRECOPY_INFO, resume, reset) and that v1 callers work on it through the bridge')
+    .argument('<device>')
+    .option('--peer <device>', 'a second device of the same model to resume into (default: the device itself)')
+    .option('--only <ids>', 'comma-separated check ids or group names', parseOnly)
+    .option('--cycles <n>', 'save/resume/reset cycles of stress.cycles', intOpt('--cycles'), 20)
+    .option('--json', 'one object: device, flags, kernel release, every check with its verdict and evidence')
+    .addHelpText('after', conformanceHelp())
+    .action(async (device: string, o) => {
+      // A kernel device cannot be opened twice; a second sim of one spec is a second device.
+      if (o.peer === device && !device.startsWith('sim')) throw new CliError(`vfio-mig conformance: --peer ${o.peer} is the device itself (leave --peer out to resume into the device)`, EXIT.USAGE);
+      exit(await ctx.withDevice(device, async (d) => {
+        if (!o.peer) return conformanceCommand(ctx, d, undefined, o);
+        return ctx.withDevice(o.peer, (p) => conformanceCommand(ctx, d, p, o));
+      }));
+    });
+
+  program
+    .command('trace')
+    .description('run a save through the v1 bridge and print each v1 access with the v2 operations it caused')
+    .argument('<device>')
+    .addOption(sectionOption())
+    .option('--no-precopy', 'skip pre-copy')
+    .addOption(new Option('--data-access <mode>', 'bulk: one read per chunk; qemu: 8-byte reads as QEMU without mmap').choices(['bulk', 'qemu']).default('bulk'))
+    .option('--json', 'NDJSON, one object per access, then a summary')
+    .addHelpText('after', '\nExample:\n  vfio-mig trace sim:profile=mtty\n  vfio-mig trace sim:size=8K --json')
+    .action(async (device: string, o) => ctx.withDevice(device, (d) => traceCommand(ctx, d, o)));
+
+  program
+    .command('exec')
+    .description('run a v1-era VMM (QEMU 5.2-7.2) with the v1 interposer preloaded: every VFIO device it opens that has v2 migration gets a v1 migration region served by the bridge')
+    .argument('<command...>', 'the command and its arguments (after --)')
+    .option('--trace <file>', 'write each v1 access with the v2 operations it caused, and the quiesce group\'s moves (NDJSON)')
+    .option('--socket <path>', 'the service socket (default: a private one under $TMPDIR)')
+    .addOption(serviceSectionOption())
+    .option('--sim <device>', 'serve every device with a fresh simulated DEVICE instead of the VMM\'s own (testing)')
+    .passThroughOptions()
+    .addHelpText('after', '\nThe exit status is COMMAND\'s (128+N when signal N ended it; 125 when exec itself failed, 127 when COMMAND was not found); SIGINT, SIGTERM, SIGHUP and SIGQUIT are forwarded. The service ends with COMMAND.\n\nExample:\n  vfio-mig exec -- qemu-system-x86_64 -M pc -device vfio-pci,sysfsdev=/sys/bus/mdev/devices/UUID,x-enable-migration=on ...\n  vfio-mig exec --trace mig.ndjson -- qemu-system-x86_64 ...')
+    .action(async (command: string[], o) => {
+      exit(await execCommand(ctx, command, o));
+    });
+
+  program
+    .command('serve')
+    .description('serve the v1 interposer of VMMs started by someone else (libvirt and the like); `vfio-mig env` prints what they need')
+    .requiredOption('--socket <path>', 'where to listen (a Unix socket)')
+    .option('--trace <file>', 'NDJSON trace of every v1 access and group move')
+    .addOption(serviceSectionOption())
+    .option('--sim <device>', 'serve every device with a fresh simulated DEVICE (testing)')
+    .addHelpText('after', '\nRuns until SIGINT, SIGTERM or SIGHUP; devices left mid-session are reset to RUNNING.\n\nExample:\n  vfio-mig serve --socket /run/vfio-mig.sock &\n  env $(vfio-mig env --socket /run/vfio-mig.sock) qemu-system-x86_64 ...')
+    .action(async (o) => serveCommand(ctx, o));
+
+  program
+    .command('env')
+    .description('print the environment (LD_PRELOAD, VFIO_MIG_SOCKET) a VMM needs to reach `vfio-mig serve`')
+    .requiredOption('--socket <path>', 'the socket `vfio-mig serve` listens on')
+    .addHelpText('after', '\nExample:\n  vfio-mig env --socket /run/vfio-mig.sock\n  env $(vfio-mig env --socket /run/vfio-mig.sock) qemu-system-x86_64 ...\n\nOther variables the interposer reads:\n  VFIO_MIG_REQUIRED=1     a device that cannot be bridged ends the VMM\n  VFIO_MIG_TIMEOUT_MS=N   longest wait for the service to answer one access (default 20000)')
+    .action((o) => envCommand(ctx, o));
+  return program;
+}
+
+/** Runs one command line (the arguments after `vfio-mig`) and returns its exit code. */
+export async function runCli(argv: readonly string[], ctx: CliContext): Promise<number> {
+  let code: number = EXIT.OK;
+  const program = buildProgram(ctx, (c) => (code = c));
+  try {
+    await program.parseAsync([...argv], { from: 'user' });
+  } catch (e) {
+    if (e instanceof CommanderError) {
+      code = e.exitCode === 0 || e.code === 'commander.helpDisplayed' || e.code === 'commander.version' ? EXIT.OK : EXIT.USAGE;
+      if (code === EXIT.USAGE && ctx.json) ctx.stderr.write(`${toJson(errorJson(new CliError(e.message.replace(/^error: /, ''), EXIT.USAGE), EXIT.USAGE))}\n`);
+    } else {
+      code = exitCodeFor(e);
+      ctx.stderr.write(`${ctx.json ? toJson(errorJson(e, code)) : e instanceof CliError ? e.message : errorLine(e)}\n`);
+    }
+  }
+  return code;
+}
