@@ -1,6 +1,7 @@
 // npm run test:mutation: mutation testing of the bridge and the FSM, the two
 // places where a wrong branch silently corrupts a migration. Not in CI (tens
-// of minutes on two cores); incremental, so a rerun tests only what changed.
+// of minutes on two cores); incremental (.stryker-incremental.json, kept
+// locally), so a rerun tests only what changed.
 // Error-message strings are left out (StringLiteral): a changed message is
 // not a logic fault. RELIABILITY.md lists the score and the survivors.
 /** @type {import('@stryker-mutator/api/core').PartialStrykerOptions} */
