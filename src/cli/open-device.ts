@@ -55,8 +55,9 @@ export function parseFlags(text: string, what = 'flags'): number {
 }
 
 export function parseSimSpec(spec: string): SimDeviceOptions {
+  if (spec !== 'sim' && !spec.startsWith('sim:')) throw usage(spec, 'not a simulated device: give sim or sim:key=value,...');
   const opts: SimDeviceOptions = { name: spec };
-  const rest = spec.slice(3).replace(/^:/, '');
+  const rest = spec.slice(4);
   if (!rest) return opts;
   const faults: NonNullable<SimDeviceOptions['faults']> = {};
   for (const pair of rest.split(',')) {

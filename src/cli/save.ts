@@ -4,8 +4,9 @@
  * the target name) or to stdout.
  */
 import { once } from 'node:events';
-import { existsSync } from 'node:fs';
-import { open, realpath, rename, stat, unlink } from 'node:fs/promises';
+import { closeSync, constants, existsSync, openSync } from 'node:fs';
+import { lstat, open, readlink, realpath, rename, stat, unlink } from 'node:fs/promises';
+import { isatty } from 'node:tty';
 import { basename, dirname, join, resolve } from 'node:path';
 import { openV1Bridge } from '../bridge/v1-bridge.js';
 import { saveV1 } from '../v1/reference-caller.js';
@@ -38,12 +39,29 @@ async function writeStream(out: CliStream, data: Uint8Array): Promise<void> {
  * device, FIFO or socket is written straight through; a directory is refused.
  */
 async function outputTarget(output: string): Promise<{ file: string; atomic: boolean }> {
-  const st = await stat(output).catch(() => null);
+  // A symlink is followed, also when its target does not exist yet (it is created).
+  const link = await lstat(output).catch(() => null);
+  const path = link?.isSymbolicLink() ? resolve(dirname(output), await readlink(output)) : output;
+  const st = await stat(path).catch(() => null);
   if (st?.isDirectory()) throw new VfioError('EISDIR', 'save', output, 'is a directory: give a file name');
-  if (st && !st.isFile()) return { file: output, atomic: false };
-  const file = st ? await realpath(output) : resolve(output);
+  if (st?.isCharacterDevice() && isTerminal(path)) throw new CliError(`vfio-mig: refusing to write binary device state to a terminal (${output})`, EXIT.USAGE);
+  if (st && !st.isFile()) return { file: path, atomic: false };
+  const file = st ? await realpath(path) : resolve(path);
   if (!existsSync(dirname(file))) throw new VfioError('ENOENT', 'save', output, `no directory ${dirname(file)}`);
   return { file, atomic: true };
+}
+
+/** Whether a character device is a terminal (opened without becoming our controlling tty). */
+function isTerminal(path: string): boolean {
+  let fd = -1;
+  try {
+    fd = openSync(path, constants.O_WRONLY | constants.O_NOCTTY | constants.O_NONBLOCK);
+    return isatty(fd);
+  } catch {
+    return false;
+  } finally {
+    if (fd >= 0) closeSync(fd);
+  }
 }
 
 export async function saveCommand(ctx: CliContext, dev: V2Device, opts: SaveOptions): Promise<void> {
@@ -66,7 +84,13 @@ export async function saveCommand(ctx: CliContext, dev: V2Device, opts: SaveOpti
     const header = encodeHeader({ protocol: opts.protocol, flags, byteCount: null });
     if (fh) await fh.write(header);
     else await writeStdout(header);
+    let turn = Date.now();
     const sink = async (chunk: Uint8Array) => {
+      // A simulated device and a /dev/null stdout never wait on I/O: let a signal handler run now and then.
+      if (Date.now() - turn > 50) {
+        await new Promise((r) => setImmediate(r));
+        turn = Date.now();
+      }
       hash.update(chunk);
       count += BigInt(chunk.length);
       if (fh) await fh.write(chunk);

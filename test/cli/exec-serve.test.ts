@@ -68,7 +68,9 @@ describe('vfio-mig serve', () => {
     expect(await runInProcess(['serve', '--socket', join(dir, 'a'.repeat(110))])).toMatchObject({ code: 1, stderr: expect.stringMatching(/ENAMETOOLONG/) });
     expect(await runInProcess(['serve', '--socket', ''])).toMatchObject({ code: 1, stderr: expect.stringMatching(/socket path is empty/) });
     for (const size of ['0', '8G', 'abc']) expect((await runInProcess(['serve', '--socket', join(dir, 's.sock'), '--section-size', size])).code).toBe(2);
-    expect((await runInProcess(['serve', '--socket', join(dir, 's.sock'), '--sim', 'bogus'])).code).toBe(2);
+    for (const spec of ['bogus', 's', '/dev/null']) {
+      expect(await runInProcess(['serve', '--socket', join(dir, 's.sock'), '--sim', spec])).toMatchObject({ code: 2, stderr: expect.stringContaining(`${spec}: not a simulated device`) });
+    }
   });
 });
 

@@ -3,7 +3,7 @@
  * and 8). Each test failed before its fix.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, lstatSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -54,6 +54,21 @@ describe('finding 1: save -o never replaces what is not a regular file', () => {
     expect(readdirSync(join(dir, 'real'))).toEqual(['state.vfio']);
   });
 
+  it('a symlink whose target does not exist yet: the target is created, the link stays; a missing directory is ENOENT', async () => {
+    const link = join(dir, 'ahead.vfio');
+    symlinkSync('ahead-target.vfio', link); // relative, as ln -s makes it
+    const r = await runInProcess(['save', 'sim:size=64K', '-o', link]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(lstatSync(link).isSymbolicLink()).toBe(true);
+    expect(readFileSync(join(dir, 'ahead-target.vfio')).toString('latin1')).toMatch(STATE_FILE);
+    const dangling = join(dir, 'dangling.vfio');
+    symlinkSync('/nonexistent/dir/x.vfio', dangling);
+    const bad = await runInProcess(['save', 'sim:size=64K', '-o', dangling]);
+    expect(bad.code).toBe(1);
+    expect(bad.stderr).toContain('ENOENT');
+    expect(lstatSync(dangling).isSymbolicLink()).toBe(true);
+  });
+
   it('a directory is refused, naming it', async () => {
     const r = await runInProcess(['save', 'sim:size=64K', '-o', dir]);
     expect(r.code).toBe(1);
@@ -86,6 +101,26 @@ describe('finding 3: SIGTERM and SIGHUP clean up like SIGINT', () => {
       expect(stderr).toMatch(new RegExp(`interrupted by ${sig}; sim:size=64M,read-delay-ms=50 (reset to RUNNING|left in \\w+)`));
     });
   }
+
+  // A simulated device without delays never waits on I/O: the signal must still be taken mid-run.
+  it.each([
+    ['conformance', 'SIGINT', 130, ['conformance', 'sim:size=64K', '--only', 'stress.cycles', '--cycles', '99999999']],
+    ['save to stdout on /dev/null', 'SIGTERM', 143, ['save', 'sim:size=2G', '--no-precopy', '-o', '-']],
+  ] as const)('%s on a device that never waits: %s is taken mid-run', async (_, sig, code, args) => {
+    // stdout on /dev/null: writes to it complete at once, as `save -o - >/dev/null` does.
+    const p = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', openSync('/dev/null', 'w'), 'pipe'] });
+    const exited = new Promise<number | null>((r) => p.on('close', r));
+    let stderr = '';
+    p.stderr!.on('data', (d) => (stderr += d));
+    await new Promise((r) => setTimeout(r, 1500));
+    p.kill(sig);
+    const killer = setTimeout(() => p.kill('SIGKILL'), 20_000);
+    const exit = await exited;
+    clearTimeout(killer);
+    expect(exit, stderr).toBe(code);
+    expect(stderr).toMatch(new RegExp(`interrupted by ${sig}`));
+    expect(stderr).not.toMatch(/^saved /m); // never success and interruption in one run
+  }, 30_000);
 
   // The same clean-up in-process, through the run's context: what the process does before it exits.
   it('in-process: SIGINT mid-save removes the temporary file, resets the device and ends with 130', async () => {
@@ -187,6 +222,13 @@ describe('finding 8: binary state never goes to a terminal', () => {
     const r = spawnSync('script', ['-qec', `${process.execPath} ${CLI} save sim:size=64K -o -`, '/dev/null'], { encoding: 'utf8' });
     expect(r.status).toBe(2);
     expect(r.stdout).toMatch(/refusing to write binary device state to a terminal/);
+    expect(r.stdout).not.toMatch(/VFIOMIG/);
+  });
+
+  it.runIf(hasScript)('nor -o /dev/tty (or any terminal named as the output file)', () => {
+    const r = spawnSync('script', ['-qec', `${process.execPath} ${CLI} save sim:size=64K -o /dev/tty`, '/dev/null'], { encoding: 'utf8' });
+    expect(r.status).toBe(2);
+    expect(r.stdout).toMatch(/refusing to write binary device state to a terminal \(\/dev\/tty\)/);
     expect(r.stdout).not.toMatch(/VFIOMIG/);
   });
 });
