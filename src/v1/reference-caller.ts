@@ -13,7 +13,7 @@ export interface SaveV1Options {
   precopy?: boolean;
   /** Stop pre-copy once pending_bytes is below this (default 1: until 0). */
   threshold?: bigint;
-  /** At most this many pre-copy rounds (default 1000). */
+  /** At most this many pre-copy rounds (default 100); a round reads what was pending when it began. */
   maxRounds?: number;
   /** 'qemu': the data section in 8-byte reads as QEMU without mmap; 'bulk': one read per chunk (default). */
   dataAccess?: DataAccess;
@@ -40,6 +40,9 @@ export interface SaveV1Result {
   rounds: number;
   /** device_state at the end (000). */
   finalState: number;
+  /** false when pre-copy stopped at the round limit or stopped shrinking; precopyPending was still pending then. */
+  converged: boolean;
+  precopyPending: bigint;
 }
 
 export interface LoadV1Options {
@@ -98,34 +101,54 @@ export async function saveV1(region: V1Region, sink: ChunkSink, options: SaveV1O
   const device = options.device ?? 'v1 region';
   const mode = options.dataAccess ?? 'bulk';
   const threshold = options.threshold ?? 1n;
-  const maxRounds = options.maxRounds ?? 1000;
+  const maxRounds = options.maxRounds ?? 100;
   // data_offset + data_size never run past the region (saveBuffer checks), so a region-sized buffer holds any chunk.
   const buffer = options.reuseBuffer ? new Uint8Array(region.size) : undefined;
   let bytes = 0;
   let rounds = 0;
+  let pending = 0n;
+  let converged = true;
   const state = await readU32(region, F.DEVICE_STATE);
   if (options.precopy !== false && state & V1.RUNNING) {
     await setStateV1(region, V1.MASK, V1.SAVING, device); // 001 -> 011
-    while (rounds < maxRounds) {
-      const pending = await readU64(region, F.PENDING_BYTES);
-      if (pending < threshold || pending === 0n) break;
-      bytes += await saveBuffer(region, sink, mode, device, buffer);
+    pending = await readU64(region, F.PENDING_BYTES);
+    // A round reads what was pending when it began, no more, as saveV2 does: a
+    // device that dirties as fast as it is read would otherwise never leave it.
+    while (pending >= threshold && pending > 0n) {
+      if (rounds >= maxRounds) {
+        converged = false;
+        break;
+      }
+      const start = pending;
+      let inRound = 0n;
+      for (;;) {
+        const n = await saveBuffer(region, sink, mode, device, buffer);
+        bytes += n;
+        inRound += BigInt(n);
+        options.onProgress?.({ phase: 'precopy', bytes, rounds });
+        pending = await readU64(region, F.PENDING_BYTES); // ends the chunk; the next one starts here
+        if (n === 0 || pending === 0n || inRound >= start) break;
+      }
       rounds++;
-      options.onProgress?.({ phase: 'precopy', bytes, rounds });
+      if (pending >= threshold && pending * 4n > start * 3n) {
+        converged = false; // not shrinking: the rest goes in stop-copy
+        break;
+      }
     }
   }
   const precopyBytes = bytes;
+  const precopyPending = pending;
   await setStateV1(region, ~V1.RUNNING, V1.SAVING, device); // -> 010
-  let pending = await readU64(region, F.PENDING_BYTES);
-  while (pending > 0n) {
+  let left = await readU64(region, F.PENDING_BYTES);
+  while (left > 0n) {
     const n = await saveBuffer(region, sink, mode, device, buffer);
     if (n === 0) break;
     bytes += n;
     options.onProgress?.({ phase: 'stopcopy', bytes, rounds });
-    pending = await readU64(region, F.PENDING_BYTES);
+    left = await readU64(region, F.PENDING_BYTES);
   }
   const finalState = await setStateV1(region, ~V1.SAVING, 0, device); // -> 000
-  return { bytes, precopyBytes, rounds, finalState };
+  return { bytes, precopyBytes, rounds, finalState, converged, precopyPending };
 }
 
 /**
