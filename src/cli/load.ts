@@ -93,8 +93,9 @@ async function loadInto(ctx: CliContext, dev: V2Device, src: ByteSource, h: Stat
   const progress = progressReporter(ctx.stderr, `load ${dev.name}`, h.byteCount !== null ? { bytes: h.byteCount, estimate: false } : null);
   const body = verifiedBody(src, name);
   let touched = false;
+  let flags: number | null = null;
   try {
-    const flags = await dev.migrationFlags();
+    flags = await dev.migrationFlags();
     await assertNoSession(dev, 'load'); // someone else's session is not ours to abandon
     touched = true;
     let bytes: number;
@@ -131,6 +132,8 @@ async function loadInto(ctx: CliContext, dev: V2Device, src: ByteSource, h: Stat
     } catch (re) {
       after = `the reset failed too (${errorLine(re)}); the device state is unknown`;
     }
-    throw new CliError(`${errorLine(err)}; load abandoned: ${after}`, EXIT.DEVICE_LEFT_BAD, err);
+    // Flag sets may differ between compatible devices, so they are not refused up front; but a refusal is likely why.
+    const differ = flags !== null && flags !== h.flags ? ` (the file was saved from a device with migration flags 0x${h.flags.toString(16)}, this one has 0x${flags.toString(16)})` : '';
+    throw new CliError(`${errorLine(err)}${differ}; load abandoned: ${after}`, EXIT.DEVICE_LEFT_BAD, err);
   }
 }
