@@ -23,6 +23,18 @@ export interface StructCodec<L extends Record<string, FieldSpec>> {
 
 const WIDTH: Record<FieldType, number> = { u8: 1, u16: 2, u32: 4, s32: 4, u64: 8 };
 
+/** One field of a layout with its width, for code that works by offset (the v1 region's access rules). */
+export interface FieldPlace<N extends string = string> {
+  readonly name: N;
+  readonly offset: number;
+  readonly width: number;
+}
+
+/** The fields of a layout in table order, each with its byte width. */
+export function fieldPlaces<L extends Record<string, FieldSpec>>(layout: L): ReadonlyArray<FieldPlace<keyof L & string>> {
+  return Object.entries(layout).map(([name, spec]) => ({ name, offset: spec.offset, width: WIDTH[spec.type] }));
+}
+
 export function defineStruct<L extends Record<string, FieldSpec>>(name: string, size: number, layout: L): StructCodec<L> {
   for (const [field, spec] of Object.entries(layout)) {
     if (spec.offset + WIDTH[spec.type] > size) throw new RangeError(`${name}.${field} runs past the struct`);

@@ -1,13 +1,15 @@
 /**
  * A byte-exact v1 migration region over a v2 device (docs/protocol.md#bridge:
  * the region, the state mapping, the data path). Every v1 access is
- * translated here and nowhere else.
+ * translated here and nowhere else: the access rules, the state machine and
+ * the resume path are in this class; what saving adds (read-ahead, the frozen
+ * chunk, pending_bytes) is its SaveWindow, and the trace its TraceLog.
  */
-import { VfioError, isVfioError } from '../errors.js';
-import { MIGRATION_INFO as F, V1, isErrorV1, isValidV1, setErrorV1, v1StateName, v1TransitionCheckAllows, type V1Region } from '../v1/uapi.js';
+import { VfioError } from '../errors.js';
+import { MIGRATION_INFO as F, MIGRATION_INFO_FIELDS, V1, isErrorV1, isValidV1, setErrorV1, v1StateName, v1TransitionCheckAllows, type V1Region } from '../v1/uapi.js';
 import type { DataStream, V2Device } from '../v2/device.js';
-import { arcOpensStream, isSavingState } from '../v2/fsm.js';
-import { readSome, writeAll } from '../v2/stream-io.js';
+import { arcEndsStream, arcOpensStream } from '../v2/fsm.js';
+import { writeAll } from '../v2/stream-io.js';
 import {
   MigFlag,
   MigState,
@@ -20,8 +22,12 @@ import {
   migStateName,
   type RegionInfo,
 } from '../v2/uapi.js';
-import { V1_NDMA, isRealPrecopy, v2TargetFor } from './state-map.js';
+import { SaveWindow } from './save-window.js';
+import { V1_NDMA, v2TargetFor } from './state-map.js';
+import { TraceLog, type V1Field, type V1TraceEvent } from './trace-log.js';
 import { getU32LE, getU64LE, putU32LE, putU64LE } from '../struct.js';
+
+export type { V1Field, V1TraceEvent } from './trace-log.js';
 
 export interface V1BridgeOptions {
   /** Data section size in bytes (default 1 MiB, or the length of `section`). */
@@ -44,32 +50,7 @@ export interface V1BridgeOptions {
   trace?: (event: V1TraceEvent) => void;
 }
 
-export type V1Field = 'device_state' | 'reserved' | 'pending_bytes' | 'data_offset' | 'data_size' | 'data';
-
-export interface V1TraceEvent {
-  op: 'read' | 'write';
-  field: V1Field;
-  offset: number;
-  length: number;
-  /** The header value read or written (not for data). */
-  value?: number | bigint;
-  /** The v2 operations this access caused, in order, e.g. "SET_STATE RUNNING->PRE_COPY = data_fd". */
-  v2: string[];
-  /** errno name when the access failed. */
-  error?: string;
-}
-
-/** vfio_device_migration_info fields: [offset, width, name]; only these exact accesses are allowed. */
-const HEADER_FIELDS: ReadonlyArray<readonly [number, number, V1Field]> = [
-  [F.DEVICE_STATE, 4, 'device_state'],
-  [F.RESERVED, 4, 'reserved'],
-  [F.PENDING_BYTES, 8, 'pending_bytes'],
-  [F.DATA_OFFSET, 8, 'data_offset'],
-  [F.DATA_SIZE, 8, 'data_size'],
-];
-
 const DEFAULT_SECTION = 1 << 20;
-const READ_AHEAD = 64 * 1024;
 const PAGE = 4096;
 
 export class V1Bridge implements V1Region {
@@ -85,21 +66,13 @@ export class V1Bridge implements V1Region {
   #shadow: number = V1.RUNNING;
   /** The v2 state the device is in, as far as the bridge knows. */
   #v2: MigState = MigState.RUNNING;
+  /** The data_fd of the current session (saving or resuming). */
   #stream: DataStream | null = null;
-  // Save path.
-  #readAhead: Uint8Array | null = null;
-  /** The read-ahead bytes are at the start of the section itself (no chunk was held there). */
-  #aheadInSection = false;
-  #aheadStart = 0;
-  #aheadEnd = 0;
-  #eof = false;
-  #chunk: number | null = null; // frozen data_size of the prepared chunk
-  #chunkSizeRead = false; // whether the caller has read that data_size (only then is the chunk handed out)
-  #pendingCache: bigint | null = null;
-  #tempEndInfo: string | null = null; // precopy info when the temporary end was hit
-  // Resume path.
+  readonly #trace: TraceLog;
+  /** pending_bytes, the read-ahead and the frozen chunk: everything saving adds. */
+  readonly #save: SaveWindow;
+  /** The data_size last written while resuming, read back as written. */
   #resumeSize = 0n;
-  #ops: string[] | null = null;
   /** Every access and reset runs after the previous one has finished, as a v1 driver's state mutex makes them. */
   #tail: Promise<unknown> = Promise.resolve();
 
@@ -120,6 +93,19 @@ export class V1Bridge implements V1Region {
     this.dataOffset = dataOffset;
     this.size = dataOffset + sectionSize;
     this.#section = options.section ?? new Uint8Array(sectionSize);
+    this.#trace = new TraceLog(options.trace);
+    const bridge = this;
+    this.#save = new SaveWindow(this.#section, device, flags, this.#trace, {
+      get stream() {
+        return bridge.#stream;
+      },
+      get v1() {
+        return bridge.#shadow;
+      },
+      get v2() {
+        return bridge.#v2;
+      },
+    });
     this.regionInfo = {
       index: options.regionIndex ?? VFIO_PCI_NUM_REGIONS,
       flags: VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE | (options.mmap ? VFIO_REGION_INFO_FLAG_MMAP : 0),
@@ -141,7 +127,7 @@ export class V1Bridge implements V1Region {
 
   /** Bytes of buffer the bridge holds now: the data section plus any read-ahead chunk. */
   heldBytes(): number {
-    return this.#section.length + (this.#readAhead?.length ?? 0);
+    return this.#section.length + this.#save.aheadBytes;
   }
 
   /** The data section itself, for in-process callers that want mmap semantics (mmap option). */
@@ -174,7 +160,7 @@ export class V1Bridge implements V1Region {
   #readData(offset: number, into: Uint8Array): Uint8Array {
     const at = offset - this.dataOffset;
     into.set(this.#section.subarray(at, at + into.length));
-    this.#emit({ op: 'read', field: 'data', offset, length: into.length, v2: [] });
+    this.#trace.emit({ op: 'read', field: 'data', offset, length: into.length, v2: [] });
     return into;
   }
 
@@ -185,7 +171,7 @@ export class V1Bridge implements V1Region {
   async #read(offset: number, length: number): Promise<Uint8Array> {
     const field = this.#field('read', offset, length);
     if (field === 'data') return this.#readData(offset, new Uint8Array(length));
-    return this.#traced('read', field, offset, length, undefined, async () => {
+    return this.#trace.traced('read', field, offset, length, undefined, async () => {
       const out = new Uint8Array(length);
       switch (field) {
         case 'device_state':
@@ -194,17 +180,17 @@ export class V1Bridge implements V1Region {
         case 'reserved':
           return [out, 0];
         case 'pending_bytes': {
-          const v = await this.#pendingBytes();
+          const v = await this.#save.pendingBytes();
           putU64LE(out, v);
           return [out, v];
         }
         case 'data_offset':
-          await this.#prepareChunk();
+          await this.#save.prepareChunk();
           putU64LE(out, BigInt(this.dataOffset));
           return [out, BigInt(this.dataOffset)];
         default: {
-          if (this.#chunk !== null) this.#chunkSizeRead = true;
-          const v = this.#isResuming() ? this.#resumeSize : BigInt(this.#chunk ?? 0);
+          const chunk = this.#save.readDataSize();
+          const v = this.#isResuming() ? this.#resumeSize : chunk;
           putU64LE(out, v);
           return [out, v];
         }
@@ -216,11 +202,11 @@ export class V1Bridge implements V1Region {
     const field = this.#field('write', offset, data.length);
     if (field === 'data') {
       this.#section.set(data, offset - this.dataOffset);
-      this.#emit({ op: 'write', field, offset, length: data.length, v2: [] });
+      this.#trace.emit({ op: 'write', field, offset, length: data.length, v2: [] });
       return;
     }
     const value = field === 'device_state' ? getU32LE(data) : getU64LE(data);
-    await this.#traced('write', field, offset, data.length, value, async () => {
+    await this.#trace.traced('write', field, offset, data.length, value, async () => {
       if (field === 'device_state') await this.#setDeviceState(value as number);
       else await this.#writeDataSize(value as bigint);
       return [data, value];
@@ -238,47 +224,11 @@ export class V1Bridge implements V1Region {
       if (offset + length > this.size) throw bad(`access [${offset}, ${offset + length}) runs past the region end ${this.size}`);
       return 'data';
     }
-    const hit = HEADER_FIELDS.find(([o, w]) => o === offset && w === length);
+    const hit = MIGRATION_INFO_FIELDS.find((h) => h.offset === offset && h.width === length);
     if (!hit) throw bad(`header fields must be accessed at their own offset and width (offset ${offset}, length ${length})`);
-    const f = hit[2];
+    const f = hit.name;
     if (op === 'write' && (f === 'pending_bytes' || f === 'data_offset' || f === 'reserved')) throw bad(`${f} is read-only`);
     return f;
-  }
-
-  /** Hands an event to the trace hook; a failing hook never fails the access (a v1 write that changed state must not read as failed). */
-  #emit(event: V1TraceEvent): void {
-    try {
-      this.#opts.trace?.(event);
-    } catch {
-      // the hook's owner reports its own failures
-    }
-  }
-
-  async #traced<T>(op: 'read' | 'write', field: V1Field, offset: number, length: number, value: number | bigint | undefined, fn: () => Promise<[T, number | bigint]>): Promise<T> {
-    if (!this.#opts.trace) return (await fn())[0];
-    this.#ops = [];
-    try {
-      const [out, v] = await fn();
-      this.#emit({ op, field, offset, length, value: v, v2: this.#ops });
-      return out;
-    } catch (e) {
-      this.#emit({ op, field, offset, length, ...(value !== undefined ? { value } : {}), v2: this.#ops, error: isVfioError(e) ? e.code : 'EIO' });
-      throw e;
-    } finally {
-      this.#ops = null;
-    }
-  }
-
-  /** Runs one v2 operation, recording it for the trace. */
-  async #call<T>(what: string, fn: () => Promise<T>, show?: (r: T) => string): Promise<T> {
-    try {
-      const r = await fn();
-      this.#ops?.push(show ? `${what} = ${show(r)}` : what);
-      return r;
-    } catch (e) {
-      this.#ops?.push(`${what} ! ${isVfioError(e) ? e.code : String(e)}`);
-      throw e;
-    }
   }
 
   // ---------------------------------------------------------------- state
@@ -312,7 +262,7 @@ export class V1Bridge implements V1Region {
     }
     let stream: DataStream | null;
     try {
-      stream = await this.#call(`SET_STATE ${migStateName(start)}->${migStateName(target)}`, () => this.#dev.setState(target), (s) => (s ? 'data_fd' : 'ok'));
+      stream = await this.#trace.call(`SET_STATE ${migStateName(start)}->${migStateName(target)}`, () => this.#dev.setState(target), (s) => (s ? 'data_fd' : 'ok'));
     } catch (e) {
       await this.#recover(start, old);
       throw e;
@@ -337,7 +287,7 @@ export class V1Bridge implements V1Region {
   async #movedBehindUs(start: MigState, target: MigState, stream: DataStream | null, oldV1: number, op: string): Promise<never> {
     const name = this.#dev.name;
     if (!stream) {
-      this.#v2 = await this.#call('GET_STATE', () => this.#dev.getState(), migStateName).catch(() => target);
+      this.#v2 = await this.#trace.call('GET_STATE', () => this.#dev.getState(), migStateName).catch(() => target);
       this.#dropSession();
       throw new VfioError('EBUSY', op, name, `the device was already in ${migStateName(this.#v2)} without a data_fd for this region: another owner holds its data session`);
     }
@@ -350,10 +300,9 @@ export class V1Bridge implements V1Region {
 
   /** Stream and buffer bookkeeping after the device moved start -> target. */
   #afterTransition(start: MigState, target: MigState, stream: DataStream | null, newV1: number): void {
-    const sessionEnded = (isSavingState(start) && !isSavingState(target)) || (start === MigState.RESUMING && target !== MigState.RESUMING);
-    if (sessionEnded || stream) this.#dropSession();
+    if (arcEndsStream(start, target) || stream) this.#dropSession();
     if (stream) this.#stream = stream;
-    this.#pendingCache = null;
+    this.#save.forgetPending();
     if ((newV1 & V1.MASK) === V1.RESUMING) this.#resumeSize = 0n;
     // 011 -> 010 keeps the frozen chunk and read-ahead: pre-copy bytes go out before stop-copy bytes.
   }
@@ -366,21 +315,22 @@ export class V1Bridge implements V1Region {
   async #recover(start: MigState, oldV1: number): Promise<void> {
     let now: MigState;
     try {
-      now = await this.#call('GET_STATE', () => this.#dev.getState(), migStateName);
+      now = await this.#trace.call('GET_STATE', () => this.#dev.getState(), migStateName);
     } catch {
       now = MigState.ERROR;
     }
     if (now === start) return;
     // Unwinding is a nak only when the start state's data session survived
-    // the detour; a new session would silently restart or empty the stream
-    // (docs/decisions.md #13), so that case is the error state.
+    // the detour (the device never left start's session group); a new
+    // session would silently restart or empty the stream (docs/decisions.md
+    // #13), so that case is the error state.
     const known = now > MigState.ERROR && now <= MigState.PRE_COPY_P2P;
-    if (known && !sessionLost(start, now)) {
+    if (known && !arcEndsStream(start, now)) {
       try {
-        const s = await this.#call(`SET_STATE ${migStateName(now)}->${migStateName(start)}`, () => this.#dev.setState(start), (r) => (r ? 'data_fd' : 'ok'));
+        const s = await this.#trace.call(`SET_STATE ${migStateName(now)}->${migStateName(start)}`, () => this.#dev.setState(start), (r) => (r ? 'data_fd' : 'ok'));
         if (s) void s.close().catch(() => undefined); // a session the caller never asked for
         this.#v2 = start;
-        this.#pendingCache = null;
+        this.#save.forgetPending();
         return;
       } catch {
         // fall through: the device is somewhere we cannot name in v1
@@ -389,7 +339,7 @@ export class V1Bridge implements V1Region {
     this.#dropSession();
     if (this.#opts.resetOnError) {
       try {
-        await this.#call('VFIO_DEVICE_RESET', () => this.#dev.reset());
+        await this.#trace.call('VFIO_DEVICE_RESET', () => this.#dev.reset());
         this.#v2 = MigState.RUNNING;
         this.#shadow = V1.RUNNING;
         return;
@@ -405,13 +355,7 @@ export class V1Bridge implements V1Region {
     const s = this.#stream;
     this.#stream = null;
     if (s && !s.closed) void s.close().catch(() => undefined);
-    this.#readAhead = null;
-    this.#aheadInSection = false;
-    this.#aheadStart = this.#aheadEnd = 0;
-    this.#eof = false;
-    this.#chunk = null;
-    this.#pendingCache = null;
-    this.#tempEndInfo = null;
+    this.#save.drop();
   }
 
   /** VFIO_DEVICE_RESET through the bridge: device RUNNING, shadow 001, buffers dropped, stream closed. */
@@ -449,141 +393,6 @@ export class V1Bridge implements V1Region {
     return this.#serial(async () => this.#dropSession());
   }
 
-  // ---------------------------------------------------------------- save path
-
-  #saving(): boolean {
-    return (this.#shadow & V1.SAVING) !== 0 && !isErrorV1(this.#shadow);
-  }
-
-  #buffered(): number {
-    return this.#aheadEnd - this.#aheadStart;
-  }
-
-  /**
-   * pending_bytes (docs/protocol.md#bridge-pending-bytes). Side-effect free for the caller and stable on repeated
-   * reads: the value is computed once per chunk and kept until the next
-   * data access or state change. A read also ends the current chunk, if the
-   * caller read its data_size; a chunk prepared by a data_offset read whose
-   * size was never read stays, counted in pending_bytes, for the next
-   * data_offset: its bytes have left the data_fd and exist nowhere else.
-   */
-  async #pendingBytes(): Promise<bigint> {
-    if (this.#chunkSizeRead || !this.#chunk) this.#chunk = null;
-    const kept = BigInt(this.#chunk ?? 0);
-    if (!this.#saving() || !this.#stream) return kept;
-    if (this.#pendingCache !== null) return this.#pendingCache;
-    let v: bigint;
-    if (isRealPrecopy(this.#shadow, this.#flags)) {
-      v = kept + BigInt(this.#buffered()) + (await this.#precopyPending());
-    } else {
-      // STOP_COPY: read ahead to know whether anything is left (0 only at true end).
-      if (this.#buffered() === 0 && !this.#eof) await this.#fillReadAhead(kept === 0n);
-      v = kept + BigInt(this.#buffered());
-      if (!this.#eof) v += await this.#stopCopyEstimate(v);
-    }
-    this.#pendingCache = v;
-    return v;
-  }
-
-  async #precopyPending(): Promise<bigint> {
-    const stream = this.#stream!;
-    const info = await this.#call('VFIO_MIG_GET_PRECOPY_INFO', () => stream.precopyInfo(), (i) => `initial ${i.initialBytes} dirty ${i.dirtyBytes}`);
-    const sum = info.initialBytes + info.dirtyBytes;
-    // After a temporary end, a driver that still reports the same counts has nothing now.
-    if (this.#tempEndInfo === `${info.initialBytes}/${info.dirtyBytes}`) return 0n;
-    return sum;
-  }
-
-  async #stopCopyEstimate(buffered: bigint): Promise<bigint> {
-    try {
-      const est = await this.#call('FEATURE_MIG_DATA_SIZE', () => this.#dev.stopCopySize(), String);
-      return est > 0n ? est : buffered > 0n ? 0n : 1n;
-    } catch (e) {
-      if (isVfioError(e, 'ENOTTY')) return buffered > 0n ? 0n : 1n;
-      throw e;
-    }
-  }
-
-  /**
-   * Reads ahead to learn whether the stream goes on. With the section free
-   * (no chunk held in it), straight into the section, a whole chunk: the
-   * next data_offset then has nothing to copy or read (one read() per
-   * chunk). Else into a small buffer of its own, copied in at data_offset.
-   */
-  async #fillReadAhead(intoSection: boolean): Promise<void> {
-    this.#aheadStart = this.#aheadEnd = 0; // a failed read below must not leave the last chunk looking unread
-    this.#aheadInSection = intoSection;
-    if (!intoSection) this.#readAhead ??= new Uint8Array(Math.min(this.sectionSize, READ_AHEAD));
-    this.#aheadEnd = await this.#readStream(intoSection ? this.#section : this.#readAhead!, 0);
-  }
-
-  /**
-   * Reads the stream into `buf` from `at` until it is full, at end of stream
-   * (0 in stop-copy), or at a temporary end of pre-copy (ENOMSG, or 0 as mtty).
-   * An error after some bytes were read returns those bytes: they have left
-   * the data_fd, and the next read meets the error again if it lasts.
-   */
-  async #readStream(buf: Uint8Array, at: number): Promise<number> {
-    const stream = this.#stream!;
-    let n = at;
-    while (n < buf.length && !this.#eof) {
-      let got: number;
-      try {
-        got = await this.#call(`read(data_fd, ${buf.length - n})`, () => readSome(stream, buf.subarray(n)), String);
-      } catch (e) {
-        if (isVfioError(e, 'ENOMSG') && this.#v2 !== MigState.STOP_COPY) {
-          await this.#noteTemporaryEnd();
-          break;
-        }
-        if (n > at) break;
-        throw e;
-      }
-      if (got === 0) {
-        if (this.#v2 === MigState.STOP_COPY) this.#eof = true;
-        else await this.#noteTemporaryEnd();
-        break;
-      }
-      n += got;
-    }
-    return n - at;
-  }
-
-  async #noteTemporaryEnd(): Promise<void> {
-    const stream = this.#stream!;
-    try {
-      const info = await this.#call('VFIO_MIG_GET_PRECOPY_INFO', () => stream.precopyInfo(), (i) => `initial ${i.initialBytes} dirty ${i.dirtyBytes}`);
-      this.#tempEndInfo = `${info.initialBytes}/${info.dirtyBytes}`;
-    } catch {
-      this.#tempEndInfo = null;
-    }
-  }
-
-  /**
-   * data_offset read while saving (docs/protocol.md#bridge-save-data): fill the section, read-ahead
-   * buffer first, then the stream; freeze {offset, size} until the next
-   * pending_bytes read.
-   */
-  async #prepareChunk(): Promise<void> {
-    if (!this.#saving() || this.#chunk !== null) return;
-    if (!this.#stream) {
-      this.#chunk = 0; // virtual pre-copy: the device has no data before stop-copy
-      return;
-    }
-    let n = 0;
-    const fromAhead = Math.min(this.#buffered(), this.sectionSize);
-    if (fromAhead > 0) {
-      // In the section the bytes are already in place (read ahead from its start).
-      if (!this.#aheadInSection) this.#section.set(this.#readAhead!.subarray(this.#aheadStart, this.#aheadStart + fromAhead));
-      this.#aheadStart += fromAhead;
-      n = fromAhead;
-    }
-    this.#aheadInSection = false;
-    n += await this.#readStream(this.#section, n); // nothing to read when the read-ahead filled the section
-    this.#chunk = n;
-    this.#chunkSizeRead = false;
-    this.#pendingCache = null;
-  }
-
   // ---------------------------------------------------------------- resume path
 
   /** data_size write while resuming (docs/protocol.md#bridge-resume-data): push exactly the n window bytes into the stream before returning. */
@@ -593,16 +402,9 @@ export class V1Bridge implements V1Region {
     if (n > BigInt(this.sectionSize)) throw new VfioError('EINVAL', 'v1.write(data_size)', name, `data_size ${n} is larger than the data section (${this.sectionSize})`);
     const len = Number(n);
     const stream = this.#stream;
-    await this.#call(`write(data_fd, ${len})`, () => writeAll(stream, this.#section.subarray(0, len), name));
+    await this.#trace.call(`write(data_fd, ${len})`, () => writeAll(stream, this.#section.subarray(0, len), name));
     this.#resumeSize = n;
   }
-}
-
-/** Whether moving back from `now` to `start` cannot bring back the data session `start` had. */
-function sessionLost(start: MigState, now: MigState): boolean {
-  if (isSavingState(start)) return !isSavingState(now);
-  if (start === MigState.RESUMING) return now !== MigState.RESUMING;
-  return false;
 }
 
 /** Opens a v1 migration region over a v2 device. The device must support migration (ENOTTY otherwise). */

@@ -4,7 +4,7 @@
  * v1 never imports v2: the two constant sets share names but not values
  * (v1 RUNNING is 1, v2 RUNNING is 2 = v1 SAVING).
  */
-import { defineStruct } from '../struct.js';
+import { defineStruct, fieldPlaces, type FieldPlace } from '../struct.js';
 
 /** VFIO_DEVICE_STATE_V1_*: bits of device_state. */
 export const V1 = {
@@ -85,7 +85,11 @@ export const SEED004_ALLOWED = V1_TRANSITION_CHECK;
 /** @deprecated The former name of v1TransitionCheckAllows. */
 export const isSeed004Allowed = v1TransitionCheckAllows;
 
-/** struct vfio_device_migration_info, at offset 0 of the migration region. */
+/**
+ * struct vfio_device_migration_info, at offset 0 of the migration region:
+ * the one written-out copy of the header (docs/protocol.md#v1-layout);
+ * MIGRATION_INFO and the bridge's access rules are read from it.
+ */
 export const vfio_device_migration_info = defineStruct('vfio_device_migration_info', 32, {
   device_state: { offset: 0, type: 'u32' },
   reserved: { offset: 4, type: 'u32' },
@@ -94,13 +98,22 @@ export const vfio_device_migration_info = defineStruct('vfio_device_migration_in
   data_size: { offset: 24, type: 'u64' },
 });
 
+/** A header field's name, as the kernel spells it. */
+export type V1HeaderField = keyof typeof vfio_device_migration_info.layout;
+
+/** The header fields with offset and width, in layout order: the only header accesses a v1 region allows. */
+export const MIGRATION_INFO_FIELDS: ReadonlyArray<FieldPlace<V1HeaderField>> = fieldPlaces(vfio_device_migration_info.layout);
+
+const L = vfio_device_migration_info.layout;
+
+/** Header offsets by name, and the header size. */
 export const MIGRATION_INFO = {
-  DEVICE_STATE: 0,
-  RESERVED: 4,
-  PENDING_BYTES: 8,
-  DATA_OFFSET: 16,
-  DATA_SIZE: 24,
-  SIZE: 32,
+  DEVICE_STATE: L.device_state.offset,
+  RESERVED: L.reserved.offset,
+  PENDING_BYTES: L.pending_bytes.offset,
+  DATA_OFFSET: L.data_offset.offset,
+  DATA_SIZE: L.data_size.offset,
+  SIZE: vfio_device_migration_info.size,
 } as const;
 
 /**
