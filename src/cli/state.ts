@@ -2,7 +2,7 @@
 import { openV1Bridge } from '../bridge/v1-bridge.js';
 import { readU32, writeU32 } from '../v1/region-access.js';
 import { VfioError } from '../errors.js';
-import { V1, isErrorV1, v1StateName } from '../v1/uapi.js';
+import { MIGRATION_INFO, V1, isErrorV1, v1StateName } from '../v1/uapi.js';
 import type { V2Device } from '../v2/device.js';
 import { holdsSession, migrationPath } from '../v2/fsm.js';
 import { MigState, migStateName } from '../v2/uapi.js';
@@ -42,12 +42,12 @@ export async function stateCommand(ctx: CliContext, dev: V2Device, target: strin
   if (opts.v1) {
     const ops: string[] = [];
     const traced = await openV1Bridge(dev, { trace: (e) => ops.push(...e.v2) });
-    const from = await readU32(traced, 0);
+    const from = await readU32(traced, MIGRATION_INFO.DEVICE_STATE);
     const to = parseV1(target);
     try {
-      await writeU32(traced, 0, to);
+      await writeU32(traced, MIGRATION_INFO.DEVICE_STATE, to);
     } catch (e) {
-      const now = await readU32(traced, 0);
+      const now = await readU32(traced, MIGRATION_INFO.DEVICE_STATE);
       throw new CliError(`${errorLine(e)}; device_state is now ${v1StateName(now)}${ops.length ? ` (v2: ${ops.join(', ')})` : ''}`, isErrorV1(now) ? EXIT.DEVICE_LEFT_BAD : exitCodeFor(e), e);
     }
     out({ device: dev.name, from: v1StateName(from), to: v1StateName(to), v2: ops, state: migStateName(await dev.getState()) }, `${v1StateName(from)} -> ${v1StateName(to)}${ops.length ? `: ${ops.join(', ')}` : ' (no v2 operation)'}`);
