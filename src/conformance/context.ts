@@ -7,7 +7,8 @@ import { readdirSync } from 'node:fs';
 import { VfioError, isVfioError } from '../errors.js';
 import type { DataStream, PrecopyInfo, V2Device } from '../v2/device.js';
 import { writeAll } from '../v2/stream-io.js';
-import { MIG_FLAGS_ALL, MigState, migStateName } from '../v2/uapi.js';
+import { MIG_FLAGS_ALL, MigFlag, MigState, migStateName } from '../v2/uapi.js';
+import { Skip } from './types.js';
 
 /** The checker reads in pieces of this size (drivers must take any size; the bridge uses others). */
 export const READ_CHUNK = 16 * 1024;
@@ -186,6 +187,19 @@ export class CheckContext {
       s = await dev.getState();
     }
     if (s !== S.RUNNING) throw new Unsettled(dev.name, s);
+  }
+
+  /**
+   * From a settled RUNNING into PRE_COPY for a check that needs its data_fd;
+   * skips the check on a device without PRE_COPY (`noPrecopy` says why that
+   * check has nothing to judge) or when no data_fd came (streams.data-fd judges that).
+   */
+  async enterPrecopy(noPrecopy: string): Promise<DataStream> {
+    if (!this.has(MigFlag.PRE_COPY)) throw new Skip(noPrecopy);
+    await this.settle();
+    const s = await this.dev.setState(S.PRE_COPY);
+    if (!s) throw new Skip('RUNNING->PRE_COPY returned no data_fd (streams.data-fd judges that)');
+    return s;
   }
 
   async settleAll(): Promise<void> {

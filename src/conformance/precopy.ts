@@ -83,10 +83,7 @@ export const precopyChecks: Check[] = [
     source: PRECOPY_SOURCE,
     changesState: true,
     async run(ctx) {
-      if (!ctx.has(MigFlag.PRE_COPY)) throw new Skip('the device does not advertise PRE_COPY');
-      await ctx.settle();
-      const s = await ctx.dev.setState(S.PRE_COPY);
-      if (!s) throw new Skip('no data_fd on entering PRE_COPY (streams.data-fd judges that)');
+      const s = await ctx.enterPrecopy('the device does not advertise PRE_COPY');
       let info;
       try {
         info = await s.precopyInfo();

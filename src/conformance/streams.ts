@@ -64,10 +64,7 @@ export const streamChecks: Check[] = [
     source: `${VFIO_H}, VFIO_MIG_GET_PRECOPY_INFO`,
     changesState: true,
     async run(ctx) {
-      if (!ctx.has(MigFlag.PRE_COPY)) throw new Skip('the device has no PRE_COPY');
-      await ctx.settle();
-      const s = await ctx.dev.setState(S.PRE_COPY);
-      if (!s) throw new Skip('RUNNING->PRE_COPY returned no data_fd (streams.data-fd judges that)');
+      const s = await ctx.enterPrecopy('the device has no PRE_COPY');
       const limit = await precopyLimit(ctx);
       let end;
       try {
@@ -91,10 +88,7 @@ export const streamChecks: Check[] = [
     source: `${VFIO_H}, enum vfio_device_mig_state`,
     changesState: true,
     async run(ctx) {
-      if (!ctx.has(MigFlag.PRE_COPY)) throw new Skip('the device has no PRE_COPY: its saving group is STOP_COPY alone');
-      await ctx.settle();
-      const s = await ctx.dev.setState(S.PRE_COPY);
-      if (!s) throw new Skip('RUNNING->PRE_COPY returned no data_fd (streams.data-fd judges that)');
+      const s = await ctx.enterPrecopy('the device has no PRE_COPY: its saving group is STOP_COPY alone');
       const moves = ctx.has(MigFlag.P2P) ? [S.PRE_COPY_P2P, S.STOP_COPY] : [S.STOP_COPY];
       let bytes = 0;
       for (const m of moves) {
