@@ -218,11 +218,17 @@ describe('state writes', () => {
   it('a device that reports a state outside the enum after a failure: 110, no unwind attempted', async () => {
     const dev = createSimDevice({ flags: 1, stateSize: 1000 });
     let calls = 0;
+    let sets = 0;
     const br = await openV1Bridge(wrap(dev, {
       getState: async () => (calls++ === 0 ? S.RUNNING : (42 as MigState)),
-      setState: async () => { throw new VfioError('EIO', 'SET_STATE', 'sim', 'broken'); },
+      // Only the first SET fails: an unwind attempted from the unknown state would succeed and read as a nak.
+      setState: async (s) => {
+        if (sets++ === 0) throw new VfioError('EIO', 'SET_STATE', 'sim', 'broken');
+        return dev.setState(s);
+      },
     }));
     await expect(writeU32(br, STATE, 0)).rejects.toMatchObject({ code: 'EIO' });
+    expect(sets).toBe(1);
     expect(await readU32(br, STATE)).toBe(6);
   });
 });
