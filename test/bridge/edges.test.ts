@@ -307,3 +307,36 @@ describe('the unwind after a failed transition', () => {
     expect(stray[0]!.closed).toBe(true);
   });
 });
+
+describe('the region refuses on its own, before the device is asked', () => {
+  /** A bridge in v1 state `v` with a trace; `refuse` must fail with EINVAL naming `why` and cause no v2 operation. */
+  async function refusedAlone(v: number, refuse: (br: V1Bridge) => Promise<unknown>, why: RegExp) {
+    const events: V1TraceEvent[] = [];
+    const dev = createSimDevice({ flags: 1, stateSize: 10_000, faults: { failArc: v === 6 ? [{ from: S.STOP, to: S.STOP_COPY, errno: 'EIO', leave: 'error', count: 1 }] : [] } });
+    const br = await openV1Bridge(dev, { sectionSize: SECTION, trace: (e) => events.push(e) });
+    if (v === 6) await expect(writeU32(br, STATE, 2)).rejects.toMatchObject({ code: 'EIO' });
+    else if (v !== 1) await writeU32(br, STATE, v);
+    const before = events.length;
+    const arcs = dev.arcs.length;
+    const err = await refuse(br).then(() => null, (e) => e);
+    expect(err).toMatchObject({ code: 'EINVAL', message: expect.stringMatching(why) });
+    expect(events.slice(before).flatMap((e) => e.v2)).toEqual([]);
+    expect(dev.arcs.length).toBe(arcs);
+  }
+
+  it('any write in the error state', () => refusedAlone(6, (br) => writeU32(br, STATE, 1), /error state; reset it/));
+  it('010 -> 011', () => refusedAlone(2, (br) => writeU32(br, STATE, 3), /no v2 equivalent/));
+  it.each([[PENDING, 'pending_bytes'], [OFFSET, 'data_offset'], [4, 'reserved']] as const)('a write to the read-only field at %i', (at, name) =>
+    refusedAlone(4, (br) => (at === 4 ? writeU32(br, at, 0) : writeU64(br, at, 0n)), new RegExp(`${name} is read-only`)));
+  it.each([[-8, 8], [0.5, 4], [0, 0], [Number.MAX_SAFE_INTEGER + 1, 8]])('an access at offset %d, length %d', (offset, length) =>
+    refusedAlone(1, (br) => br.read(offset, length), /invalid access/));
+
+  it('a state write that keeps the v2 state (011 without PRE_COPY is RUNNING) sends nothing to the device', async () => {
+    const events: V1TraceEvent[] = [];
+    const dev = createSimDevice({ flags: 1, stateSize: 1000 });
+    const br = await openV1Bridge(dev, { trace: (e) => events.push(e) });
+    await writeU32(br, STATE, 3);
+    expect(events.at(-1)!.v2).toEqual([]);
+    expect(await readU32(br, STATE)).toBe(3);
+  });
+});
