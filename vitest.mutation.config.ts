@@ -7,6 +7,9 @@ import { defineConfig } from 'vitest/config';
 export default defineConfig({
   test: {
     include: ['test/bridge/**/*.test.ts', 'test/v2/**/*.test.ts', 'test/service/**/*.test.ts'],
+    // The kernel backend's host tests close descriptors with libc behind Node's back; under
+    // Stryker's instrumented workers that aborted the run (SIGABRT), and they exercise neither target.
+    exclude: ['test/v2/kernel-stream.test.ts', 'test/v2/kernel-device.test.ts'],
     testTimeout: 60_000,
     env: { VFIO_MIG_MUTATION: '1' },
   },
