@@ -4,6 +4,7 @@
  * #v1-resume-loop, #qemu-v1-caller), talking to any V1Region by
  * offsets only. It is the CLI's v1 mode and the bridge's test driver.
  */
+import { precopyStalled } from '../precopy.js';
 import { VfioError } from '../errors.js';
 import { readData, readU32, readU64, writeData, writeU32, writeU64, type DataAccess } from './region-access.js';
 import { MIGRATION_INFO as F, V1, isValidV1, v1StateName, type V1Region } from './uapi.js';
@@ -130,7 +131,7 @@ export async function saveV1(region: V1Region, sink: ChunkSink, options: SaveV1O
         if (n === 0 || pending === 0n || inRound >= start) break;
       }
       rounds++;
-      if (pending >= threshold && pending * 4n > start * 3n) {
+      if (precopyStalled(start, pending, threshold)) {
         converged = false; // not shrinking: the rest goes in stop-copy
         break;
       }

@@ -3,6 +3,7 @@
  * RUNNING -> PRE_COPY rounds -> STOP_COPY drained to end of stream -> STOP,
  * and RESUMING -> data -> the final state.
  */
+import { precopyStalled } from '../precopy.js';
 import { VfioError, isVfioError } from '../errors.js';
 import type { DataStream, V2Device } from './device.js';
 import { MigFlag, MigState, migStateName } from './uapi.js';
@@ -114,7 +115,7 @@ export async function saveV2(device: V2Device, sink: Sink, options: SaveV2Option
         rounds++;
         const before = pending;
         pending = await pendingNow();
-        if (pending >= threshold && pending * 4n > before * 3n) {
+        if (precopyStalled(before, pending, threshold)) {
           converged = false; // not shrinking: the rest goes in stop-copy
           break;
         }
