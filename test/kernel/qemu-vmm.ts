@@ -3,8 +3,8 @@
  * 9p root) inside the test guest, with or without `vfio-mig exec`, and
  * talks to its HMP monitor.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, rmSync } from 'node:fs';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { existsSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
 import { resolve } from 'node:path';
 
@@ -23,11 +23,52 @@ export interface VmmOptions {
   name: string;
 }
 
+/** Where each thread of a process waits (name, state, kernel wait channel and stack): what a silent QEMU is doing. */
+function threadsOf(pid: number | undefined): string {
+  const read = (f: string) => {
+    try {
+      return readFileSync(f, 'utf8').trim();
+    } catch (e) {
+      return `(${(e as NodeJS.ErrnoException).code})`;
+    }
+  };
+  try {
+    return readdirSync(`/proc/${pid}/task`)
+      .map((t) => {
+        const dir = `/proc/${pid}/task/${t}`;
+        const state = /^State:\s*(.*)$/m.exec(read(`${dir}/status`))?.[1];
+        return `${t} ${read(`${dir}/comm`)} ${state} wchan=${read(`${dir}/wchan`)}\n${read(`${dir}/stack`).replace(/^/gm, '    ')}`;
+      })
+      .join('\n') + backtraces(pid!);
+  } catch (e) {
+    return `(cannot list /proc/${pid}/task: ${(e as Error).message})`;
+  }
+}
+
+/** Every thread's backtrace when gdb is installed (it is not a dependency: a missing gdb says so). */
+function backtraces(pid: number): string {
+  const gdb = spawnSync('gdb', ['-p', String(pid), '-batch', '-nx', '-ex', 'thread apply all bt'], { encoding: 'utf8', timeout: 60_000 });
+  return gdb.error ? `\n(no backtraces: gdb ${(gdb.error as NodeJS.ErrnoException).code})` : `\n${gdb.stdout}`;
+}
+
+/** QEMU ended (or closed its monitor) while a monitor command waited for its prompt. */
+export class VmmExited extends Error {
+  constructor(
+    readonly code: number | null,
+    readonly signal: NodeJS.Signals | null,
+    monitor: string,
+    output: string,
+  ) {
+    super(`QEMU exited (code ${code}, signal ${signal}) while the monitor waited for a prompt; monitor: ${monitor}\nQEMU output:\n${output}`);
+  }
+}
+
 export class Vmm {
   readonly proc: ChildProcess;
   stderr = '';
   #mon: Socket | null = null;
   #out = '';
+  #monitorClosed = false;
   readonly exited: Promise<number | null>;
 
   constructor(readonly opts: VmmOptions) {
@@ -61,13 +102,21 @@ export class Vmm {
     this.#mon = connect(this.monitorPath);
     this.#mon.on('data', (d) => (this.#out += d));
     this.#mon.on('error', () => undefined);
+    this.#mon.on('close', () => (this.#monitorClosed = true));
     await this.#prompt(timeoutMs);
   }
 
   async #prompt(timeoutMs: number): Promise<string> {
     const t0 = Date.now();
     while (!this.#out.includes('(qemu) ')) {
-      if (Date.now() - t0 > timeoutMs) throw new Error(`no HMP prompt; got: ${this.#out}`);
+      // A QEMU that has exited answers nothing: say so now, with how it ended, rather than at the timeout.
+      if (this.#monitorClosed || this.proc.exitCode !== null || this.proc.signalCode !== null) {
+        await Promise.race([this.exited, sleep(2000)]);
+        throw new VmmExited(this.proc.exitCode, this.proc.signalCode, this.#out, this.stderr);
+      }
+      if (Date.now() - t0 > timeoutMs) {
+        throw new Error(`no HMP prompt after ${timeoutMs} ms (QEMU still running); got: ${this.#out}\nQEMU output:\n${this.stderr}\nQEMU's threads:\n${threadsOf(this.proc.pid)}`);
+      }
       await sleep(20);
     }
     // QEMU's readline echoes each keystroke with escape sequences; drop them and the echo line.
