@@ -45,6 +45,19 @@ export function errorLine(e: unknown): string {
   return `vfio-mig: ${e instanceof Error ? e.message : String(e)}`;
 }
 
+/**
+ * A reader that went away (`vfio-mig --help | head -1`) is not a failure of
+ * the run: what is still written to `stream` is dropped and the exit status
+ * stays the command's own (0 for help, 2 for a usage error), the same
+ * whether or not the reader left before the write. Data a command must
+ * deliver (`save -o -`) still fails it: its own writes see the error too.
+ */
+export function dropOutputOnClosedPipe(stream: NodeJS.EventEmitter): void {
+  stream.on('error', (e: NodeJS.ErrnoException) => {
+    if (e.code !== 'EPIPE') throw e; // as without this listener
+  });
+}
+
 /** JSON with u64 values as decimal strings (JSON has no bigint). */
 export function toJson(value: unknown): string {
   return JSON.stringify(value, (_k, v) => (typeof v === 'bigint' ? v.toString() : v));
