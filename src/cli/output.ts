@@ -1,6 +1,7 @@
 /** Output conventions: data on stdout, diagnostics on stderr, one-line errors, exit codes. */
 import type { Writable } from 'node:stream';
 import { errnoOf, isVfioError, type VfioError } from '../errors.js';
+import { V1, v1StateName } from '../v1/uapi.js';
 import { EXIT } from './exit-codes.js';
 
 const HINTS: Record<string, string> = {
@@ -13,12 +14,16 @@ const HINTS: Record<string, string> = {
 
 function hintFor(e: { code: string; op: string; reason: string | undefined }): string | undefined {
   if (e.reason?.startsWith('not a VFIO device')) return undefined; // the reason says what was expected
-  if (e.op === 'listen' || e.op === 'serve') return e.code === 'EACCES' ? 'the socket\'s directory is not writable for this user' : undefined;
+  if (e.op === 'serve' || e.op.endsWith('listen')) return e.code === 'EACCES' ? 'the socket\'s directory is not writable for this user' : undefined;
   if (e.code !== 'EINVAL') return HINTS[e.code];
   if (e.reason?.startsWith('resume data rejected')) return 'the data does not fit this device: same model and an intact file are needed';
-  if (/^(SET_STATE|v1\.write\(device_state\)|vfio_mig_get_next_state)/.test(e.op)) return '`vfio-mig fsm` lists the valid transitions';
+  // `vfio-mig fsm` is the v2 table: a v1 write is helped by the v1 values instead.
+  if (e.op.startsWith('v1.write(device_state)')) return V1_STATES_HINT;
+  if (/^(SET_STATE|vfio_mig_get_next_state)/.test(e.op)) return '`vfio-mig fsm` lists the valid transitions';
   return undefined;
 }
+
+const V1_STATES_HINT = `v1 device_state values: ${[V1.STOP, V1.RUNNING, V1.SAVING | V1.RUNNING, V1.SAVING, V1.RESUMING].map(v1StateName).join(', ')}, each reachable from each other except 010 -> 011; 110 is the error state, left by \`vfio-mig state DEVICE --reset\``;
 
 /** An error that also says which exit code it deserves; `cause` is the device error behind it, if any. */
 export class CliError extends Error {
