@@ -86,6 +86,11 @@ export function progressEnabled(stderr: Writable & { isTTY?: boolean }): boolean
   return Boolean(stderr.isTTY);
 }
 
+/** `1 pre-copy round`, `3 pre-copy rounds`. */
+export function countOf(n: number, noun: string): string {
+  return `${n} ${noun}${n === 1 ? '' : 's'}`;
+}
+
 export function formatBytes(n: number): string {
   if (n < 1024) return `${n} B`;
   const units = ['KiB', 'MiB', 'GiB', 'TiB'];
