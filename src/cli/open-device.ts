@@ -13,7 +13,8 @@ import { EXIT } from './exit-codes.js';
 
 export const DEVICE_HELP = `DEVICE is one of:
   sim                           the simulated reference device (flags 7, 1 MiB of state)
-  sim:key=value,...             with options: flags=7|STOP_COPY+P2P+PRE_COPY, size=4M, seed=N,
+  sim:key=value,...             with options (each once): flags=7|STOP_COPY+P2P+PRE_COPY,
+                                size=4M (K, M, G, KiB, MiB, GiB: powers of 1024), seed=N,
                                 profile=mtty, ports=1|2, dirty=0.125, resume-failure=stay|error,
                                 fail=FROM:TO:ERRNO[:error] (repeatable with +), short-read=N,
                                 short-write=N, read-delay-ms=N,
@@ -21,25 +22,38 @@ export const DEVICE_HELP = `DEVICE is one of:
   /dev/vfio/devices/vfioN       a kernel device through iommufd (cdev)
   /dev/vfio/N:NAME              a kernel device through its VFIO group (NAME: mdev UUID or PCI address)`;
 
+/** The longest delay a Node timer takes (a longer one fires at once). */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
 /** A bad argument: exit 2, as every usage error. */
 function usage(what: string, why: string): CliError {
   return new CliError(`vfio-mig: ${what}: ${why}`, EXIT.USAGE);
 }
 
-/** Parses `4096`, `4K`, `1M`, `2G`: from `min` to `max` bytes. */
+const SIZE_SUFFIXES = 'suffixes K, M, G, KiB, MiB, GiB are powers of 1024';
+const DECIMAL_POWER: Record<string, number> = { K: 3, M: 6, G: 9 };
+
+/**
+ * Parses `4096`, `4K`, `1M`, `2GiB`: from `min` to `max` bytes. Sizes are
+ * binary; `1MB` is refused, since many read it as 10^6 bytes.
+ */
 export function parseSize(text: string, what: string, max = Number.MAX_SAFE_INTEGER, min = 0): number {
-  const m = /^(\d+)([KMG]i?B?)?$/i.exec(text.trim());
-  if (!m) throw usage(what, `"${text}" is not a size (e.g. 4096, 64K, 1M)`);
-  const unit = (m[2] ?? '').toUpperCase()[0];
+  const m = /^(\d+)(?:([KMG])(iB|B)?)?$/i.exec(text.trim());
+  if (!m) throw usage(what, `"${text}" is not a size (e.g. 4096, 64K, 1M; ${SIZE_SUFFIXES})`);
+  const unit = m[2]?.toUpperCase();
+  if (unit && m[3]?.toUpperCase() === 'B') {
+    throw usage(what, `"${text}" is ambiguous (10^${DECIMAL_POWER[unit]} or 2^${DECIMAL_POWER[unit]! * 10 / 3} bytes?): sizes are binary, write ${m[1]}${m[2]} or ${m[1]}${m[2]}iB (${SIZE_SUFFIXES})`);
+  }
   const mult = unit === 'K' ? 1024 : unit === 'M' ? 1024 ** 2 : unit === 'G' ? 1024 ** 3 : 1;
   const n = Number(m[1]) * mult;
-  if (n > max) throw usage(what, `${text} is more than the largest allowed (${max} bytes)`);
-  if (n < min) throw usage(what, `${text} is less than the smallest allowed (${min} bytes)`);
+  const bytes = (b: number) => `${b} byte${b === 1 ? '' : 's'}`;
+  if (n > max) throw usage(what, `${text} is more than the largest allowed (${bytes(max)})`);
+  if (n < min) throw usage(what, `${text} is less than the smallest allowed (${bytes(min)})`);
   return n;
 }
 
 /** Parses `7`, `0x5`, `STOP_COPY+P2P`, `stop_copy,pre_copy`: a set the kernel accepts (STOP_COPY always in it). */
-export function parseFlags(text: string, what = 'flags'): number {
+export function parseFlags(text: string, what = '--flags'): number {
   const t = text.trim();
   let flags = 0;
   if (/^(0x[0-9a-f]+|\d+)$/i.test(t)) flags = Number(t);
@@ -50,7 +64,7 @@ export function parseFlags(text: string, what = 'flags'): number {
       flags |= MigFlag[name];
     }
   }
-  if (!isMigFlagSet(flags)) throw usage(what, `flags ${text}: a set of STOP_COPY (required), P2P and PRE_COPY, e.g. 7 or STOP_COPY+P2P`);
+  if (!isMigFlagSet(flags)) throw usage(what, `"${text}" is not a set of migration flags: STOP_COPY (required), P2P and PRE_COPY, e.g. 7 or STOP_COPY+P2P`);
   return flags;
 }
 
@@ -60,19 +74,24 @@ export function parseSimSpec(spec: string): SimDeviceOptions {
   const rest = spec.slice(4);
   if (!rest) return opts;
   const faults: NonNullable<SimDeviceOptions['faults']> = {};
+  const seen = new Set<string>();
   for (const pair of rest.split(',')) {
     const eq = pair.indexOf('=');
     if (eq < 0) throw usage(spec, `"${pair}" is not key=value`);
     const key = pair.slice(0, eq).trim();
     const value = pair.slice(eq + 1).trim();
-    const int = () => {
-      if (!/^\d+$/.test(value)) throw usage(spec, `${key} must be a whole number (got "${value}")`);
-      return Number(value);
+    // The last one winning would hide a typo: each key once (several faults go in one fail=, joined by +).
+    if (seen.has(key)) throw usage(spec, `${key} is given more than once${key === 'fail' ? ' (join several faults with +: fail=A:B:EIO+C:D:EIO)' : ''}`);
+    seen.add(key);
+    const int = (max = Number.MAX_SAFE_INTEGER) => {
+      const n = /^\d+$/.test(value) ? Number(value) : NaN;
+      if (!(n <= max)) throw usage(spec, `${key} must be a whole number from 0 to ${max} (got "${value}")`);
+      return n;
     };
     switch (key) {
-      case 'flags': opts.flags = parseFlags(value, spec); break;
-      case 'size': opts.stateSize = parseSize(value, spec); break;
-      case 'seed': opts.seed = int(); break;
+      case 'flags': opts.flags = parseFlags(value, `${spec}: flags`); break;
+      case 'size': opts.stateSize = parseSize(value, `${spec}: size`); break;
+      case 'seed': opts.seed = int(0xffff_ffff); break; // the sim's seed is a u32
       case 'ports': {
         const n = int();
         if (n !== 1 && n !== 2) throw usage(spec, `ports must be 1 or 2 (got ${value})`);
@@ -95,8 +114,8 @@ export function parseSimSpec(spec: string): SimDeviceOptions {
         break;
       case 'short-read': faults.shortRead = int(); break;
       case 'short-write': faults.shortWrite = int(); break;
-      case 'read-delay-ms': faults.readDelayMs = int(); break;
-      case 'write-delay-ms': faults.writeDelayMs = int(); break;
+      case 'read-delay-ms': faults.readDelayMs = int(MAX_TIMER_MS); break;
+      case 'write-delay-ms': faults.writeDelayMs = int(MAX_TIMER_MS); break;
       case 'fail':
         faults.failArc = value.split('+').map((f) => parseArcFault(spec, f));
         break;

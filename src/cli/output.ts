@@ -1,6 +1,7 @@
 /** Output conventions: data on stdout, diagnostics on stderr, one-line errors, exit codes. */
 import type { Writable } from 'node:stream';
 import { errnoOf, isVfioError, type VfioError } from '../errors.js';
+import { V1, v1StateName } from '../v1/uapi.js';
 import { EXIT } from './exit-codes.js';
 
 const HINTS: Record<string, string> = {
@@ -13,12 +14,16 @@ const HINTS: Record<string, string> = {
 
 function hintFor(e: { code: string; op: string; reason: string | undefined }): string | undefined {
   if (e.reason?.startsWith('not a VFIO device')) return undefined; // the reason says what was expected
-  if (e.op === 'listen' || e.op === 'serve') return e.code === 'EACCES' ? 'the socket\'s directory is not writable for this user' : undefined;
+  if (e.op === 'serve' || e.op.endsWith('listen')) return e.code === 'EACCES' ? 'the socket\'s directory is not writable for this user' : undefined;
   if (e.code !== 'EINVAL') return HINTS[e.code];
   if (e.reason?.startsWith('resume data rejected')) return 'the data does not fit this device: same model and an intact file are needed';
-  if (/^(SET_STATE|v1\.write\(device_state\)|vfio_mig_get_next_state)/.test(e.op)) return '`vfio-mig fsm` lists the valid transitions';
+  // `vfio-mig fsm` is the v2 table: a v1 write is helped by the v1 values instead.
+  if (e.op.startsWith('v1.write(device_state)')) return V1_STATES_HINT;
+  if (/^(SET_STATE|vfio_mig_get_next_state)/.test(e.op)) return '`vfio-mig fsm` lists the valid transitions';
   return undefined;
 }
+
+const V1_STATES_HINT = `v1 device_state values: ${[V1.STOP, V1.RUNNING, V1.SAVING | V1.RUNNING, V1.SAVING, V1.RESUMING].map(v1StateName).join(', ')}, each reachable from each other except 010 -> 011; 110 is the error state, left by \`vfio-mig state DEVICE --reset\``;
 
 /** An error that also says which exit code it deserves; `cause` is the device error behind it, if any. */
 export class CliError extends Error {
@@ -45,6 +50,19 @@ export function errorLine(e: unknown): string {
   return `vfio-mig: ${e instanceof Error ? e.message : String(e)}`;
 }
 
+/**
+ * A reader that went away (`vfio-mig --help | head -1`) is not a failure of
+ * the run: what is still written to `stream` is dropped and the exit status
+ * stays the command's own (0 for help, 2 for a usage error), the same
+ * whether or not the reader left before the write. Data a command must
+ * deliver (`save -o -`) still fails it: its own writes see the error too.
+ */
+export function dropOutputOnClosedPipe(stream: NodeJS.EventEmitter): void {
+  stream.on('error', (e: NodeJS.ErrnoException) => {
+    if (e.code !== 'EPIPE') throw e; // as without this listener
+  });
+}
+
 /** JSON with u64 values as decimal strings (JSON has no bigint). */
 export function toJson(value: unknown): string {
   return JSON.stringify(value, (_k, v) => (typeof v === 'bigint' ? v.toString() : v));
@@ -66,6 +84,11 @@ export function errorJson(e: unknown, exit: number): { error: Record<string, unk
 /** Progress goes to stderr whenever stderr is a terminal (curl's rule: `save -o - | ssh ...` shows it too). */
 export function progressEnabled(stderr: Writable & { isTTY?: boolean }): boolean {
   return Boolean(stderr.isTTY);
+}
+
+/** `1 pre-copy round`, `3 pre-copy rounds`. */
+export function countOf(n: number, noun: string): string {
+  return `${n} ${noun}${n === 1 ? '' : 's'}`;
 }
 
 export function formatBytes(n: number): string {

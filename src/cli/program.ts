@@ -22,12 +22,26 @@ import { traceCommand } from './trace.js';
 const version = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
 const sizeOpt = (v: string) => parseSize(v, '--section-size', 1 << 30, 1);
-const intOpt = (name: string) => (v: string) => {
-  if (!/^\d+$/.test(v)) throw new CliError(`vfio-mig: ${name} takes a whole number (got "${v}")`, EXIT.USAGE);
-  return Number(v);
+/** A whole number from `min` to `max` (both safe integers): anything else is a usage error naming the option. */
+const intOpt = (name: string, min: number, max: number) => (v: string) => {
+  const n = /^\d+$/.test(v) ? Number(v) : NaN;
+  if (!(n >= min && n <= max)) throw new CliError(`vfio-mig: ${name} takes a whole number from ${min} to ${max} (got "${v}")`, EXIT.USAGE);
+  return n;
 };
-const sectionOption = (bytes = 1 << 20, shown = '1M') => new Option('--section-size <bytes>', 'v1 data section size (bridge window)').default(bytes, shown).argParser(sizeOpt);
+const MAX_ROUNDS = 1_000_000;
+const MAX_CYCLES = 1_000_000_000;
+const sectionOption = (bytes = 1 << 20, shown = '1M', what = 'v1 data section size (bridge window)') => new Option('--section-size <bytes>', what).default(bytes, shown).argParser(sizeOpt);
 const serviceSectionOption = () => sectionOption(SERVICE_SECTION_SIZE, '4M');
+/** save and load: the section is the bridge's, so it means something only with --protocol v1. */
+const v1SectionOption = () => sectionOption(undefined, undefined, 'v1 data section size (bridge window); only with --protocol v1');
+const DEVICE_ARG = 'sim, sim:key=value,..., /dev/vfio/devices/vfioN or /dev/vfio/N:NAME (vfio-mig --help lists the sim options)';
+
+/** --section-size given with --protocol v2 would be ignored: refuse it instead. */
+function sectionSizeOnlyWithV1(cmd: Command, name: string): void {
+  if (cmd.getOptionValue('protocol') !== 'v1' && cmd.getOptionValueSource('sectionSize') === 'cli') {
+    throw new CliError(`vfio-mig ${name}: --section-size applies only to --protocol v1 (the bridge's data section); v2 has none`, EXIT.USAGE);
+  }
+}
 
 /** The command tree for one run: its output, devices and exit code go through `ctx` and `exit`. */
 function buildProgram(ctx: CliContext, exit: (code: number) => void): Command {
@@ -35,7 +49,6 @@ function buildProgram(ctx: CliContext, exit: (code: number) => void): Command {
     .description('Inspect VFIO migration devices, change their state, save and load their state, across the v1 region and v2 FSM protocols.')
     .version(version)
     .enablePositionalOptions()
-    .showHelpAfterError(!ctx.json)
     // Under --json the usage error is reported once, as the JSON error object (runCli).
     .configureOutput({
       writeOut: (text) => void ctx.stdout.write(text),
@@ -50,7 +63,7 @@ function buildProgram(ctx: CliContext, exit: (code: number) => void): Command {
   program
     .command('info')
     .description('migration flags, state, stop-copy size, regions, and the v1 region the bridge would present')
-    .argument('<device>')
+    .argument('<device>', DEVICE_ARG)
     .addOption(sectionOption())
     .option('--json', 'machine-readable output (u64 values as decimal strings)')
     .addHelpText('after', '\nExample:\n  vfio-mig info sim:profile=mtty\n  vfio-mig info /dev/vfio/devices/vfio0 --json')
@@ -59,7 +72,7 @@ function buildProgram(ctx: CliContext, exit: (code: number) => void): Command {
   program
     .command('state')
     .description('print the state, or set it (v2 names, or v1 bits with --v1 through the bridge); prints the path taken')
-    .argument('<device>')
+    .argument('<device>', DEVICE_ARG)
     .argument('[state]', 'v2: STOP, RUNNING, STOP_COPY, RESUMING, RUNNING_P2P, PRE_COPY, PRE_COPY_P2P; v1 (--v1): 000..100 or STOP, RUNNING, SAVING, SAVING|RUNNING, RESUMING')
     .option('--v1', 'STATE is a v1 device_state, written through the bridge')
     .option('--reset', 'VFIO_DEVICE_RESET first (the way out of ERROR)')
@@ -72,34 +85,41 @@ function buildProgram(ctx: CliContext, exit: (code: number) => void): Command {
   program
     .command('save')
     .description('save the device state to a file or stdout (header, the device stream, SHA-256 trailer)')
-    .argument('<device>')
+    .argument('<device>', DEVICE_ARG)
     .requiredOption('-o, --output <file>', 'target file, or - for stdout')
     .addOption(new Option('--protocol <p>', 'v1: the legacy caller through the bridge; v2: native').choices(['v1', 'v2']).default('v2'))
     .option('--no-precopy', 'skip pre-copy and go straight to stop-copy')
-    .option('--rounds <n>', 'at most this many pre-copy rounds', intOpt('--rounds'), 100)
-    .addOption(new Option('--threshold <bytes>', 'leave pre-copy once pending data is below this').default(1n, '1').argParser((v) => BigInt(parseSize(v, '--threshold'))))
-    .addOption(sectionOption())
+    .option('--rounds <n>', `at most this many pre-copy rounds (1 to ${MAX_ROUNDS}; --no-precopy for none)`, intOpt('--rounds', 1, MAX_ROUNDS), 100)
+    // 0 could never be reached (pending is never below 0): pre-copy would always run out of rounds.
+    .addOption(new Option('--threshold <bytes>', 'leave pre-copy once pending data is below this (at least 1: 1 waits until nothing is pending)').default(1n, '1').argParser((v) => BigInt(parseSize(v, '--threshold', Number.MAX_SAFE_INTEGER, 1))))
+    .addOption(v1SectionOption())
     .option('--json', 'summary as JSON (on stderr when the data goes to stdout)')
     .addHelpText('after', '\nThe device is left in STOP. A file is written as .NAME.PID.tmp, synced and renamed when complete.\n\nExample:\n  vfio-mig save sim:size=64M -o state.vfio\n  vfio-mig save /dev/vfio/devices/vfio0 -o - | ssh dst vfio-mig load /dev/vfio/devices/vfio0 -i -')
-    .action(async (device: string, o) => ctx.withDevice(device, (d) => saveCommand(ctx, d, o)));
+    .action(async (device: string, o, cmd: Command) => {
+      sectionSizeOnlyWithV1(cmd, 'save');
+      await ctx.withDevice(device, (d) => saveCommand(ctx, d, o));
+    });
 
   program
     .command('load')
     .description('load device state from a file or stdin; checks header and checksum')
-    .argument('<device>')
+    .argument('<device>', DEVICE_ARG)
     .requiredOption('-i, --input <file>', 'state file, or - for stdin')
     .addOption(new Option('--protocol <p>', 'v1: the legacy caller through the bridge; v2: native').choices(['v1', 'v2']).default('v2'))
     .addOption(new Option('--final-state <s>', 'state after the load').choices(['running', 'stop']).default('running'))
-    .addOption(sectionOption())
+    .addOption(v1SectionOption())
     .option('--json', 'machine-readable output')
     .addHelpText('after', '\nA file is verified whole before the device is touched. From stdin the checksum is checked at the end;\non a mismatch the resume is abandoned and the device reset (exit 5).\n\nExample:\n  vfio-mig load sim -i state.vfio\n  vfio-mig load sim --protocol v1 -i state.vfio')
-    .action(async (device: string, o) => loadCommand(ctx, device, o));
+    .action(async (device: string, o, cmd: Command) => {
+      sectionSizeOnlyWithV1(cmd, 'load');
+      await loadCommand(ctx, device, o);
+    });
 
   program
     .command('fsm')
     .description('the path a v2 transition takes (vfio_mig_get_next_state), or the whole table')
-    .argument('[from]')
-    .argument('[to]')
+    .argument('[from]', 'the v2 state to start from (STOP, RUNNING, STOP_COPY, RESUMING, RUNNING_P2P, PRE_COPY, PRE_COPY_P2P); with neither, the whole table')
+    .argument('[to]', 'the v2 state to reach')
     .option('--flags <list>', 'migration flags: 1, 3, 5, 7 or STOP_COPY+P2P+PRE_COPY', '7')
     .option('--json', 'machine-readable output')
     .addHelpText('after', '\nExample:\n  vfio-mig fsm RUNNING STOP_COPY\n  vfio-mig fsm --flags STOP_COPY')
@@ -110,10 +130,10 @@ function buildProgram(ctx: CliContext, exit: (code: number) => void): Command {
   program
     .command('conformance')
     .description('check that a v2 migration driver keeps the uAPI (FSM, data_fd, PRECOPY_INFO, resume, reset) and that v1 callers work on it through the bridge')
-    .argument('<device>')
+    .argument('<device>', DEVICE_ARG)
     .option('--peer <device>', 'a second device of the same model to resume into (default: the device itself)')
     .option('--only <ids>', 'comma-separated check ids or group names', parseOnly)
-    .option('--cycles <n>', 'save/resume/reset cycles of stress.cycles', intOpt('--cycles'), 20)
+    .option('--cycles <n>', `save/resume/reset cycles of stress.cycles (1 to ${MAX_CYCLES})`, intOpt('--cycles', 1, MAX_CYCLES), 20)
     .option('--json', 'one object: device, flags, kernel release, every check with its verdict and evidence')
     .addHelpText('after', conformanceHelp())
     .action(async (device: string, o) => {
@@ -128,7 +148,7 @@ function buildProgram(ctx: CliContext, exit: (code: number) => void): Command {
   program
     .command('trace')
     .description('run a save through the v1 bridge and print each v1 access with the v2 operations it caused')
-    .argument('<device>')
+    .argument('<device>', DEVICE_ARG)
     .addOption(sectionOption())
     .option('--no-precopy', 'skip pre-copy')
     .addOption(new Option('--data-access <mode>', 'bulk: one read per chunk; qemu: 8-byte reads as QEMU without mmap').choices(['bulk', 'qemu']).default('bulk'))
@@ -166,6 +186,11 @@ function buildProgram(ctx: CliContext, exit: (code: number) => void): Command {
     .requiredOption('--socket <path>', 'the socket `vfio-mig serve` listens on')
     .addHelpText('after', '\nExample:\n  vfio-mig env --socket /run/vfio-mig.sock\n  env $(vfio-mig env --socket /run/vfio-mig.sock) qemu-system-x86_64 ...\n\nOther variables the interposer reads:\n  VFIO_MIG_REQUIRED=1     a device that cannot be bridged ends the VMM\n  VFIO_MIG_TIMEOUT_MS=N   longest wait for the service to answer one access (default 20000)')
     .action((o) => envCommand(ctx, o));
+  // After a usage error, one line pointing at the help instead of the whole help (commander adds "Did you mean ...?").
+  if (!ctx.json) {
+    program.showHelpAfterError('(see vfio-mig --help)');
+    for (const c of program.commands) c.showHelpAfterError(`(see vfio-mig ${c.name()} --help)`);
+  }
   return program;
 }
 

@@ -15,7 +15,7 @@ import { saveV2 } from '../v2/native-caller.js';
 import { MigState } from '../v2/uapi.js';
 import { VfioError, asVfioError } from '../errors.js';
 import { encodeHeader, encodeTrailer, newHash, stateFileHeader, type SavedProtocol } from './state-file.js';
-import { CliError, progressEnabled, progressReporter, toJson } from './output.js';
+import { CliError, countOf, progressEnabled, progressReporter, toJson } from './output.js';
 import type { CliContext, CliStream } from './context.js';
 import { EXIT } from './exit-codes.js';
 
@@ -136,8 +136,8 @@ export async function saveCommand(ctx: CliContext, dev: V2Device, opts: SaveOpti
     // With the data on stdout, the summary goes to stderr.
     const text = opts.json
       ? toJson(summary)
-      : `saved ${result.bytes} bytes (${result.precopyBytes} in ${result.rounds} pre-copy rounds) from ${dev.name} to ${summary.output} with the ${opts.protocol} protocol; device left in STOP` +
-        (result.converged === false ? `\npre-copy did not converge: ${result.precopyPending} bytes were still pending after ${result.rounds} rounds and went in stop-copy` : '');
+      : `saved ${result.bytes} bytes (${result.precopyBytes} in ${countOf(result.rounds, 'pre-copy round')}) from ${dev.name} to ${summary.output} with the ${opts.protocol} protocol; device left in STOP` +
+        (result.converged === false ? `\npre-copy did not converge: ${result.precopyPending} bytes were still pending after ${countOf(result.rounds, 'round')} and went in stop-copy` : '');
     if (toStdout) ctx.stderr.write(`${text}\n`);
     else ctx.log(text);
   } catch (e) {

@@ -7,6 +7,8 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
 import { constants as osConstants, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { getSystemErrorMap } from 'node:util';
+import { VfioError, asVfioError } from '../errors.js';
 import { MAX_SOCKET_PATH, startBridgeService, type BridgeServiceOptions, type ServiceTraceEvent } from '../service/bridge-service.js';
 import { preloadLibrary } from '../service/preload-library.js';
 import type { CliContext, SignalSource } from './context.js';
@@ -47,9 +49,15 @@ function replaceHandler(signals: SignalSource | null, sig: NodeJS.Signals, how: 
  * before). A write that fails turns tracing off with one message: the VMM's
  * accesses never fail because of the trace.
  */
-function traceWriter(path: string, log: (line: string) => void): { write: (e: ServiceTraceEvent) => void; close: () => void } {
-  if (!path) throw new CliError('vfio-mig: --trace needs a file name', EXIT.USAGE);
-  const fd = openSync(path, 'w');
+function traceWriter(cmd: ServiceCommand, path: string, log: (line: string) => void): { write: (e: ServiceTraceEvent) => void; close: () => void } {
+  if (!path) throw new CliError(`vfio-mig ${cmd}: --trace needs a file name`, EXIT.USAGE);
+  let fd: number;
+  try {
+    fd = openSync(path, 'w');
+  } catch (e) {
+    const err = asVfioError(e, `${cmd}: open`, `--trace ${path}`);
+    throw new VfioError(err.code, err.op, err.device, systemMessage(e) ?? err.reason, { cause: e });
+  }
   const t0 = Date.now();
   let on = true;
   return {
@@ -66,11 +74,20 @@ function traceWriter(path: string, log: (line: string) => void): { write: (e: Se
   };
 }
 
-async function start(ctx: CliContext, socketPath: string, o: ServiceCliOptions): Promise<() => Promise<void>> {
+/** Node's text for its errno ("no such file or directory"), without the code and path Node's message repeats. */
+function systemMessage(e: unknown): string | undefined {
+  const errno = (e as NodeJS.ErrnoException).errno;
+  return errno === undefined ? undefined : getSystemErrorMap().get(errno)?.[1];
+}
+
+type ServiceCommand = 'serve' | 'exec';
+
+/** `given`: the socket path came from --socket (else it is exec's private one). */
+async function start(ctx: CliContext, cmd: ServiceCommand, socketPath: string, given: boolean, o: ServiceCliOptions): Promise<() => Promise<void>> {
   if (o.sim) parseSimSpec(o.sim); // a bad --sim is a usage error now, not at each VMM's first device
   ctx.stderr.on('error', () => undefined);
   const log = serviceLog(ctx);
-  const trace = o.trace !== undefined ? traceWriter(o.trace, log) : null;
+  const trace = o.trace !== undefined ? traceWriter(cmd, o.trace, log) : null;
   const opts: BridgeServiceOptions = {
     socketPath,
     sectionSize: o.sectionSize,
@@ -85,7 +102,9 @@ async function start(ctx: CliContext, socketPath: string, o: ServiceCliOptions):
     svc = await startBridgeService(opts);
   } catch (e) {
     trace?.close();
-    throw e;
+    // Named after the command and the option the path came from, not the library's "serve".
+    const err = asVfioError(e, 'listen', socketPath);
+    throw new VfioError(err.code, `${cmd}: listen`, given ? `--socket ${socketPath || "''"}` : socketPath, err.reason, { cause: e });
   }
   return async () => {
     await svc.close();
@@ -109,7 +128,7 @@ export async function serveCommand(ctx: CliContext, o: ServiceCliOptions & { soc
   let early = false;
   for (const sig of STOP_SIGNALS) replaceHandler(ctx.signals, sig, 'once', () => (stopRequested ? stopRequested() : (early = true)));
   const env = vmmEnvironment(o.socket, undefined); // before listening: a missing interposer is an error now
-  const stop = await start(ctx, o.socket, o);
+  const stop = await start(ctx, 'serve', o.socket, true, o);
   serviceLog(ctx)(`serving on ${env.VFIO_MIG_SOCKET}; start the VMM with\n  ${Object.entries(env).map(([k, v]) => `${k}=${v}`).join(' ')}`);
   if (!early) await new Promise<void>((done) => (stopRequested = done));
   await stop();
@@ -153,7 +172,7 @@ export async function execCommand(ctx: CliContext, command: string[], o: Service
   try {
     let stop: () => Promise<void>;
     try {
-      stop = await start(ctx, socketPath, o); // listening before the command starts
+      stop = await start(ctx, 'exec', socketPath, o.socket !== undefined, o); // listening before the command starts
     } catch (e) {
       throw e instanceof CliError ? e : new CliError(errorLine(e), EXEC_FAILED, e);
     }

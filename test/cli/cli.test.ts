@@ -1,8 +1,8 @@
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { CLI, pipeCli, runCli, runInProcess } from './run-cli.js';
 
 /**
@@ -11,6 +11,7 @@ import { CLI, pipeCli, runCli, runInProcess } from './run-cli.js';
  * first block checks that the binary prints what an in-process run does.
  */
 const dir = mkdtempSync(join(tmpdir(), 'vfio-mig-cli-'));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
 const json = (s: string) => JSON.parse(s.trim().split('\n').at(-1)!);
 
 describe('the built binary gives what an in-process run gives, byte for byte', () => {

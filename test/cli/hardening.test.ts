@@ -3,15 +3,16 @@
  * and 8). Each test failed before its fix.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, lstatSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, lstatSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { CLI, bufferContext, runInProcess, signalSource } from './run-cli.js';
 import { runCli as runCommandLine } from '../../src/cli/program.js';
 import { MigState } from '../../src/v2/uapi.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'vfio-mig-hard-'));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
 const isRoot = process.getuid?.() === 0;
 const STATE_FILE = /^VFIOMIG\0/;
 

@@ -6,15 +6,16 @@
  * checksum: a change there that still reads as a valid value passes, and
  * the stream it carries is the original, byte for byte.
  */
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import fc from 'fast-check';
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { verifyStateFile } from '../../src/cli/load.js';
 import { encodeHeader, encodeTrailer, newHash } from '../../src/cli/state-file.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'vfio-mig-fuzz-'));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
 const RUNS = Number(process.env.VFIO_MIG_FUZZ_RUNS ?? 300);
 
 function stateFile(stream: Buffer): Buffer {

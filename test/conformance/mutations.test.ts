@@ -3,15 +3,17 @@
  * broken, and the checker must fail that check and no other. A clean
  * simulated device of every flag set passes everything.
  */
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { CONFORMANCE_CHECKS, MigState, VfioError, checkConformance, createSimDevice, migStateName, type V2Device } from '../../src/index.js';
 import { Mutant, spuriousStream, type Hooks } from './mutant.js';
 
 const S = MigState;
 const SIZE = 64 * 1024; // small states keep the 8-byte v1 access quick
+const dir = mkdtempSync(join(tmpdir(), 'conformance-')); // the fake debugfs files
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 async function failing(dev: V2Device, peer?: V2Device, extra: { cycles?: number; debugfsState?: string } = {}): Promise<string[]> {
   const r = await checkConformance(dev, { peer, cycles: extra.cycles ?? 6, debugfsState: extra.debugfsState });
@@ -254,7 +256,7 @@ describe('conformance checker: one broken rule fails exactly its check', () => {
       let debugfsState: string | undefined;
       const hooks: Hooks = { ...m.hooks };
       if (m.debugfs) {
-        debugfsState = join(mkdtempSync(join(tmpdir(), 'conformance-')), 'state');
+        debugfsState = join(mkdtempSync(join(dir, 'debugfs-')), 'state');
         hooks.changed = (d) => writeFileSync(debugfsState!, `${d.state === S.STOP ? 'RUNNING' : migStateName(d.state)}\n`);
         writeFileSync(debugfsState, 'RUNNING\n');
       }
@@ -307,7 +309,7 @@ describe('conformance checker: one broken rule fails exactly its check', () => {
   });
 
   it('debugfs.state passes with a faithful fake debugfs file', async () => {
-    const file = join(mkdtempSync(join(tmpdir(), 'conformance-')), 'state');
+    const file = join(mkdtempSync(join(dir, 'debugfs-')), 'state');
     writeFileSync(file, 'RUNNING\n');
     const dev = new Mutant({ changed: (d) => writeFileSync(file, `${migStateName(d.state)}\n`) }, { stateSize: SIZE });
     const r = await checkConformance(dev, { only: ['debugfs'], debugfsState: file });
