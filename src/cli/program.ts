@@ -26,6 +26,11 @@ const intOpt = (name: string) => (v: string) => {
   if (!/^\d+$/.test(v)) throw new CliError(`vfio-mig: ${name} takes a whole number (got "${v}")`, EXIT.USAGE);
   return Number(v);
 };
+/** A file option: an empty value would name the current directory (or nothing) and is refused before anything is written. */
+const pathOpt = (name: string) => (v: string) => {
+  if (v === '') throw new CliError(`vfio-mig: ${name} needs a file name, or - (got an empty string)`, EXIT.USAGE);
+  return v;
+};
 const sectionOption = (bytes = 1 << 20, shown = '1M') => new Option('--section-size <bytes>', 'v1 data section size (bridge window)').default(bytes, shown).argParser(sizeOpt);
 const serviceSectionOption = () => sectionOption(SERVICE_SECTION_SIZE, '4M');
 
@@ -73,7 +78,7 @@ function buildProgram(ctx: CliContext, exit: (code: number) => void): Command {
     .command('save')
     .description('save the device state to a file or stdout (header, the device stream, SHA-256 trailer)')
     .argument('<device>')
-    .requiredOption('-o, --output <file>', 'target file, or - for stdout')
+    .requiredOption('-o, --output <file>', 'target file, or - for stdout (required)', pathOpt('-o/--output'))
     .addOption(new Option('--protocol <p>', 'v1: the legacy caller through the bridge; v2: native').choices(['v1', 'v2']).default('v2'))
     .option('--no-precopy', 'skip pre-copy and go straight to stop-copy')
     .option('--rounds <n>', 'at most this many pre-copy rounds', intOpt('--rounds'), 100)
@@ -87,7 +92,7 @@ function buildProgram(ctx: CliContext, exit: (code: number) => void): Command {
     .command('load')
     .description('load device state from a file or stdin; checks header and checksum')
     .argument('<device>')
-    .requiredOption('-i, --input <file>', 'state file, or - for stdin')
+    .requiredOption('-i, --input <file>', 'state file, or - for stdin (required)', pathOpt('-i/--input'))
     .addOption(new Option('--protocol <p>', 'v1: the legacy caller through the bridge; v2: native').choices(['v1', 'v2']).default('v2'))
     .addOption(new Option('--final-state <s>', 'state after the load').choices(['running', 'stop']).default('running'))
     .addOption(sectionOption())
