@@ -13,7 +13,7 @@ import { MigState, migStateName } from '../v2/uapi.js';
 import { ByteSource, fileChunks } from './byte-source.js';
 import type { CliContext } from './context.js';
 import { EXIT } from './exit-codes.js';
-import { CliError, errorLine, progressReporter, toJson } from './output.js';
+import { CliError, errorLine, fileError, progressReporter, toJson } from './output.js';
 import { HEADER_SIZE, TRAILER_SIZE, checkTrailer, decodeHeader, newHash, type StateFileHeader } from './state-file.js';
 
 export interface LoadOptions {
@@ -45,11 +45,20 @@ async function* verifiedBody(src: ByteSource, name: string, counted?: (n: bigint
   counted?.(count);
 }
 
+/** Read errors name the input (its open too: fileChunks opens on the first read). */
+async function* named(chunks: AsyncIterable<Uint8Array>, name: string): AsyncGenerator<Uint8Array> {
+  try {
+    yield* chunks;
+  } catch (e) {
+    throw fileError(e, 'load', name);
+  }
+}
+
 /** `stdin` is asked for only when `input` is `-`. */
 async function openInput(input: string, stdin?: () => AsyncIterable<Uint8Array>): Promise<{ src: ByteSource; header: StateFileHeader; name: string }> {
   const name = input === '-' ? 'stdin' : input;
   if (input === '-' && !stdin) throw new Error('vfio-mig: reading - needs the stdin of the run');
-  const src = new ByteSource(input === '-' ? stdin!() : fileChunks(input));
+  const src = new ByteSource(named(input === '-' ? stdin!() : fileChunks(input), name));
   try {
     const header = decodeHeader(await src.readUpTo(HEADER_SIZE), name);
     return { src, header, name };
@@ -75,7 +84,10 @@ export async function verifyStateFile(path: string): Promise<void> {
 
 export async function loadCommand(ctx: CliContext, devSpec: string, opts: LoadOptions): Promise<void> {
   if (opts.input !== '-') {
-    const st = await stat(opts.input).catch(() => null);
+    const st = await stat(opts.input).catch((e: NodeJS.ErrnoException) => {
+      if (e.code === 'ENOENT') return null;
+      throw fileError(e, 'load', opts.input);
+    });
     if (!st) throw new VfioError('ENOENT', 'load', opts.input, 'no such file');
     if (st.isDirectory()) throw new VfioError('EISDIR', 'load', opts.input, 'is a directory: give the state file');
     await verifyStateFile(opts.input);

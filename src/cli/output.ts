@@ -1,6 +1,6 @@
 /** Output conventions: data on stdout, diagnostics on stderr, one-line errors, exit codes. */
 import type { Writable } from 'node:stream';
-import { errnoOf, isVfioError, type VfioError } from '../errors.js';
+import { VfioError, asVfioError, errnoOf, isVfioError } from '../errors.js';
 import { EXIT } from './exit-codes.js';
 
 const HINTS: Record<string, string> = {
@@ -11,13 +11,37 @@ const HINTS: Record<string, string> = {
   EBUSY: 'the device is in use or mid-migration: reset it with `vfio-mig state DEVICE --reset`',
 };
 
-function hintFor(e: { code: string; op: string; reason: string | undefined }): string | undefined {
+const FILE_HINTS: Record<string, string> = {
+  EACCES: 'check the permissions of the file and its directory',
+  EPERM: 'check the permissions of the file and its directory',
+  ENOENT: 'check the file path',
+};
+
+function hintFor(e: VfioError): string | undefined {
   if (e.reason?.startsWith('not a VFIO device')) return undefined; // the reason says what was expected
+  if (e.details?.file !== undefined) return FILE_HINTS[e.code];
   if (e.op === 'listen' || e.op === 'serve') return e.code === 'EACCES' ? 'the socket\'s directory is not writable for this user' : undefined;
   if (e.code !== 'EINVAL') return HINTS[e.code];
   if (e.reason?.startsWith('resume data rejected')) return 'the data does not fit this device: same model and an intact file are needed';
   if (/^(SET_STATE|v1\.write\(device_state\)|vfio_mig_get_next_state)/.test(e.op)) return '`vfio-mig fsm` lists the valid transitions';
   return undefined;
+}
+
+/**
+ * A Node fs error on a file the user named, as a VfioError on that name.
+ * Node's message names the path it tried (a temporary file, a resolved
+ * link): only its description ("permission denied") is kept, with what was
+ * being done. Anything else goes to asVfioError.
+ */
+export function fileError(e: unknown, op: string, file: string, doing?: string): VfioError {
+  const err = e as NodeJS.ErrnoException;
+  if (isVfioError(e) || !(e instanceof Error) || typeof err.code !== 'string' || typeof err.syscall !== 'string') return asVfioError(e, op, file);
+  const what = e.message.replace(/^[A-Z0-9]+: /, '').replace(/, \w+(?: '.*')?$/, '');
+  try {
+    return new VfioError(err.code, op, file, doing ? `${what} while ${doing}` : what, { syscall: err.syscall, details: { file: err.path ?? file }, cause: e });
+  } catch {
+    return asVfioError(e, op, file); // a code that is no errno name
+  }
 }
 
 /** An error that also says which exit code it deserves; `cause` is the device error behind it, if any. */

@@ -13,9 +13,9 @@ import { saveV1 } from '../v1/reference-caller.js';
 import type { V2Device } from '../v2/device.js';
 import { saveV2 } from '../v2/native-caller.js';
 import { MigState } from '../v2/uapi.js';
-import { VfioError, asVfioError } from '../errors.js';
+import { VfioError } from '../errors.js';
 import { encodeHeader, encodeTrailer, newHash, stateFileHeader, type SavedProtocol } from './state-file.js';
-import { CliError, progressEnabled, progressReporter, toJson } from './output.js';
+import { CliError, fileError, progressEnabled, progressReporter, toJson } from './output.js';
 import type { CliContext, CliStream } from './context.js';
 import { EXIT } from './exit-codes.js';
 
@@ -39,10 +39,15 @@ async function writeStream(out: CliStream, data: Uint8Array): Promise<void> {
  * device, FIFO or socket is written straight through; a directory is refused.
  */
 async function outputTarget(output: string): Promise<{ file: string; atomic: boolean }> {
+  // Not there yet is fine; not allowed to look is not.
+  const absent = (e: NodeJS.ErrnoException) => {
+    if (e.code === 'ENOENT') return null;
+    throw fileError(e, 'save', output);
+  };
   // A symlink is followed, also when its target does not exist yet (it is created).
-  const link = await lstat(output).catch(() => null);
+  const link = await lstat(output).catch(absent);
   const path = link?.isSymbolicLink() ? resolve(dirname(output), await readlink(output)) : output;
-  const st = await stat(path).catch(() => null);
+  const st = await stat(path).catch(absent);
   if (st?.isDirectory()) throw new VfioError('EISDIR', 'save', output, 'is a directory: give a file name');
   if (st?.isCharacterDevice() && isTerminal(path)) throw new CliError(`vfio-mig: refusing to write binary device state to a terminal (${output})`, EXIT.USAGE);
   if (st && !st.isFile()) return { file: path, atomic: false };
@@ -73,7 +78,9 @@ export async function saveCommand(ctx: CliContext, dev: V2Device, opts: SaveOpti
   const target = toStdout ? null : await outputTarget(opts.output);
   const flags = await dev.migrationFlags();
   const tmp = target?.atomic ? join(dirname(target.file), `.${basename(target.file)}.${process.pid}.tmp`) : null;
-  const fh = target ? await open(tmp ?? target.file, tmp ? 'wx' : 'w') : null;
+  const fh = target ? await open(tmp ?? target.file, tmp ? 'wx' : 'w').catch((e) => {
+    throw fileError(e, 'save', opts.output, tmp ? `creating a file in ${dirname(tmp)}` : undefined);
+  }) : null;
   if (tmp) ctx.unfinished(tmp); // an interrupt removes it
   const hash = newHash();
   let count = 0n;
@@ -147,6 +154,6 @@ export async function saveCommand(ctx: CliContext, dev: V2Device, opts: SaveOpti
       await unlink(tmp).catch(() => undefined);
       ctx.finished(tmp);
     }
-    throw asVfioError(e, 'save', toStdout ? 'stdout' : opts.output);
+    throw fileError(e, 'save', toStdout ? 'stdout' : opts.output);
   }
 }

@@ -3,7 +3,7 @@
  * 1 to 7 of the state I/O trial). Each test failed before its fix.
  */
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -11,6 +11,17 @@ import { CLI, runInProcess } from './run-cli.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'vfio-mig-stateio-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
+chmodSync(dir, 0o755); // the unprivileged user of finding 5 reaches its files
+
+const isRoot = process.getuid?.() === 0;
+const hasRunuser = spawnSync('runuser', ['--help']).status === 0;
+
+/** The built CLI as an unprivileged user: nobody when run as root (root passes every permission check), else this user. */
+function runUnprivileged(args: string[]): { code: number | null; stderr: string } {
+  const cmd = isRoot ? ['runuser', '-u', 'nobody', '--', process.execPath, CLI, ...args] : [process.execPath, CLI, ...args];
+  const r = spawnSync(cmd[0]!, cmd.slice(1), { cwd: dir, encoding: 'utf8' });
+  return { code: r.status, stderr: r.stderr };
+}
 
 describe('finding 6: an empty -o or -i is a usage error, before anything is written', () => {
   it.each([
@@ -34,5 +45,41 @@ describe('finding 6: an empty -o or -i is a usage error, before anything is writ
   it('--help says -o and -i are required', async () => {
     expect((await runInProcess(['save', '--help'])).stdout).toMatch(/-o, --output <file> +target file, or - for stdout \(required\)/);
     expect((await runInProcess(['load', '--help'])).stdout).toMatch(/-i, --input <file> +state file.*\(required\)/);
+  });
+});
+
+describe('finding 5: file errors name the file the user gave, and permission errors exit 4', () => {
+  it.runIf(!isRoot || hasRunuser)('save -o into a read-only directory: the target, not the temporary file; exit 4', () => {
+    mkdirSync(join(dir, 'ro-dir'), { mode: 0o555 });
+    chmodSync(join(dir, 'ro-dir'), 0o555); // whatever the umask
+    const r = runUnprivileged(['save', 'sim:size=4K', '-o', 'ro-dir/x.vfio']);
+    expect(r.stderr).toBe(`vfio-mig: save on ro-dir/x.vfio: EACCES (13): permission denied while creating a file in ${join(dir, 'ro-dir')} (check the permissions of the file and its directory)\n`);
+    expect(r.code).toBe(4);
+    expect(readdirSync(join(dir, 'ro-dir'))).toEqual([]);
+  });
+
+  it.runIf(!isRoot || hasRunuser)('load -i of a mode-000 file: EACCES on the file, exit 4', async () => {
+    const file = join(dir, 'mode000.vfio');
+    expect((await runInProcess(['save', 'sim:size=4K', '-o', file])).code).toBe(0);
+    chmodSync(file, 0);
+    const r = runUnprivileged(['load', 'sim:size=4K', '-i', 'mode000.vfio']);
+    expect(r.stderr).toBe('vfio-mig: load on mode000.vfio: EACCES (13): permission denied (check the permissions of the file and its directory)\n');
+    expect(r.code).toBe(4);
+  });
+
+  it.runIf(!isRoot || hasRunuser)('load -i behind a directory this user may not search: EACCES, not "no such file"', () => {
+    mkdirSync(join(dir, 'closed'));
+    writeFileSync(join(dir, 'closed', 'x.vfio'), 'x');
+    chmodSync(join(dir, 'closed'), 0);
+    const r = runUnprivileged(['load', 'sim:size=4K', '-i', 'closed/x.vfio']);
+    chmodSync(join(dir, 'closed'), 0o700); // for the clean-up
+    expect(r.stderr).toMatch(/^vfio-mig: load on closed\/x\.vfio: EACCES \(13\): permission denied/);
+    expect(r.code).toBe(4);
+  });
+
+  it('save -o /proc/x.vfio: ENOENT on the target, in the same form', async () => {
+    const r = await runInProcess(['save', 'sim:size=4K', '-o', '/proc/x.vfio']);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toBe('vfio-mig: save on /proc/x.vfio: ENOENT (2): no such file or directory while creating a file in /proc (check the file path)\n');
   });
 });
