@@ -5,7 +5,8 @@
  */
 import { once } from 'node:events';
 import { closeSync, constants, existsSync, openSync } from 'node:fs';
-import { lstat, open, readlink, realpath, rename, stat, unlink } from 'node:fs/promises';
+import type { Stats } from 'node:fs';
+import { lstat, open, readlink, realpath, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { isatty } from 'node:tty';
 import { basename, dirname, join, resolve } from 'node:path';
 import { openV1Bridge } from '../bridge/v1-bridge.js';
@@ -38,7 +39,7 @@ async function writeStream(out: CliStream, data: Uint8Array): Promise<void> {
  * too) is replaced atomically from a temporary file next to it; a character
  * device, FIFO or socket is written straight through; a directory is refused.
  */
-async function outputTarget(output: string): Promise<{ file: string; atomic: boolean }> {
+async function outputTarget(output: string): Promise<{ file: string; atomic: boolean; replaces?: Stats | null }> {
   // Not there yet is fine; not allowed to look is not.
   const absent = (e: NodeJS.ErrnoException) => {
     if (e.code === 'ENOENT') return null;
@@ -53,7 +54,20 @@ async function outputTarget(output: string): Promise<{ file: string; atomic: boo
   if (st && !st.isFile()) return { file: path, atomic: false };
   const file = st ? await realpath(path) : resolve(path);
   if (!existsSync(dirname(file))) throw new VfioError('ENOENT', 'save', output, `no directory ${dirname(file)}`);
-  return { file, atomic: true };
+  return { file, atomic: true, replaces: st };
+}
+
+/** A new state file is private (device state can carry guest memory); one that replaces a file keeps its mode and, where allowed, owner. */
+const NEW_FILE_MODE = 0o600;
+
+async function takeOver(fh: FileHandle, old: Stats): Promise<void> {
+  if (old.uid !== process.getuid?.() || old.gid !== process.getgid?.()) {
+    // Root gives the file back to its owner; anyone else can at most set the group (one of theirs), else keeps it.
+    await fh.chown(process.getuid?.() === 0 ? old.uid : -1, old.gid).catch((e: NodeJS.ErrnoException) => {
+      if (e.code !== 'EPERM') throw e;
+    });
+  }
+  await fh.chmod(old.mode & 0o777); // after chown, which may clear bits
 }
 
 /** Whether a character device is a terminal (opened without becoming our controlling tty). */
@@ -78,7 +92,7 @@ export async function saveCommand(ctx: CliContext, dev: V2Device, opts: SaveOpti
   const target = toStdout ? null : await outputTarget(opts.output);
   const flags = await dev.migrationFlags();
   const tmp = target?.atomic ? join(dirname(target.file), `.${basename(target.file)}.${process.pid}.tmp`) : null;
-  const fh = target ? await open(tmp ?? target.file, tmp ? 'wx' : 'w').catch((e) => {
+  const fh = target ? await open(tmp ?? target.file, tmp ? 'wx' : 'w', NEW_FILE_MODE).catch((e) => {
     throw fileError(e, 'save', opts.output, tmp ? `creating a file in ${dirname(tmp)}` : undefined);
   }) : null;
   if (tmp) ctx.unfinished(tmp); // an interrupt removes it
@@ -88,6 +102,7 @@ export async function saveCommand(ctx: CliContext, dev: V2Device, opts: SaveOpti
   const estimate = progressEnabled(ctx.stderr) ? await dev.stopCopySize().catch(() => null) : null;
   const progress = progressReporter(ctx.stderr, `save ${dev.name}`, estimate ? { bytes: estimate, estimate: true } : null);
   try {
+    if (tmp && target?.replaces) await takeOver(fh!, target.replaces);
     const header = encodeHeader({ protocol: opts.protocol, flags, byteCount: null });
     if (fh) await fh.write(header);
     else await writeStdout(header);

@@ -3,7 +3,7 @@
  * 1 to 7 of the state I/O trial). Each test failed before its fix.
  */
 import { spawnSync } from 'node:child_process';
-import { chmodSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -81,5 +81,36 @@ describe('finding 5: file errors name the file the user gave, and permission err
     const r = await runInProcess(['save', 'sim:size=4K', '-o', '/proc/x.vfio']);
     expect(r.code).toBe(1);
     expect(r.stderr).toBe('vfio-mig: save on /proc/x.vfio: ENOENT (2): no such file or directory while creating a file in /proc (check the file path)\n');
+  });
+});
+
+describe('finding 4: save -o keeps the mode (and, as root, the owner) of the file it replaces', () => {
+  const STATE_FILE = /^VFIOMIG\0/;
+  it('an existing file keeps its mode, whatever the umask would give', async () => {
+    for (const mode of [0o600, 0o640, 0o666]) {
+      const file = join(dir, `mode-${mode.toString(8)}.vfio`);
+      writeFileSync(file, 'old');
+      chmodSync(file, mode);
+      const r = await runInProcess(['save', 'sim:size=4K', '-o', file]);
+      expect(r.code, r.stderr).toBe(0);
+      expect(readFileSync(file).toString('latin1')).toMatch(STATE_FILE);
+      expect(statSync(file).mode & 0o7777).toBe(mode);
+    }
+  });
+
+  it('a new file is 0600: device state can carry guest memory', async () => {
+    const file = join(dir, 'new.vfio');
+    expect((await runInProcess(['save', 'sim:size=4K', '-o', file])).code).toBe(0);
+    expect(statSync(file).mode & 0o7777).toBe(0o600);
+  });
+
+  it.runIf(isRoot)('as root, an existing file keeps its owner and group', async () => {
+    const file = join(dir, 'owned.vfio');
+    writeFileSync(file, 'old');
+    chownSync(file, 65534, 65534);
+    chmodSync(file, 0o640);
+    expect((await runInProcess(['save', 'sim:size=4K', '-o', file])).code).toBe(0);
+    const st = statSync(file);
+    expect([st.uid, st.gid, st.mode & 0o7777]).toEqual([65534, 65534, 0o640]);
   });
 });
