@@ -1,7 +1,8 @@
 /**
- * vfio-mig load: a state file or stdin into a device. A file's header and
- * checksum are checked before the device is touched; stdin is checked as
- * it streams, and a bad checksum abandons the resume.
+ * vfio-mig load: a state file or stdin into a device. A file is checked
+ * whole (header, byte counts, checksum, nothing after the trailer) before
+ * the device is touched; stdin gets the same checks as it streams, and a
+ * mismatch abandons the resume.
  */
 import { stat } from 'node:fs/promises';
 import { openV1Bridge } from '../bridge/v1-bridge.js';
@@ -14,7 +15,7 @@ import { ByteSource, fileChunks } from './byte-source.js';
 import type { CliContext } from './context.js';
 import { EXIT } from './exit-codes.js';
 import { CliError, errorLine, fileError, progressReporter, toJson } from './output.js';
-import { HEADER_SIZE, TRAILER_SIZE, checkTrailer, decodeHeader, newHash, type StateFileHeader } from './state-file.js';
+import { HEADER_SIZE, checkedStream, decodeHeader, type StateFileHeader } from './state-file.js';
 
 export interface LoadOptions {
   input: string;
@@ -22,27 +23,6 @@ export interface LoadOptions {
   finalState: 'running' | 'stop';
   sectionSize: number;
   json?: boolean;
-}
-
-/** The stream bytes, holding back the trailer, which is checked at the end (throws on mismatch). */
-async function* verifiedBody(src: ByteSource, name: string, counted?: (n: bigint) => void): AsyncGenerator<Uint8Array> {
-  const hash = newHash();
-  let count = 0n;
-  let tail: Buffer = Buffer.alloc(0);
-  for await (const c of src.rest()) {
-    const buf = tail.length ? Buffer.concat([tail, c]) : c;
-    if (buf.length <= TRAILER_SIZE) {
-      tail = buf;
-      continue;
-    }
-    const body = buf.subarray(0, buf.length - TRAILER_SIZE);
-    tail = Buffer.from(buf.subarray(buf.length - TRAILER_SIZE));
-    hash.update(body);
-    count += BigInt(body.length);
-    yield body;
-  }
-  checkTrailer(tail, count, hash, name);
-  counted?.(count);
 }
 
 /** Read errors name the input (its open too: fileChunks opens on the first read). */
@@ -68,15 +48,11 @@ async function openInput(input: string, stdin?: () => AsyncIterable<Uint8Array>)
   }
 }
 
-/** For a file: header, size and checksum, all before the device is touched. */
+/** For a file: header, byte counts and checksum, all before the device is touched. */
 export async function verifyStateFile(path: string): Promise<void> {
   const { src, header, name } = await openInput(path);
   try {
-    const size = BigInt((await stat(path)).size);
-    if (header.byteCount !== null && size !== BigInt(HEADER_SIZE + TRAILER_SIZE) + header.byteCount) {
-      throw new VfioError('EINVAL', 'load', name, `truncated or padded: header says ${header.byteCount} stream bytes, the file holds ${size - BigInt(HEADER_SIZE + TRAILER_SIZE)}`);
-    }
-    for await (const _ of verifiedBody(src, name)) void _;
+    for await (const _ of checkedStream(src.rest(), header, name)) void _;
   } finally {
     await src.close();
   }
@@ -103,7 +79,7 @@ export async function loadCommand(ctx: CliContext, devSpec: string, opts: LoadOp
 /** The device is opened: from here a failure after the first change abandons the resume and resets it. */
 async function loadInto(ctx: CliContext, dev: V2Device, src: ByteSource, h: StateFileHeader, name: string, opts: LoadOptions): Promise<void> {
   const progress = progressReporter(ctx.stderr, `load ${dev.name}`, h.byteCount !== null ? { bytes: h.byteCount, estimate: false } : null);
-  const body = verifiedBody(src, name);
+  const body = checkedStream(src.rest(), h, name);
   let touched = false;
   let flags: number | null = null;
   try {

@@ -97,7 +97,7 @@ function buildProgram(ctx: CliContext, exit: (code: number) => void): Command {
     .addOption(new Option('--final-state <s>', 'state after the load').choices(['running', 'stop']).default('running'))
     .addOption(sectionOption())
     .option('--json', 'machine-readable output')
-    .addHelpText('after', '\nA file is verified whole before the device is touched. From stdin the checksum is checked at the end;\non a mismatch the resume is abandoned and the device reset (exit 5).\n\nExample:\n  vfio-mig load sim -i state.vfio\n  vfio-mig load sim --protocol v1 -i state.vfio')
+    .addHelpText('after', '\nA file is verified whole before the device is touched (header, byte counts, checksum, nothing after\nthe trailer). From stdin the same checks run as it streams; on a mismatch the resume is abandoned and\nthe device reset (exit 5).\n\nExample:\n  vfio-mig load sim -i state.vfio\n  vfio-mig load sim --protocol v1 -i state.vfio')
     .action(async (device: string, o) => loadCommand(ctx, device, o));
 
   program

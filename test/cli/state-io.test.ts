@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { CLI, runInProcess } from './run-cli.js';
+import { STREAMED } from '../../src/cli/state-file.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'vfio-mig-stateio-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -46,6 +47,48 @@ describe('finding 6: an empty -o or -i is a usage error, before anything is writ
     expect((await runInProcess(['save', '--help'])).stdout).toMatch(/-o, --output <file> +target file, or - for stdout \(required\)/);
     expect((await runInProcess(['load', '--help'])).stdout).toMatch(/-i, --input <file> +state file.*\(required\)/);
   });
+});
+
+describe('findings 2 and 3: a file and stdin are held to the same checks, and extra bytes are named', () => {
+  const reason = (stderr: string, name: string) => stderr.match(new RegExp(`^vfio-mig: load on ${name}: EINVAL \\(22\\): (.*?)(; load abandoned: device reset to RUNNING; the state it had before the load is gone)?\n$`));
+  // The expected reason from the stream's length n and the header's count h (all ones: saved to stdout).
+  const damages: Array<[string, (b: Buffer) => Buffer, (n: number, h: bigint) => string]> = [
+    ['header count byte 16', (b) => flip(b, 16), (n, h) => `the header says ${h} stream bytes, received ${n}, the trailer says ${n}`],
+    ['header count byte 20', (b) => flip(b, 20), (n, h) => `the header says ${h} stream bytes, received ${n}, the trailer says ${n}`],
+    ['trailer count', (b) => flip(b, b.length - 40), (n, h) => (h === STREAMED ? `the trailer says ${n ^ 1} stream bytes, received ${n}` : `the header says ${n} stream bytes, the trailer says ${n ^ 1}`)],
+    ['5 bytes appended', (b) => Buffer.concat([b, Buffer.from('junk\n')]), () => '5 extra bytes after the trailer: refused, since a state file with bytes appended is not the file that was saved'],
+    ['a second copy appended', (b) => Buffer.concat([b, b]), (n) => `${n + 80} extra bytes after the trailer: refused, since a state file with bytes appended is not the file that was saved`],
+    ['cut in the trailer', (b) => b.subarray(0, b.length - 20), (n, h) => (h === STREAMED ? `truncated: the trailer is missing (${n + 28} bytes after the header)` : `truncated: the header says ${n} stream bytes (${n + 48} with the trailer), received ${n + 28}`)],
+    ['cut in the stream', (b) => b.subarray(0, b.length - 1000), (n, h) => (h === STREAMED ? `truncated: the trailer is missing (${n - 952} bytes after the header)` : `truncated: the header says ${n} stream bytes (${n + 48} with the trailer), received ${n - 952}`)],
+    ['a stream byte', (b) => flip(b, 100), () => 'checksum mismatch: the state data is corrupted'],
+  ];
+  function flip(b: Buffer, at: number): Buffer {
+    const c = Buffer.from(b);
+    c[at] = c[at]! ^ 1;
+    return c;
+  }
+  // A file's header has the byte count; a file saved to stdout has all ones there, and only the trailer knows.
+  for (const saved of ['-o FILE', '-o -'] as const) {
+    it.each(damages)(`saved with ${saved}, %s: refused from the file (exit 1) and from stdin (exit 5), with one reason`, async (name, damage, why) => {
+      const good = join(dir, `good-${saved === '-o -' ? 'stdout' : 'file'}.vfio`);
+      const s = await runInProcess(['save', 'sim:size=16K', '-o', saved === '-o -' ? '-' : good]);
+      expect(s.code, s.stderr).toBe(0);
+      const intact = saved === '-o -' ? s.stdoutBytes : readFileSync(good);
+      const bytes = damage(intact);
+      const file = join(dir, `bad-${name.replace(/\W+/g, '-')}.vfio`);
+      writeFileSync(file, bytes);
+      const fromFile = await runInProcess(['load', 'sim:size=16K', '-i', file]);
+      const fromStdin = await runInProcess(['load', 'sim:size=16K', '-i', '-'], bytes);
+      expect(fromFile.code, fromFile.stderr).toBe(1);
+      expect(fromStdin.code, fromStdin.stderr).toBe(5);
+      const f = reason(fromFile.stderr, file.replace(/[.\\]/g, '\\$&'));
+      const i = reason(fromStdin.stderr, 'stdin');
+      expect(f?.[2], fromFile.stderr).toBeUndefined(); // a file is refused before the device is touched
+      expect(i?.[2], fromStdin.stderr).toBeDefined();
+      expect(i?.[1]).toBe(f?.[1]);
+      expect(f?.[1]).toBe(why(intact.length - 80, bytes.readBigUInt64LE(16)));
+    });
+  }
 });
 
 describe('finding 5: file errors name the file the user gave, and permission errors exit 4', () => {
