@@ -1,5 +1,6 @@
 /** Reading a state file or stdin: exact-length reads, then the rest as chunks. */
 import { open } from 'node:fs/promises';
+import { Socket, createConnection } from 'node:net';
 
 export class ByteSource {
   #it: AsyncIterator<Uint8Array>;
@@ -48,5 +49,21 @@ export async function* fileChunks(path: string, chunkSize = 1 << 20): AsyncGener
     }
   } finally {
     await fh.close();
+  }
+}
+
+/**
+ * A socket named as a file cannot be open(2)ed (ENXIO). /dev/stdin,
+ * /dev/fd/N and /proc/self/fd/N name a descriptor this process holds (a
+ * socketpair as stdin, from a parent that is Node or an ssh session): it is
+ * read as it is. Any other path is a listening Unix socket: connected to.
+ */
+export async function* socketChunks(path: string): AsyncGenerator<Uint8Array> {
+  const fd = path === '/dev/stdin' ? '0' : /^\/(?:dev|proc\/self)\/fd\/(\d+)$/.exec(path)?.[1];
+  const sock = fd === undefined ? createConnection(path) : new Socket({ fd: Number(fd), readable: true, writable: false });
+  try {
+    for await (const c of sock) yield c as Buffer;
+  } finally {
+    sock.destroy();
   }
 }

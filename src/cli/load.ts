@@ -1,7 +1,8 @@
 /**
- * vfio-mig load: a state file or stdin into a device. A file is checked
- * whole (header, byte counts, checksum, nothing after the trailer) before
- * the device is touched; stdin gets the same checks as it streams, and a
+ * vfio-mig load: a state file or stdin into a device. A regular file is
+ * checked whole (header, byte counts, checksum, nothing after the trailer)
+ * before the device is touched; stdin, a FIFO, a character device or a
+ * socket can be read only once and gets the same checks as it streams: a
  * mismatch abandons the resume.
  */
 import { stat } from 'node:fs/promises';
@@ -11,7 +12,7 @@ import { loadV1 } from '../v1/reference-caller.js';
 import type { V2Device } from '../v2/device.js';
 import { assertNoSession, loadV2 } from '../v2/native-caller.js';
 import { MigState, migStateName } from '../v2/uapi.js';
-import { ByteSource, fileChunks } from './byte-source.js';
+import { ByteSource, fileChunks, socketChunks } from './byte-source.js';
 import type { CliContext } from './context.js';
 import { EXIT } from './exit-codes.js';
 import { CliError, errorLine, fileError, progressReporter, toJson } from './output.js';
@@ -34,11 +35,10 @@ async function* named(chunks: AsyncIterable<Uint8Array>, name: string): AsyncGen
   }
 }
 
-/** `stdin` is asked for only when `input` is `-`. */
-async function openInput(input: string, stdin?: () => AsyncIterable<Uint8Array>): Promise<{ src: ByteSource; header: StateFileHeader; name: string }> {
+/** The header, read from `chunks`, the bytes of `input` (`-` is stdin). */
+async function openInput(input: string, chunks: AsyncIterable<Uint8Array>): Promise<{ src: ByteSource; header: StateFileHeader; name: string }> {
   const name = input === '-' ? 'stdin' : input;
-  if (input === '-' && !stdin) throw new Error('vfio-mig: reading - needs the stdin of the run');
-  const src = new ByteSource(named(input === '-' ? stdin!() : fileChunks(input), name));
+  const src = new ByteSource(named(chunks, name));
   try {
     const header = decodeHeader(await src.readUpTo(HEADER_SIZE), name);
     return { src, header, name };
@@ -50,7 +50,7 @@ async function openInput(input: string, stdin?: () => AsyncIterable<Uint8Array>)
 
 /** For a file: header, byte counts and checksum, all before the device is touched. */
 export async function verifyStateFile(path: string): Promise<void> {
-  const { src, header, name } = await openInput(path);
+  const { src, header, name } = await openInput(path, fileChunks(path));
   try {
     for await (const _ of checkedStream(src.rest(), header, name)) void _;
   } finally {
@@ -59,6 +59,7 @@ export async function verifyStateFile(path: string): Promise<void> {
 }
 
 export async function loadCommand(ctx: CliContext, devSpec: string, opts: LoadOptions): Promise<void> {
+  let chunks: () => AsyncIterable<Uint8Array> = () => ctx.stdin();
   if (opts.input !== '-') {
     const st = await stat(opts.input).catch((e: NodeJS.ErrnoException) => {
       if (e.code === 'ENOENT') return null;
@@ -66,9 +67,11 @@ export async function loadCommand(ctx: CliContext, devSpec: string, opts: LoadOp
     });
     if (!st) throw new VfioError('ENOENT', 'load', opts.input, 'no such file');
     if (st.isDirectory()) throw new VfioError('EISDIR', 'load', opts.input, 'is a directory: give the state file');
-    await verifyStateFile(opts.input);
+    // A FIFO, a character device or a socket can be read only once: checked as it streams, as stdin is.
+    if (st.isFile()) await verifyStateFile(opts.input);
+    chunks = st.isSocket() ? () => socketChunks(opts.input) : () => fileChunks(opts.input);
   }
-  const { src, header: h, name } = await openInput(opts.input, () => ctx.stdin());
+  const { src, header: h, name } = await openInput(opts.input, chunks());
   try {
     await ctx.withDevice(devSpec, (dev) => loadInto(ctx, dev, src, h, name, opts));
   } finally {

@@ -1,5 +1,6 @@
 /** Output conventions: data on stdout, diagnostics on stderr, one-line errors, exit codes. */
 import type { Writable } from 'node:stream';
+import { getSystemErrorMap } from 'node:util';
 import { VfioError, asVfioError, errnoOf, isVfioError } from '../errors.js';
 import { EXIT } from './exit-codes.js';
 
@@ -36,7 +37,7 @@ function hintFor(e: VfioError): string | undefined {
 export function fileError(e: unknown, op: string, file: string, doing?: string): VfioError {
   const err = e as NodeJS.ErrnoException;
   if (isVfioError(e) || !(e instanceof Error) || typeof err.code !== 'string' || typeof err.syscall !== 'string') return asVfioError(e, op, file);
-  const what = e.message.replace(/^[A-Z0-9]+: /, '').replace(/, \w+(?: '.*')?$/, '');
+  const what = (typeof err.errno === 'number' ? getSystemErrorMap().get(err.errno)?.[1] : undefined) ?? err.code;
   try {
     return new VfioError(err.code, op, file, doing ? `${what} while ${doing}` : what, { syscall: err.syscall, details: { file: err.path ?? file }, cause: e });
   } catch {

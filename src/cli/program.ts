@@ -92,12 +92,12 @@ function buildProgram(ctx: CliContext, exit: (code: number) => void): Command {
     .command('load')
     .description('load device state from a file or stdin; checks header and checksum')
     .argument('<device>')
-    .requiredOption('-i, --input <file>', 'state file, or - for stdin (required)', pathOpt('-i/--input'))
+    .requiredOption('-i, --input <file>', 'state file, or - for stdin; a FIFO, device or socket is read as a stream, as stdin is (required)', pathOpt('-i/--input'))
     .addOption(new Option('--protocol <p>', 'v1: the legacy caller through the bridge; v2: native').choices(['v1', 'v2']).default('v2'))
     .addOption(new Option('--final-state <s>', 'state after the load').choices(['running', 'stop']).default('running'))
     .addOption(sectionOption())
     .option('--json', 'machine-readable output')
-    .addHelpText('after', '\nA file is verified whole before the device is touched (header, byte counts, checksum, nothing after\nthe trailer). From stdin the same checks run as it streams; on a mismatch the resume is abandoned and\nthe device reset (exit 5).\n\nExample:\n  vfio-mig load sim -i state.vfio\n  vfio-mig load sim --protocol v1 -i state.vfio')
+    .addHelpText('after', '\nA file is verified whole before the device is touched (header, byte counts, checksum, nothing after\nthe trailer). Stdin, a FIFO, a device or a socket can be read only once: the same checks run as it\nstreams, and on a mismatch the resume is abandoned and the device reset (exit 5).\n\nExample:\n  vfio-mig load sim -i state.vfio\n  vfio-mig load sim --protocol v1 -i state.vfio')
     .action(async (device: string, o) => loadCommand(ctx, device, o));
 
   program

@@ -2,12 +2,13 @@
  * What a new-user trial found in save/load state-file handling (findings
  * 1 to 7 of the state I/O trial). Each test failed before its fix.
  */
-import { spawnSync } from 'node:child_process';
-import { chmodSync, chownSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { CLI, runInProcess } from './run-cli.js';
+import { CLI, runCli, runInProcess } from './run-cli.js';
 import { STREAMED } from '../../src/cli/state-file.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'vfio-mig-stateio-'));
@@ -45,7 +46,84 @@ describe('finding 6: an empty -o or -i is a usage error, before anything is writ
 
   it('--help says -o and -i are required', async () => {
     expect((await runInProcess(['save', '--help'])).stdout).toMatch(/-o, --output <file> +target file, or - for stdout \(required\)/);
-    expect((await runInProcess(['load', '--help'])).stdout).toMatch(/-i, --input <file> +state file.*\(required\)/);
+    expect((await runInProcess(['load', '--help'])).stdout).toMatch(/-i, --input <file> +state file[^]*?\(required\)\n +--protocol/);
+  });
+});
+
+describe('finding 1: -i that is not a regular file is read once, as a stream, as -i - is', () => {
+  const MODEL = 'sim:size=16K';
+  const good = join(dir, 'stream-good.vfio');
+  const loaded = /^loaded 16496 bytes \(saved with v2\) into sim:size=16K with the v2 protocol; device now RUNNING\n$/;
+  const abandoned = /^vfio-mig: load on .*: EINVAL \(22\): the header says 16497 stream bytes, received 16496, the trailer says 16496; load abandoned: device reset to RUNNING/;
+  const saved = async () => {
+    if (!existsSync(good)) expect((await runInProcess(['save', MODEL, '-o', good])).code).toBe(0);
+    return readFileSync(good);
+  };
+  const badCount = async () => {
+    const b = Buffer.from(await saved());
+    b[16] = b[16]! ^ 1; // the header's byte count
+    return b;
+  };
+  const sh = (script: string, env: Record<string, string>) => spawnSync('bash', ['-c', script], { encoding: 'utf8', env: { ...process.env, NODE: process.execPath, CLI, ...env } });
+
+  it('process substitution <(cat FILE)', async () => {
+    writeFileSync(join(dir, 'bad-count.vfio'), await badCount());
+    const ok = sh('"$NODE" "$CLI" load sim:size=16K -i <(cat "$F")', { F: good });
+    expect(ok.stderr).toBe('');
+    expect(ok.stdout).toMatch(loaded);
+    expect(ok.status).toBe(0);
+    const bad = sh('"$NODE" "$CLI" load sim:size=16K -i <(cat "$F")', { F: join(dir, 'bad-count.vfio') });
+    expect(bad.stderr).toMatch(abandoned);
+    expect(bad.status).toBe(5);
+  });
+
+  it('cat FILE | load -i /dev/stdin (a pipe), and /dev/stdin as a socket (what Node gives a child)', async () => {
+    await saved();
+    const piped = sh('cat "$F" | "$NODE" "$CLI" load sim:size=16K -i /dev/stdin', { F: good });
+    expect(piped.stderr).toBe('');
+    expect(piped.stdout).toMatch(loaded);
+    const socket = runCli(['load', MODEL, '-i', '/dev/stdin'], await saved());
+    expect(socket.stderr).toBe('');
+    expect(socket.stdout).toMatch(loaded);
+    expect(socket.code).toBe(0);
+    const bad = runCli(['load', MODEL, '-i', '/dev/stdin'], await badCount());
+    expect(bad.stderr).toMatch(abandoned);
+    expect(bad.code).toBe(5);
+  });
+
+  it('a FIFO', async () => {
+    const fifo = join(dir, 'in.fifo');
+    expect(spawnSync('mkfifo', [fifo]).status).toBe(0);
+    for (const [bytes, code, out] of [[await saved(), 0, loaded], [await badCount(), 5, abandoned]] as const) {
+      const writer = spawn('sh', ['-c', 'cat > "$0"', fifo], { stdio: ['pipe', 'ignore', 'ignore'] });
+      const written = new Promise((done) => writer.on('close', done));
+      writer.stdin.end(bytes);
+      const r = await runInProcess(['load', MODEL, '-i', fifo]);
+      expect(r.code, r.stderr).toBe(code);
+      expect(code === 0 ? r.stdout : r.stderr).toMatch(out);
+      await written;
+    }
+  }, 20_000);
+
+  it('a Unix socket that serves the file; one nothing listens on is ECONNREFUSED naming it', async () => {
+    const path = join(dir, 'in.sock');
+    const bytes = await saved();
+    const server = createServer((c) => c.end(bytes));
+    await new Promise<void>((done) => server.listen(path, done));
+    try {
+      const r = await runInProcess(['load', MODEL, '-i', path]);
+      expect(r.stderr).toBe('');
+      expect(r.stdout).toMatch(loaded);
+    } finally {
+      await new Promise((done) => server.close(done));
+    }
+    // A socket file left by a process that died: there, but nothing listens.
+    const stale = join(dir, 'stale.sock');
+    spawnSync(process.execPath, ['-e', `require('net').createServer().listen(${JSON.stringify(stale)}, () => process.kill(process.pid, 'SIGKILL'))`]);
+    expect(statSync(stale).isSocket()).toBe(true);
+    const refused = await runInProcess(['load', MODEL, '-i', stale]);
+    expect(refused.stderr).toBe(`vfio-mig: load on ${stale}: ECONNREFUSED (111): connection refused\n`);
+    expect(refused.code).toBe(1);
   });
 });
 
