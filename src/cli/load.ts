@@ -97,7 +97,7 @@ async function loadInto(ctx: CliContext, dev: V2Device, src: ByteSource, h: Stat
       const final = opts.finalState === 'stop' ? MigState.STOP : MigState.RUNNING;
       bytes = (await loadV2(dev, body, { finalState: final, onProgress: (b) => progress('resume', b) })).bytes;
     }
-    progress.done();
+    progress.done(bytes);
     const state = migStateName(await dev.getState());
     const summary = {
       device: dev.name,

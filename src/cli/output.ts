@@ -108,21 +108,33 @@ export function formatBytes(n: number): string {
 /**
  * `total`: the byte count when it is known (a state file's header), or
  * MIG_DATA_SIZE's estimate (shown with "~" and never as 100 % before the end).
+ * Lines are redrawn in place (`\r`); `done(bytes)` draws the finished total
+ * in place of the last estimate and ends the line, `done()` (a failure)
+ * only ends it.
  */
-export function progressReporter(stderr: Writable & { isTTY?: boolean }, label: string, total?: { bytes: bigint; estimate: boolean } | null): ((phase: string, bytes: number) => void) & { done(): void } {
+export function progressReporter(stderr: Writable & { isTTY?: boolean }, label: string, total?: { bytes: bigint; estimate: boolean } | null): ((phase: string, bytes: number) => void) & { done(finished?: number): void } {
   const started = Date.now();
   let last = 0;
+  let width = 0;
   const on = progressEnabled(stderr);
+  const rate = (bytes: number, now: number) => formatBytes(bytes / Math.max(0.001, (now - started) / 1000));
+  // Padded to the width of the line it replaces.
+  const draw = (text: string) => {
+    stderr.write(`\r${text.padEnd(width)}`);
+    width = text.length;
+  };
   const fn = (phase: string, bytes: number) => {
     const now = Date.now();
     if (!on || now - last < 100) return;
     last = now;
-    const rate = bytes / Math.max(0.001, (now - started) / 1000);
-    stderr.write(`\r${label} ${phase}: ${formatBytes(bytes)}${percentOf(bytes, total)} at ${formatBytes(rate)}/s   `);
+    draw(`${label} ${phase}: ${formatBytes(bytes)}${percentOf(bytes, total)} at ${rate(bytes, now)}/s`);
   };
   return Object.assign(fn, {
-    done() {
-      if (on && last) stderr.write('\n');
+    done(finished?: number) {
+      if (!on || !last) return;
+      const now = Date.now();
+      if (finished !== undefined) draw(`${label} done: ${formatBytes(finished)}${total && !total.estimate ? ' (100%)' : ''} in ${((now - started) / 1000).toFixed(1)} s at ${rate(finished, now)}/s`);
+      stderr.write('\n');
     },
   });
 }

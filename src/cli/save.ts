@@ -143,7 +143,7 @@ export async function saveCommand(ctx: CliContext, dev: V2Device, opts: SaveOpti
     } else {
       await writeStdout(trailer);
     }
-    progress.done();
+    progress.done(result.bytes);
     const summary = {
       device: dev.name,
       output: toStdout ? 'stdout' : opts.output,

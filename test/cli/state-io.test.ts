@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { CLI, runCli, runInProcess } from './run-cli.js';
+import { formatBytes } from '../../src/cli/output.js';
 import { STREAMED } from '../../src/cli/state-file.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'vfio-mig-stateio-'));
@@ -233,5 +234,22 @@ describe('finding 4: save -o keeps the mode (and, as root, the owner) of the fil
     expect((await runInProcess(['save', 'sim:size=4K', '-o', file])).code).toBe(0);
     const st = statSync(file);
     expect([st.uid, st.gid, st.mode & 0o7777]).toEqual([65534, 65534, 0o640]);
+  });
+});
+
+describe('finding 7: the last progress line shows the finished total', () => {
+  const hasScript = spawnSync('script', ['--version']).status === 0;
+  /** The progress line as the terminal shows it when the command has ended: the last one drawn before the newline. */
+  const finalLine = (out: string) => out.split('\n')[0]!.split('\r').filter((s) => s.trim()).at(-1)!.trimEnd();
+  it.runIf(hasScript)('save: the saved total, not the estimate (~99%); load: 100% of the header\'s count', () => {
+    const file = join(dir, 'progress.vfio');
+    const save = spawnSync('script', ['-qec', `${process.execPath} ${CLI} save sim:size=8M,read-delay-ms=1 -o ${file}`, '/dev/null'], { encoding: 'utf8' });
+    expect(save.status).toBe(0);
+    // Pre-copy sends more than MIG_DATA_SIZE's 8 MiB estimate (8.6 MiB here).
+    const saved = formatBytes(Number(/^saved (\d+) bytes /m.exec(save.stdout)![1])).replace('.', '\\.');
+    expect(finalLine(save.stdout)).toMatch(new RegExp(`^save sim:size=8M,read-delay-ms=1 done: ${saved} in \\d+\\.\\d s at [\\d.]+ (B|KiB|MiB|GiB)/s$`));
+    const load = spawnSync('script', ['-qec', `${process.execPath} ${CLI} load sim:size=8M,write-delay-ms=1,short-write=65536 -i ${file}`, '/dev/null'], { encoding: 'utf8' });
+    expect(load.status).toBe(0);
+    expect(finalLine(load.stdout)).toMatch(new RegExp(`^load sim:size=8M,write-delay-ms=1,short-write=65536 done: ${saved} \\(100%\\) in \\d+\\.\\d s at [\\d.]+ (B|KiB|MiB|GiB)/s$`));
   });
 });
