@@ -8,7 +8,7 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { CLI, runCli, runInProcess } from './run-cli.js';
+import { CLI, pipeCli, runCli, runInProcess } from './run-cli.js';
 import { formatBytes } from '../../src/cli/output.js';
 import { STREAMED } from '../../src/cli/state-file.js';
 
@@ -125,6 +125,40 @@ describe('finding 1: -i that is not a regular file is read once, as a stream, as
     const refused = await runInProcess(['load', MODEL, '-i', stale]);
     expect(refused.stderr).toBe(`vfio-mig: load on ${stale}: ECONNREFUSED (111): connection refused\n`);
     expect(refused.code).toBe(1);
+  });
+});
+
+describe('save -o of a socket, or of the run\'s own stdout, is written straight through', () => {
+  it('-o /dev/stdout into a pipe is -o -: the summary goes to stderr, not into the data', () => {
+    const r = spawnSync('bash', ['-c', '"$NODE" "$CLI" save sim:size=16K -o /dev/stdout | "$NODE" "$CLI" load sim:size=16K -i -'], { encoding: 'utf8', env: { ...process.env, NODE: process.execPath, CLI } });
+    expect(r.stderr).toMatch(/^saved 16496 bytes .* to \/dev\/stdout with the v2 protocol; device left in STOP\n$/);
+    expect(r.stdout).toMatch(/^loaded 16496 bytes /);
+    expect(r.status).toBe(0);
+  });
+
+  it('-o /dev/stdout on a socket (what Node gives a child) into -i /dev/stdin', async () => {
+    const [s, l] = await pipeCli(['save', 'sim:size=16K', '-o', '/dev/stdout'], ['load', 'sim:size=16K', '-i', '/dev/stdin']);
+    expect(s.stderr).toMatch(/^saved 16496 bytes /);
+    expect(s.code).toBe(0);
+    expect(l.stderr).toBe('');
+    expect(l.stdout).toMatch(/^loaded 16496 bytes /);
+  });
+
+  it('-o a listening Unix socket: connected to, and the whole state file arrives', async () => {
+    const path = join(dir, 'out.sock');
+    const got: Buffer[] = [];
+    const server = createServer((c) => c.on('data', (d) => got.push(d)));
+    await new Promise<void>((done) => server.listen(path, done));
+    try {
+      const r = await runInProcess(['save', 'sim:size=16K', '-o', path]);
+      expect(r.stderr).toBe('');
+      expect(r.code).toBe(0);
+      expect(statSync(path).isSocket()).toBe(true); // not replaced by a file
+    } finally {
+      await new Promise((done) => server.close(done));
+    }
+    const r = await runInProcess(['load', 'sim:size=16K', '-i', '-'], Buffer.concat(got));
+    expect(r.stdout).toMatch(/^loaded 16496 bytes /);
   });
 });
 
