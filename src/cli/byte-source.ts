@@ -1,5 +1,7 @@
-/** Reading a state file or stdin: exact-length reads, then the rest as chunks. */
+/** Reading a state file or stdin: exact-length reads, then the rest as chunks; sockets named as files. */
+import { once } from 'node:events';
 import { open } from 'node:fs/promises';
+import { Socket, createConnection } from 'node:net';
 
 export class ByteSource {
   #it: AsyncIterator<Uint8Array>;
@@ -48,5 +50,28 @@ export async function* fileChunks(path: string, chunkSize = 1 << 20): AsyncGener
     }
   } finally {
     await fh.close();
+  }
+}
+
+/**
+ * A socket named as a file cannot be open(2)ed (ENXIO). /dev/stdin,
+ * /dev/stdout, /dev/fd/N and /proc/self/fd/N name a descriptor this process
+ * holds (a socketpair, from a parent that is Node or an ssh session): it is
+ * used as it is. Any other path is a listening Unix socket: connected to.
+ */
+export async function openSocket(path: string, mode: 'r' | 'w'): Promise<Socket> {
+  const fd = path === '/dev/stdin' ? '0' : path === '/dev/stdout' ? '1' : /^\/(?:dev|proc\/self)\/fd\/(\d+)$/.exec(path)?.[1];
+  if (fd !== undefined) return new Socket({ fd: Number(fd), readable: mode === 'r', writable: mode === 'w' });
+  const sock = createConnection(path);
+  await once(sock, 'connect'); // rejects on 'error'
+  return sock;
+}
+
+export async function* socketChunks(path: string): AsyncGenerator<Uint8Array> {
+  const sock = await openSocket(path, 'r');
+  try {
+    for await (const c of sock) yield c as Buffer;
+  } finally {
+    sock.destroy();
   }
 }

@@ -1,7 +1,9 @@
 /**
- * vfio-mig load: a state file or stdin into a device. A file's header and
- * checksum are checked before the device is touched; stdin is checked as
- * it streams, and a bad checksum abandons the resume.
+ * vfio-mig load: a state file or stdin into a device. A regular file is
+ * checked whole (header, byte counts, checksum, nothing after the trailer)
+ * before the device is touched; stdin, a FIFO, a character device or a
+ * socket can be read only once and gets the same checks as it streams: a
+ * mismatch abandons the resume.
  */
 import { stat } from 'node:fs/promises';
 import { openV1Bridge } from '../bridge/v1-bridge.js';
@@ -10,11 +12,11 @@ import { loadV1 } from '../v1/reference-caller.js';
 import type { V2Device } from '../v2/device.js';
 import { assertNoSession, loadV2 } from '../v2/native-caller.js';
 import { MigState, migStateName } from '../v2/uapi.js';
-import { ByteSource, fileChunks } from './byte-source.js';
+import { ByteSource, fileChunks, socketChunks } from './byte-source.js';
 import type { CliContext } from './context.js';
 import { EXIT } from './exit-codes.js';
-import { CliError, errorLine, progressReporter, toJson } from './output.js';
-import { HEADER_SIZE, TRAILER_SIZE, checkTrailer, decodeHeader, newHash, type StateFileHeader } from './state-file.js';
+import { CliError, errorLine, fileError, progressReporter, toJson } from './output.js';
+import { HEADER_SIZE, checkedStream, decodeHeader, type StateFileHeader } from './state-file.js';
 
 export interface LoadOptions {
   input: string;
@@ -24,32 +26,19 @@ export interface LoadOptions {
   json?: boolean;
 }
 
-/** The stream bytes, holding back the trailer, which is checked at the end (throws on mismatch). */
-async function* verifiedBody(src: ByteSource, name: string, counted?: (n: bigint) => void): AsyncGenerator<Uint8Array> {
-  const hash = newHash();
-  let count = 0n;
-  let tail: Buffer = Buffer.alloc(0);
-  for await (const c of src.rest()) {
-    const buf = tail.length ? Buffer.concat([tail, c]) : c;
-    if (buf.length <= TRAILER_SIZE) {
-      tail = buf;
-      continue;
-    }
-    const body = buf.subarray(0, buf.length - TRAILER_SIZE);
-    tail = Buffer.from(buf.subarray(buf.length - TRAILER_SIZE));
-    hash.update(body);
-    count += BigInt(body.length);
-    yield body;
+/** Read errors name the input (its open too: fileChunks opens on the first read). */
+async function* named(chunks: AsyncIterable<Uint8Array>, name: string): AsyncGenerator<Uint8Array> {
+  try {
+    yield* chunks;
+  } catch (e) {
+    throw fileError(e, 'load', name);
   }
-  checkTrailer(tail, count, hash, name);
-  counted?.(count);
 }
 
-/** `stdin` is asked for only when `input` is `-`. */
-async function openInput(input: string, stdin?: () => AsyncIterable<Uint8Array>): Promise<{ src: ByteSource; header: StateFileHeader; name: string }> {
+/** The header, read from `chunks`, the bytes of `input` (`-` is stdin). */
+async function openInput(input: string, chunks: AsyncIterable<Uint8Array>): Promise<{ src: ByteSource; header: StateFileHeader; name: string }> {
   const name = input === '-' ? 'stdin' : input;
-  if (input === '-' && !stdin) throw new Error('vfio-mig: reading - needs the stdin of the run');
-  const src = new ByteSource(input === '-' ? stdin!() : fileChunks(input));
+  const src = new ByteSource(named(chunks, name));
   try {
     const header = decodeHeader(await src.readUpTo(HEADER_SIZE), name);
     return { src, header, name };
@@ -59,28 +48,30 @@ async function openInput(input: string, stdin?: () => AsyncIterable<Uint8Array>)
   }
 }
 
-/** For a file: header, size and checksum, all before the device is touched. */
+/** For a file: header, byte counts and checksum, all before the device is touched. */
 export async function verifyStateFile(path: string): Promise<void> {
-  const { src, header, name } = await openInput(path);
+  const { src, header, name } = await openInput(path, fileChunks(path));
   try {
-    const size = BigInt((await stat(path)).size);
-    if (header.byteCount !== null && size !== BigInt(HEADER_SIZE + TRAILER_SIZE) + header.byteCount) {
-      throw new VfioError('EINVAL', 'load', name, `truncated or padded: header says ${header.byteCount} stream bytes, the file holds ${size - BigInt(HEADER_SIZE + TRAILER_SIZE)}`);
-    }
-    for await (const _ of verifiedBody(src, name)) void _;
+    for await (const _ of checkedStream(src.rest(), header, name)) void _;
   } finally {
     await src.close();
   }
 }
 
 export async function loadCommand(ctx: CliContext, devSpec: string, opts: LoadOptions): Promise<void> {
+  let chunks: () => AsyncIterable<Uint8Array> = () => ctx.stdin();
   if (opts.input !== '-') {
-    const st = await stat(opts.input).catch(() => null);
+    const st = await stat(opts.input).catch((e: NodeJS.ErrnoException) => {
+      if (e.code === 'ENOENT') return null;
+      throw fileError(e, 'load', opts.input);
+    });
     if (!st) throw new VfioError('ENOENT', 'load', opts.input, 'no such file');
     if (st.isDirectory()) throw new VfioError('EISDIR', 'load', opts.input, 'is a directory: give the state file');
-    await verifyStateFile(opts.input);
+    // A FIFO, a character device or a socket can be read only once: checked as it streams, as stdin is.
+    if (st.isFile()) await verifyStateFile(opts.input);
+    chunks = st.isSocket() ? () => socketChunks(opts.input) : () => fileChunks(opts.input);
   }
-  const { src, header: h, name } = await openInput(opts.input, () => ctx.stdin());
+  const { src, header: h, name } = await openInput(opts.input, chunks());
   try {
     await ctx.withDevice(devSpec, (dev) => loadInto(ctx, dev, src, h, name, opts));
   } finally {
@@ -91,7 +82,7 @@ export async function loadCommand(ctx: CliContext, devSpec: string, opts: LoadOp
 /** The device is opened: from here a failure after the first change abandons the resume and resets it. */
 async function loadInto(ctx: CliContext, dev: V2Device, src: ByteSource, h: StateFileHeader, name: string, opts: LoadOptions): Promise<void> {
   const progress = progressReporter(ctx.stderr, `load ${dev.name}`, h.byteCount !== null ? { bytes: h.byteCount, estimate: false } : null);
-  const body = verifiedBody(src, name);
+  const body = checkedStream(src.rest(), h, name);
   let touched = false;
   let flags: number | null = null;
   try {
@@ -106,7 +97,7 @@ async function loadInto(ctx: CliContext, dev: V2Device, src: ByteSource, h: Stat
       const final = opts.finalState === 'stop' ? MigState.STOP : MigState.RUNNING;
       bytes = (await loadV2(dev, body, { finalState: final, onProgress: (b) => progress('resume', b) })).bytes;
     }
-    progress.done();
+    progress.done(bytes);
     const state = migStateName(await dev.getState());
     const summary = {
       device: dev.name,

@@ -1,6 +1,7 @@
 /** Output conventions: data on stdout, diagnostics on stderr, one-line errors, exit codes. */
 import type { Writable } from 'node:stream';
-import { errnoOf, isVfioError, type VfioError } from '../errors.js';
+import { getSystemErrorMap } from 'node:util';
+import { VfioError, asVfioError, errnoOf, isVfioError } from '../errors.js';
 import { V1, v1StateName } from '../v1/uapi.js';
 import { EXIT } from './exit-codes.js';
 
@@ -12,8 +13,15 @@ const HINTS: Record<string, string> = {
   EBUSY: 'the device is in use or mid-migration: reset it with `vfio-mig state DEVICE --reset`',
 };
 
-function hintFor(e: { code: string; op: string; reason: string | undefined }): string | undefined {
+const FILE_HINTS: Record<string, string> = {
+  EACCES: 'check the permissions of the file and its directory',
+  EPERM: 'check the permissions of the file and its directory',
+  ENOENT: 'check the file path',
+};
+
+function hintFor(e: VfioError): string | undefined {
   if (e.reason?.startsWith('not a VFIO device')) return undefined; // the reason says what was expected
+  if (e.details?.file !== undefined) return FILE_HINTS[e.code];
   if (e.op === 'serve' || e.op.endsWith('listen')) return e.code === 'EACCES' ? 'the socket\'s directory is not writable for this user' : undefined;
   if (e.code !== 'EINVAL') return HINTS[e.code];
   if (e.reason?.startsWith('resume data rejected')) return 'the data does not fit this device: same model and an intact file are needed';
@@ -24,6 +32,23 @@ function hintFor(e: { code: string; op: string; reason: string | undefined }): s
 }
 
 const V1_STATES_HINT = `v1 device_state values: ${[V1.STOP, V1.RUNNING, V1.SAVING | V1.RUNNING, V1.SAVING, V1.RESUMING].map(v1StateName).join(', ')}, each reachable from each other except 010 -> 011; 110 is the error state, left by \`vfio-mig state DEVICE --reset\``;
+
+/**
+ * A Node fs error on a file the user named, as a VfioError on that name.
+ * Node's message names the path it tried (a temporary file, a resolved
+ * link): only its description ("permission denied") is kept, with what was
+ * being done. Anything else goes to asVfioError.
+ */
+export function fileError(e: unknown, op: string, file: string, doing?: string): VfioError {
+  const err = e as NodeJS.ErrnoException;
+  if (isVfioError(e) || !(e instanceof Error) || typeof err.code !== 'string' || typeof err.syscall !== 'string') return asVfioError(e, op, file);
+  const what = (typeof err.errno === 'number' ? getSystemErrorMap().get(err.errno)?.[1] : undefined) ?? err.code;
+  try {
+    return new VfioError(err.code, op, file, doing ? `${what} while ${doing}` : what, { syscall: err.syscall, details: { file: err.path ?? file }, cause: e });
+  } catch {
+    return asVfioError(e, op, file); // a code that is no errno name
+  }
+}
 
 /** An error that also says which exit code it deserves; `cause` is the device error behind it, if any. */
 export class CliError extends Error {
@@ -106,21 +131,33 @@ export function formatBytes(n: number): string {
 /**
  * `total`: the byte count when it is known (a state file's header), or
  * MIG_DATA_SIZE's estimate (shown with "~" and never as 100 % before the end).
+ * Lines are redrawn in place (`\r`); `done(bytes)` draws the finished total
+ * in place of the last estimate and ends the line, `done()` (a failure)
+ * only ends it.
  */
-export function progressReporter(stderr: Writable & { isTTY?: boolean }, label: string, total?: { bytes: bigint; estimate: boolean } | null): ((phase: string, bytes: number) => void) & { done(): void } {
+export function progressReporter(stderr: Writable & { isTTY?: boolean }, label: string, total?: { bytes: bigint; estimate: boolean } | null): ((phase: string, bytes: number) => void) & { done(finished?: number): void } {
   const started = Date.now();
   let last = 0;
+  let width = 0;
   const on = progressEnabled(stderr);
+  const rate = (bytes: number, now: number) => formatBytes(bytes / Math.max(0.001, (now - started) / 1000));
+  // Padded to the width of the line it replaces.
+  const draw = (text: string) => {
+    stderr.write(`\r${text.padEnd(width)}`);
+    width = text.length;
+  };
   const fn = (phase: string, bytes: number) => {
     const now = Date.now();
     if (!on || now - last < 100) return;
     last = now;
-    const rate = bytes / Math.max(0.001, (now - started) / 1000);
-    stderr.write(`\r${label} ${phase}: ${formatBytes(bytes)}${percentOf(bytes, total)} at ${formatBytes(rate)}/s   `);
+    draw(`${label} ${phase}: ${formatBytes(bytes)}${percentOf(bytes, total)} at ${rate(bytes, now)}/s`);
   };
   return Object.assign(fn, {
-    done() {
-      if (on && last) stderr.write('\n');
+    done(finished?: number) {
+      if (!on || !last) return;
+      const now = Date.now();
+      if (finished !== undefined) draw(`${label} done: ${formatBytes(finished)}${total && !total.estimate ? ' (100%)' : ''} in ${((now - started) / 1000).toFixed(1)} s at ${rate(finished, now)}/s`);
+      stderr.write('\n');
     },
   });
 }

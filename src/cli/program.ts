@@ -30,6 +30,11 @@ const intOpt = (name: string, min: number, max: number) => (v: string) => {
 };
 const MAX_ROUNDS = 1_000_000;
 const MAX_CYCLES = 1_000_000_000;
+/** A file option: an empty value would name the current directory (or nothing) and is refused before anything is written. */
+const pathOpt = (name: string) => (v: string) => {
+  if (v === '') throw new CliError(`vfio-mig: ${name} needs a file name, or - (got an empty string)`, EXIT.USAGE);
+  return v;
+};
 const sectionOption = (bytes = 1 << 20, shown = '1M', what = 'v1 data section size (bridge window)') => new Option('--section-size <bytes>', what).default(bytes, shown).argParser(sizeOpt);
 const serviceSectionOption = () => sectionOption(SERVICE_SECTION_SIZE, '4M');
 /** save and load: the section is the bridge's, so it means something only with --protocol v1. */
@@ -86,7 +91,7 @@ function buildProgram(ctx: CliContext, exit: (code: number) => void): Command {
     .command('save')
     .description('save the device state to a file or stdout (header, the device stream, SHA-256 trailer)')
     .argument('<device>', DEVICE_ARG)
-    .requiredOption('-o, --output <file>', 'target file, or - for stdout')
+    .requiredOption('-o, --output <file>', 'target file, or - for stdout (required)', pathOpt('-o/--output'))
     .addOption(new Option('--protocol <p>', 'v1: the legacy caller through the bridge; v2: native').choices(['v1', 'v2']).default('v2'))
     .option('--no-precopy', 'skip pre-copy and go straight to stop-copy')
     .option('--rounds <n>', `at most this many pre-copy rounds (1 to ${MAX_ROUNDS}; --no-precopy for none)`, intOpt('--rounds', 1, MAX_ROUNDS), 100)
@@ -94,7 +99,7 @@ function buildProgram(ctx: CliContext, exit: (code: number) => void): Command {
     .addOption(new Option('--threshold <bytes>', 'leave pre-copy once pending data is below this (at least 1: 1 waits until nothing is pending)').default(1n, '1').argParser((v) => BigInt(parseSize(v, '--threshold', Number.MAX_SAFE_INTEGER, 1))))
     .addOption(v1SectionOption())
     .option('--json', 'summary as JSON (on stderr when the data goes to stdout)')
-    .addHelpText('after', '\nThe device is left in STOP. A file is written as .NAME.PID.tmp, synced and renamed when complete.\n\nExample:\n  vfio-mig save sim:size=64M -o state.vfio\n  vfio-mig save /dev/vfio/devices/vfio0 -o - | ssh dst vfio-mig load /dev/vfio/devices/vfio0 -i -')
+    .addHelpText('after', '\nThe device is left in STOP. A file is written as .NAME.PID.tmp, synced and renamed when complete;\na new file is mode 0600, a replaced one keeps its mode (and, as root, its owner).\n\nExample:\n  vfio-mig save sim:size=64M -o state.vfio\n  vfio-mig save /dev/vfio/devices/vfio0 -o - | ssh dst vfio-mig load /dev/vfio/devices/vfio0 -i -')
     .action(async (device: string, o, cmd: Command) => {
       sectionSizeOnlyWithV1(cmd, 'save');
       await ctx.withDevice(device, (d) => saveCommand(ctx, d, o));
@@ -104,12 +109,12 @@ function buildProgram(ctx: CliContext, exit: (code: number) => void): Command {
     .command('load')
     .description('load device state from a file or stdin; checks header and checksum')
     .argument('<device>', DEVICE_ARG)
-    .requiredOption('-i, --input <file>', 'state file, or - for stdin')
+    .requiredOption('-i, --input <file>', 'state file, or - for stdin; a FIFO, device or socket is read as a stream, as stdin is (required)', pathOpt('-i/--input'))
     .addOption(new Option('--protocol <p>', 'v1: the legacy caller through the bridge; v2: native').choices(['v1', 'v2']).default('v2'))
     .addOption(new Option('--final-state <s>', 'state after the load').choices(['running', 'stop']).default('running'))
     .addOption(v1SectionOption())
     .option('--json', 'machine-readable output')
-    .addHelpText('after', '\nA file is verified whole before the device is touched. From stdin the checksum is checked at the end;\non a mismatch the resume is abandoned and the device reset (exit 5).\n\nExample:\n  vfio-mig load sim -i state.vfio\n  vfio-mig load sim --protocol v1 -i state.vfio')
+    .addHelpText('after', '\nA file is verified whole before the device is touched (header, byte counts, checksum, nothing after\nthe trailer). Stdin, a FIFO, a device or a socket can be read only once: the same checks run as it\nstreams, and on a mismatch the resume is abandoned and the device reset (exit 5).\n\nExample:\n  vfio-mig load sim -i state.vfio\n  vfio-mig load sim --protocol v1 -i state.vfio')
     .action(async (device: string, o, cmd: Command) => {
       sectionSizeOnlyWithV1(cmd, 'load');
       await loadCommand(ctx, device, o);

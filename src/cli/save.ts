@@ -4,8 +4,10 @@
  * the target name) or to stdout.
  */
 import { once } from 'node:events';
-import { closeSync, constants, existsSync, openSync } from 'node:fs';
-import { lstat, open, readlink, realpath, rename, stat, unlink } from 'node:fs/promises';
+import { finished } from 'node:stream/promises';
+import { closeSync, constants, existsSync, fstatSync, openSync } from 'node:fs';
+import type { Stats } from 'node:fs';
+import { lstat, open, readlink, realpath, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { isatty } from 'node:tty';
 import { basename, dirname, join, resolve } from 'node:path';
 import { openV1Bridge } from '../bridge/v1-bridge.js';
@@ -13,10 +15,11 @@ import { saveV1 } from '../v1/reference-caller.js';
 import type { V2Device } from '../v2/device.js';
 import { saveV2 } from '../v2/native-caller.js';
 import { MigState } from '../v2/uapi.js';
-import { VfioError, asVfioError } from '../errors.js';
+import { VfioError } from '../errors.js';
 import { encodeHeader, encodeTrailer, newHash, stateFileHeader, type SavedProtocol } from './state-file.js';
-import { CliError, countOf, progressEnabled, progressReporter, toJson } from './output.js';
+import { CliError, countOf, fileError, progressEnabled, progressReporter, toJson } from './output.js';
 import type { CliContext, CliStream } from './context.js';
+import { openSocket } from './byte-source.js';
 import { EXIT } from './exit-codes.js';
 
 export interface SaveOptions {
@@ -38,17 +41,47 @@ async function writeStream(out: CliStream, data: Uint8Array): Promise<void> {
  * too) is replaced atomically from a temporary file next to it; a character
  * device, FIFO or socket is written straight through; a directory is refused.
  */
-async function outputTarget(output: string): Promise<{ file: string; atomic: boolean }> {
+async function outputTarget(output: string, stdout: CliStream): Promise<{ file: string; atomic: boolean; replaces?: Stats | null; socket?: boolean; stdout?: boolean }> {
+  // Not there yet is fine; not allowed to look is not.
+  const absent = (e: NodeJS.ErrnoException) => {
+    if (e.code === 'ENOENT') return null;
+    throw fileError(e, 'save', output);
+  };
   // A symlink is followed, also when its target does not exist yet (it is created).
-  const link = await lstat(output).catch(() => null);
+  const link = await lstat(output).catch(absent);
   const path = link?.isSymbolicLink() ? resolve(dirname(output), await readlink(output)) : output;
-  const st = await stat(path).catch(() => null);
+  const st = await stat(path).catch(absent);
   if (st?.isDirectory()) throw new VfioError('EISDIR', 'save', output, 'is a directory: give a file name');
   if (st?.isCharacterDevice() && isTerminal(path)) throw new CliError(`vfio-mig: refusing to write binary device state to a terminal (${output})`, EXIT.USAGE);
-  if (st && !st.isFile()) return { file: path, atomic: false };
+  if (st && !st.isFile()) return { file: path, atomic: false, socket: st.isSocket(), stdout: isFileOf(stdout, st) };
   const file = st ? await realpath(path) : resolve(path);
   if (!existsSync(dirname(file))) throw new VfioError('ENOENT', 'save', output, `no directory ${dirname(file)}`);
-  return { file, atomic: true };
+  return { file, atomic: true, replaces: st };
+}
+
+/** A new state file is private (device state can carry guest memory); one that replaces a file keeps its mode and, where allowed, owner. */
+const NEW_FILE_MODE = 0o600;
+
+async function takeOver(fh: FileHandle, old: Stats): Promise<void> {
+  if (old.uid !== process.getuid?.() || old.gid !== process.getgid?.()) {
+    // Root gives the file back to its owner; anyone else can at most set the group (one of theirs), else keeps it.
+    await fh.chown(process.getuid?.() === 0 ? old.uid : -1, old.gid).catch((e: NodeJS.ErrnoException) => {
+      if (e.code !== 'EPERM') throw e;
+    });
+  }
+  await fh.chmod(old.mode & 0o777); // after chown, which may clear bits
+}
+
+/** Whether `stream` writes to the file `st` describes (-o /dev/stdout). */
+function isFileOf(stream: CliStream, st: Stats): boolean {
+  const fd = (stream as { fd?: unknown }).fd;
+  if (typeof fd !== 'number') return false;
+  try {
+    const own = fstatSync(fd);
+    return own.dev === st.dev && own.ino === st.ino;
+  } catch {
+    return false; // closed
+  }
 }
 
 /** Whether a character device is a terminal (opened without becoming our controlling tty). */
@@ -65,15 +98,22 @@ function isTerminal(path: string): boolean {
 }
 
 export async function saveCommand(ctx: CliContext, dev: V2Device, opts: SaveOptions): Promise<void> {
-  const toStdout = opts.output === '-';
-  const writeStdout = (data: Uint8Array) => writeStream(ctx.stdout, data);
-  if (toStdout && ctx.stdout.isTTY) {
+  if (opts.output === '-' && ctx.stdout.isTTY) {
     throw new CliError('vfio-mig: refusing to write binary device state to a terminal: redirect stdout or use -o FILE', EXIT.USAGE);
   }
-  const target = toStdout ? null : await outputTarget(opts.output);
+  const target = opts.output === '-' ? null : await outputTarget(opts.output, ctx.stdout);
+  // -o /dev/stdout on a pipe or socket is -o -: the summary must not go into the data.
+  const toStdout = !target || target.stdout === true;
   const flags = await dev.migrationFlags();
   const tmp = target?.atomic ? join(dirname(target.file), `.${basename(target.file)}.${process.pid}.tmp`) : null;
-  const fh = target ? await open(tmp ?? target.file, tmp ? 'wx' : 'w') : null;
+  // A stream: stdout, or a socket (which open(2) refuses); else a file handle.
+  const out = toStdout ? ctx.stdout : target.socket ? await openSocket(target.file, 'w').catch((e) => {
+    throw fileError(e, 'save', opts.output);
+  }) : null;
+  const fh = target && !out ? await open(tmp ?? target.file, tmp ? 'wx' : 'w', NEW_FILE_MODE).catch((e) => {
+    throw fileError(e, 'save', opts.output, tmp ? `creating a file in ${dirname(tmp)}` : undefined);
+  }) : null;
+  const write = (data: Uint8Array) => (fh ? fh.write(data) : writeStream(out!, data));
   if (tmp) ctx.unfinished(tmp); // an interrupt removes it
   const hash = newHash();
   let count = 0n;
@@ -81,9 +121,9 @@ export async function saveCommand(ctx: CliContext, dev: V2Device, opts: SaveOpti
   const estimate = progressEnabled(ctx.stderr) ? await dev.stopCopySize().catch(() => null) : null;
   const progress = progressReporter(ctx.stderr, `save ${dev.name}`, estimate ? { bytes: estimate, estimate: true } : null);
   try {
+    if (tmp && target?.replaces) await takeOver(fh!, target.replaces);
     const header = encodeHeader({ protocol: opts.protocol, flags, byteCount: null });
-    if (fh) await fh.write(header);
-    else await writeStdout(header);
+    await write(header);
     let turn = Date.now();
     const sink = async (chunk: Uint8Array) => {
       // A simulated device and a /dev/null stdout never wait on I/O: let a signal handler run now and then.
@@ -93,8 +133,7 @@ export async function saveCommand(ctx: CliContext, dev: V2Device, opts: SaveOpti
       }
       hash.update(chunk);
       count += BigInt(chunk.length);
-      if (fh) await fh.write(chunk);
-      else await writeStdout(chunk);
+      await write(chunk);
     };
     let result: { bytes: number; precopyBytes: number; rounds: number; converged?: boolean; precopyPending?: bigint };
     if (opts.protocol === 'v1') {
@@ -119,12 +158,13 @@ export async function saveCommand(ctx: CliContext, dev: V2Device, opts: SaveOpti
         ctx.finished(tmp);
       }
     } else {
-      await writeStdout(trailer);
+      await write(trailer);
+      if (out !== ctx.stdout) await finished(out!.end(), { readable: false }); // flushed before the summary says saved
     }
-    progress.done();
+    progress.done(result.bytes);
     const summary = {
       device: dev.name,
-      output: toStdout ? 'stdout' : opts.output,
+      output: target ? opts.output : 'stdout',
       protocol: opts.protocol,
       bytes: BigInt(result.bytes),
       precopyBytes: BigInt(result.precopyBytes),
@@ -143,10 +183,11 @@ export async function saveCommand(ctx: CliContext, dev: V2Device, opts: SaveOpti
   } catch (e) {
     progress.done();
     if (fh) await fh.close().catch(() => undefined);
+    if (out && out !== ctx.stdout) out.destroy();
     if (tmp) {
       await unlink(tmp).catch(() => undefined);
       ctx.finished(tmp);
     }
-    throw asVfioError(e, 'save', toStdout ? 'stdout' : opts.output);
+    throw fileError(e, 'save', target ? opts.output : 'stdout');
   }
 }

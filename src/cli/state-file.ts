@@ -84,13 +84,88 @@ export function encodeTrailer(byteCount: bigint, sha256: Buffer): Buffer {
   return b;
 }
 
-/** Checks a trailer against the byte count and hash of what was read. */
-export function checkTrailer(b: Uint8Array, byteCount: bigint, hash: Hash, file: string): void {
+/** The trailer's byte count, or null when `b` is not a whole trailer. */
+function trailerCount(b: Uint8Array): bigint | null {
+  if (b.length !== TRAILER_SIZE) return null;
+  const t = stateFileTrailer.decode(b);
+  return t.magic === END ? t.byte_count : null;
+}
+
+/** The last `n` bytes of `prev` followed by `c`, copied (chunks may be reused by their reader). */
+function keepLast(prev: Buffer, c: Uint8Array, n: number): Buffer {
+  return c.length >= n ? Buffer.from(c.subarray(c.length - n)) : Buffer.from(Buffer.concat([prev, c]).subarray(-n));
+}
+
+const END_BYTES = Buffer.from('VFIOEND\0', 'latin1');
+
+/**
+ * The device's stream out of what follows the header, checked as it
+ * passes, with the same rules for a file and a pipe: the stream is exactly
+ * the header's byte count (when the header has one; a streamed header has
+ * none, and then the last 48 bytes are the trailer), the trailer's count
+ * and SHA-256 match it, and nothing follows the trailer. What is yielded
+ * is the stream; a mismatch throws EINVAL naming `file` once the input has
+ * ended, before the generator is done, so a resume fed from it is never
+ * completed.
+ */
+export async function* checkedStream(rest: AsyncIterable<Uint8Array>, h: StateFileHeader, file: string): AsyncGenerator<Uint8Array> {
   const bad = (why: string) => new VfioError('EINVAL', 'load', file, why);
-  if (b.length !== TRAILER_SIZE || stateFileTrailer.decode(b).magic !== END) throw bad('truncated: the trailer is missing');
-  const count = stateFileTrailer.decode(b).byte_count;
-  if (count !== byteCount) throw bad(`truncated or padded: trailer says ${count} stream bytes, found ${byteCount}`);
-  if (!hash.digest().equals(b.subarray(stateFileTrailer.size))) throw bad('checksum mismatch: the state data is corrupted');
+  const extra = (n: bigint) => bad(`${n} extra bytes after the trailer: refused, since a state file with bytes appended is not the file that was saved`);
+  const hash = newHash();
+  let sent = 0n; // stream bytes passed on, and hashed
+  let received = 0n; // every byte after the header
+  let last: Buffer = Buffer.alloc(0); // the last TRAILER_SIZE bytes received
+  let held: Buffer = Buffer.alloc(0); // known count: the first TRAILER_SIZE bytes after the stream; else the last TRAILER_SIZE bytes
+  let candidate: bigint | null = null; // streamed header: the first "VFIOEND\0" whose count is its own offset (a trailer with bytes after it)
+  let scanned = 0n;
+  for await (const c of rest) {
+    received += BigInt(c.length);
+    last = keepLast(last, c, TRAILER_SIZE);
+    if (h.byteCount !== null) {
+      const room = h.byteCount - sent;
+      const take = room >= BigInt(c.length) ? c.length : Number(room);
+      if (held.length < TRAILER_SIZE && take < c.length) held = Buffer.concat([held, c.subarray(take, take + TRAILER_SIZE - held.length)]);
+      if (take === 0) continue;
+      const body = c.subarray(0, take);
+      hash.update(body);
+      sent += BigInt(take);
+      yield body;
+      continue;
+    }
+    const buf = held.length ? Buffer.concat([held, c]) : Buffer.from(c);
+    // buf starts at stream offset `sent`; look for a trailer that says where it is.
+    for (let i = buf.indexOf(END_BYTES, Number(scanned - sent)); candidate === null && i >= 0 && i + 16 <= buf.length; i = buf.indexOf(END_BYTES, i + 1)) {
+      if (buf.readBigUInt64LE(i + 8) === sent + BigInt(i)) candidate = sent + BigInt(i);
+    }
+    scanned = sent + BigInt(Math.max(0, buf.length - 15));
+    if (buf.length <= TRAILER_SIZE) {
+      held = buf;
+      continue;
+    }
+    const body = buf.subarray(0, buf.length - TRAILER_SIZE);
+    held = Buffer.from(buf.subarray(buf.length - TRAILER_SIZE));
+    hash.update(body);
+    sent += BigInt(body.length);
+    yield body;
+  }
+  const T = BigInt(TRAILER_SIZE);
+  const atEnd = trailerCount(last);
+  if (h.byteCount === null) {
+    if (candidate !== null && candidate + T < received) throw extra(received - candidate - T);
+    if (atEnd === null) throw bad(`truncated: the trailer is missing (${received} bytes after the header)`);
+    if (atEnd !== sent) throw bad(`the trailer says ${atEnd} stream bytes, received ${sent}`);
+  } else {
+    const H = h.byteCount;
+    const atH = trailerCount(held);
+    if (atH === null) {
+      if (atEnd !== null) throw bad(`the header says ${H} stream bytes, received ${received - T}, the trailer says ${atEnd}`);
+      if (received < H + T) throw bad(`truncated: the header says ${H} stream bytes (${H + T} with the trailer), received ${received}`);
+      throw bad(`no trailer after the ${H} stream bytes the header says (received ${received} bytes after the header)`);
+    }
+    if (atH !== H) throw bad(`the header says ${H} stream bytes, the trailer says ${atH}`);
+  }
+  if (!hash.digest().equals(h.byteCount === null ? last.subarray(stateFileTrailer.size) : held.subarray(stateFileTrailer.size))) throw bad('checksum mismatch: the state data is corrupted');
+  if (h.byteCount !== null && received > h.byteCount + T) throw extra(received - h.byteCount - T);
 }
 
 export function newHash(): Hash {
