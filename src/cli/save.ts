@@ -15,7 +15,7 @@ import { saveV2 } from '../v2/native-caller.js';
 import { MigState } from '../v2/uapi.js';
 import { VfioError, asVfioError } from '../errors.js';
 import { encodeHeader, encodeTrailer, newHash, stateFileHeader, type SavedProtocol } from './state-file.js';
-import { CliError, progressEnabled, progressReporter, toJson } from './output.js';
+import { CliError, failedOn, progressEnabled, progressReporter, toJson } from './output.js';
 import type { CliContext, CliStream } from './context.js';
 import { EXIT } from './exit-codes.js';
 
@@ -147,6 +147,6 @@ export async function saveCommand(ctx: CliContext, dev: V2Device, opts: SaveOpti
       await unlink(tmp).catch(() => undefined);
       ctx.finished(tmp);
     }
-    throw asVfioError(e, 'save', toStdout ? 'stdout' : opts.output);
+    throw await failedOn(dev, asVfioError(e, 'save', toStdout ? 'stdout' : opts.output));
   }
 }
