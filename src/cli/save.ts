@@ -16,7 +16,7 @@ import { MigState } from '../v2/uapi.js';
 import { VfioError, asVfioError } from '../errors.js';
 import { encodeHeader, encodeTrailer, newHash, stateFileHeader, type SavedProtocol } from './state-file.js';
 import { CliError, failedOn, progressEnabled, progressReporter, toJson } from './output.js';
-import type { CliContext, CliStream } from './context.js';
+import { signalTurns, stateDigestOf, type CliContext, type CliStream } from './context.js';
 import { EXIT } from './exit-codes.js';
 
 export interface SaveOptions {
@@ -84,13 +84,9 @@ export async function saveCommand(ctx: CliContext, dev: V2Device, opts: SaveOpti
     const header = encodeHeader({ protocol: opts.protocol, flags, byteCount: null });
     if (fh) await fh.write(header);
     else await writeStdout(header);
-    let turn = Date.now();
+    const letSignalsIn = signalTurns();
     const sink = async (chunk: Uint8Array) => {
-      // A simulated device and a /dev/null stdout never wait on I/O: let a signal handler run now and then.
-      if (Date.now() - turn > 50) {
-        await new Promise((r) => setImmediate(r));
-        turn = Date.now();
-      }
+      await letSignalsIn();
       hash.update(chunk);
       count += BigInt(chunk.length);
       if (fh) await fh.write(chunk);
@@ -131,7 +127,7 @@ export async function saveCommand(ctx: CliContext, dev: V2Device, opts: SaveOpti
       rounds: result.rounds,
       ...(result.converged === false ? { converged: false, precopyPending: result.precopyPending } : {}),
       finalState: 'STOP',
-      ...(dev.stateDigest ? { stateDigest: await dev.stateDigest() } : {}),
+      ...(dev.stateDigest ? { stateDigest: await stateDigestOf(dev) } : {}),
     };
     // With the data on stdout, the summary goes to stderr.
     const text = opts.json

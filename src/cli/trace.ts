@@ -3,7 +3,7 @@ import { openV1Bridge, type V1TraceEvent } from '../bridge/v1-bridge.js';
 import { saveV1 } from '../v1/reference-caller.js';
 import { v1StateName } from '../v1/uapi.js';
 import type { V2Device } from '../v2/device.js';
-import type { CliContext } from './context.js';
+import { signalTurns, type CliContext } from './context.js';
 import { failedOn, toJson } from './output.js';
 
 function describe(e: V1TraceEvent): string {
@@ -20,7 +20,8 @@ export async function traceCommand(ctx: CliContext, dev: V2Device, opts: { json?
   const bridge = await openV1Bridge(dev, { sectionSize: opts.sectionSize, trace: print });
   let result;
   try {
-    result = await saveV1(bridge, () => undefined, { precopy: opts.precopy, dataAccess: opts.dataAccess, device: dev.name });
+    // The data is dropped; each chunk is a chance to take a signal.
+    result = await saveV1(bridge, signalTurns(), { precopy: opts.precopy, dataAccess: opts.dataAccess, device: dev.name });
   } catch (e) {
     throw await failedOn(dev, e);
   }

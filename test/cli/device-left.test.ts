@@ -5,17 +5,24 @@
  * PRE_COPY, and --cycles 0 passing stress.cycles. Each test failed before
  * its fix.
  */
-import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, openSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { bufferContext, runInProcess } from './run-cli.js';
+import { CLI, bufferContext, runInProcess } from './run-cli.js';
 import { conformanceCommand } from '../../src/cli/conformance.js';
-import { createSimDevice, MigState, VfioError } from '../../src/index.js';
+import { createSimDevice, MigState, SIM_MAX_STATE_SIZE, VfioError } from '../../src/index.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'vfio-mig-left-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 const json = (s: string) => JSON.parse(s.trim().split('\n').at(-1)!);
+
+/** The built CLI as a process killed after `ms`: what used to run for hours fails here instead of hanging the suite. */
+function runBounded(args: string[], ms = 10_000) {
+  const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: ms, killSignal: 'SIGKILL' });
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+}
 
 describe('a command that leaves the device in ERROR exits 5 and says so', () => {
   const toError = 'sim:fail=PRE_COPY_P2P:STOP_COPY:EIO:error';
@@ -65,5 +72,60 @@ describe('a command that leaves the device in ERROR exits 5 and says so', () => 
     const code = await conformanceCommand(ctx, dev, undefined, { only: ['fsm'] });
     expect(stdout.bytes().toString()).toMatch(/left in ERROR: recover with VFIO_DEVICE_RESET/);
     expect(code).toBe(5);
+  });
+});
+
+describe('info and trace take a signal mid-run on a large simulated device', () => {
+  it.each([
+    ['info --digest', 'SIGTERM', 143, ['info', 'sim:size=100G', '--digest'], 'left in RUNNING'],
+    ['trace', 'SIGINT', 130, ['trace', 'sim:size=8G'], 'reset to RUNNING'],
+  ] as const)('%s: %s ends it within seconds, naming where the device was left', async (_, sig, code, args, where) => {
+    const p = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', openSync('/dev/null', 'w'), 'pipe'] });
+    const exited = new Promise<number | null>((r) => p.on('close', r));
+    let stderr = '';
+    p.stderr!.on('data', (d) => (stderr += d));
+    await new Promise((r) => setTimeout(r, 1000));
+    const killed = Date.now();
+    p.kill(sig);
+    const killer = setTimeout(() => p.kill('SIGKILL'), 20_000);
+    const exit = await exited;
+    clearTimeout(killer);
+    expect(exit, stderr).toBe(code);
+    // The interrupt gives the devices 2 s to close: an answer well within that shows the signal was taken at once.
+    expect(Date.now() - killed).toBeLessThan(5000);
+    expect(stderr).toBe(`vfio-mig: interrupted by ${sig}; ${args[1]} ${where}\n`);
+  }, 30_000);
+});
+
+describe('info stays quick: the state digest only up to 256 MiB of stop-copy size, or with --digest', () => {
+  it('above the limit: not computed, said so (JSON: null)', async () => {
+    const r = await runInProcess(['info', 'sim:size=300M']);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/^state digest {2}not computed: stop-copy size over 256\.0 MiB \(--digest hashes the state/m);
+    expect(json((await runInProcess(['info', 'sim:size=300M', '--json'])).stdout).stateDigest).toBeNull();
+  });
+  it('--digest computes it whatever the size; below the limit it is computed anyway', async () => {
+    const d = json((await runInProcess(['info', 'sim:size=300M', '--json', '--digest'])).stdout).stateDigest;
+    expect(d).toBe(createSimDevice({ stateSize: 300 << 20 }).stateDigest());
+    expect(json((await runInProcess(['info', 'sim:size=64M', '--json'])).stdout).stateDigest).toMatch(/^[0-9a-f]{64}$/);
+  });
+  it('the largest simulated device answers at once', () => {
+    const r = runBounded(['info', 'sim:size=1024G', '--json'], 5000);
+    expect(r.code, r.stderr).toBe(0);
+    expect(json(r.stdout)).toMatchObject({ stateDigest: null, stopCopySize: String((2 ** 40 / 4096) * 16 + 2 ** 40 + 32 + 16) });
+  });
+});
+
+describe('sim:size has a limit', () => {
+  it.each(['9999999999999', '1025G'])('sim:size=%s is a usage error naming the limit', async (size) => {
+    const r = runBounded(['info', `sim:size=${size}`]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toBe(`vfio-mig: sim:size=${size}: ${size} is more than the largest allowed (1099511627776 bytes)\n`);
+    expect((await runInProcess(['--help'])).stdout).toMatch(/size=4M \(at most 1024G\)/);
+  });
+  it('and so has the library', () => {
+    expect(SIM_MAX_STATE_SIZE).toBe(2 ** 40);
+    expect(() => createSimDevice({ stateSize: SIM_MAX_STATE_SIZE + 1 })).toThrow(expect.objectContaining({ code: 'EINVAL', reason: expect.stringMatching(/at most 1099511627776/) }));
+    expect(createSimDevice({ stateSize: SIM_MAX_STATE_SIZE }).stateSize).toBe(SIM_MAX_STATE_SIZE);
   });
 });
