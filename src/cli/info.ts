@@ -2,7 +2,7 @@
 import { V1Bridge } from '../bridge/v1-bridge.js';
 import { isVfioError } from '../errors.js';
 import type { V2Device } from '../v2/device.js';
-import { migFlagNames, migStateName } from '../v2/uapi.js';
+import { MigFlag, migFlagNames, migStateName } from '../v2/uapi.js';
 import { stateDigestOf, type CliContext } from './context.js';
 import { formatBytes, toJson } from './output.js';
 
@@ -43,7 +43,7 @@ export async function infoCommand(ctx: CliContext, dev: V2Device, opts: { json?:
     `migration     ${info.flagNames.join(' | ')} (0x${flags.toString(16)})`,
     `state         ${info.state}`,
     `stop-copy     ${stopCopySize === null ? 'unknown (no MIG_DATA_SIZE)' : `${stopCopySize} bytes (${formatBytes(Number(stopCopySize))})`}`,
-    `pre-copy info only within a pre-copy session (VFIO_MIG_GET_PRECOPY_INFO is a data_fd ioctl)`,
+    flags & MigFlag.PRE_COPY ? 'pre-copy info only within a pre-copy session (VFIO_MIG_GET_PRECOPY_INFO is a data_fd ioctl)' : 'pre-copy      none (no PRE_COPY)',
   ];
   if (regions) {
     lines.push('regions');

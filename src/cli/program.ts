@@ -22,8 +22,9 @@ import { traceCommand } from './trace.js';
 const version = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
 const sizeOpt = (v: string) => parseSize(v, '--section-size', 1 << 30, 1);
-const intOpt = (name: string) => (v: string) => {
+const intOpt = (name: string, min = 0) => (v: string) => {
   if (!/^\d+$/.test(v)) throw new CliError(`vfio-mig: ${name} takes a whole number (got "${v}")`, EXIT.USAGE);
+  if (Number(v) < min) throw new CliError(`vfio-mig: ${name} takes a whole number n >= ${min} (got ${v})`, EXIT.USAGE);
   return Number(v);
 };
 const sectionOption = (bytes = 1 << 20, shown = '1M') => new Option('--section-size <bytes>', 'v1 data section size (bridge window)').default(bytes, shown).argParser(sizeOpt);
@@ -114,7 +115,7 @@ function buildProgram(ctx: CliContext, exit: (code: number) => void): Command {
     .argument('<device>')
     .option('--peer <device>', 'a second device of the same model to resume into (default: the device itself)')
     .option('--only <ids>', 'comma-separated check ids or group names', parseOnly)
-    .option('--cycles <n>', 'save/resume/reset cycles of stress.cycles', intOpt('--cycles'), 20)
+    .option('--cycles <n>', 'save/resume/reset cycles of stress.cycles', intOpt('--cycles', 1), 20)
     .option('--json', 'one object: device, flags, kernel release, every check with its verdict and evidence')
     .addHelpText('after', conformanceHelp())
     .action(async (device: string, o) => {

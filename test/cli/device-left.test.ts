@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { CLI, bufferContext, runInProcess } from './run-cli.js';
 import { conformanceCommand } from '../../src/cli/conformance.js';
-import { createSimDevice, MigState, SIM_MAX_STATE_SIZE, VfioError } from '../../src/index.js';
+import { checkConformance, createSimDevice, MigState, SIM_MAX_STATE_SIZE, VfioError } from '../../src/index.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'vfio-mig-left-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -127,5 +127,31 @@ describe('sim:size has a limit', () => {
     expect(SIM_MAX_STATE_SIZE).toBe(2 ** 40);
     expect(() => createSimDevice({ stateSize: SIM_MAX_STATE_SIZE + 1 })).toThrow(expect.objectContaining({ code: 'EINVAL', reason: expect.stringMatching(/at most 1099511627776/) }));
     expect(createSimDevice({ stateSize: SIM_MAX_STATE_SIZE }).stateSize).toBe(SIM_MAX_STATE_SIZE);
+  });
+});
+
+describe('info on a device without PRE_COPY', () => {
+  it('says so instead of describing a pre-copy session', async () => {
+    const r = await runInProcess(['info', 'sim:flags=STOP_COPY+P2P']);
+    expect(r.stdout).toMatch(/^pre-copy {6}none \(no PRE_COPY\)$/m);
+    expect(r.stdout).not.toMatch(/pre-copy session/);
+    expect((await runInProcess(['info', 'sim'])).stdout).toMatch(/^pre-copy info only within a pre-copy session/m);
+  });
+});
+
+describe('conformance --cycles', () => {
+  it('0 is a usage error naming --cycles', async () => {
+    const r = await runInProcess(['conformance', 'sim:size=8K', '--only', 'stress.cycles', '--cycles', '0']);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toBe('vfio-mig: --cycles takes a whole number n >= 1 (got 0)\n');
+    expect(r.stdout).toBe('');
+  });
+  it('1 runs one cycle', async () => {
+    const r = await runInProcess(['conformance', 'sim:size=8K', '--only', 'stress.cycles', '--cycles', '1']);
+    expect(r.code, r.stdout).toBe(0);
+    expect(r.stdout).toMatch(/stress\.cycles\s+pass\s+1 cycles/);
+  });
+  it('the library refuses 0 cycles too', async () => {
+    await expect(checkConformance(createSimDevice({ stateSize: 8192 }), { cycles: 0 })).rejects.toMatchObject({ code: 'EINVAL', reason: expect.stringMatching(/at least 1/) });
   });
 });
