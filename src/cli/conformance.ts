@@ -23,7 +23,7 @@ export function conformanceHelp(): string {
     '(VFIO_DEVICE_RESET) between steps: run it on a device no VM is using. The device (and the peer) are left',
     'RUNNING; where that fails, the output says so and how to recover. docs/conformance.md quotes each rule.',
     '',
-    'Exit 0 when no check failed (warnings and skips allowed), 1 when one did.',
+    'Exit 0 when no check failed (warnings and skips allowed), 1 when one did, 5 when a device was left in ERROR.',
     '',
     'Example:',
     '  vfio-mig conformance sim:flags=STOP_COPY+P2P',
@@ -79,5 +79,7 @@ export async function conformanceCommand(ctx: CliContext, dev: V2Device, peer: V
   }
   if (progress) ctx.stderr.write(`\r${''.padEnd(60)}\r`);
   ctx.log(opts.json ? toJson(report) : table(report));
+  // The table (or report.left) says where each device was left and how to recover.
+  if (report.left.some((l) => l.state === 'ERROR')) return EXIT.DEVICE_LEFT_BAD;
   return report.ok ? EXIT.OK : EXIT.FAILED;
 }

@@ -140,6 +140,25 @@ export class CliContext {
   }
 }
 
+/**
+ * A simulated device or a /dev/null stdout never waits on I/O, so a signal
+ * handler would not run until the work ended: the function this returns
+ * gives the event loop one turn when 50 ms have passed since the last.
+ */
+export function signalTurns(): () => Promise<void> {
+  let turn = Date.now();
+  return async () => {
+    if (Date.now() - turn <= 50) return;
+    await new Promise((r) => setImmediate(r));
+    turn = Date.now();
+  };
+}
+
+/** The device's state digest, where it has one; a signal is taken while a large state is hashed. */
+export async function stateDigestOf(dev: V2Device): Promise<string | undefined> {
+  return dev.stateDigest?.(signalTurns());
+}
+
 /** Closes a device on an interrupt and says where it was left. */
 async function closeInterrupted(dev: V2Device): Promise<string> {
   let where: string;

@@ -13,7 +13,7 @@ import type { V2Device } from '../v2/device.js';
 import { assertNoSession, loadV2 } from '../v2/native-caller.js';
 import { MigState, migStateName } from '../v2/uapi.js';
 import { ByteSource, fileChunks, socketChunks } from './byte-source.js';
-import type { CliContext } from './context.js';
+import { stateDigestOf, type CliContext } from './context.js';
 import { EXIT } from './exit-codes.js';
 import { CliError, errorLine, fileError, progressReporter, toJson } from './output.js';
 import { HEADER_SIZE, checkedStream, decodeHeader, type StateFileHeader } from './state-file.js';
@@ -108,7 +108,7 @@ async function loadInto(ctx: CliContext, dev: V2Device, src: ByteSource, h: Stat
       deviceFlags: flags,
       bytes: BigInt(bytes),
       state,
-      ...(dev.stateDigest ? { stateDigest: await dev.stateDigest() } : {}),
+      ...(dev.stateDigest ? { stateDigest: await stateDigestOf(dev) } : {}),
     };
     ctx.log(opts.json ? toJson(summary) : `loaded ${bytes} bytes (saved with ${h.protocol}) into ${dev.name} with the ${opts.protocol} protocol; device now ${state}`);
   } catch (e) {

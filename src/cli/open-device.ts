@@ -6,7 +6,7 @@ import { constants as osConstants } from 'node:os';
 import type { V2Device } from '../v2/device.js';
 import { nextState } from '../v2/fsm.js';
 import { openKernelDevice } from '../v2/kernel/kernel-device.js';
-import { createSimDevice, type SimDeviceOptions, type SimArcFault } from '../v2/sim/sim-device.js';
+import { createSimDevice, SIM_MAX_STATE_SIZE, type SimDeviceOptions, type SimArcFault } from '../v2/sim/sim-device.js';
 import { MIG_FLAGS_ALL, MigFlag, isMigFlagSet, migStateName, parseMigState } from '../v2/uapi.js';
 import { CliError } from './output.js';
 import { EXIT } from './exit-codes.js';
@@ -14,8 +14,8 @@ import { EXIT } from './exit-codes.js';
 export const DEVICE_HELP = `DEVICE is one of:
   sim                           the simulated reference device (flags 7, 1 MiB of state)
   sim:key=value,...             with options (each once): flags=7|STOP_COPY+P2P+PRE_COPY,
-                                size=4M (K, M, G, KiB, MiB, GiB: powers of 1024), seed=N,
-                                profile=mtty, ports=1|2, dirty=0.125, resume-failure=stay|error,
+                                size=4M (K, M, G, KiB, MiB, GiB: powers of 1024; at most 1024G),
+                                seed=N, profile=mtty, ports=1|2, dirty=0.125, resume-failure=stay|error,
                                 fail=FROM:TO:ERRNO[:error] (repeatable with +), short-read=N,
                                 short-write=N, read-delay-ms=N,
                                 write-delay-ms=N
@@ -90,7 +90,7 @@ export function parseSimSpec(spec: string): SimDeviceOptions {
     };
     switch (key) {
       case 'flags': opts.flags = parseFlags(value, `${spec}: flags`); break;
-      case 'size': opts.stateSize = parseSize(value, `${spec}: size`); break;
+      case 'size': opts.stateSize = parseSize(value, `${spec}: size`, SIM_MAX_STATE_SIZE); break;
       case 'seed': opts.seed = int(0xffff_ffff); break; // the sim's seed is a u32
       case 'ports': {
         const n = int();

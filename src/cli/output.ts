@@ -3,6 +3,8 @@ import type { Writable } from 'node:stream';
 import { getSystemErrorMap } from 'node:util';
 import { VfioError, asVfioError, errnoOf, isVfioError } from '../errors.js';
 import { V1, v1StateName } from '../v1/uapi.js';
+import type { V2Device } from '../v2/device.js';
+import { MigState, migStateName } from '../v2/uapi.js';
 import { EXIT } from './exit-codes.js';
 
 const HINTS: Record<string, string> = {
@@ -64,6 +66,21 @@ export function exitCodeFor(e: unknown): number {
     if (e.code === 'EACCES' || e.code === 'EPERM') return EXIT.PERMISSION;
   }
   return EXIT.FAILED;
+}
+
+/**
+ * An operation on `dev` failed with `e`: the error line, where the device is
+ * now, then `detail`; exit 5 when that is ERROR (README "Exit codes").
+ */
+export async function failedOn(dev: V2Device, e: unknown, detail = ''): Promise<CliError> {
+  const line = e instanceof CliError ? e.message : errorLine(e);
+  const cause = e instanceof CliError && e.cause !== undefined ? e.cause : e; // the device error, for --json
+  try {
+    const now = await dev.getState();
+    return new CliError(`${line}; the device is now in ${migStateName(now)}${detail}`, now === MigState.ERROR ? EXIT.DEVICE_LEFT_BAD : exitCodeFor(e), cause);
+  } catch (ge) {
+    return new CliError(`${line}; the device's state is unknown (${errorLine(ge).replace(/^vfio-mig: /, '')})${detail}`, exitCodeFor(e), cause);
+  }
 }
 
 /** One line naming the operation, the device, the errno and what to do. */

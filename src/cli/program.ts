@@ -70,8 +70,9 @@ function buildProgram(ctx: CliContext, exit: (code: number) => void): Command {
     .description('migration flags, state, stop-copy size, regions, and the v1 region the bridge would present')
     .argument('<device>', DEVICE_ARG)
     .addOption(sectionOption())
+    .option('--digest', 'a simulated device: hash its state (SHA-256) whatever its size, about 1 s per GiB')
     .option('--json', 'machine-readable output (u64 values as decimal strings)')
-    .addHelpText('after', '\nExample:\n  vfio-mig info sim:profile=mtty\n  vfio-mig info /dev/vfio/devices/vfio0 --json')
+    .addHelpText('after', '\nA simulated device\'s state digest is computed when its stop-copy size is at most 256 MiB, above that\nonly with --digest (JSON: stateDigest null).\n\nExample:\n  vfio-mig info sim:profile=mtty\n  vfio-mig info /dev/vfio/devices/vfio0 --json')
     .action(async (device: string, o) => ctx.withDevice(device, (d) => infoCommand(ctx, d, o)));
 
   program

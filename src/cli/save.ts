@@ -17,8 +17,8 @@ import { saveV2 } from '../v2/native-caller.js';
 import { MigState } from '../v2/uapi.js';
 import { VfioError } from '../errors.js';
 import { encodeHeader, encodeTrailer, newHash, stateFileHeader, type SavedProtocol } from './state-file.js';
-import { CliError, countOf, fileError, progressEnabled, progressReporter, toJson } from './output.js';
-import type { CliContext, CliStream } from './context.js';
+import { CliError, countOf, failedOn, fileError, progressEnabled, progressReporter, toJson } from './output.js';
+import { signalTurns, stateDigestOf, type CliContext, type CliStream } from './context.js';
 import { openSocket } from './byte-source.js';
 import { EXIT } from './exit-codes.js';
 
@@ -124,13 +124,9 @@ export async function saveCommand(ctx: CliContext, dev: V2Device, opts: SaveOpti
     if (tmp && target?.replaces) await takeOver(fh!, target.replaces);
     const header = encodeHeader({ protocol: opts.protocol, flags, byteCount: null });
     await write(header);
-    let turn = Date.now();
+    const letSignalsIn = signalTurns();
     const sink = async (chunk: Uint8Array) => {
-      // A simulated device and a /dev/null stdout never wait on I/O: let a signal handler run now and then.
-      if (Date.now() - turn > 50) {
-        await new Promise((r) => setImmediate(r));
-        turn = Date.now();
-      }
+      await letSignalsIn();
       hash.update(chunk);
       count += BigInt(chunk.length);
       await write(chunk);
@@ -171,7 +167,7 @@ export async function saveCommand(ctx: CliContext, dev: V2Device, opts: SaveOpti
       rounds: result.rounds,
       ...(result.converged === false ? { converged: false, precopyPending: result.precopyPending } : {}),
       finalState: 'STOP',
-      ...(dev.stateDigest ? { stateDigest: await dev.stateDigest() } : {}),
+      ...(dev.stateDigest ? { stateDigest: await stateDigestOf(dev) } : {}),
     };
     // With the data on stdout, the summary goes to stderr.
     const text = opts.json
@@ -188,6 +184,6 @@ export async function saveCommand(ctx: CliContext, dev: V2Device, opts: SaveOpti
       await unlink(tmp).catch(() => undefined);
       ctx.finished(tmp);
     }
-    throw fileError(e, 'save', target ? opts.output : 'stdout');
+    throw await failedOn(dev, fileError(e, 'save', target ? opts.output : 'stdout'));
   }
 }

@@ -2,14 +2,14 @@
 import { openV1Bridge } from '../bridge/v1-bridge.js';
 import { readU32, writeU32 } from '../v1/region-access.js';
 import { VfioError } from '../errors.js';
-import { MIGRATION_INFO, V1, isErrorV1, v1StateName } from '../v1/uapi.js';
+import { MIGRATION_INFO, V1, v1StateName } from '../v1/uapi.js';
 import type { V2Device } from '../v2/device.js';
 import { holdsSession, migrationPath } from '../v2/fsm.js';
 import { MigState, migStateName } from '../v2/uapi.js';
 import type { CliContext } from './context.js';
 import { EXIT } from './exit-codes.js';
 import { parseStateArg, pathText } from './fsm.js';
-import { CliError, errorLine, exitCodeFor, toJson } from './output.js';
+import { CliError, failedOn, toJson } from './output.js';
 
 const V1_NAMES: Record<string, number> = { STOP: V1.STOP, RUNNING: V1.RUNNING, SAVING: V1.SAVING, 'SAVING|RUNNING': V1.SAVING | V1.RUNNING, PRECOPY: V1.SAVING | V1.RUNNING, RESUMING: V1.RESUMING };
 
@@ -48,7 +48,7 @@ export async function stateCommand(ctx: CliContext, dev: V2Device, target: strin
       await writeU32(traced, MIGRATION_INFO.DEVICE_STATE, to);
     } catch (e) {
       const now = await readU32(traced, MIGRATION_INFO.DEVICE_STATE);
-      throw new CliError(`${errorLine(e)}; device_state is now ${v1StateName(now)}${ops.length ? ` (v2: ${ops.join(', ')})` : ''}`, isErrorV1(now) ? EXIT.DEVICE_LEFT_BAD : exitCodeFor(e), e);
+      throw await failedOn(dev, e, ` (device_state ${v1StateName(now)}${ops.length ? `; v2: ${ops.join(', ')}` : ''})`);
     }
     out({ device: dev.name, from: v1StateName(from), to: v1StateName(to), v2: ops, state: migStateName(await dev.getState()) }, `${v1StateName(from)} -> ${v1StateName(to)}${ops.length ? `: ${ops.join(', ')}` : ' (no v2 operation)'}`);
     return EXIT.OK;
@@ -66,8 +66,7 @@ export async function stateCommand(ctx: CliContext, dev: V2Device, target: strin
   try {
     stream = await dev.setState(want);
   } catch (e) {
-    const now = await dev.getState();
-    throw new CliError(`${errorLine(e)}; the device is now in ${migStateName(now)} (path was ${pathText(path)})`, now === MigState.ERROR ? EXIT.DEVICE_LEFT_BAD : exitCodeFor(e), e);
+    throw await failedOn(dev, e, ` (path was ${pathText(path)})`);
   }
   // The session's data is not wanted here: closing the fd ends the transfer side only.
   await stream?.close();

@@ -26,7 +26,7 @@ export async function checkConformance(device: V2Device, options: ConformanceOpt
     throw new VfioError('EINVAL', 'checkConformance', device.name, (e as Error).message);
   }
   const cycles = options.cycles ?? DEFAULT_CYCLES;
-  if (!Number.isSafeInteger(cycles) || cycles < 0) throw new VfioError('EINVAL', 'checkConformance', device.name, `cycles must be a whole number (got ${cycles})`);
+  if (!Number.isSafeInteger(cycles) || cycles < 1) throw new VfioError('EINVAL', 'checkConformance', device.name, `cycles must be a whole number of at least 1 (got ${cycles})`);
   const debugfs = options.debugfsState ?? (isKernelPath(device.name) ? debugfsStatePath(device.name) : null);
   const ctx = new CheckContext(device, options.peer, cycles, debugfs);
 

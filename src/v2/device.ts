@@ -60,6 +60,8 @@ export interface V2Device {
    * A digest of the device's whole current state, where the backend can
    * compute one (the simulated device: SHA-256 of its state bytes). Equal
    * digests on source and target prove a resume reproduced the state.
+   * `pause`, when given, is awaited now and then while a large state is
+   * hashed (to let signal handlers run).
    */
-  stateDigest?(): string | Promise<string>;
+  stateDigest?(pause?: () => Promise<void>): string | Promise<string>;
 }

@@ -94,7 +94,7 @@ describe('vfio-mig info and state', () => {
     const r = await runInProcess(['state', 'sim:fail=STOP:STOP_COPY:EIO:error', '--v1', '010']);
     expect(r.code).toBe(5);
     expect(r.stderr.trim().split('\n')).toHaveLength(1);
-    expect(r.stderr).toMatch(/EIO \(5\).*device_state is now 110 ERROR/);
+    expect(r.stderr).toMatch(/EIO \(5\).*the device is now in ERROR \(device_state 110 ERROR; v2: /);
   });
   it('a refused transition exits 1 naming EINVAL', async () => {
     const r = await runInProcess(['state', 'sim', 'ERROR']);

@@ -404,3 +404,15 @@ describe('sim device: whole runs of pages per call', () => {
     }
   });
 });
+
+describe('sim device: stateDigest(pause)', () => {
+  it('gives the synchronous digest, pausing after every 256 pages, and ends with EBADF once the device is closed', async () => {
+    const dev = createSimDevice({ stateSize: 1000 * 4096 + 5, seed: 9 });
+    dev.runFor(50);
+    let pauses = 0;
+    expect(await dev.stateDigest(async () => void pauses++)).toBe(dev.stateDigest());
+    expect(pauses).toBe(3); // 1001 pages: after pages 256, 512 and 768
+    const closing = dev.stateDigest(() => dev.close());
+    await expect(closing).rejects.toMatchObject({ code: 'EBADF', op: 'stateDigest' });
+  });
+});
