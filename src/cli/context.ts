@@ -30,6 +30,8 @@ export interface CliIo {
   stderr: CliStream;
   /** Read only when a command takes `-`: the process's stdin is not touched otherwise. */
   stdin?: () => AsyncIterable<Uint8Array>;
+  /** Whether stdin is a terminal: `-i -` refuses to read state from one. */
+  stdinIsTerminal?: boolean;
   /** When given, SIGINT, SIGTERM and SIGHUP clean up and end the run through `exit`. */
   signals?: SignalSource;
   exit?: (code: number) => void;
@@ -46,6 +48,7 @@ export class CliContext {
   /** --json anywhere on the command line: errors, usage errors too, are then one JSON object. */
   readonly json: boolean;
   readonly signals: SignalSource | null;
+  readonly stdinIsTerminal: boolean;
   readonly #console: Console;
   readonly #stdin: (() => AsyncIterable<Uint8Array>) | undefined;
   readonly #devices = new Set<V2Device>();
@@ -57,6 +60,7 @@ export class CliContext {
     this.json = argv.includes('--json');
     this.signals = io.signals ?? null;
     this.#stdin = io.stdin;
+    this.stdinIsTerminal = io.stdinIsTerminal ?? false;
     // console.log's semantics on these streams (a reader gone away does not throw).
     this.#console = new Console({ stdout: io.stdout, stderr: io.stderr });
     if (io.signals) {

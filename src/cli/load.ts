@@ -17,6 +17,7 @@ import { stateDigestOf, type CliContext } from './context.js';
 import { EXIT } from './exit-codes.js';
 import { CliError, errorLine, fileError, progressReporter, toJson } from './output.js';
 import { HEADER_SIZE, checkedStream, decodeHeader, type StateFileHeader } from './state-file.js';
+import { isTerminal } from './terminal.js';
 
 export interface LoadOptions {
   input: string;
@@ -60,6 +61,9 @@ export async function verifyStateFile(path: string): Promise<void> {
 
 export async function loadCommand(ctx: CliContext, devSpec: string, opts: LoadOptions): Promise<void> {
   let chunks: () => AsyncIterable<Uint8Array> = () => ctx.stdin();
+  if (opts.input === '-' && ctx.stdinIsTerminal) {
+    throw new CliError('vfio-mig: refusing to read binary device state from a terminal: redirect stdin or use -i FILE', EXIT.USAGE);
+  }
   if (opts.input !== '-') {
     const st = await stat(opts.input).catch((e: NodeJS.ErrnoException) => {
       if (e.code === 'ENOENT') return null;
@@ -67,6 +71,7 @@ export async function loadCommand(ctx: CliContext, devSpec: string, opts: LoadOp
     });
     if (!st) throw new VfioError('ENOENT', 'load', opts.input, 'no such file');
     if (st.isDirectory()) throw new VfioError('EISDIR', 'load', opts.input, 'is a directory: give the state file');
+    if (st.isCharacterDevice() && isTerminal(opts.input)) throw new CliError(`vfio-mig: refusing to read binary device state from a terminal (${opts.input})`, EXIT.USAGE);
     // A FIFO, a character device or a socket can be read only once: checked as it streams, as stdin is.
     if (st.isFile()) await verifyStateFile(opts.input);
     chunks = st.isSocket() ? () => socketChunks(opts.input) : () => fileChunks(opts.input);

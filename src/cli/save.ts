@@ -5,10 +5,9 @@
  */
 import { once } from 'node:events';
 import { finished } from 'node:stream/promises';
-import { closeSync, constants, existsSync, fstatSync, openSync } from 'node:fs';
+import { existsSync, fstatSync } from 'node:fs';
 import type { Stats } from 'node:fs';
 import { lstat, open, readlink, realpath, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
-import { isatty } from 'node:tty';
 import { basename, dirname, join, resolve } from 'node:path';
 import { openV1Bridge } from '../bridge/v1-bridge.js';
 import { saveV1 } from '../v1/reference-caller.js';
@@ -21,6 +20,7 @@ import { CliError, countOf, failedOn, fileError, progressEnabled, progressReport
 import { signalTurns, stateDigestOf, type CliContext, type CliStream } from './context.js';
 import { openSocket } from './byte-source.js';
 import { EXIT } from './exit-codes.js';
+import { isTerminal } from './terminal.js';
 
 export interface SaveOptions {
   output: string;
@@ -81,19 +81,6 @@ function isFileOf(stream: CliStream, st: Stats): boolean {
     return own.dev === st.dev && own.ino === st.ino;
   } catch {
     return false; // closed
-  }
-}
-
-/** Whether a character device is a terminal (opened without becoming our controlling tty). */
-function isTerminal(path: string): boolean {
-  let fd = -1;
-  try {
-    fd = openSync(path, constants.O_WRONLY | constants.O_NOCTTY | constants.O_NONBLOCK);
-    return isatty(fd);
-  } catch {
-    return false;
-  } finally {
-    if (fd >= 0) closeSync(fd);
   }
 }
 

@@ -232,6 +232,16 @@ describe('finding 8: binary state never goes to a terminal', () => {
     expect(r.stdout).toMatch(/refusing to write binary device state to a terminal \(\/dev\/tty\)/);
     expect(r.stdout).not.toMatch(/VFIOMIG/);
   });
+
+  it.runIf(hasScript)('and load does not read state from a terminal: -i - on a terminal stdin, or -i /dev/tty', () => {
+    // Without the refusal the load would wait for typed input: the timeout ends such a run (a failure, not a hang).
+    for (const [input, named] of [['-', /redirect stdin or use -i FILE/], ['/dev/tty', /from a terminal \(\/dev\/tty\)/]] as const) {
+      const r = spawnSync('script', ['-qec', `${process.execPath} ${CLI} load sim -i ${input}`, '/dev/null'], { encoding: 'utf8', timeout: 20_000 });
+      expect(r.status, `${input}: ${r.stdout}`).toBe(2);
+      expect(r.stdout).toMatch(/refusing to read binary device state from a terminal/);
+      expect(r.stdout).toMatch(named);
+    }
+  });
 });
 
 
