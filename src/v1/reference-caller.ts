@@ -5,6 +5,7 @@
  * offsets only. It is the CLI's v1 mode and the bridge's test driver.
  */
 import { precopyStalled } from '../precopy.js';
+import { sinkWatch } from '../sink-watch.js';
 import { VfioError } from '../errors.js';
 import { readData, readU32, readU64, writeData, writeU32, writeU64, type DataAccess } from './region-access.js';
 import { MIGRATION_INFO as F, V1, isValidV1, v1StateName, type V1Region } from './uapi.js';
@@ -100,6 +101,19 @@ async function saveBuffer(region: V1Region, sink: ChunkSink, mode: DataAccess, d
  */
 export async function saveV1(region: V1Region, sink: ChunkSink, options: SaveV1Options = {}): Promise<SaveV1Result> {
   const device = options.device ?? 'v1 region';
+  const state = await readU32(region, F.DEVICE_STATE);
+  const taker = sinkWatch(sink);
+  try {
+    return await saveV1Steps(region, taker.sink, options, state);
+  } catch (e) {
+    // The taker failed, not the device: clear SAVING back to where the save began (QEMU's notifier on a failed migration).
+    if (taker.failed) await setStateV1(region, ~(V1.SAVING | V1.RESUMING), state & V1.RUNNING, device).catch(() => undefined);
+    throw e;
+  }
+}
+
+async function saveV1Steps(region: V1Region, sink: ChunkSink, options: SaveV1Options, state: number): Promise<SaveV1Result> {
+  const device = options.device ?? 'v1 region';
   const mode = options.dataAccess ?? 'bulk';
   const threshold = options.threshold ?? 1n;
   const maxRounds = options.maxRounds ?? 100;
@@ -109,7 +123,6 @@ export async function saveV1(region: V1Region, sink: ChunkSink, options: SaveV1O
   let rounds = 0;
   let pending = 0n;
   let converged = true;
-  const state = await readU32(region, F.DEVICE_STATE);
   if (options.precopy !== false && state & V1.RUNNING) {
     await setStateV1(region, V1.MASK, V1.SAVING, device); // 001 -> 011
     pending = await readU64(region, F.PENDING_BYTES);

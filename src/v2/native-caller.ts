@@ -4,6 +4,7 @@
  * and RESUMING -> data -> the final state.
  */
 import { precopyStalled } from '../precopy.js';
+import { sinkWatch } from '../sink-watch.js';
 import { VfioError, isVfioError } from '../errors.js';
 import type { DataStream, V2Device } from './device.js';
 import { MigFlag, MigState, migStateName } from './uapi.js';
@@ -75,23 +76,26 @@ export async function drainStream(stream: DataStream, sink: Sink, chunkSize = 1 
  * process that died holding it: starting over from there would step an arc
  * out of a session nobody owns (which oopses mtty, docs/decisions.md #10).
  */
-export async function assertNoSession(device: V2Device, op: string): Promise<void> {
+export async function assertNoSession(device: V2Device, op: string): Promise<MigState> {
   const state = await device.getState();
   if (holdsSession(state)) {
     throw new VfioError('EBUSY', op, device.name, `device is in ${migStateName(state)}: another process holds its data session, or one died holding it (VFIO_DEVICE_RESET ends it: \`vfio-mig state DEVICE --reset\`)`);
   }
+  return state;
 }
 
 export async function saveV2(device: V2Device, sink: Sink, options: SaveV2Options = {}): Promise<SaveV2Result> {
   const chunkSize = options.chunkSize ?? 1 << 20;
   const buffer = options.reuseBuffer ? new Uint8Array(chunkSize) : undefined;
   const flags = await device.migrationFlags();
-  await assertNoSession(device, 'saveV2');
+  const startState = await assertNoSession(device, 'saveV2');
   let bytes = 0;
   let rounds = 0;
   let pending = 0n;
   let converged = true;
   let stream: DataStream | null = null;
+  const taker = sinkWatch(sink);
+  sink = taker.sink;
   try {
     if (options.precopy !== false && flags & MigFlag.PRE_COPY) {
       stream = await device.setState(MigState.PRE_COPY);
@@ -129,6 +133,11 @@ export async function saveV2(device: V2Device, sink: Sink, options: SaveV2Option
     }, Infinity, buffer);
     await device.setState(options.finalState ?? MigState.STOP);
     return { bytes, precopyBytes, rounds, converged, precopyPending: pending };
+  } catch (e) {
+    // The taker failed (a closed pipe, a full disk), not the device: end the session while its
+    // data_fd is still open, back where the save began, as QEMU does on a failed migration.
+    if (taker.failed) await device.setState(startState).then((s) => s?.close(), () => undefined);
+    throw e;
   } finally {
     await stream?.close();
   }

@@ -279,3 +279,11 @@ describe('finding 5: --json errors have one shape, alone on stderr', () => {
     expect(typeof j.precopyBytes).toBe('string');
   });
 });
+
+describe('a save whose reader goes away', () => {
+  it.each(['v2', 'v1'])('--protocol %s: EPIPE, and the device is back in RUNNING, not left mid-session', (protocol) => {
+    const r = spawnSync('bash', ['-c', `"${process.execPath}" "${CLI}" save sim:size=16M --protocol ${protocol} -o - | head -c 10 >/dev/null; exit \${PIPESTATUS[0]}`], { encoding: 'utf8' });
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/^vfio-mig: save on stdout: EPIPE \(32\).*; the device is now in RUNNING$/m);
+  });
+});

@@ -3,7 +3,7 @@
  * data (hardening finding 2).
  */
 import { describe, expect, it } from 'vitest';
-import { createSimDevice, loadV2, MigState, saveV2 } from '../../src/index.js';
+import { createSimDevice, loadV2, MigState, openV1Bridge, saveV1, saveV2 } from '../../src/index.js';
 
 const MiB = 1 << 20;
 
@@ -67,5 +67,41 @@ describe('saveV2 reuseBuffer', () => {
     expect(buffers.size).toBe(1);
     expect(got.length).toBeGreaterThan(30);
     expect(Buffer.concat(got).equals(Buffer.concat(want))).toBe(true);
+  });
+});
+
+describe('a save whose taker fails (a closed pipe, a full disk)', () => {
+  const failAfter = (n: number) => {
+    let seen = 0;
+    return () => {
+      if (++seen > n) throw Object.assign(new Error('write EPIPE'), { code: 'EPIPE' });
+    };
+  };
+  // Pre-copy (the first chunk) and stop-copy (after every pre-copy chunk: 1 MiB state, 64 KiB chunks, no dirtying).
+  for (const [phase, after] of [['pre-copy', 0], ['stop-copy', 17]] as const) {
+    it(`saveV2, in ${phase}: the session is ended back in the state the save began in, the device usable`, async () => {
+      for (const start of [MigState.RUNNING, MigState.STOP]) {
+        const dev = createSimDevice({ stateSize: MiB, dirtyRatio: 0 });
+        if (start === MigState.STOP) await dev.setState(MigState.STOP);
+        await expect(saveV2(dev, failAfter(after), { chunkSize: 64 << 10 })).rejects.toMatchObject({ code: 'EPIPE' });
+        expect(await dev.getState()).toBe(start);
+        expect((await saveV2(dev, () => undefined)).bytes).toBeGreaterThan(MiB);
+      }
+    });
+  }
+
+  it('saveV1: device_state back to 001 (QEMU clears SAVING on a failed migration), the v2 session ended', async () => {
+    const dev = createSimDevice({ stateSize: MiB, dirtyRatio: 0 });
+    const bridge = await openV1Bridge(dev, { sectionSize: 64 << 10 });
+    await expect(saveV1(bridge, failAfter(3))).rejects.toMatchObject({ code: 'EPIPE' });
+    expect(bridge.deviceState).toBe(1);
+    expect(await dev.getState()).toBe(MigState.RUNNING);
+    expect((await saveV1(bridge, () => undefined)).bytes).toBeGreaterThan(MiB);
+  });
+
+  it('a device that failed is left as it is, for the caller to name', async () => {
+    const dev = createSimDevice({ stateSize: MiB, faults: { failArc: [{ from: MigState.PRE_COPY_P2P, to: MigState.STOP_COPY, errno: 'EIO', leave: 'error' }] } });
+    await expect(saveV2(dev, () => undefined)).rejects.toMatchObject({ code: 'EIO' });
+    expect(await dev.getState()).toBe(MigState.ERROR);
   });
 });
