@@ -6,9 +6,10 @@
  * from buffers and run commands in-process.
  */
 import { Console } from 'node:console';
-import { unlinkSync } from 'node:fs';
+import { fstatSync, unlinkSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import type { Writable } from 'node:stream';
+import { isatty } from 'node:tty';
 import type { V2Device } from '../v2/device.js';
 import { holdsSession } from '../v2/fsm.js';
 import { migStateName } from '../v2/uapi.js';
@@ -25,13 +26,25 @@ export interface SignalSource {
   removeAllListeners(sig: NodeJS.Signals): unknown;
 }
 
+export type StdinKind = 'terminal' | 'file' | 'stream';
+
+/** What fd 0 is, without touching process.stdin. */
+export function stdinKindOf(fd = 0): StdinKind {
+  if (isatty(fd)) return 'terminal';
+  try {
+    return fstatSync(fd).isFile() ? 'file' : 'stream';
+  } catch {
+    return 'stream'; // closed: reading it fails where it is read
+  }
+}
+
 export interface CliIo {
   stdout: CliStream;
   stderr: CliStream;
   /** Read only when a command takes `-`: the process's stdin is not touched otherwise. */
   stdin?: () => AsyncIterable<Uint8Array>;
-  /** Whether stdin is a terminal: `-i -` refuses to read state from one. */
-  stdinIsTerminal?: boolean;
+  /** What stdin is: `-i -` refuses a terminal and checks a file whole before the device is touched. */
+  stdinKind?: StdinKind;
   /** When given, SIGINT, SIGTERM and SIGHUP clean up and end the run through `exit`. */
   signals?: SignalSource;
   exit?: (code: number) => void;
@@ -48,7 +61,7 @@ export class CliContext {
   /** --json anywhere on the command line: errors, usage errors too, are then one JSON object. */
   readonly json: boolean;
   readonly signals: SignalSource | null;
-  readonly stdinIsTerminal: boolean;
+  readonly stdinKind: StdinKind;
   readonly #console: Console;
   readonly #stdin: (() => AsyncIterable<Uint8Array>) | undefined;
   readonly #devices = new Set<V2Device>();
@@ -60,7 +73,7 @@ export class CliContext {
     this.json = argv.includes('--json');
     this.signals = io.signals ?? null;
     this.#stdin = io.stdin;
-    this.stdinIsTerminal = io.stdinIsTerminal ?? false;
+    this.stdinKind = io.stdinKind ?? 'stream';
     // console.log's semantics on these streams (a reader gone away does not throw).
     this.#console = new Console({ stdout: io.stdout, stderr: io.stderr });
     if (io.signals) {

@@ -49,10 +49,11 @@ async function openInput(input: string, chunks: AsyncIterable<Uint8Array>): Prom
   }
 }
 
-/** For a file: header, byte counts and checksum, all before the device is touched. */
-export async function verifyStateFile(path: string): Promise<void> {
-  const { src, header, name } = await openInput(path, fileChunks(path));
+/** For a file: header, byte counts and checksum, all before the device is touched (`name` is what messages call it). */
+export async function verifyStateFile(path: string, name = path): Promise<void> {
+  const src = new ByteSource(named(fileChunks(path), name));
   try {
+    const header = decodeHeader(await src.readUpTo(HEADER_SIZE), name);
     for await (const _ of checkedStream(src.rest(), header, name)) void _;
   } finally {
     await src.close();
@@ -61,9 +62,12 @@ export async function verifyStateFile(path: string): Promise<void> {
 
 export async function loadCommand(ctx: CliContext, devSpec: string, opts: LoadOptions): Promise<void> {
   let chunks: () => AsyncIterable<Uint8Array> = () => ctx.stdin();
-  if (opts.input === '-' && ctx.stdinIsTerminal) {
+  if (opts.input === '-' && ctx.stdinKind === 'terminal') {
     throw new CliError('vfio-mig: refusing to read binary device state from a terminal: redirect stdin or use -i FILE', EXIT.USAGE);
   }
+  // `-i - < FILE` is a file like any other: checked whole before the device is touched (a reopened
+  // /dev/stdin reads it from the start without moving stdin's own offset).
+  if (opts.input === '-' && ctx.stdinKind === 'file') await verifyStateFile('/dev/stdin', 'stdin');
   if (opts.input !== '-') {
     const st = await stat(opts.input).catch((e: NodeJS.ErrnoException) => {
       if (e.code === 'ENOENT') return null;

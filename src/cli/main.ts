@@ -1,11 +1,10 @@
 #!/usr/bin/env node
 /** vfio-mig, the process: a context on the process's streams and signals, then the command line. */
-import { isatty } from 'node:tty';
-import { CliContext } from './context.js';
+import { CliContext, stdinKindOf } from './context.js';
 import { dropOutputOnClosedPipe } from './output.js';
 import { runCli } from './program.js';
 
 for (const stream of [process.stdout, process.stderr]) dropOutputOnClosedPipe(stream);
 const argv = process.argv.slice(2);
-const ctx = new CliContext({ stdout: process.stdout, stderr: process.stderr, stdin: () => process.stdin, stdinIsTerminal: isatty(0), signals: process, exit: (code) => process.exit(code) }, argv);
+const ctx = new CliContext({ stdout: process.stdout, stderr: process.stderr, stdin: () => process.stdin, stdinKind: stdinKindOf(), signals: process, exit: (code) => process.exit(code) }, argv);
 process.exitCode = await runCli(argv, ctx);

@@ -3,7 +3,7 @@
  * 1 to 7 of the state I/O trial). Each test failed before its fix.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, closeSync, existsSync, openSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -285,5 +285,30 @@ describe('finding 7: the last progress line shows the finished total', () => {
     const load = spawnSync('script', ['-qec', `${process.execPath} ${CLI} load sim:size=8M,write-delay-ms=1,short-write=65536 -i ${file}`, '/dev/null'], { encoding: 'utf8' });
     expect(load.status).toBe(0);
     expect(finalLine(load.stdout)).toMatch(new RegExp(`^load sim:size=8M,write-delay-ms=1,short-write=65536 done: ${saved} \\(100%\\) in \\d+\\.\\d s at [\\d.]+ (B|KiB|MiB|GiB)/s$`));
+  });
+});
+
+describe('-i - with a regular file as stdin (load -i - < FILE)', () => {
+  it('is checked whole before the device is touched, as -i FILE is: exit 1, no reset; a good one loads', () => {
+    const good = join(dir, 'stdin-good.vfio');
+    const flip = join(dir, 'stdin-flip.vfio');
+    expect(spawnSync(process.execPath, [CLI, 'save', 'sim', '-o', good]).status).toBe(0);
+    const bytes = readFileSync(good);
+    bytes[100]! ^= 1;
+    writeFileSync(flip, bytes);
+    const withStdin = (file: string) => {
+      const fd = openSync(file, 'r');
+      try {
+        return spawnSync(process.execPath, [CLI, 'load', 'sim', '-i', '-'], { stdio: [fd, 'pipe', 'pipe'], encoding: 'utf8' });
+      } finally {
+        closeSync(fd);
+      }
+    };
+    const bad = withStdin(flip);
+    expect(bad.status).toBe(1);
+    expect(bad.stderr).toBe('vfio-mig: load on stdin: EINVAL (22): checksum mismatch: the state data is corrupted\n');
+    const ok = withStdin(good);
+    expect(ok.status, ok.stderr).toBe(0);
+    expect(ok.stdout).toMatch(/^loaded 1176080 bytes/);
   });
 });
