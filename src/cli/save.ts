@@ -56,7 +56,22 @@ async function outputTarget(output: string, stdout: CliStream): Promise<{ file: 
   if (st && !st.isFile()) return { file: path, atomic: false, socket: st.isSocket(), stdout: isFileOf(stdout, st) };
   const file = st ? await realpath(path) : resolve(path);
   if (!existsSync(dirname(file))) throw new VfioError('ENOENT', 'save', output, `no directory ${dirname(file)}`);
+  if (st) await assertReplaceable(file, st, output);
   return { file, atomic: true, replaces: st };
+}
+
+/**
+ * In a sticky directory (/tmp) only the file's or the directory's owner may
+ * replace a file (rename(2) gives EPERM). Found only at the rename, after the
+ * device was stopped and its state read: say so before the device is touched.
+ */
+async function assertReplaceable(file: string, st: Stats, output: string): Promise<void> {
+  const uid = process.getuid?.();
+  if (uid === undefined || uid === 0 || uid === st.uid) return;
+  const dir = await stat(dirname(file));
+  if (dir.mode & 0o1000 /* S_ISVTX */ && uid !== dir.uid) {
+    throw new VfioError('EPERM', 'save', output, `another user's file in a sticky directory (${dirname(file)}) cannot be replaced`, { details: { file } });
+  }
 }
 
 /** A new state file is private (device state can carry guest memory); one that replaces a file keeps its mode and, where allowed, owner. */

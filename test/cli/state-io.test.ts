@@ -312,3 +312,20 @@ describe('-i - with a regular file as stdin (load -i - < FILE)', () => {
     expect(ok.stdout).toMatch(/^loaded 1176080 bytes/);
   });
 });
+
+describe('another user\'s file in a sticky directory', () => {
+  // rename(2) refuses it (EPERM): found before the device is touched, not after its state was read.
+  it.runIf(isRoot && hasRunuser)('save -o over it: EPERM naming the file, exit 4, the file untouched', () => {
+    const sticky = join(dir, 'sticky');
+    mkdirSync(sticky);
+    chmodSync(sticky, 0o1777);
+    const file = join(sticky, 'roots.vfio');
+    writeFileSync(file, 'root\'s');
+    chmodSync(file, 0o644);
+    const r = runUnprivileged(['save', 'sim:size=4K', '-o', file]);
+    expect(r.code).toBe(4);
+    expect(r.stderr).toBe(`vfio-mig: save on ${file}: EPERM (1): another user's file in a sticky directory (${sticky}) cannot be replaced (check the permissions of the file and its directory)\n`);
+    expect(readFileSync(file, 'utf8')).toBe('root\'s');
+    expect(readdirSync(sticky)).toEqual(['roots.vfio']);
+  });
+});
