@@ -128,7 +128,7 @@ async function loadInto(ctx: CliContext, dev: V2Device, src: ByteSource, h: Stat
     let after: string;
     try {
       await dev.reset();
-      after = `device reset to ${migStateName(await dev.getState())}; the state it had before the load is gone`;
+      after = `${dev.name} reset to ${migStateName(await dev.getState())}; the state it had before the load is gone`;
     } catch (re) {
       after = `the reset failed too (${errorLine(re)}); the device state is unknown`;
     }
