@@ -1,7 +1,9 @@
 /** Reading a state file or stdin: exact-length reads, then the rest as chunks; sockets named as files. */
 import { once } from 'node:events';
+import { constants, openSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { Socket, createConnection } from 'node:net';
+import { setTimeout as sleep } from 'node:timers/promises';
 
 export class ByteSource {
   #it: AsyncIterator<Uint8Array>;
@@ -67,11 +69,33 @@ export async function openSocket(path: string, mode: 'r' | 'w'): Promise<Socket>
   return sock;
 }
 
-export async function* socketChunks(path: string): AsyncGenerator<Uint8Array> {
-  const sock = await openSocket(path, 'r');
+/**
+ * A FIFO (also a pipe named as /dev/fd/N, as <(…) gives) opened without
+ * blocking and used as a stream: a blocking open or read of one would hold
+ * a libuv threadpool thread until the other end came, and process.exit
+ * waits for that thread, so an interrupt could never end the run. A writer
+ * cannot open one before a reader has (ENXIO): it tries again until then.
+ */
+export async function openFifo(path: string, mode: 'r' | 'w'): Promise<Socket> {
+  const flags = (mode === 'r' ? constants.O_RDONLY : constants.O_WRONLY) | constants.O_NONBLOCK;
+  for (;;) {
+    try {
+      return new Socket({ fd: openSync(path, flags), readable: mode === 'r', writable: mode === 'w' });
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENXIO' || mode === 'r') throw e;
+    }
+    await sleep(50);
+  }
+}
+
+async function* streamChunks(open: () => Promise<Socket>): AsyncGenerator<Uint8Array> {
+  const sock = await open();
   try {
     for await (const c of sock) yield c as Buffer;
   } finally {
     sock.destroy();
   }
 }
+
+export const socketChunks = (path: string) => streamChunks(() => openSocket(path, 'r'));
+export const fifoChunks = (path: string) => streamChunks(() => openFifo(path, 'r'));

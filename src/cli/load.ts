@@ -12,7 +12,7 @@ import { loadV1 } from '../v1/reference-caller.js';
 import type { V2Device } from '../v2/device.js';
 import { assertNoSession, loadV2 } from '../v2/native-caller.js';
 import { MigState, migStateName } from '../v2/uapi.js';
-import { ByteSource, fileChunks, socketChunks } from './byte-source.js';
+import { ByteSource, fifoChunks, fileChunks, socketChunks } from './byte-source.js';
 import { stateDigestOf, type CliContext } from './context.js';
 import { EXIT } from './exit-codes.js';
 import { CliError, errorLine, fileError, progressReporter, toJson } from './output.js';
@@ -78,7 +78,7 @@ export async function loadCommand(ctx: CliContext, devSpec: string, opts: LoadOp
     if (st.isCharacterDevice() && isTerminal(opts.input)) throw new CliError(`vfio-mig: refusing to read binary device state from a terminal (${opts.input})`, EXIT.USAGE);
     // A FIFO, a character device or a socket can be read only once: checked as it streams, as stdin is.
     if (st.isFile()) await verifyStateFile(opts.input);
-    chunks = st.isSocket() ? () => socketChunks(opts.input) : () => fileChunks(opts.input);
+    chunks = st.isSocket() ? () => socketChunks(opts.input) : st.isFIFO() ? () => fifoChunks(opts.input) : () => fileChunks(opts.input);
   }
   const { src, header: h, name } = await openInput(opts.input, chunks());
   try {

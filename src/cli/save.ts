@@ -18,7 +18,7 @@ import { VfioError } from '../errors.js';
 import { encodeHeader, encodeTrailer, newHash, stateFileHeader, type SavedProtocol } from './state-file.js';
 import { CliError, countOf, failedOn, fileError, progressEnabled, progressReporter, toJson } from './output.js';
 import { signalTurns, stateDigestOf, type CliContext, type CliStream } from './context.js';
-import { openSocket } from './byte-source.js';
+import { openFifo, openSocket } from './byte-source.js';
 import { EXIT } from './exit-codes.js';
 import { isTerminal } from './terminal.js';
 
@@ -41,7 +41,7 @@ async function writeStream(out: CliStream, data: Uint8Array): Promise<void> {
  * too) is replaced atomically from a temporary file next to it; a character
  * device, FIFO or socket is written straight through; a directory is refused.
  */
-async function outputTarget(output: string, stdout: CliStream): Promise<{ file: string; atomic: boolean; replaces?: Stats | null; socket?: boolean; stdout?: boolean }> {
+async function outputTarget(output: string, stdout: CliStream): Promise<{ file: string; atomic: boolean; replaces?: Stats | null; socket?: boolean; fifo?: boolean; stdout?: boolean }> {
   // Not there yet is fine; not allowed to look is not.
   const absent = (e: NodeJS.ErrnoException) => {
     if (e.code === 'ENOENT') return null;
@@ -53,7 +53,7 @@ async function outputTarget(output: string, stdout: CliStream): Promise<{ file: 
   const st = await stat(path).catch(absent);
   if (st?.isDirectory()) throw new VfioError('EISDIR', 'save', output, 'is a directory: give a file name');
   if (st?.isCharacterDevice() && isTerminal(path)) throw new CliError(`vfio-mig: refusing to write binary device state to a terminal (${output})`, EXIT.USAGE);
-  if (st && !st.isFile()) return { file: path, atomic: false, socket: st.isSocket(), stdout: isFileOf(stdout, st) };
+  if (st && !st.isFile()) return { file: path, atomic: false, socket: st.isSocket(), fifo: st.isFIFO(), stdout: isFileOf(stdout, st) };
   const file = st ? await realpath(path) : resolve(path);
   if (!existsSync(dirname(file))) throw new VfioError('ENOENT', 'save', output, `no directory ${dirname(file)}`);
   if (st) await assertReplaceable(file, st, output);
@@ -108,8 +108,8 @@ export async function saveCommand(ctx: CliContext, dev: V2Device, opts: SaveOpti
   const toStdout = !target || target.stdout === true;
   const flags = await dev.migrationFlags();
   const tmp = target?.atomic ? join(dirname(target.file), `.${basename(target.file)}.${process.pid}.tmp`) : null;
-  // A stream: stdout, or a socket (which open(2) refuses); else a file handle.
-  const out = toStdout ? ctx.stdout : target.socket ? await openSocket(target.file, 'w').catch((e) => {
+  // A stream: stdout, a socket (which open(2) refuses) or a FIFO (see openFifo); else a file handle.
+  const out = toStdout ? ctx.stdout : target.socket || target.fifo ? await (target.socket ? openSocket : openFifo)(target.file, 'w').catch((e) => {
     throw fileError(e, 'save', opts.output);
   }) : null;
   const fh = target && !out ? await open(tmp ?? target.file, tmp ? 'wx' : 'w', NEW_FILE_MODE).catch((e) => {

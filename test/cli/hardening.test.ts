@@ -123,6 +123,35 @@ describe('finding 3: SIGTERM and SIGHUP clean up like SIGINT', () => {
     expect(stderr).not.toMatch(/^saved /m); // never success and interruption in one run
   }, 30_000);
 
+  // A FIFO whose other end never comes: a blocking open(2) of it held a libuv thread that process.exit waited for, forever.
+  it.each([
+    ['load from a FIFO with no writer', 'SIGINT', 130, 'load'],
+    ['save to a FIFO with no reader', 'SIGTERM', 143, 'save'],
+  ] as const)('%s: %s ends the run at once', async (_, sig, code, cmd) => {
+    const sub = mkdtempSync(join(dir, 'fifo-sig-'));
+    try {
+      const fifo = join(sub, 'state.fifo');
+      expect(spawnSync('mkfifo', [fifo]).status).toBe(0);
+      const p = spawn(process.execPath, [CLI, cmd, 'sim:size=64K', cmd === 'load' ? '-i' : '-o', fifo]);
+      const exited = new Promise<number | null>((r) => p.on('close', r));
+      let stderr = '';
+      p.stderr.on('data', (d) => (stderr += d));
+      await new Promise((r) => setTimeout(r, 1000)); // the CLI is waiting on the FIFO by now
+      p.kill(sig);
+      const start = Date.now();
+      const killer = setTimeout(() => p.kill('SIGKILL'), 8000);
+      const exit = await exited;
+      clearTimeout(killer);
+      expect(exit, stderr).toBe(code);
+      expect(Date.now() - start).toBeLessThan(4000); // the interrupt's own grace is 2 s
+      expect(stderr).toMatch(new RegExp(`^vfio-mig: interrupted by ${sig}`, 'm'));
+      expect(readdirSync(sub)).toEqual(['state.fifo']); // nothing written beside it, the FIFO still a FIFO
+      expect(lstatSync(fifo).isFIFO()).toBe(true);
+    } finally {
+      rmSync(sub, { recursive: true, force: true });
+    }
+  }, 15_000);
+
   // The same clean-up in-process, through the run's context: what the process does before it exits.
   it('in-process: SIGINT mid-save removes the temporary file, resets the device and ends with 130', async () => {
     const out = join(dir, 'ctx-int.vfio');
