@@ -47,10 +47,12 @@ async function outputTarget(output: string, stdout: CliStream): Promise<{ file: 
     if (e.code === 'ENOENT') return null;
     throw fileError(e, 'save', output);
   };
-  // A symlink is followed, also when its target does not exist yet (it is created).
-  const link = await lstat(output).catch(absent);
-  const path = link?.isSymbolicLink() ? resolve(dirname(output), await readlink(output)) : output;
-  const st = await stat(path).catch(absent);
+  // A symlink is followed, also when its target does not exist yet (it is created). A magic link
+  // (/dev/fd/N of >(cmd), whose text is "pipe:[N]") is only followed by stat, so stat comes first.
+  let path = output;
+  const st = await stat(output).catch(absent);
+  const link = st ? null : await lstat(output).catch(absent);
+  if (link?.isSymbolicLink()) path = resolve(dirname(output), await readlink(output));
   if (st?.isDirectory()) throw new VfioError('EISDIR', 'save', output, 'is a directory: give a file name');
   if (st?.isCharacterDevice() && isTerminal(path)) throw new CliError(`vfio-mig: refusing to write binary device state to a terminal (${output})`, EXIT.USAGE);
   if (st && !st.isFile()) return { file: path, atomic: false, socket: st.isSocket(), fifo: st.isFIFO(), stdout: isFileOf(stdout, st) };

@@ -329,3 +329,14 @@ describe('another user\'s file in a sticky directory', () => {
     expect(readdirSync(sticky)).toEqual(['roots.vfio']);
   });
 });
+
+describe('save -o >(cmd)', () => {
+  it('writes through the /dev/fd link of a process substitution (its text is "pipe:[N]", not a path), and the copy loads', () => {
+    const copy = join(dir, 'via-procsub.vfio');
+    const r = spawnSync('bash', ['-c', `"${process.execPath}" "${CLI}" save sim -o >(cat > "${copy}"); wait $!`], { encoding: 'utf8' });
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/^saved 1176080 bytes .* to \/dev\/fd\/\d+ with the v2 protocol/);
+    const load = spawnSync(process.execPath, [CLI, 'load', 'sim', '-i', copy], { encoding: 'utf8' });
+    expect(load.status, load.stderr).toBe(0);
+  });
+});
