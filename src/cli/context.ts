@@ -14,7 +14,8 @@ import type { V2Device } from '../v2/device.js';
 import { holdsSession } from '../v2/fsm.js';
 import { migStateName } from '../v2/uapi.js';
 import { openDevice } from './open-device.js';
-import { errorLine } from './output.js';
+import { errnoOf } from '../errors.js';
+import { errorLine, toJson } from './output.js';
 
 /** process.stdout / process.stderr, or any Writable standing in for them. */
 export type CliStream = Writable & { isTTY?: boolean; columns?: number };
@@ -143,15 +144,19 @@ export class CliContext {
   #interrupted(sig: (typeof INTERRUPT_SIGNALS)[number], exit: (code: number) => void): void {
     let timer: NodeJS.Timeout | undefined;
     let ended = false;
+    const code = 128 + osConstants.signals[sig];
     const done = () => {
       clearTimeout(timer);
-      if (!ended) exit(128 + osConstants.signals[sig]);
+      if (!ended) exit(code);
       ended = true; // a stand-in exit (tests) returns: end once
     };
     const closing = this.cleanup(); // an interrupted save leaves no file under the target name
     timer = setTimeout(done, INTERRUPT_GRACE_MS).unref();
     closing.then((states) => {
-      this.stderr.write(`vfio-mig: interrupted by ${sig}${states.length ? `; ${states.join('; ')}` : ''}\n`);
+      const message = `interrupted by ${sig}${states.length ? `; ${states.join('; ')}` : ''}`;
+      // Under --json, the one error object every failure gives (EINTR, as a syscall cut short by the signal).
+      const error = { code: 'EINTR', errno: errnoOf('EINTR'), op: 'interrupted', device: null, message, exit: code };
+      this.stderr.write(this.json ? `${toJson({ error })}\n` : `vfio-mig: ${message}\n`);
       done();
     }, done);
   }

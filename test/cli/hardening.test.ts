@@ -189,6 +189,20 @@ describe('finding 3: SIGTERM and SIGHUP clean up like SIGINT', () => {
     expect(stderr.bytes().toString()).toBe('vfio-mig: interrupted by SIGTERM; sim:size=4K left in STOP\n');
     expect(await ctx.cleanup()).toEqual([]); // the interrupt closed it
   });
+
+  it('in-process, under --json: the interrupt is the one JSON error object (EINTR), not a text line', async () => {
+    const signals = signalSource();
+    const exits: number[] = [];
+    const { ctx, stderr } = bufferContext(['--json'], undefined, { signals, exit: (c) => exits.push(c) });
+    const dev = await ctx.openDevice('sim:size=4K');
+    await dev.setState(MigState.PRE_COPY);
+    signals.emit('SIGINT');
+    for (let i = 0; i < 200 && exits.length === 0; i++) await new Promise((r) => setTimeout(r, 10));
+    expect(exits).toEqual([130]);
+    expect(JSON.parse(stderr.bytes().toString())).toEqual({
+      error: { code: 'EINTR', errno: 4, op: 'interrupted', device: null, message: 'interrupted by SIGINT; sim:size=4K reset to RUNNING', exit: 130 },
+    });
+  });
 });
 
 describe('finding 4: errors name what the user gave', () => {
