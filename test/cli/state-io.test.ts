@@ -340,3 +340,18 @@ describe('save -o >(cmd)', () => {
     expect(load.status, load.stderr).toBe(0);
   });
 });
+
+describe('a load refused while its writer keeps stdin open', () => {
+  it('ends at once: the refused stream is not read to its end', async () => {
+    const p = spawn(process.execPath, [CLI, 'load', 'sim', '-i', '-'], { stdio: ['pipe', 'pipe', 'pipe'] });
+    let stderr = '';
+    p.stderr.on('data', (d) => (stderr += d));
+    p.stdin.write(Buffer.alloc(64, 0x78)); // not a state file; the pipe stays open
+    const killer = setTimeout(() => p.kill('SIGKILL'), 10_000);
+    const code = await new Promise((r) => p.on('exit', (c, sig) => r(c ?? sig)));
+    clearTimeout(killer);
+    p.stdin.destroy();
+    expect(code).toBe(1);
+    expect(stderr).toBe('vfio-mig: load on stdin: EINVAL (22): wrong magic: not a vfio-mig state file\n');
+  }, 20_000);
+});
