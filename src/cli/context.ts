@@ -65,6 +65,7 @@ export class CliContext {
   readonly stdinKind: StdinKind;
   readonly #console: Console;
   readonly #stdin: (() => AsyncIterable<Uint8Array>) | undefined;
+  #stdinRead = false;
   readonly #devices = new Set<V2Device>();
   readonly #unfinished = new Set<string>();
 
@@ -90,7 +91,13 @@ export class CliContext {
 
   stdin(): AsyncIterable<Uint8Array> {
     if (!this.#stdin) throw new Error('vfio-mig: this run has no stdin');
+    this.#stdinRead = true;
     return this.#stdin();
+  }
+
+  /** Whether a command took stdin (which its process then closes at the end, see main.ts). */
+  get stdinRead(): boolean {
+    return this.#stdinRead;
   }
 
   /** Opens a device that an interrupt must close (and name the state of); closing it stops the tracking. */

@@ -6,9 +6,7 @@ import { runCli } from './program.js';
 
 for (const stream of [process.stdout, process.stderr]) dropOutputOnClosedPipe(stream);
 const argv = process.argv.slice(2);
-let stdinRead = false;
-const stdin = () => ((stdinRead = true), process.stdin);
-const ctx = new CliContext({ stdout: process.stdout, stderr: process.stderr, stdin, stdinKind: stdinKindOf(), signals: process, exit: (code) => process.exit(code) }, argv);
+const ctx = new CliContext({ stdout: process.stdout, stderr: process.stderr, stdin: () => process.stdin, stdinKind: stdinKindOf(), signals: process, exit: (code) => process.exit(code) }, argv);
 process.exitCode = await runCli(argv, ctx);
 // A load refused midway stops reading: a writer that keeps the pipe open must not keep this process alive.
-if (stdinRead) process.stdin.destroy();
+if (ctx.stdinRead) process.stdin.destroy();
