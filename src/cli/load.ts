@@ -36,24 +36,21 @@ async function* named(chunks: AsyncIterable<Uint8Array>, name: string): AsyncGen
   }
 }
 
-/** The header, read from `chunks`, the bytes of `input` (`-` is stdin). */
-async function openInput(input: string, chunks: AsyncIterable<Uint8Array>): Promise<{ src: ByteSource; header: StateFileHeader; name: string }> {
-  const name = input === '-' ? 'stdin' : input;
+/** The header, read from `chunks`, the bytes of the input messages call `name`; on a bad header the input is closed. */
+async function openInput(name: string, chunks: AsyncIterable<Uint8Array>): Promise<{ src: ByteSource; header: StateFileHeader }> {
   const src = new ByteSource(named(chunks, name));
   try {
-    const header = decodeHeader(await src.readUpTo(HEADER_SIZE), name);
-    return { src, header, name };
+    return { src, header: decodeHeader(await src.readUpTo(HEADER_SIZE), name) };
   } catch (e) {
-    if (input !== '-') await src.close();
+    await src.close();
     throw e;
   }
 }
 
 /** For a file: header, byte counts and checksum, all before the device is touched (`name` is what messages call it). */
 export async function verifyStateFile(path: string, name = path): Promise<void> {
-  const src = new ByteSource(named(fileChunks(path), name));
+  const { src, header } = await openInput(name, fileChunks(path));
   try {
-    const header = decodeHeader(await src.readUpTo(HEADER_SIZE), name);
     for await (const _ of checkedStream(src.rest(), header, name)) void _;
   } finally {
     await src.close();
@@ -80,11 +77,12 @@ export async function loadCommand(ctx: CliContext, devSpec: string, opts: LoadOp
     if (st.isFile()) await verifyStateFile(opts.input);
     chunks = st.isSocket() ? () => socketChunks(opts.input) : st.isFIFO() ? () => fifoChunks(opts.input) : () => fileChunks(opts.input);
   }
-  const { src, header: h, name } = await openInput(opts.input, chunks());
+  const name = opts.input === '-' ? 'stdin' : opts.input;
+  const { src, header: h } = await openInput(name, chunks());
   try {
     await ctx.withDevice(devSpec, (dev) => loadInto(ctx, dev, src, h, name, opts));
   } finally {
-    if (opts.input !== '-') await src.close(); // a load that failed midway stops reading the file now
+    await src.close(); // a load that failed midway stops reading its input now
   }
 }
 
