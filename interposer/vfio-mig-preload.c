@@ -306,9 +306,20 @@ static struct dev *attach(int fd, uint32_t num_regions)
 		snprintf(why, sizeof(why), "%s", (char *)reply + sizeof(hr));
 		goto fail;
 	}
-	int memfd = memfd_create("vfio-mig-section", MFD_CLOEXEC);
-	if (memfd < 0 || ftruncate(memfd, (off_t)hr.section_size) < 0) {
-		snprintf(why, sizeof(why), "data section memfd: %s", strerror(errno));
+	/*
+	 * Sealed at its size: the service maps it too, and a memfd shrunk under
+	 * a mapping is SIGBUS for whoever touches the lost pages (docs/interposer.md).
+	 */
+	int memfd = memfd_create("vfio-mig-section", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	const char *step = "memfd_create";
+	if (memfd >= 0 && ftruncate(memfd, (off_t)hr.section_size) < 0)
+		step = "ftruncate";
+	else if (memfd >= 0 && fcntl(memfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0)
+		step = "sealing";
+	else if (memfd >= 0)
+		step = NULL;
+	if (step) {
+		snprintf(why, sizeof(why), "data section memfd (%s): %s", step, strerror(errno));
 		if (memfd >= 0)
 			real_close(memfd);
 		goto fail;
