@@ -49,6 +49,7 @@ struct dev {
 	int sock; /* -1 once the service is gone */
 	int memfd;
 	uint8_t *section;
+	size_t section_len; /* bytes mapped at section: what detach() unmaps */
 	uint32_t index;
 	uint64_t region_offset, region_size, data_offset, section_size;
 	uint8_t *info;
@@ -273,13 +274,21 @@ static struct dev *attach(int fd, uint32_t num_regions)
 	const char *name = g_name[fd][0] ? g_name[fd] : "VFIO device";
 	static int warned_unset;
 	const char *path = getenv("VFIO_MIG_SOCKET");
+	char why[512];
+	int sock, memfd, r;
+	void *section;
+	size_t section_len;
+	uint8_t info[1024];
+	struct vmw_region reg;
+	int32_t mfd;
+	struct dev *d;
+
 	if (!path || !*path) {
 		if (!warned_unset++)
 			unbridged(name, "VFIO_MIG_SOCKET is not set (start the VMM with `vfio-mig exec --`, or `vfio-mig serve`)");
 		return NULL;
 	}
-	char why[512];
-	int sock = connect_service(path);
+	sock = connect_service(path);
 	if (sock < 0) {
 		snprintf(why, sizeof(why), "%s at %s (%s)", sock == -ENOENT || sock == -ECONNREFUSED ? "no bridge service" : "cannot reach the bridge service", path, strerror(-sock));
 		unbridged(name, why);
@@ -292,66 +301,66 @@ static struct dev *attach(int fd, uint32_t num_regions)
 	memcpy(hello.name, g_name[fd], NAME_MAX_LEN);
 	uint8_t reply[512];
 	uint32_t got = 0;
-	int r = call(&sock, VMW_HELLO, 0, 0, &hello, sizeof(hello.h) + strnlen(hello.name, NAME_MAX_LEN), reply, sizeof(reply) - 1, &got);
+	r = call(&sock, VMW_HELLO, 0, 0, &hello, sizeof(hello.h) + strnlen(hello.name, NAME_MAX_LEN), reply, sizeof(reply) - 1, &got);
 	if (r < 0 || got < sizeof(struct vmw_hello_reply)) {
 		snprintf(why, sizeof(why), "%s", r == -ETIMEDOUT ? "the bridge service did not answer in time (VFIO_MIG_TIMEOUT_MS)"
 						 : sock < 0 ? "the connection to the bridge service was lost"
 							    : "the bridge service refused it (its log says why)");
-		goto fail;
+		goto err_close_sock;
 	}
 	struct vmw_hello_reply hr;
 	memcpy(&hr, reply, sizeof(hr));
 	if (!hr.bridged) {
 		reply[got] = 0;
 		snprintf(why, sizeof(why), "%s", (char *)reply + sizeof(hr));
-		goto fail;
+		goto err_close_sock;
 	}
+	section_len = hr.section_size;
+
 	/*
 	 * Sealed at its size: the service maps it too, and a memfd shrunk under
 	 * a mapping is SIGBUS for whoever touches the lost pages (docs/interposer.md).
 	 */
-	int memfd = memfd_create("vfio-mig-section", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-	const char *step = "memfd_create";
-	if (memfd >= 0 && ftruncate(memfd, (off_t)hr.section_size) < 0)
-		step = "ftruncate";
-	else if (memfd >= 0 && fcntl(memfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0)
-		step = "sealing";
-	else if (memfd >= 0)
-		step = NULL;
-	if (step) {
-		snprintf(why, sizeof(why), "data section memfd (%s): %s", step, strerror(errno));
-		if (memfd >= 0)
-			real_close(memfd);
-		goto fail;
+	memfd = memfd_create("vfio-mig-section", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	if (memfd < 0) {
+		snprintf(why, sizeof(why), "data section memfd (memfd_create): %s", strerror(errno));
+		goto err_close_sock;
 	}
-	void *section = real_mmap64(NULL, hr.section_size, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
+	if (ftruncate(memfd, (off_t)section_len) < 0) {
+		snprintf(why, sizeof(why), "data section memfd (ftruncate): %s", strerror(errno));
+		goto err_close_memfd;
+	}
+	if (fcntl(memfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0) {
+		snprintf(why, sizeof(why), "data section memfd (sealing): %s", strerror(errno));
+		goto err_close_memfd;
+	}
+	section = real_mmap64(NULL, section_len, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
 	if (section == MAP_FAILED) {
 		snprintf(why, sizeof(why), "data section mmap: %s", strerror(errno));
-		real_close(memfd);
-		goto fail;
+		goto err_close_memfd;
 	}
-	uint8_t info[1024];
-	int32_t mfd = memfd;
+
+	mfd = memfd;
 	r = call(&sock, VMW_SECTION, 0, 0, &mfd, sizeof(mfd), info, sizeof(info), &got);
-	struct vmw_region reg;
 	if (r < 0 || got < sizeof(reg)) {
 		snprintf(why, sizeof(why), "the service could not set up its region (%s; the service's log says why)", strerror(r < 0 ? -r : EPROTO));
-		munmap(section, hr.section_size);
-		real_close(memfd);
-		goto fail;
+		goto err_unmap;
 	}
 	memcpy(&reg, info, sizeof(reg));
-	struct dev *d = calloc(1, sizeof(*d));
-	uint8_t *copy = malloc(reg.info_len ? reg.info_len : 1);
-	if (!d || !copy || reg.info_len < sizeof(struct vfio_region_info) || got < sizeof(reg) + reg.info_len) {
+	if (reg.info_len < sizeof(struct vfio_region_info) || got < sizeof(reg) + reg.info_len) {
 		snprintf(why, sizeof(why), "bad region description from the service");
-		free(d);
-		free(copy);
-		munmap(section, hr.section_size);
-		real_close(memfd);
-		goto fail;
+		goto err_unmap;
 	}
-	d->info = copy;
+	d = calloc(1, sizeof(*d));
+	if (!d) {
+		snprintf(why, sizeof(why), "out of memory");
+		goto err_unmap;
+	}
+	d->info = malloc(reg.info_len);
+	if (!d->info) {
+		snprintf(why, sizeof(why), "out of memory");
+		goto err_free_dev;
+	}
 	memcpy(d->info, info + sizeof(reg), reg.info_len);
 	d->info_len = reg.info_len;
 	d->fd = fd;
@@ -360,6 +369,7 @@ static struct dev *attach(int fd, uint32_t num_regions)
 	d->sock = sock;
 	d->memfd = memfd;
 	d->section = section;
+	d->section_len = section_len;
 	d->index = reg.index;
 	d->region_offset = reg.region_offset;
 	d->region_size = reg.region_size;
@@ -367,7 +377,14 @@ static struct dev *attach(int fd, uint32_t num_regions)
 	d->section_size = reg.section_size;
 	pthread_mutex_init(&d->lock, NULL);
 	return d;
-fail:
+
+err_free_dev:
+	free(d);
+err_unmap:
+	munmap(section, section_len);
+err_close_memfd:
+	real_close(memfd);
+err_close_sock:
 	if (sock >= 0)
 		real_close(sock);
 	unbridged(name, why);
@@ -413,7 +430,7 @@ static void detach(int fd)
 	pthread_mutex_lock(&d->lock);
 	say_bye(d);
 	/* The VMM's own mappings of the section stay valid after these go. */
-	munmap(d->section, d->section_size);
+	munmap(d->section, d->section_len);
 	real_close(d->memfd);
 	pthread_mutex_unlock(&d->lock);
 	/* d itself is kept: another thread may still hold the pointer. */
