@@ -475,7 +475,7 @@ static ssize_t region_rw(struct dev *d, int write, void *buf, size_t len, uint64
 		__atomic_store_n(count, __atomic_load_n(count, __ATOMIC_RELAXED) + 1, __ATOMIC_RELAXED);
 		return (ssize_t)len;
 	}
-	if (len > 64) { /* the header is 32 bytes: nothing valid is longer */
+	if (len > sizeof(struct vmw_v1_header)) { /* no header access is longer than the header */
 		errno = EINVAL;
 		return -1;
 	}

@@ -51,6 +51,20 @@ struct vmw_region {
 	uint64_t section_size;
 };
 
+/*
+ * The v1 region's header at offset 0, whose bytes VMW_READ and VMW_WRITE
+ * carry (docs/protocol.md#v1-layout): linux/vfio.h's struct
+ * vfio_device_migration_info, which uapi headers since 6.2 no longer have.
+ * The data section starts at or after its end.
+ */
+struct vmw_v1_header {
+	uint32_t device_state;
+	uint32_t reserved;
+	uint64_t pending_bytes;
+	uint64_t data_offset;
+	uint64_t data_size;
+};
+
 struct vmw_bye {
 	uint64_t data_reads;
 	uint64_t data_writes;
