@@ -21,6 +21,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <limits.h>
 #include <linux/vfio.h>
 #include <poll.h>
@@ -268,6 +269,78 @@ static void unbridged(const char *name, const char *why)
 	say("vfio-mig: %s is not bridged: %s", name, why);
 }
 
+/* Largest data section mapped here: what `vfio-mig serve --section-size` allows. */
+#define MAX_SECTION_SIZE (1ULL << 30)
+
+/*
+ * The service's answers are checked as it checks ours: a size or offset
+ * that disagrees with what was mapped would send a pread, an mmap or
+ * detach() past the section (docs/interposer.md#checks). Each returns 0,
+ * or -1 with `why` naming the wrong value.
+ */
+static int check_hello(const struct vmw_hello_reply *hr, char *why, size_t n)
+{
+	uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
+
+	if (hr->section_size && hr->section_size % page == 0 && hr->section_size <= MAX_SECTION_SIZE)
+		return 0;
+	snprintf(why, n, "bad HELLO reply from the bridge service: section_size %" PRIu64 " (must be a non-zero multiple of %" PRIu64 ", at most %llu)",
+		 hr->section_size, page, MAX_SECTION_SIZE);
+	return -1;
+}
+
+#define BAD_SECTION(...) (snprintf(why, n, "bad SECTION reply from the bridge service: " __VA_ARGS__), -1)
+
+/* `info` is the reply payload after the vmw_region, `got` bytes of it came. */
+static int check_region(const struct vmw_region *reg, const uint8_t *info, uint32_t got, uint32_t num_regions,
+			size_t mapped, char *why, size_t n)
+{
+	uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE), end;
+	struct vfio_region_info ri;
+	struct vfio_info_cap_header h;
+
+	if (reg->section_size != mapped)
+		return BAD_SECTION("section_size %" PRIu64 " is not the %zu bytes mapped (HELLO's section_size)", reg->section_size, mapped);
+	if (reg->data_offset < sizeof(struct vmw_v1_header) || reg->data_offset % page)
+		return BAD_SECTION("data_offset %" PRIu64 " (must be a multiple of %" PRIu64 ", after the %zu-byte header)",
+				   reg->data_offset, page, sizeof(struct vmw_v1_header));
+	if (__builtin_add_overflow(reg->data_offset, reg->section_size, &end) || reg->region_size != end)
+		return BAD_SECTION("region_size %" PRIu64 " is not data_offset + section_size (%" PRIu64 " + %" PRIu64 ")",
+				   reg->region_size, reg->data_offset, reg->section_size);
+	if (__builtin_add_overflow(reg->region_offset, reg->region_size, &end))
+		return BAD_SECTION("region_offset 0x%" PRIx64 " + region_size %" PRIu64 " overflows", reg->region_offset, reg->region_size);
+	if (reg->index != num_regions)
+		return BAD_SECTION("index %u is not the device's region count (%u)", reg->index, num_regions);
+	if (reg->info_len < sizeof(ri) || reg->info_len > got)
+		return BAD_SECTION("info_len %u (must be at least %zu and at most the %u bytes received)", reg->info_len, sizeof(ri), got);
+	memcpy(&ri, info, sizeof(ri));
+	if (ri.index != reg->index)
+		return BAD_SECTION("region info index %u is not index %u", ri.index, reg->index);
+	if (ri.size != reg->region_size)
+		return BAD_SECTION("region info size %llu is not region_size %" PRIu64, (unsigned long long)ri.size, reg->region_size);
+	if (ri.offset != reg->region_offset)
+		return BAD_SECTION("region info offset 0x%llx is not region_offset 0x%" PRIx64, (unsigned long long)ri.offset, reg->region_offset);
+	/* The VMM walks the capability chain unchecked (QEMU's vfio_get_region_info_cap): each must lie inside, in order. */
+	for (uint32_t off = (ri.flags & VFIO_REGION_INFO_FLAG_CAPS) ? ri.cap_offset : 0, prev = 0; off; prev = off, off = h.next) {
+		uint64_t need = sizeof(h);
+
+		if (off <= prev || off < sizeof(ri) || off > reg->info_len - sizeof(h))
+			return BAD_SECTION("capability at %u is outside the region info (%u bytes)", off, reg->info_len);
+		memcpy(&h, info + off, sizeof(h));
+		if (h.id == VFIO_REGION_INFO_CAP_TYPE) {
+			need = sizeof(struct vfio_region_info_cap_type);
+		} else if (h.id == VFIO_REGION_INFO_CAP_SPARSE_MMAP) {
+			struct vfio_region_info_cap_sparse_mmap sp = { 0 };
+
+			memcpy(&sp, info + off, reg->info_len - off < sizeof(sp) ? reg->info_len - off : sizeof(sp));
+			need = sizeof(sp) + (uint64_t)sp.nr_areas * sizeof(sp.areas[0]);
+		}
+		if (need > reg->info_len - off)
+			return BAD_SECTION("capability %u at %u runs past the region info (%u bytes)", h.id, off, reg->info_len);
+	}
+	return 0;
+}
+
 /* Asks the service to bridge `fd`; with the global attach lock held. */
 static struct dev *attach(int fd, uint32_t num_regions)
 {
@@ -315,6 +388,8 @@ static struct dev *attach(int fd, uint32_t num_regions)
 		snprintf(why, sizeof(why), "%s", (char *)reply + sizeof(hr));
 		goto err_close_sock;
 	}
+	if (check_hello(&hr, why, sizeof(why)))
+		goto err_close_sock;
 	section_len = hr.section_size;
 
 	/*
@@ -347,10 +422,8 @@ static struct dev *attach(int fd, uint32_t num_regions)
 		goto err_unmap;
 	}
 	memcpy(&reg, info, sizeof(reg));
-	if (reg.info_len < sizeof(struct vfio_region_info) || got < sizeof(reg) + reg.info_len) {
-		snprintf(why, sizeof(why), "bad region description from the service");
+	if (check_region(&reg, info + sizeof(reg), got - sizeof(reg), num_regions, section_len, why, sizeof(why)))
 		goto err_unmap;
-	}
 	d = calloc(1, sizeof(*d));
 	if (!d) {
 		snprintf(why, sizeof(why), "out of memory");
