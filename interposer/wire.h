@@ -2,7 +2,7 @@
  * The interposer <-> bridge service wire format: one SOCK_STREAM Unix
  * connection per bridged device, requests answered in order. All integers
  * little-endian (the interposer only runs where the device is). Mirrored by
- * src/service/wire.ts; test/service/wire.test.ts checks both agree.
+ * src/service/wire.ts; test/interposer/wire-layout.test.ts checks both agree.
  */
 #ifndef VFIO_MIG_WIRE_H
 #define VFIO_MIG_WIRE_H
