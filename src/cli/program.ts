@@ -4,6 +4,7 @@
  * the process; tests give it buffers) and returns the exit code.
  */
 import { Command, CommanderError, Option } from 'commander';
+import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { EXIT, EXIT_HELP } from './exit-codes.js';
 import { conformanceCommand, conformanceHelp, parseOnly } from './conformance.js';
@@ -27,6 +28,19 @@ const intOpt = (name: string, min: number, max: number) => (v: string) => {
   const n = /^\d+$/.test(v) ? Number(v) : NaN;
   if (!(n >= min && n <= max)) throw new CliError(`vfio-mig: ${name} takes a whole number from ${min} to ${max} (got "${v}")`, EXIT.USAGE);
   return n;
+};
+/** A socket mode in octal (0660, 660): anything else is a usage error. */
+const modeOpt = (v: string) => {
+  if (!/^0?[0-7]{3}$/.test(v)) throw new CliError(`vfio-mig serve: --mode takes permission bits in octal, 000 to 0777 (got "${v}")`, EXIT.USAGE);
+  return parseInt(v, 8);
+};
+/** A group name (looked up as the system does, with getent) or a numeric gid. */
+const groupOpt = (v: string) => {
+  if (/^\d+$/.test(v)) return Number(v);
+  const r = spawnSync('getent', ['group', v], { encoding: 'utf8' });
+  const gid = r.status === 0 ? Number(r.stdout.split(':')[2]) : NaN;
+  if (!Number.isInteger(gid)) throw new CliError(`vfio-mig serve: --group ${v}: no such group`, EXIT.USAGE);
+  return gid;
 };
 const MAX_ROUNDS = 1_000_000;
 const MAX_CYCLES = 1_000_000_000;
@@ -179,11 +193,13 @@ function buildProgram(ctx: CliContext, exit: (code: number) => void): Command {
   program
     .command('serve')
     .description('serve the v1 interposer of VMMs started by someone else (libvirt and the like); `vfio-mig env` prints what they need')
-    .requiredOption('--socket <path>', 'where to listen (a Unix socket)')
+    .option('--socket <path>', 'where to listen (a Unix socket; required unless systemd passes one)')
+    .option('--mode <octal>', 'permission bits of the socket (default 0600: only its owner may connect)', modeOpt)
+    .option('--group <name>', 'group of the socket: with --mode 0660 that group\'s VMMs may connect (e.g. libvirt-qemu)', groupOpt)
     .option('--trace <file>', 'NDJSON trace of every v1 access and group move')
     .addOption(serviceSectionOption())
     .option('--sim <device>', 'serve every device with a fresh simulated DEVICE (testing)')
-    .addHelpText('after', '\nRuns until SIGINT, SIGTERM or SIGHUP; devices left mid-session are reset to RUNNING.\n\nExample:\n  vfio-mig serve --socket /run/vfio-mig.sock &\n  env $(vfio-mig env --socket /run/vfio-mig.sock) qemu-system-x86_64 ...')
+    .addHelpText('after', '\nRuns until SIGINT, SIGTERM or SIGHUP; devices left mid-session are reset to RUNNING. A client is served\nonly devices its own process holds open (docs/interposer.md, "Trust model"). Under systemd socket\nactivation (LISTEN_FDS) the passed socket is used: see contrib/systemd/.\n\nExample:\n  vfio-mig serve --socket /run/vfio-mig.sock &\n  vfio-mig serve --socket /run/vfio-mig/bridge.sock --mode 0660 --group libvirt-qemu &\n  env $(vfio-mig env --socket /run/vfio-mig.sock) qemu-system-x86_64 ...')
     .action(async (o) => serveCommand(ctx, o));
 
   program

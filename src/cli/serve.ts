@@ -4,7 +4,7 @@
  * waits for VMMs someone else starts; `env` prints what such a VMM needs.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, readFileSync, readlinkSync, rmSync, writeSync } from 'node:fs';
 import { constants as osConstants, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { getSystemErrorMap } from 'node:util';
@@ -20,6 +20,22 @@ export interface ServiceCliOptions {
   trace?: string;
   sectionSize: number;
   sim?: string;
+}
+
+export interface ServeCliOptions extends ServiceCliOptions {
+  socket?: string;
+  mode?: number;
+  group?: number;
+}
+
+/** The socket systemd passed (socket activation: LISTEN_PID is ours, LISTEN_FDS=1, the socket is fd 3). */
+function activationSocket(): number | undefined {
+  const { LISTEN_PID, LISTEN_FDS } = process.env;
+  if (LISTEN_PID === undefined || Number(LISTEN_PID) !== process.pid) return undefined;
+  if (LISTEN_FDS !== '1') throw new CliError(`vfio-mig serve: systemd passed LISTEN_FDS=${LISTEN_FDS ?? ''}; the service takes exactly one socket`, EXIT.USAGE);
+  // Not for the VMMs or helpers this process starts (sd_listen_fds(1) does the same).
+  for (const k of ['LISTEN_PID', 'LISTEN_FDS', 'LISTEN_FDNAMES']) delete process.env[k];
+  return 3;
 }
 
 /** exec's own failures, told apart from COMMAND's statuses as env(1) and timeout(1) do. */
@@ -83,14 +99,19 @@ function systemMessage(e: unknown): string | undefined {
 type ServiceCommand = 'serve' | 'exec';
 
 /** `given`: the socket path came from --socket (else it is exec's private one). */
-async function start(ctx: CliContext, cmd: ServiceCommand, socketPath: string, given: boolean, o: ServiceCliOptions): Promise<() => Promise<void>> {
+async function start(ctx: CliContext, cmd: ServiceCommand, socketPath: string, given: boolean, o: ServeCliOptions & { listenFd?: number }): Promise<() => Promise<void>> {
   if (o.sim) parseSimSpec(o.sim); // a bad --sim is a usage error now, not at each VMM's first device
+  // The VMM maps the section: the interposer refuses one that is not whole pages.
+  if (o.sectionSize % 4096 !== 0) throw new CliError(`vfio-mig ${cmd}: --section-size must be a multiple of 4096 bytes, the page size (got ${o.sectionSize})`, EXIT.USAGE);
   ctx.stderr.on('error', () => undefined);
   const log = serviceLog(ctx);
   const trace = o.trace !== undefined ? traceWriter(cmd, o.trace, log) : null;
   const opts: BridgeServiceOptions = {
     socketPath,
     sectionSize: o.sectionSize,
+    ...(o.listenFd !== undefined ? { listenFd: o.listenFd } : {}),
+    ...(o.mode !== undefined ? { socketMode: o.mode } : {}),
+    ...(o.group !== undefined ? { socketGid: o.group } : {}),
     log,
     ...(trace ? { trace: trace.write } : {}),
     // --sim: every VMM device is served by a fresh simulated device (tests, benchmarks).
@@ -123,15 +144,35 @@ export function envCommand(ctx: CliContext, o: { socket: string }): void {
 }
 
 /** Runs until SIGINT, SIGTERM or SIGHUP, then ends every session at once and exits 0. */
-export async function serveCommand(ctx: CliContext, o: ServiceCliOptions & { socket: string }): Promise<void> {
+export async function serveCommand(ctx: CliContext, o: ServeCliOptions): Promise<void> {
   let stopRequested: (() => void) | null = null;
   let early = false;
   for (const sig of STOP_SIGNALS) replaceHandler(ctx.signals, sig, 'once', () => (stopRequested ? stopRequested() : (early = true)));
-  const env = vmmEnvironment(o.socket, undefined); // before listening: a missing interposer is an error now
-  const stop = await start(ctx, 'serve', o.socket, true, o);
-  serviceLog(ctx)(`serving on ${env.VFIO_MIG_SOCKET}; start the VMM with\n  ${Object.entries(env).map(([k, v]) => `${k}=${v}`).join(' ')}`);
+  const listenFd = activationSocket();
+  if (listenFd !== undefined && (o.mode !== undefined || o.group !== undefined)) {
+    throw new CliError('vfio-mig serve: --mode and --group do not apply to a socket systemd passed (set SocketMode= and SocketGroup= in the .socket unit)', EXIT.USAGE);
+  }
+  const socket = o.socket ?? (listenFd !== undefined ? boundPath(listenFd) : undefined);
+  if (socket === undefined) throw new CliError('vfio-mig serve: --socket PATH is required (unless systemd passes the socket)', EXIT.USAGE);
+  const env = vmmEnvironment(socket, undefined); // before listening: a missing interposer is an error now
+  const stop = await start(ctx, 'serve', socket, o.socket !== undefined, { ...o, ...(listenFd !== undefined ? { listenFd } : {}) });
+  const who = listenFd !== undefined ? 'the socket systemd passed' : `mode 0${(o.mode ?? 0o600).toString(8)}${o.group !== undefined ? `, group ${o.group}` : ''}`;
+  serviceLog(ctx)(`serving on ${env.VFIO_MIG_SOCKET} (${who}); start the VMM with\n  ${Object.entries(env).map(([k, v]) => `${k}=${v}`).join(' ')}`);
   if (!early) await new Promise<void>((done) => (stopRequested = done));
   await stop();
+}
+
+/** The path a passed socket is bound to, for the VMM's environment line. */
+function boundPath(fd: number): string {
+  try {
+    const path = readlinkSync(`/proc/self/fd/${fd}`);
+    // A socket's link says socket:[inode]; its path is in /proc/net/unix.
+    const inode = /^socket:\[(\d+)\]$/.exec(path)?.[1];
+    const line = inode ? readFileSync('/proc/net/unix', 'utf8').split('\n').find((l) => l.split(/\s+/)[6] === inode) : undefined;
+    return line?.split(/\s+/)[7] ?? `fd ${fd}`;
+  } catch {
+    return `fd ${fd}`;
+  }
 }
 
 /** A private socket under $TMPDIR, or /tmp when $TMPDIR is too long for a socket path. */

@@ -1,30 +1,36 @@
 /**
  * The bridge service: serves the LD_PRELOAD interposer (interposer/) of
  * one or more VMM processes. Each connection is one VFIO device fd of one
- * VMM; the service takes a copy of that fd (pidfd_getfd), opens a V1Bridge
- * over it whose data section is the interposer's shared memfd, and answers
- * the header accesses. All v1 -> v2 translation is the bridge's; this file
- * only carries accesses and owns the resources. docs/interposer.md.
+ * VMM; the service takes a copy of that fd from the connected process
+ * (pidfd_getfd), opens a V1Bridge over it whose data section is the
+ * interposer's sealed memfd, and answers the header accesses. All v1 -> v2
+ * translation is the bridge's; this file only carries accesses, owns the
+ * resources and holds each client to its own process and its bounds
+ * (docs/interposer.md#trust-model).
  */
-import { connect, createServer, type Server, type Socket } from 'node:net';
-import { existsSync, lstatSync, rmSync } from 'node:fs';
-import { dirname, resolve as resolvePath } from 'node:path';
+import type { Server, Socket } from 'node:net';
+import { rmSync } from 'node:fs';
 import { VfioError, asVfioError } from '../errors.js';
 import { openV1Bridge, type V1Bridge, type V1BridgeOptions, type V1TraceEvent } from '../bridge/v1-bridge.js';
 import type { V2Device } from '../v2/device.js';
 import { openKernelDevice } from '../v2/kernel/kernel-device.js';
 import { holdsSession } from '../v2/fsm.js';
-import { sysClose, sysMapShared, sysTakeFd, type SharedMapping } from '../v2/kernel/sys.js';
+import { linuxPeerSys, type PeerSysCalls, type SharedMapping } from '../v2/kernel/sys.js';
 import { MigState, VFIO_REGION_SUBTYPE_MIGRATION_DEPRECATED, VFIO_REGION_TYPE_MIGRATION_DEPRECATED, encodeRegionInfo, migStateName } from '../v2/uapi.js';
+import { listenUnix } from './listen.js';
+import { ConnectionCount, DEFAULT_LIMITS, escapeForLog, limitedLog, type ServiceLimits } from './limits.js';
+import { Peer, checkVfioDeviceFd } from './peer.js';
 import { GroupMember, QuiesceGroup, type GroupEvent } from './quiesce-group.js';
-import { RequestReader, WireOp, encodeReply, vmw_bye, vmw_hello, vmw_hello_reply, vmw_region } from './wire.js';
+import { MAX_REQUEST_PAYLOAD, RequestReader, WireOp, encodeReply, vmw_bye, vmw_hello, vmw_hello_reply, vmw_region, type WireRequest } from './wire.js';
 
 /** What a VMM said about the device fd it wants bridged. */
 export interface DeviceHello {
+  /** The connected process (SO_PEERCRED); HELLO's own pid field must equal it. */
   pid: number;
+  /** The device fd in that process. */
   fd: number;
   numRegions: number;
-  /** The device name the VMM asked its group for, if it came that way. */
+  /** The device name the VMM asked its group for, escaped for logs. */
   name: string;
 }
 
@@ -34,16 +40,28 @@ export type ServiceTraceEvent =
 
 export interface BridgeServiceOptions {
   socketPath: string;
+  /**
+   * Serve on this already listening socket (systemd's LISTEN_FDS) instead
+   * of creating `socketPath`; the service then never removes the socket.
+   */
+  listenFd?: number;
+  /** Permission bits of the socket it creates (default 0600: only its owner). */
+  socketMode?: number;
+  /** Group of the socket it creates (a gid): with socketMode 0660, that group's VMMs may connect. */
+  socketGid?: number;
   /** Data section per device (default 4 MiB: a quarter of the socket round trips of 1 MiB per MiB of state). */
   sectionSize?: number;
   /** Bridge options applied to every device. */
   bridge?: Pick<V1BridgeOptions, 'strict' | 'resetOnError'>;
   /**
-   * Opens the device a VMM names. Default: a copy of the VMM's own fd
-   * (pidfd_getfd), as a borrowed KernelDevice. Tests and benchmarks pass
-   * simulated devices here.
+   * Opens the device a VMM names. Default: a copy of the connected
+   * process's own fd, checked to be a VFIO device, as a borrowed
+   * KernelDevice. Tests and benchmarks pass simulated devices here.
    */
-  openDevice?: (hello: DeviceHello) => Promise<V2Device>;
+  openDevice?: (hello: DeviceHello, peer: Peer) => Promise<V2Device>;
+  limits?: Partial<ServiceLimits>;
+  /** The syscalls done on peers (default: the real ones). */
+  sys?: PeerSysCalls;
   trace?: (event: ServiceTraceEvent) => void;
   log?: (line: string) => void;
 }
@@ -58,33 +76,74 @@ export interface SessionStats {
   dataMmaps: bigint;
 }
 
+export { MAX_SOCKET_PATH } from './listen.js';
 export const SERVICE_SECTION_SIZE = 4 << 20;
 const PAGE = 4096;
+/** How many ended sessions `finished` keeps. */
+const FINISHED_KEPT = 64;
 /** Where region `index` starts in a vfio-pci device fd (VFIO_PCI_INDEX_TO_OFFSET). */
 const regionOffset = (index: number) => BigInt(index) << 40n;
+
+/** The descriptor under a connected Node socket (Unix sockets on Linux always have one). */
+function socketFd(sock: Socket): number {
+  const fd = (sock as unknown as { _handle?: { fd?: number } })._handle?.fd;
+  if (typeof fd !== 'number' || fd < 0) throw new VfioError('EBADF', 'serve: connect', 'socket', 'the connection has no descriptor');
+  return fd;
+}
 
 export class BridgeService {
   readonly #server: Server;
   readonly #opts: BridgeServiceOptions;
+  readonly #limits: ServiceLimits;
+  readonly #count: ConnectionCount;
   readonly #groups = new Map<number, QuiesceGroup>();
   readonly #sessions = new Set<DeviceSession>();
-  /** Sessions that ended, newest last. */
+  #refused = { lastLogged: 0, since: 0 };
+  /** The last FINISHED_KEPT sessions that ended, newest last. */
   readonly finished: SessionStats[] = [];
 
   constructor(server: Server, opts: BridgeServiceOptions) {
     this.#server = server;
     this.#opts = opts;
-    server.on('connection', (sock) => {
-      const s = new DeviceSession(this, sock, opts);
-      this.#sessions.add(s);
-    });
+    this.#limits = { ...DEFAULT_LIMITS, ...opts.limits };
+    this.#count = new ConnectionCount(this.#limits);
+    server.on('connection', (sock) => this.#accept(sock));
   }
 
   get socketPath(): string {
     return this.#opts.socketPath;
   }
 
-  /** @internal */
+  #accept(sock: Socket): void {
+    let peer: Peer;
+    try {
+      peer = Peer.ofSocket(socketFd(sock), this.#opts.sys ?? linuxPeerSys);
+    } catch (e) {
+      sock.destroy();
+      return this.#refuse(asVfioError(e, 'serve: connect', 'socket').message);
+    }
+    const full = this.#count.admit(peer.creds.uid);
+    if (full) {
+      peer.close();
+      sock.destroy();
+      return this.#refuse(`a connection from pid ${peer.pid} (uid ${peer.creds.uid}) was refused: ${full}`);
+    }
+    this.#sessions.add(new DeviceSession(this, sock, peer, this.#opts, this.#limits));
+  }
+
+  /** Refused connections are logged at most once a second, with how many were not. */
+  #refuse(line: string): void {
+    const now = Date.now();
+    if (now - this.#refused.lastLogged < 1000) {
+      this.#refused.since++;
+      return;
+    }
+    const more = this.#refused.since ? ` (and ${this.#refused.since} more refused since the last such line)` : '';
+    this.#refused = { lastLogged: now, since: 0 };
+    this.#opts.log?.(`${line}${more}`);
+  }
+
+  /** @internal The quiesce group of one VMM process: keyed by the connected pid, never by what a message says. */
   groupFor(pid: number): QuiesceGroup {
     let g = this.#groups.get(pid);
     if (!g) {
@@ -95,31 +154,43 @@ export class BridgeService {
   }
 
   /** @internal */
-  ended(s: DeviceSession, group: QuiesceGroup | null, pid: number): void {
+  ended(s: DeviceSession, group: QuiesceGroup | null, peer: Peer): void {
     this.#sessions.delete(s);
-    if (s.stats) this.finished.push(s.stats);
-    if (group && group.size === 0) this.#groups.delete(pid);
+    this.#count.release(peer.creds.uid);
+    if (s.stats) {
+      this.finished.push(s.stats);
+      if (this.finished.length > FINISHED_KEPT) this.finished.shift();
+    }
+    if (group && group.size === 0) this.#groups.delete(peer.pid);
   }
 
   /**
    * Stops listening, ends every session at once (devices left mid-session
-   * are reset; the VMM's next access fails) and removes the socket.
+   * are reset; the VMM's next access fails) and removes the socket it made.
    */
   async close(): Promise<void> {
     const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
     await Promise.all([...this.#sessions].map((s) => s.end('the service is stopping')));
     await closed; // resolves once the ended sessions' connections are gone
-    rmSync(this.#opts.socketPath, { force: true });
+    if (this.#opts.listenFd === undefined) rmSync(this.#opts.socketPath, { force: true });
   }
 }
+
+/** A request that breaks the protocol: answered once, then the connection is closed. */
+class ProtocolError extends VfioError {}
 
 /** One bridged device fd of one VMM: one connection. */
 class DeviceSession {
   readonly #svc: BridgeService;
   readonly #sock: Socket;
+  readonly #peer: Peer;
   readonly #opts: BridgeServiceOptions;
+  readonly #limits: ServiceLimits;
   readonly #reader = new RequestReader();
+  readonly #log: (line: string) => void;
   #tail: Promise<unknown> = Promise.resolve();
+  #queued = 0;
+  #helloTimer: NodeJS.Timeout | null;
   #hello: DeviceHello | null = null;
   #device: V2Device | null = null;
   #member: GroupMember | null = null;
@@ -129,17 +200,16 @@ class DeviceSession {
   #ended: Promise<void> | null = null;
   stats: SessionStats | null = null;
 
-  constructor(svc: BridgeService, sock: Socket, opts: BridgeServiceOptions) {
+  constructor(svc: BridgeService, sock: Socket, peer: Peer, opts: BridgeServiceOptions, limits: ServiceLimits) {
     this.#svc = svc;
     this.#sock = sock;
+    this.#peer = peer;
     this.#opts = opts;
-    sock.on('data', (d) => {
-      try {
-        for (const rq of this.#reader.push(d)) this.#tail = this.#tail.then(() => this.#handle(rq.op, rq.offset, rq.length, rq.payload));
-      } catch (e) {
-        void this.end(`protocol error: ${(e as Error).message}`);
-      }
-    });
+    this.#limits = limits;
+    this.#log = limitedLog(opts.log, limits.logLinesPerConnection, () => this.#who);
+    this.#helloTimer = setTimeout(() => void this.end(`no HELLO within ${limits.helloTimeoutMs} ms`), limits.helloTimeoutMs);
+    sock.on('data', (d) => this.#received(d));
+    sock.on('drain', () => this.#flow());
     sock.on('close', () => void this.end('the VMM closed the connection'));
     sock.on('error', () => undefined); // 'close' follows
   }
@@ -149,18 +219,45 @@ class DeviceSession {
   }
 
   get #name(): string {
-    return this.#device?.name ?? this.#hello?.name ?? 'device';
+    return this.#device?.name ?? this.#hello?.name ?? `connection from pid ${this.#peer.pid}`;
   }
 
-  #log(line: string): void {
-    this.#opts.log?.(line);
+  get #who(): string {
+    return `${this.#name} (VMM pid ${this.#peer.pid})`;
+  }
+
+  #received(data: Uint8Array): void {
+    let requests: WireRequest[];
+    try {
+      requests = this.#reader.push(data);
+    } catch (e) {
+      void this.end(`protocol error: ${(e as Error).message}`);
+      return;
+    }
+    for (const rq of requests) {
+      this.#queued++;
+      this.#tail = this.#tail.then(async () => {
+        await this.#handle(rq);
+        this.#queued--;
+        this.#flow();
+      });
+    }
+    this.#flow();
+  }
+
+  /** Back-pressure: no more requests are read while too many wait, or while the peer does not take its replies. */
+  #flow(): void {
+    if (this.#ended) return;
+    const full = this.#queued >= this.#limits.maxQueuedRequests || this.#sock.writableLength > this.#limits.maxUnsentBytes;
+    if (full && !this.#sock.isPaused()) this.#sock.pause();
+    else if (!full && this.#sock.isPaused()) this.#sock.resume();
   }
 
   #reply(result: number, payload?: Uint8Array): void {
-    if (!this.#sock.destroyed) this.#sock.write(encodeReply(result, payload));
+    if (!this.#sock.writableEnded) this.#sock.write(encodeReply(result, payload));
   }
 
-  async #handle(op: number, offset: bigint, length: number, payload: Uint8Array): Promise<void> {
+  async #handle({ op, offset, length, payload }: WireRequest): Promise<void> {
     if (this.#ended) return;
     try {
       switch (op) {
@@ -171,13 +268,18 @@ class DeviceSession {
         case WireOp.READ:
         case WireOp.WRITE: {
           const bridge = this.#bridge;
-          if (!bridge) throw new VfioError('EPROTO', 'serve', this.#name, 'region access before the device was bridged');
+          if (!bridge) throw new ProtocolError('EPROTO', 'serve', this.#name, 'region access before the device was bridged');
           this.stats!.headerAccesses++;
-          if (op === WireOp.READ) return this.#reply(0, await bridge.read(Number(offset), length));
-          await bridge.write(Number(offset), payload.subarray(0, length));
+          if (op === WireOp.READ) {
+            if (length > MAX_REQUEST_PAYLOAD) throw new VfioError('EINVAL', 'serve: READ', this.#name, `a read of ${length} bytes (the socket carries header accesses, at most ${MAX_REQUEST_PAYLOAD})`);
+            return this.#reply(0, await bridge.read(Number(offset), length));
+          }
+          if (length !== payload.length) throw new ProtocolError('EPROTO', 'serve: WRITE', this.#name, `a write of ${length} bytes carries ${payload.length}`);
+          await bridge.write(Number(offset), payload);
           return this.#reply(0);
         }
         case WireOp.BYE: {
+          if (payload.length < vmw_bye.size) throw new ProtocolError('EPROTO', 'serve: BYE', this.#name, `BYE of ${payload.length} bytes (${vmw_bye.size} expected)`);
           const bye = vmw_bye.decode(payload);
           if (this.stats) Object.assign(this.stats, { dataReads: bye.data_reads, dataWrites: bye.data_writes, dataMmaps: bye.data_mmaps });
           this.#reply(0);
@@ -185,26 +287,37 @@ class DeviceSession {
           return;
         }
         default:
-          throw new VfioError('EPROTO', 'serve', this.#name, `unknown request ${op}`);
+          throw new ProtocolError('EPROTO', 'serve', this.#name, `unknown request ${op}`);
       }
     } catch (e) {
       const err = asVfioError(e, 'serve', this.#name);
-      if (op === WireOp.HELLO || op === WireOp.SECTION) this.#log(`${this.#name} could not be bridged: ${err.message}`);
       this.#reply(-err.errno, new TextEncoder().encode(err.message));
+      // A refused HELLO or SECTION, or a broken protocol, ends the connection: nothing of it is kept.
+      if (e instanceof ProtocolError || op === WireOp.HELLO || op === WireOp.SECTION) {
+        this.#log(`${this.#who} could not be bridged: ${err.message}`);
+        void this.end(err.message);
+      }
     }
   }
 
   async #onHello(payload: Uint8Array): Promise<void> {
+    if (this.#hello) throw new ProtocolError('EPROTO', 'serve: HELLO', this.#name, 'a second HELLO on one connection (one connection serves one device)');
+    if (payload.length < vmw_hello.size) throw new ProtocolError('EPROTO', 'serve: HELLO', this.#name, `HELLO of ${payload.length} bytes (at least ${vmw_hello.size})`);
     const h = vmw_hello.decode(payload);
-    const hello: DeviceHello = { pid: h.pid, fd: h.fd, numRegions: h.num_regions, name: new TextDecoder().decode(payload.subarray(vmw_hello.size)) || `device fd ${h.fd}` };
+    const name = escapeForLog(new TextDecoder().decode(payload.subarray(vmw_hello.size))) || `device fd ${h.fd}`;
+    const hello: DeviceHello = { pid: this.#peer.pid, fd: h.fd, numRegions: h.num_regions, name };
     this.#hello = hello;
+    if (this.#helloTimer) clearTimeout(this.#helloTimer);
+    this.#helloTimer = null;
+    if (h.pid !== this.#peer.pid) throw new VfioError('EPERM', 'serve: HELLO', name, `HELLO names process ${h.pid}, but the connected process is ${this.#peer.pid}: a client is served only its own devices`);
     const refuse = (why: string) => {
-      this.#log(`${hello.name} (VMM pid ${hello.pid}) is not bridged: ${why}`);
+      this.#log(`${this.#who} is not bridged: ${why}`);
       this.#reply(0, Buffer.concat([vmw_hello_reply.encode({ bridged: 0 }), Buffer.from(why)]));
+      void this.end(`not bridged: ${why}`);
     };
     let dev: V2Device;
     try {
-      dev = await (this.#opts.openDevice ?? openBorrowed)(hello);
+      dev = await (this.#opts.openDevice ?? openBorrowed)(hello, this.#peer);
     } catch (e) {
       const err = asVfioError(e, 'serve', hello.name);
       return refuse(err.code === 'ENOTTY' ? `no v2 migration support (${err.message})` : err.message);
@@ -215,22 +328,36 @@ class DeviceSession {
       await this.#closeDevice();
       return refuse('it already has a v1 migration region');
     }
+    await this.#recover(dev);
     this.#reply(0, vmw_hello_reply.encode({ bridged: 1, section_size: BigInt(this.#sectionSize) }));
+  }
+
+  /**
+   * A VMM that has just opened its device finds it mid-session only when
+   * the session's holder died (a service killed mid-migration): nobody
+   * holds that data_fd any more, so the device is reset and bridged in the
+   * same run (docs/decisions.md #10), with one line saying so.
+   */
+  async #recover(dev: V2Device): Promise<void> {
+    const state = await dev.getState();
+    if (holdsSession(state)) {
+      await dev.reset();
+      this.#log(`${this.#who}: found in ${migStateName(state)} with no session holder (a service that died mid-migration?): reset to RUNNING`);
+    } else if (state === MigState.RUNNING_P2P) {
+      await dev.setState(MigState.RUNNING);
+      this.#log(`${this.#who}: found in RUNNING_P2P, left there by a service that died: moved to RUNNING`);
+    }
   }
 
   async #onSection(payload: Uint8Array): Promise<void> {
     const hello = this.#hello;
     const dev = this.#device;
-    if (!hello || !dev || this.#bridge) throw new VfioError('EPROTO', 'serve', this.#name, 'SECTION out of order');
+    if (!hello || !dev || this.#bridge) throw new ProtocolError('EPROTO', 'serve: SECTION', this.#name, 'SECTION out of order');
+    if (payload.length < 4) throw new ProtocolError('EPROTO', 'serve: SECTION', this.#name, `SECTION of ${payload.length} bytes (4 expected)`);
     const memfd = new DataView(payload.buffer, payload.byteOffset, 4).getInt32(0, true);
-    const fd = sysTakeFd(hello.pid, memfd, 'serve: data section', dev.name);
-    try {
-      this.#mapping = sysMapShared(fd, this.#sectionSize, 'serve: data section', dev.name);
-    } finally {
-      sysClose(fd); // the mapping keeps the memory
-    }
+    this.#mapping = this.#peer.mapSection(memfd, this.#sectionSize, dev.name);
     const flags = await dev.migrationFlags();
-    this.#group = this.#svc.groupFor(hello.pid);
+    this.#group = this.#svc.groupFor(this.#peer.pid);
     this.#member = this.#group.add(dev, flags, await dev.getState());
     const trace = this.#opts.trace;
     this.#bridge = await openV1Bridge(this.#member, {
@@ -257,7 +384,7 @@ class DeviceSession {
         info,
       ]),
     );
-    this.#log(`${dev.name} (VMM pid ${hello.pid}) bridged: v1 region ${hello.numRegions}, data section ${this.#bridge.sectionSize} bytes in shared memory`);
+    this.#log(`${this.#who} bridged: v1 region ${hello.numRegions}, data section ${this.#bridge.sectionSize} bytes in shared memory`);
   }
 
   /**
@@ -267,8 +394,11 @@ class DeviceSession {
    */
   end(why: string): Promise<void> {
     this.#ended ??= (async () => {
+      if (this.#helloTimer) clearTimeout(this.#helloTimer);
+      // Nothing more is read; what was answered is still flushed (a refusal's reason, BYE's reply).
+      this.#sock.pause();
+      this.#sock.end();
       await this.#tail.catch(() => undefined);
-      this.#sock.destroy();
       if (this.#device) {
         try {
           await this.#bridge?.close();
@@ -287,11 +417,13 @@ class DeviceSession {
       }
       this.#mapping?.unmap();
       this.#mapping = null;
+      this.#peer.close();
+      this.#sock.destroy(); // a peer that does not read its last reply keeps no descriptor here
       if (this.stats) {
         const s = this.stats;
         this.#log(`${s.device} (VMM pid ${s.vmm}) done: ${why}; ${s.headerAccesses} header accesses over the socket, ${s.dataReads} data reads, ${s.dataWrites} data writes and ${s.dataMmaps} mmaps from shared memory`);
       }
-      this.#svc.ended(this, this.#group, this.#hello?.pid ?? 0);
+      this.#svc.ended(this, this.#group, this.#peer);
     })();
     return this.#ended;
   }
@@ -304,54 +436,24 @@ class DeviceSession {
   }
 }
 
-/** The VMM's own device fd, borrowed: closing it never resets the device. */
-async function openBorrowed(hello: DeviceHello): Promise<V2Device> {
-  let fd: number;
+/** The VMM's own device fd, borrowed (closing it never resets the device), once it is known to be a VFIO device. */
+async function openBorrowed(hello: DeviceHello, peer: Peer): Promise<V2Device> {
+  const fd = peer.takeFd(hello.fd, 'serve', hello.name);
   try {
-    fd = sysTakeFd(hello.pid, hello.fd, 'serve', hello.name);
+    checkVfioDeviceFd(fd, 'serve', hello.name);
   } catch (e) {
-    const err = asVfioError(e, 'serve', hello.name);
-    if (err.code !== 'EPERM' && err.code !== 'EACCES') throw err;
-    throw new VfioError(err.code, err.op, hello.name, `${err.reason ?? ''}: the service needs ptrace access to the VMM (run it as root, or as the VMM's parent with vfio-mig exec)`, { cause: e });
+    linuxPeerSys.close(fd);
+    throw e;
   }
   return openKernelDevice({ fd, name: hello.name });
 }
 
-/** Whether something answers on the Unix socket at `path`. */
-function answers(path: string): Promise<boolean> {
-  return new Promise((done) => {
-    const s = connect(path);
-    s.once('connect', () => {
-      s.destroy();
-      done(true);
-    });
-    s.once('error', () => done(false));
-  });
-}
-
-/** sockaddr_un holds 108 bytes with the NUL: a longer path would be cut short silently. */
-export const MAX_SOCKET_PATH = 107;
-
 /**
- * Listens on `socketPath`. A stale socket there (nobody answers) is
- * replaced; a live one is EADDRINUSE, anything else EEXIST.
+ * Listens on `socketPath` (or the socket systemd passed as `listenFd`) and
+ * serves every VMM that connects. A stale socket at the path (nobody
+ * answers) is replaced; a live one is EADDRINUSE, anything else EEXIST.
  */
 export async function startBridgeService(opts: BridgeServiceOptions): Promise<BridgeService> {
-  if (!opts.socketPath) throw new VfioError('EINVAL', 'serve', '(empty)', 'the socket path is empty');
-  if (Buffer.byteLength(opts.socketPath) > MAX_SOCKET_PATH) throw new VfioError('ENAMETOOLONG', 'serve', opts.socketPath, `a Unix socket path holds at most ${MAX_SOCKET_PATH} bytes`);
-  const old = lstatSync(opts.socketPath, { throwIfNoEntry: false });
-  if (old && !old.isSocket()) throw new VfioError('EEXIST', 'serve', opts.socketPath, 'exists and is not a socket');
-  if (old && (await answers(opts.socketPath))) throw new VfioError('EADDRINUSE', 'serve', opts.socketPath, 'another service is listening there');
-  if (!old && !existsSync(dirname(resolvePath(opts.socketPath)))) throw new VfioError('ENOENT', 'serve', opts.socketPath, `no directory ${dirname(resolvePath(opts.socketPath))}`);
-  if (old) rmSync(opts.socketPath);
-  const server = createServer();
-  const svc = new BridgeService(server, opts);
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', (e: NodeJS.ErrnoException) => reject(new VfioError(e.code ?? 'EIO', 'listen', opts.socketPath, e.message, { cause: e })));
-    server.listen(opts.socketPath, () => {
-      server.off('error', reject);
-      resolve();
-    });
-  });
-  return svc;
+  const server = await listenUnix(opts);
+  return new BridgeService(server, opts);
 }

@@ -27,6 +27,8 @@ interface Libc {
   syscall3: (nr: number, a: number, b: number, c: number) => number | bigint;
   mmap: (addr: null, len: number, prot: number, flags: number, fd: number, off: bigint) => unknown;
   munmap: (addr: unknown, len: number) => number;
+  getsockopt: (fd: number, level: number, name: number, val: Uint8Array, len: Uint8Array) => number;
+  fcntl: (fd: number, cmd: number, arg: number) => number;
 }
 
 let libc: Libc | null = null;
@@ -49,6 +51,8 @@ function load(): Libc {
     syscall3: lib.func('long syscall(long nr, long a, long b, long c)'),
     mmap: lib.func('void *mmap(void *addr, size_t len, int prot, int flags, int fd, int64_t off)'),
     munmap: lib.func('int munmap(void *addr, size_t len)'),
+    getsockopt: lib.func('int getsockopt(int fd, int level, int name, void *val, void *len)'),
+    fcntl: lib.func('fcntl', 'int', ['int', 'int', 'int']),
   } as Libc;
   return libc;
 }
@@ -129,18 +133,75 @@ const SYS_PIDFD_OPEN = 434;
 const SYS_PIDFD_GETFD = 438;
 
 /**
- * A copy of descriptor `fd` of process `pid` (pidfd_open + pidfd_getfd):
- * needs ptrace access to `pid` (its parent, or CAP_SYS_PTRACE).
+ * A pidfd for process `pid` (pidfd_open). Prefer sysPeerPidfd for a socket
+ * peer: a pid alone may have been recycled by the time it is opened.
  */
-export function sysTakeFd(pid: number, fd: number, op: string, device: string): number {
-  const lib = load();
-  const pidfd = Number(lib.syscall3(SYS_PIDFD_OPEN, pid, 0, 0));
+export function sysPidfdOpen(pid: number, op: string, device: string): number {
+  const pidfd = Number(load().syscall3(SYS_PIDFD_OPEN, pid, 0, 0));
   if (pidfd < 0) throw fail(op, device, 'pidfd_open', `process ${pid}`);
-  const got = Number(lib.syscall3(SYS_PIDFD_GETFD, pidfd, fd, 0));
-  const e = got < 0 ? fail(op, device, 'pidfd_getfd', `fd ${fd} of process ${pid}`) : null;
-  lib.close(pidfd);
-  if (e) throw e;
+  return pidfd;
+}
+
+/** A copy of descriptor `fd` of the process `pidfd` refers to: needs ptrace access to it (its parent, or CAP_SYS_PTRACE). */
+export function sysPidfdGetfd(pidfd: number, fd: number, op: string, device: string): number {
+  const got = Number(load().syscall3(SYS_PIDFD_GETFD, pidfd, fd, 0));
+  if (got < 0) throw fail(op, device, 'pidfd_getfd', `fd ${fd} of the peer`);
   return got;
+}
+
+/** A copy of descriptor `fd` of process `pid` (pidfd_open + pidfd_getfd). */
+export function sysTakeFd(pid: number, fd: number, op: string, device: string): number {
+  const pidfd = sysPidfdOpen(pid, op, device);
+  try {
+    return sysPidfdGetfd(pidfd, fd, op, device);
+  } finally {
+    sysClose(pidfd);
+  }
+}
+
+const SOL_SOCKET = 1;
+const SO_PEERCRED = 17;
+const SO_PEERPIDFD = 77; // Linux 6.5+
+
+/** Who connected to a Unix socket, as the kernel recorded it at connect(2). */
+export interface PeerCredentials {
+  pid: number;
+  uid: number;
+  gid: number;
+}
+
+export function sysPeerCredentials(sockFd: number, op: string, device: string): PeerCredentials {
+  const val = new Uint8Array(12);
+  const len = new Uint8Array(4);
+  new DataView(len.buffer).setUint32(0, val.length, true);
+  if (load().getsockopt(sockFd, SOL_SOCKET, SO_PEERCRED, val, len) < 0) throw fail(op, device, 'getsockopt', 'SO_PEERCRED');
+  const v = new DataView(val.buffer);
+  return { pid: v.getInt32(0, true), uid: v.getUint32(4, true), gid: v.getUint32(8, true) };
+}
+
+/**
+ * A pidfd for the socket's peer: SO_PEERPIDFD names the very process that
+ * connected. Kernels before 6.5 lack it (ENOPROTOOPT); then the peer's pid
+ * is opened, which a process that exited and whose pid was recycled since
+ * connect(2) could defeat (docs/interposer.md#trust-model).
+ */
+export function sysPeerPidfd(sockFd: number, pid: number, op: string, device: string): number {
+  const val = new Uint8Array(4);
+  const len = new Uint8Array(4);
+  new DataView(len.buffer).setUint32(0, val.length, true);
+  if (load().getsockopt(sockFd, SOL_SOCKET, SO_PEERPIDFD, val, len) === 0) return new DataView(val.buffer).getInt32(0, true);
+  const e = fail(op, device, 'getsockopt', 'SO_PEERPIDFD');
+  if (e.code !== 'ENOPROTOOPT') throw e;
+  return sysPidfdOpen(pid, op, device);
+}
+
+const F_GET_SEALS = 1034;
+
+/** The seals of a memfd (F_GET_SEALS); EINVAL for a file that cannot carry seals. */
+export function sysGetSeals(fd: number, op: string, device: string): number {
+  const r = load().fcntl(fd, F_GET_SEALS, 0);
+  if (r < 0) throw fail(op, device, 'fcntl', 'F_GET_SEALS');
+  return r;
 }
 
 const PROT_READ = 1;
@@ -184,6 +245,29 @@ export interface SysCalls {
   pread(fd: number, into: Uint8Array, offset: bigint, op: string, device: string): number;
   pwrite(fd: number, from: Uint8Array, offset: bigint, op: string, device: string): number;
 }
+
+/**
+ * What the bridge service does to its peers: who connected, a pidfd for it,
+ * copies of its descriptors, and the data section's checks and mapping.
+ * The seam where test/service/ puts a fake kernel.
+ */
+export interface PeerSysCalls {
+  close(fd: number): void;
+  peerCredentials(sockFd: number, op: string, device: string): PeerCredentials;
+  peerPidfd(sockFd: number, pid: number, op: string, device: string): number;
+  pidfdGetfd(pidfd: number, fd: number, op: string, device: string): number;
+  getSeals(fd: number, op: string, device: string): number;
+  mapShared(fd: number, size: number, op: string, device: string): SharedMapping;
+}
+
+export const linuxPeerSys: PeerSysCalls = {
+  close: sysClose,
+  peerCredentials: sysPeerCredentials,
+  peerPidfd: sysPeerPidfd,
+  pidfdGetfd: sysPidfdGetfd,
+  getSeals: sysGetSeals,
+  mapShared: sysMapShared,
+};
 
 /** The real syscalls, through koffi (libc is loaded on first use). */
 export const linuxSys: SysCalls = {

@@ -1,0 +1,77 @@
+/**
+ * The service's listening socket: a path it creates with the owner, mode
+ * and group the operator chose (created 0600 and widened only after, so no
+ * one connects through a moment of the umask's default), or a socket
+ * systemd already made and passed (LISTEN_FDS).
+ */
+import { connect, createServer, type Server } from 'node:net';
+import { chmodSync, chownSync, existsSync, lstatSync, rmSync } from 'node:fs';
+import { dirname, resolve as resolvePath } from 'node:path';
+import { VfioError } from '../errors.js';
+
+/** sockaddr_un holds 108 bytes with the NUL: a longer path would be cut short silently. */
+export const MAX_SOCKET_PATH = 107;
+
+export interface ListenOptions {
+  socketPath: string;
+  listenFd?: number;
+  /** Permission bits (default 0600). */
+  socketMode?: number;
+  socketGid?: number;
+}
+
+/** Whether something answers on the Unix socket at `path`. */
+function answers(path: string): Promise<boolean> {
+  return new Promise((done) => {
+    const s = connect(path);
+    s.once('connect', () => {
+      s.destroy();
+      done(true);
+    });
+    s.once('error', () => done(false));
+  });
+}
+
+function listening(server: Server, what: string, target: string | { fd: number }): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    server.once('error', (e: NodeJS.ErrnoException) => reject(new VfioError(e.code ?? 'EIO', 'listen', what, e.message, { cause: e })));
+    server.listen(target, () => {
+      server.removeAllListeners('error');
+      resolve();
+    });
+  });
+}
+
+export async function listenUnix(opts: ListenOptions): Promise<Server> {
+  const server = createServer();
+  if (opts.listenFd !== undefined) {
+    await listening(server, `fd ${opts.listenFd} (LISTEN_FDS)`, { fd: opts.listenFd });
+    return server;
+  }
+  const path = opts.socketPath;
+  if (!path) throw new VfioError('EINVAL', 'serve', '(empty)', 'the socket path is empty');
+  if (Buffer.byteLength(path) > MAX_SOCKET_PATH) throw new VfioError('ENAMETOOLONG', 'serve', path, `a Unix socket path holds at most ${MAX_SOCKET_PATH} bytes`);
+  const mode = opts.socketMode ?? 0o600;
+  if (!Number.isInteger(mode) || mode < 0 || mode > 0o777) throw new VfioError('EINVAL', 'serve', path, `socket mode ${mode} is not a permission mode (0 to 0777)`);
+  const old = lstatSync(path, { throwIfNoEntry: false });
+  if (old && !old.isSocket()) throw new VfioError('EEXIST', 'serve', path, 'exists and is not a socket');
+  if (old && (await answers(path))) throw new VfioError('EADDRINUSE', 'serve', path, 'another service is listening there');
+  if (!old && !existsSync(dirname(resolvePath(path)))) throw new VfioError('ENOENT', 'serve', path, `no directory ${dirname(resolvePath(path))}`);
+  if (old) rmSync(path);
+  const umask = process.umask(0o177);
+  try {
+    await listening(server, path, path);
+  } finally {
+    process.umask(umask);
+  }
+  try {
+    if (opts.socketGid !== undefined) chownSync(path, -1, opts.socketGid);
+    chmodSync(path, mode);
+  } catch (e) {
+    server.close();
+    rmSync(path, { force: true });
+    const err = e as NodeJS.ErrnoException;
+    throw new VfioError(err.code ?? 'EIO', 'serve', path, `cannot set the socket's ${err.syscall === 'chown' ? `group to ${opts.socketGid}` : `mode to 0${mode.toString(8)}`}: ${err.message}`, { cause: e });
+  }
+  return server;
+}

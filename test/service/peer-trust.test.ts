@@ -1,0 +1,311 @@
+/**
+ * The bridge service shared by several VMMs (docs/interposer.md, "Trust
+ * model"): a client is served only its own process's descriptors, what it
+ * hands over must be what it claims, one connection is one session, and no
+ * client can take the service's memory, descriptors or log. Each case is an
+ * attack a raw client (test/service/wire-client.ts) made on the service.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { closeSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { createSimDevice, type SimDevice } from '../../src/index.js';
+import { startBridgeService, type BridgeService, type BridgeServiceOptions } from '../../src/service/bridge-service.js';
+import { MAX_REQUEST_PAYLOAD, WireOp, vmw_hello_reply } from '../../src/service/wire.js';
+import { F_SEAL_GROW, F_SEAL_SEAL, F_SEAL_SHRINK, WireClient, closeMemfd, memfd, truncateErrno, u32 } from './wire-client.js';
+
+const EPERM = 1;
+const EINVAL = 22;
+const EPROTO = 71;
+const SECTION = 1 << 20;
+const SEALED = F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL;
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const openFds = () => readdirSync('/proc/self/fd').length;
+
+let dir: string;
+let secret: string;
+let victim: ChildProcess;
+let svc: BridgeService | null = null;
+const logs: string[] = [];
+const memfds: number[] = [];
+
+beforeAll(async () => {
+  dir = mkdtempSync(join(tmpdir(), 'vfio-mig-trust-'));
+  secret = join(dir, 'secret');
+  writeFileSync(secret, 'root-only secret\n', { mode: 0o600 });
+  // The victim: another process that holds a root-only file open as its fd 3.
+  const fd = openSync(secret, 'r+');
+  victim = spawn('sleep', ['120'], { stdio: ['ignore', 'ignore', 'ignore', fd] });
+  closeSync(fd);
+  await new Promise((r) => victim.once('spawn', r));
+});
+afterAll(() => {
+  victim.kill();
+  rmSync(dir, { recursive: true, force: true });
+});
+afterEach(async () => {
+  await svc?.close();
+  svc = null;
+  logs.length = 0;
+  while (memfds.length) closeMemfd(memfds.pop()!);
+});
+
+async function serve(opts: Partial<BridgeServiceOptions> = {}): Promise<BridgeService> {
+  svc = await startBridgeService({
+    socketPath: join(dir, `s${Math.random().toString(36).slice(2)}.sock`),
+    sectionSize: SECTION,
+    openDevice: async () => createSimDevice({ stateSize: 64 << 10, seed: 1 }),
+    log: (l) => logs.push(l),
+    ...opts,
+  });
+  return svc;
+}
+
+const sealedSection = (size = SECTION, seals = SEALED) => {
+  const fd = memfd(size, seals);
+  memfds.push(fd);
+  return fd;
+};
+
+/** HELLO and SECTION as the interposer sends them, for this process. */
+async function bridged(path: string): Promise<WireClient> {
+  const c = await WireClient.connect(path);
+  c.hello(process.pid, 0);
+  const h = await c.reply();
+  expect(h?.result).toBe(0);
+  expect(vmw_hello_reply.decode(h!.payload).bridged).toBe(1);
+  c.send(WireOp.SECTION, u32(sealedSection()));
+  expect((await c.reply())?.result).toBe(0);
+  return c;
+}
+
+describe('a client is served only its own process', () => {
+  it('HELLO naming another process is refused (EPERM) and the connection closed: its fds are never taken', async () => {
+    const s = await serve({ openDevice: undefined }); // the real path: pidfd_getfd of the peer's fd
+    const c = await WireClient.connect(s.socketPath);
+    c.hello(victim.pid!, 3, 'victim');
+    const r = await c.reply();
+    expect(r?.result).toBe(-EPERM);
+    expect(r?.payload.toString()).toMatch(`HELLO names process ${victim.pid}, but the connected process is ${process.pid}`);
+    // What the old service did next: SECTION naming the victim's file, then READ and WRITE through it.
+    c.send(WireOp.SECTION, u32(3));
+    c.send(WireOp.READ, new Uint8Array(0), 4096n, 32);
+    expect(await c.reply()).toBeNull();
+    await c.gone;
+    expect(readFileSync(secret, 'utf8')).toBe('root-only secret\n');
+  });
+
+  it('HELLO naming its own fd that is not a VFIO device is refused before any ioctl (ENODEV), nothing kept', async () => {
+    const s = await serve({ openDevice: undefined });
+    const fd = openSync('/etc/hostname', 'r');
+    try {
+      const before = openFds();
+      const c = await WireClient.connect(s.socketPath);
+      c.hello(process.pid, fd, 'not a device');
+      const r = await c.reply();
+      expect(vmw_hello_reply.decode(r!.payload).bridged).toBe(0);
+      expect(r!.payload.subarray(vmw_hello_reply.size).toString()).toMatch(/ENODEV.*that fd is \/etc\/hostname, not a VFIO device/);
+      await c.gone;
+      for (let i = 0; i < 50 && openFds() > before; i++) await sleep(10);
+      expect(openFds()).toBe(before);
+    } finally {
+      closeSync(fd);
+    }
+  });
+
+  it('SECTION before HELLO is a protocol error: one reply, the connection closed', async () => {
+    const s = await serve();
+    const c = await WireClient.connect(s.socketPath);
+    c.send(WireOp.SECTION, u32(sealedSection()));
+    expect((await c.reply())?.result).toBe(-EPROTO);
+    expect(await c.reply()).toBeNull();
+  });
+});
+
+describe('what is handed over must be what it claims', () => {
+  const cases: [string, () => number, number, RegExp][] = [
+    ['an unsealed memfd (its owner could shrink it under the mapping: SIGBUS)', () => sealedSection(SECTION, 0), EPERM, /not sealed against shrinking and growing/],
+    ['a memfd sealed only against growing', () => sealedSection(SECTION, F_SEAL_GROW), EPERM, /not sealed/],
+    ['a sealed memfd smaller than the section', () => sealedSection(4096), EINVAL, /holds 4096 bytes, the section needs 1048576/],
+    ['a regular file', () => openSync(join(dir, 'plain'), 'w+'), EINVAL, /not a memfd/],
+    ['a fd number that is not open', () => 999, 9 /* EBADF */, /EBADF.*fd 999 of the peer/],
+  ];
+  for (const [what, make, errno, why] of cases) {
+    it(`SECTION with ${what} is refused and the connection closed; the service lives on`, async () => {
+      const s = await serve();
+      const c = await WireClient.connect(s.socketPath);
+      c.hello(process.pid, 0);
+      expect((await c.reply())?.result).toBe(0);
+      const fd = make();
+      c.send(WireOp.SECTION, u32(fd));
+      const r = await c.reply();
+      if (fd !== 999 && !memfds.includes(fd)) closeSync(fd);
+      expect(r?.result).toBe(-errno);
+      expect(r?.payload.toString()).toMatch(why);
+      c.send(WireOp.READ, new Uint8Array(0), 0n, 4);
+      expect(await c.reply()).toBeNull();
+      // The next honest client is served.
+      const ok = await bridged(s.socketPath);
+      ok.send(WireOp.READ, new Uint8Array(0), 0n, 4);
+      expect((await ok.reply())?.result).toBe(0);
+      ok.close();
+    });
+  }
+
+  it('a sealed section cannot be shrunk by its owner once the service maps it', async () => {
+    const s = await serve();
+    const c = await bridged(s.socketPath);
+    expect(truncateErrno(memfds[0]!, 0)).toBe(EPERM);
+    c.send(WireOp.READ, new Uint8Array(0), 0n, 4);
+    expect((await c.reply())?.result).toBe(0);
+    c.close();
+  });
+
+  it('a short SECTION payload is a protocol error, not a read past its end', async () => {
+    const s = await serve();
+    const c = await WireClient.connect(s.socketPath);
+    c.hello(process.pid, 0);
+    await c.reply();
+    c.send(WireOp.SECTION, Uint8Array.of(1));
+    const r = await c.reply();
+    expect(r?.result).toBe(-EPROTO);
+    expect(r?.payload.toString()).toMatch(/SECTION of 1 bytes/);
+  });
+});
+
+describe('one session per connection', () => {
+  it('a second HELLO is a protocol error that closes the connection; the device is returned', async () => {
+    const devices: SimDevice[] = [];
+    const s = await serve({
+      openDevice: async () => {
+        const d = createSimDevice({ stateSize: 64 << 10, seed: 1 });
+        devices.push(d);
+        return d;
+      },
+    });
+    const c = await WireClient.connect(s.socketPath);
+    c.hello(process.pid, 0);
+    expect((await c.reply())?.result).toBe(0);
+    c.hello(process.pid, 1);
+    const r = await c.reply();
+    expect(r?.result).toBe(-EPROTO);
+    expect(r?.payload.toString()).toMatch(/a second HELLO on one connection/);
+    await c.gone;
+    let state: unknown;
+    for (let i = 0; i < 50; i++) {
+      state = await devices[0]!.getState().catch((e: Error) => e.message);
+      if (typeof state === 'string') break;
+      await sleep(10);
+    }
+    expect(devices).toHaveLength(1);
+    expect(state).toMatch(/EBADF.*device closed/);
+  });
+
+  it('500 connections that each say HELLO twice leave the service with the descriptors it had', async () => {
+    const s = await serve();
+    const before = openFds();
+    for (let i = 0; i < 500; i += 50) {
+      await Promise.all(
+        Array.from({ length: 50 }, async () => {
+          const c = await WireClient.connect(s.socketPath);
+          c.hello(process.pid, 0);
+          c.hello(process.pid, 0);
+          await c.gone;
+        }),
+      );
+    }
+    for (let i = 0; i < 100 && openFds() > before; i++) await sleep(10);
+    expect(openFds()).toBe(before);
+  });
+});
+
+describe('bounded per connection and per service', () => {
+  it('replies the peer does not read stop the service reading (back-pressure); all are delivered once it reads', async () => {
+    let answered = 0;
+    const s = await serve({ trace: (e) => void (e.kind === 'access' && answered++) });
+    const c = await bridged(s.socketPath);
+    const N = 5000; // 20 MiB of replies: a data-section read is the longest a request can ask for
+    c.sock.pause();
+    for (let i = 0; i < N; i++) c.send(WireOp.READ, new Uint8Array(0), 4096n, MAX_REQUEST_PAYLOAD);
+    await sleep(500);
+    // Only what fits in the service's bound and the socket buffers was answered, not all N.
+    expect(answered).toBeGreaterThan(0);
+    expect(answered).toBeLessThan(500);
+    c.sock.resume();
+    let got = 0;
+    while (got < N) {
+      const r = await c.reply();
+      expect(r?.result).toBe(0);
+      got++;
+    }
+    c.close();
+  });
+
+  it('a READ longer than a header access is EINVAL, answered without allocating it', async () => {
+    const s = await serve();
+    const c = await bridged(s.socketPath);
+    c.send(WireOp.READ, new Uint8Array(0), 0n, 4 << 20);
+    const r = await c.reply();
+    expect(r?.result).toBe(-EINVAL);
+    expect(r?.payload.toString()).toMatch(/a read of 4194304 bytes/);
+    c.close();
+  });
+
+  it('a connection that never says HELLO is closed after the timeout', async () => {
+    const s = await serve({ limits: { helloTimeoutMs: 200 } });
+    const c = await WireClient.connect(s.socketPath);
+    await c.gone;
+    expect(logs.join('\n')).not.toMatch(/bridged/);
+  });
+
+  it('connections over the per-uid cap are refused at once, with one log line for a burst', async () => {
+    const s = await serve({ limits: { maxConnectionsPerUid: 3 } });
+    const held = await Promise.all([0, 1, 2].map(() => WireClient.connect(s.socketPath)));
+    const extra = await Promise.all(Array.from({ length: 20 }, () => WireClient.connect(s.socketPath)));
+    await Promise.all(extra.map((c) => c.gone));
+    expect(held.every((c) => !c.closed)).toBe(true);
+    expect(logs.filter((l) => /refused: uid \d+ has 3 connections open \(at most 3\)/.test(l))).toHaveLength(1);
+    held.forEach((c) => c.close());
+    await Promise.all(held.map((c) => c.gone));
+    // Released: a new one is served.
+    (await bridged(s.socketPath)).close();
+  });
+
+  it('a device name with a newline and escape sequences cannot forge log lines', async () => {
+    const s = await serve({ openDevice: undefined });
+    const c = await WireClient.connect(s.socketPath);
+    c.hello(process.pid, 0, 'evil\nvfio-mig: forged line\u001b[2J');
+    await c.reply();
+    await c.gone;
+    const text = logs.join('\n');
+    expect(logs.length).toBeGreaterThan(0);
+    expect(text).toMatch(/evil\\x0avfio-mig: forged line\\x1b\[2J/);
+    expect(logs.every((l) => !l.includes('\n') && !l.includes('\u001b'))).toBe(true);
+  });
+
+  it('one connection causes a bounded number of log lines', async () => {
+    const s = await serve({ limits: { logLinesPerConnection: 1 } });
+    const c = await bridged(s.socketPath);
+    c.close();
+    await c.gone;
+    for (let i = 0; i < 50 && logs.length < 2; i++) await sleep(10);
+    await sleep(50);
+    // 'bridged', then the note; 'done' is dropped.
+    expect(logs).toHaveLength(2);
+    expect(logs[0]).toMatch(/bridged/);
+    expect(logs[1]).toMatch(/more than 1 log lines from this connection/);
+  });
+
+  it('finished keeps only the last 64 sessions in a long-running service', async () => {
+    const s = await serve();
+    for (let i = 0; i < 70; i++) {
+      const c = await bridged(s.socketPath);
+      c.close();
+      await c.gone;
+    }
+    for (let i = 0; i < 100 && s.finished.length < 64; i++) await sleep(10);
+    await sleep(50);
+    expect(s.finished).toHaveLength(64);
+  });
+});
