@@ -120,19 +120,23 @@ export class BridgeService {
       peer = Peer.ofSocket(socketFd(sock), this.#opts.sys ?? linuxPeerSys);
     } catch (e) {
       sock.destroy();
-      return this.#refuse(asVfioError(e, 'serve: connect', 'socket').message);
+      return this.misbehaved(asVfioError(e, 'serve: connect', 'socket').message);
     }
     const full = this.#count.admit(peer.creds.uid);
     if (full) {
       peer.close();
       sock.destroy();
-      return this.#refuse(`a connection from pid ${peer.pid} (uid ${peer.creds.uid}) was refused: ${full}`);
+      return this.misbehaved(`a connection from pid ${peer.pid} (uid ${peer.creds.uid}) was refused: ${full}`);
     }
     this.#sessions.add(new DeviceSession(this, sock, peer, this.#opts, this.#limits));
   }
 
-  /** Refused connections are logged at most once a second, with how many were not. */
-  #refuse(line: string): void {
+  /**
+   * @internal Refused connections and broken protocol, from any client: at
+   * most one line a second, with how many were not logged, so a flood
+   * cannot flood the log.
+   */
+  misbehaved(line: string): void {
     const now = Date.now();
     if (now - this.#refused.lastLogged < 1000) {
       this.#refused.since++;
@@ -294,7 +298,9 @@ class DeviceSession {
       this.#reply(-err.errno, new TextEncoder().encode(err.message));
       // A refused HELLO or SECTION, or a broken protocol, ends the connection: nothing of it is kept.
       if (e instanceof ProtocolError || op === WireOp.HELLO || op === WireOp.SECTION) {
-        this.#log(`${this.#who} could not be bridged: ${err.message}`);
+        const line = `${this.#who} could not be bridged: ${err.message}`;
+        if (e instanceof ProtocolError || err.code === 'EPERM') this.#svc.misbehaved(line);
+        else this.#log(line);
         void this.end(err.message);
       }
     }
@@ -309,7 +315,7 @@ class DeviceSession {
     this.#hello = hello;
     if (this.#helloTimer) clearTimeout(this.#helloTimer);
     this.#helloTimer = null;
-    if (h.pid !== this.#peer.pid) throw new VfioError('EPERM', 'serve: HELLO', name, `HELLO names process ${h.pid}, but the connected process is ${this.#peer.pid}: a client is served only its own devices`);
+    if (h.pid !== this.#peer.pid) throw new ProtocolError('EPERM', 'serve: HELLO', name, `HELLO names process ${h.pid}, but the connected process is ${this.#peer.pid}: a client is served only its own devices`);
     const refuse = (why: string) => {
       this.#log(`${this.#who} is not bridged: ${why}`);
       this.#reply(0, Buffer.concat([vmw_hello_reply.encode({ bridged: 0 }), Buffer.from(why)]));

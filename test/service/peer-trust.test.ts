@@ -10,7 +10,7 @@ import { closeSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, wr
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { createSimDevice, type SimDevice } from '../../src/index.js';
+import { MigState, createSimDevice, type SimDevice } from '../../src/index.js';
 import { startBridgeService, type BridgeService, type BridgeServiceOptions } from '../../src/service/bridge-service.js';
 import { MAX_REQUEST_PAYLOAD, WireOp, vmw_hello_reply } from '../../src/service/wire.js';
 import { F_SEAL_GROW, F_SEAL_SEAL, F_SEAL_SHRINK, WireClient, closeMemfd, memfd, truncateErrno, u32 } from './wire-client.js';
@@ -171,6 +171,25 @@ describe('what is handed over must be what it claims', () => {
     const r = await c.reply();
     expect(r?.result).toBe(-EPROTO);
     expect(r?.payload.toString()).toMatch(/SECTION of 1 bytes/);
+  });
+});
+
+describe('recovery after a service died', () => {
+  it('a device found mid-session at HELLO (its holder is gone) is reset and bridged in the same run, with one line', async () => {
+    for (const [left, reached] of [[MigState.STOP_COPY, 'STOP_COPY'], [MigState.RUNNING_P2P, 'RUNNING_P2P']] as const) {
+      const dev = createSimDevice({ stateSize: 64 << 10, seed: 1 });
+      await dev.setState(left); // what a killed service leaves: nobody holds the data_fd (if any) now
+      const s = await serve({ openDevice: async () => dev });
+      const c = await bridged(s.socketPath);
+      expect(await dev.getState()).toBe(MigState.RUNNING);
+      expect(logs.filter((l) => l.includes(`found in ${reached}`))).toHaveLength(1);
+      c.send(WireOp.READ, new Uint8Array(0), 0n, 4); // device_state: 001
+      expect((await c.reply())?.payload.readUInt32LE(0)).toBe(1);
+      c.close();
+      await svc!.close();
+      svc = null;
+      logs.length = 0;
+    }
   });
 });
 
