@@ -5,7 +5,7 @@
  * pid or fd number written in a message never selects a process
  * (docs/interposer.md#trust-model).
  */
-import { readlinkSync, fstatSync } from 'node:fs';
+import { fstatSync, readlinkSync, realpathSync } from 'node:fs';
 import { VfioError } from '../errors.js';
 import type { PeerCredentials, PeerSysCalls, SharedMapping } from '../v2/kernel/sys.js';
 
@@ -88,12 +88,28 @@ export function fdTarget(fd: number): string {
 
 /**
  * Whether a descriptor is a VFIO device fd, checked before any ioctl is
- * issued on it: the group path gives `anon_inode:[vfio-device]`, the
- * iommufd path a character device under /dev/vfio/devices/.
+ * issued on it: the group path gives `anon_inode:[vfio-device]`; the
+ * iommufd path a character device that sysfs places under a `vfio-dev`
+ * class (asked by device number, so a VMM in its own mount namespace, as
+ * libvirt runs QEMU, is recognised too).
  */
 export function checkVfioDeviceFd(fd: number, op: string, device: string): void {
   const what = fdTarget(fd);
   if (what === 'anon_inode:[vfio-device]') return;
-  if (/^\/dev\/vfio\/devices\/vfio\d+$/.test(what) && fstatSync(fd).isCharacterDevice()) return;
+  const st = fstatSync(fd, { bigint: true });
+  if (st.isCharacterDevice()) {
+    const major = st.rdev >> 8n & 0xfffn;
+    const minor = (st.rdev & 0xffn) | (st.rdev >> 12n & ~0xffn);
+    const sys = realpathOrNull(`/sys/dev/char/${major}:${minor}`);
+    if (sys && /\/vfio-dev\/vfio\d+$/.test(sys)) return;
+  }
   throw new VfioError('ENODEV', op, device, `that fd is ${what}, not a VFIO device`);
+}
+
+function realpathOrNull(path: string): string | null {
+  try {
+    return realpathSync(path);
+  } catch {
+    return null;
+  }
 }
