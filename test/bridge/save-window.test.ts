@@ -1,7 +1,7 @@
 /**
  * The save window's defects from issue #19: read-ahead bytes lost when the
  * next data_offset read fails, pending_bytes stale after a chunk was handed
- * out in an order other than QEMU's, .
+ * out in an order other than QEMU's, and data section writes while saving.
  * Each test failed before its fix.
  */
 import { describe, expect, it } from 'vitest';
@@ -99,5 +99,32 @@ describe('pending_bytes is honest in any access order', () => {
       if (after === 0n) break;
     }
     expect(delivered).toBe(total);
+  });
+});
+
+describe('a data section write while saving', () => {
+  it.each([3, 2])('in %i: EINVAL, and the section still holds the device data', async (state) => {
+    const big: SimDeviceOptions = { flags: 7, stateSize: 20_000, seed: 4 };
+    const expected = await saveV2(createSimDevice(big), false);
+    const br = await openV1Bridge(createSimDevice({ ...big, dirtyRatio: 0 }), { sectionSize: 4096 });
+    await writeU32(br, STATE, state);
+    await readU64(br, PENDING);
+    await readU64(br, OFFSET);
+    const size = Number(await readU64(br, SIZE));
+    expect(size).toBeGreaterThan(0);
+    const before = Buffer.from(await br.read(br.dataOffset, size));
+    await expect(br.write(br.dataOffset, new Uint8Array(16).fill(0xee))).rejects.toMatchObject({ code: 'EINVAL', errno: 22 });
+    expect(Buffer.from(await br.read(br.dataOffset, size))).toEqual(before);
+    if (state === 2) expect(before.equals(expected.subarray(0, size))).toBe(true);
+  });
+
+  it('is still accepted in 000, 001 and 100 (the resume path writes the section)', async () => {
+    const br = await openV1Bridge(createSimDevice({ flags: 7, stateSize: 20_000 }), { sectionSize: 4096 });
+    for (const state of [1, 0, 4]) {
+      await writeU32(br, STATE, state);
+      await br.write(br.dataOffset, new Uint8Array([state + 1]));
+      expect((await br.read(br.dataOffset, 1))[0]).toBe(state + 1);
+    }
+    expect(await readU32(br, STATE)).toBe(4);
   });
 });
