@@ -139,7 +139,7 @@ export function countOf(n: number, noun: string): string {
 }
 
 export function formatBytes(n: number): string {
-  if (n < 1024) return `${n} B`;
+  if (n < 1024) return `${Math.round(n)} B`; // a rate is a fraction
   const units = ['KiB', 'MiB', 'GiB', 'TiB'];
   let v = n;
   let u = -1;

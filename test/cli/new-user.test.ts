@@ -3,9 +3,10 @@
  * a save into a closed stdout reported as a success, doubled JSON, raw
  * numbers. Each test failed before its fix.
  */
-import { describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { VfioError } from '../../src/errors.js';
-import { errorLine } from '../../src/cli/output.js';
+import { errorLine, formatBytes, progressReporter } from '../../src/cli/output.js';
+import { sink } from './run-cli.js';
 import { openCdev, openGroup } from '../../src/v2/kernel/kernel-device.js';
 import type { SysCalls } from '../../src/v2/kernel/sys.js';
 import * as uapi from '../../src/v2/uapi.js';
@@ -55,5 +56,24 @@ describe('EBUSY opening a device another process holds', () => {
   it('EBUSY from a device mid-migration still points at the reset', () => {
     const e = new VfioError('EBUSY', 'openV1Bridge', 'sim', 'device is in STOP_COPY, which has no v1 value without its data session; reset it first');
     expect(errorLine(e)).toContain('vfio-mig state DEVICE --reset');
+  });
+});
+
+describe('progress rates are rounded', () => {
+  afterEach(() => void vi.useRealTimers());
+
+  it('below 1 KiB/s a rate is whole bytes, not 464.51612903225805 B/s', () => {
+    expect(formatBytes(464.51612903225805)).toBe('465 B');
+    expect(formatBytes(1023.4)).toBe('1023 B');
+    vi.useFakeTimers({ toFake: ['Date'] });
+    vi.setSystemTime(1_000_000);
+    const stderr = Object.assign(sink(), { isTTY: true });
+    const progress = progressReporter(stderr, 'save sim', null);
+    vi.setSystemTime(1_000_000 + 1550);
+    progress('stopcopy', 720); // 464.516... B/s
+    vi.setSystemTime(1_000_000 + 3100);
+    progress.done(1440);
+    const lines = stderr.bytes().toString().split(/[\r\n]/).map((l) => l.trim()).filter(Boolean);
+    expect(lines).toEqual(['save sim stopcopy: 720 B at 465 B/s', 'save sim done: 1.4 KiB in 3.1 s at 465 B/s']);
   });
 });
