@@ -6,7 +6,7 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { VfioError } from '../../src/errors.js';
 import { errorLine, formatBytes, progressReporter } from '../../src/cli/output.js';
-import { sink } from './run-cli.js';
+import { runInProcess, sink } from './run-cli.js';
 import { openCdev, openGroup } from '../../src/v2/kernel/kernel-device.js';
 import type { SysCalls } from '../../src/v2/kernel/sys.js';
 import * as uapi from '../../src/v2/uapi.js';
@@ -75,5 +75,23 @@ describe('progress rates are rounded', () => {
     progress.done(1440);
     const lines = stderr.bytes().toString().split(/[\r\n]/).map((l) => l.trim()).filter(Boolean);
     expect(lines).toEqual(['save sim stopcopy: 720 B at 465 B/s', 'save sim done: 1.4 KiB in 3.1 s at 465 B/s']);
+  });
+});
+
+describe('state --reset STATE --json', () => {
+  it.each([
+    [['state', 'sim', '--reset', 'STOP', '--json'], { device: 'sim', reset: true, path: ['RUNNING', 'RUNNING_P2P', 'STOP'], dataFd: false, state: 'STOP' }],
+    [['state', 'sim', '--reset', '--v1', '010', '--json'], { device: 'sim', reset: true, from: '001 RUNNING', to: '010 SAVING', state: 'STOP_COPY' }],
+    [['state', 'sim', '--reset', '--json'], { device: 'sim', reset: true, state: 'RUNNING' }],
+  ])('%j prints one JSON object', async (args, want) => {
+    const r = await runInProcess(args);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout.trimEnd().split('\n')).toHaveLength(1);
+    expect(JSON.parse(r.stdout)).toMatchObject(want);
+  });
+
+  it('without --json both lines stay', async () => {
+    const r = await runInProcess(['state', 'sim', '--reset', 'STOP']);
+    expect(r.stdout).toBe('reset: RUNNING\nRUNNING -> RUNNING_P2P -> STOP\n');
   });
 });
