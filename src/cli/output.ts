@@ -22,11 +22,11 @@ const FILE_HINTS: Record<string, string> = {
 };
 
 /** The steps of opening a kernel device: EBUSY there is another process holding it, which no reset undoes. */
-const DEVICE_OPEN_OPS = new Set(['open', 'VFIO_DEVICE_BIND_IOMMUFD', 'VFIO_GROUP_SET_CONTAINER', 'VFIO_GROUP_GET_DEVICE_FD']);
+const DEVICE_OPEN_OPS: readonly string[] = ['open', 'VFIO_DEVICE_BIND_IOMMUFD', 'VFIO_GROUP_SET_CONTAINER', 'VFIO_GROUP_GET_DEVICE_FD'];
 
 function hintFor(e: VfioError): string | undefined {
   if (e.reason?.startsWith('not a VFIO device')) return undefined; // the reason says what was expected
-  if (e.code === 'EBUSY' && DEVICE_OPEN_OPS.has(e.op)) return 'another process holds the device or its VFIO group open (a VMM, `vfio-mig serve`, another vfio-mig): it must close it first';
+  if (e.code === 'EBUSY' && DEVICE_OPEN_OPS.includes(e.op)) return 'another process holds the device or its VFIO group open (a VMM, `vfio-mig serve`, another vfio-mig): it must close it first';
   if (e.code === 'EBUSY' && e.op === 'VFIO_GROUP_GET_STATUS') return undefined; // the reason (group not viable) says what to do
   if (e.details?.file !== undefined) return FILE_HINTS[e.code];
   if (e.op === 'serve' || e.op.endsWith('listen')) return e.code === 'EACCES' ? 'the socket\'s directory is not writable for this user' : undefined;
