@@ -200,6 +200,13 @@ function buildProgram(ctx: CliContext, exit: (code: number) => void): Command {
   return program;
 }
 
+/** `(see vfio-mig save --help)` for the command the line runs, `(see vfio-mig --help)` without one. */
+function helpPointer(program: Command, argv: readonly string[]): string {
+  const first = argv.find((a) => !a.startsWith('-'));
+  const cmd = program.commands.find((c) => c.name() === first && first !== 'help');
+  return `(see vfio-mig ${cmd ? `${cmd.name()} ` : ''}--help)`;
+}
+
 /** Runs one command line (the arguments after `vfio-mig`) and returns its exit code. */
 export async function runCli(argv: readonly string[], ctx: CliContext): Promise<number> {
   let code: number = EXIT.OK;
@@ -212,7 +219,9 @@ export async function runCli(argv: readonly string[], ctx: CliContext): Promise<
       if (code === EXIT.USAGE && ctx.json) ctx.stderr.write(`${toJson(errorJson(new CliError(e.message.replace(/^error: /, ''), EXIT.USAGE), EXIT.USAGE))}\n`);
     } else {
       code = exitCodeFor(e);
-      ctx.stderr.write(`${ctx.json ? toJson(errorJson(e, code)) : e instanceof CliError ? e.message : errorLine(e)}\n`);
+      // Our own usage errors end with the pointer commander's have (showHelpAfterError above).
+      const pointer = code === EXIT.USAGE ? `\n${helpPointer(program, argv)}` : '';
+      ctx.stderr.write(`${ctx.json ? toJson(errorJson(e, code)) : `${e instanceof CliError ? e.message : errorLine(e)}${pointer}`}\n`);
     }
   }
   return code;

@@ -143,7 +143,7 @@ describe('conformance --cycles', () => {
   it('0 is a usage error naming --cycles', async () => {
     const r = await runInProcess(['conformance', 'sim:size=8K', '--only', 'stress.cycles', '--cycles', '0']);
     expect(r.code).toBe(2);
-    expect(r.stderr).toBe('vfio-mig: --cycles takes a whole number from 1 to 1000000000 (got "0")\n');
+    expect(r.stderr).toBe('vfio-mig: --cycles takes a whole number from 1 to 1000000000 (got "0")\n(see vfio-mig conformance --help)\n');
     expect(r.stdout).toBe('');
   });
   it('1 runs one cycle', async () => {

@@ -95,3 +95,26 @@ describe('state --reset STATE --json', () => {
     expect(r.stdout).toBe('reset: RUNNING\nRUNNING -> RUNNING_P2P -> STOP\n');
   });
 });
+
+describe('our own usage errors point at --help, as commander\'s do', () => {
+  it.each([
+    [['fsm', 'RUNNING'], 'vfio-mig: fsm takes both FROM and TO, or neither\n(see vfio-mig fsm --help)\n'],
+    [['state', 'sim', '--v1', 'BOGUS'], 'vfio-mig: unknown v1 state "BOGUS" (000..111 bits, or STOP, RUNNING, SAVING, SAVING|RUNNING, RESUMING)\n(see vfio-mig state --help)\n'],
+    [['info', 'sim:ports=7'], 'vfio-mig: sim:ports=7: ports must be 1 or 2 (got 7)\n(see vfio-mig info --help)\n'],
+  ])('%j', async (args, stderr) => {
+    const r = await runInProcess(args);
+    expect(r).toMatchObject({ code: 2, stdout: '', stderr });
+  });
+
+  it('under --json the one error object, without the pointer', async () => {
+    const r = await runInProcess(['fsm', 'RUNNING', '--json']);
+    expect(r.code).toBe(2);
+    expect(JSON.parse(r.stderr)).toMatchObject({ error: { code: 'EINVAL', exit: 2, message: 'fsm takes both FROM and TO, or neither' } });
+  });
+
+  it('a failure that is not a usage error has no pointer', async () => {
+    const r = await runInProcess(['state', 'sim', '--v1', '101']);
+    expect(r.code).toBe(1);
+    expect(r.stderr).not.toContain('--help)');
+  });
+});

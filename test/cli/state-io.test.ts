@@ -34,7 +34,7 @@ describe('finding 6: an empty -o or -i is a usage error, before anything is writ
   ])('%j', async (args, option) => {
     const r = await runInProcess(args);
     expect(r.code).toBe(2);
-    expect(r.stderr).toBe(`vfio-mig: ${option} needs a file name, or - (got an empty string)\n`);
+    expect(r.stderr).toBe(`vfio-mig: ${option} needs a file name, or - (got an empty string)\n(see vfio-mig ${args[0]} --help)\n`);
   });
 
   it('save -o "" leaves no file in the working directory or its parent', () => {
