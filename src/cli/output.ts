@@ -64,9 +64,15 @@ export class CliError extends Error {
   }
 }
 
+/** A path that is no VFIO node (a file, /dev/null): the argument is wrong, not the device's migration support. */
+function isNotADevice(e: VfioError): boolean {
+  return e.code === 'ENOTTY' && /^not a VFIO (device|group)\b/.test(e.reason ?? '');
+}
+
 export function exitCodeFor(e: unknown): number {
   if (e instanceof CliError) return e.exitCode;
   if (isVfioError(e)) {
+    if (isNotADevice(e)) return EXIT.USAGE;
     if (e.code === 'ENOTTY' || e.code === 'EOPNOTSUPP') return EXIT.NO_MIGRATION;
     if (e.code === 'EACCES' || e.code === 'EPERM') return EXIT.PERMISSION;
   }

@@ -5,7 +5,7 @@
  */
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { VfioError } from '../../src/errors.js';
-import { errorLine, formatBytes, progressReporter } from '../../src/cli/output.js';
+import { errorLine, exitCodeFor, formatBytes, progressReporter } from '../../src/cli/output.js';
 import { runInProcess, sink } from './run-cli.js';
 import { openCdev, openGroup } from '../../src/v2/kernel/kernel-device.js';
 import type { SysCalls } from '../../src/v2/kernel/sys.js';
@@ -116,5 +116,18 @@ describe('our own usage errors point at --help, as commander\'s do', () => {
     const r = await runInProcess(['state', 'sim', '--v1', '101']);
     expect(r.code).toBe(1);
     expect(r.stderr).not.toContain('--help)');
+  });
+});
+
+describe('a path that is not a VFIO device is a usage error, not "no migration support"', () => {
+  it.each(['/etc/passwd', '/dev/null', '/tmp'])('info %s: exit 2 with the help pointer', async (path) => {
+    const r = await runInProcess(['info', path]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(new RegExp(`^vfio-mig: open on ${path}: ENOTTY \\(25\\): not a VFIO device: .*\\n\\(see vfio-mig info --help\\)\\n$`));
+  });
+
+  it('a VFIO device without v2 migration is still exit 3', () => {
+    expect(exitCodeFor(new VfioError('ENOTTY', 'FEATURE_MIGRATION', '/dev/vfio/devices/vfio0', 'device does not support v2 migration'))).toBe(3);
+    expect(exitCodeFor(new VfioError('ENOTTY', 'VFIO_DEVICE_BIND_IOMMUFD', '/dev/vfio/devices/vfio0', 'not a VFIO device (cdev) node'))).toBe(2);
   });
 });
