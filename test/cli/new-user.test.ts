@@ -9,6 +9,7 @@ import { errorLine, exitCodeFor, formatBytes, progressReporter } from '../../src
 import { runInProcess, sink } from './run-cli.js';
 import { openCdev, openGroup } from '../../src/v2/kernel/kernel-device.js';
 import type { SysCalls } from '../../src/v2/kernel/sys.js';
+import { parseSize } from '../../src/cli/open-device.js';
 import * as uapi from '../../src/v2/uapi.js';
 
 /** A kernel where the device is open in another process: EBUSY where the kernel gives it. */
@@ -129,5 +130,14 @@ describe('a path that is not a VFIO device is a usage error, not "no migration s
   it('a VFIO device without v2 migration is still exit 3', () => {
     expect(exitCodeFor(new VfioError('ENOTTY', 'FEATURE_MIGRATION', '/dev/vfio/devices/vfio0', 'device does not support v2 migration'))).toBe(3);
     expect(exitCodeFor(new VfioError('ENOTTY', 'VFIO_DEVICE_BIND_IOMMUFD', '/dev/vfio/devices/vfio0', 'not a VFIO device (cdev) node'))).toBe(2);
+  });
+});
+
+describe('sizes take T and TiB, so a size over the 1 TiB cap is named as such', () => {
+  it('1T and 1TiB are 2^40 bytes; 2T is over the cap, which the error names', () => {
+    expect(parseSize('1T', 'size', 2 ** 40)).toBe(2 ** 40);
+    expect(parseSize('1TiB', 'size', 2 ** 40)).toBe(2 ** 40);
+    expect(() => parseSize('2T', 'size', 2 ** 40)).toThrow('size: 2T is more than the largest allowed (1099511627776 bytes, 1 TiB)');
+    expect(() => parseSize('2G', '--section-size', 2 ** 30)).toThrow('--section-size: 2G is more than the largest allowed (1073741824 bytes, 1 GiB)');
   });
 });

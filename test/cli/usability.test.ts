@@ -75,13 +75,13 @@ describe('bad input is refused, not silently taken', () => {
     expect(f.code).toBe(2);
     expect(f.stderr).toMatch(/fail is given more than once \(join several faults with \+/);
   });
-  it.each(['1MB', '1KB', '1gb', '64kB'])('size %s is refused as ambiguous, naming the accepted suffixes', async (size) => {
+  it.each(['1MB', '1KB', '1gb', '64kB', '1TB'])('size %s is refused as ambiguous, naming the accepted suffixes', async (size) => {
     for (const args of [['info', `sim:size=${size}`], ['info', 'sim', '--section-size', size], ['save', 'sim', '-o', join(dir, 'x'), '--threshold', size]]) {
       const r = await runInProcess(args);
       expect(r.code).toBe(2);
       const [, n, u] = /^(\d+)(\w)/.exec(size)!;
       expect(r.stderr).toContain(`"${size}" is ambiguous`);
-      expect(r.stderr).toContain(`write ${n}${u} or ${n}${u}iB (suffixes K, M, G, KiB, MiB, GiB are powers of 1024)`);
+      expect(r.stderr).toContain(`write ${n}${u} or ${n}${u}iB (suffixes K, M, G, T, KiB, MiB, GiB, TiB are powers of 1024)`);
     }
   });
   it('binary suffixes are the same size: 1M, 1MiB, 1024K', async () => {
