@@ -57,7 +57,7 @@ export async function stateCommand(ctx: CliContext, dev: V2Device, target: strin
     out({ device: dev.name, from: v1StateName(from), to: v1StateName(to), v2: ops, state: migStateName(await dev.getState()) }, `${v1StateName(from)} -> ${v1StateName(to)}${ops.length ? `: ${ops.join(', ')}` : ' (no v2 operation)'}`);
     return EXIT.OK;
   }
-  const want = parseStateArg(target);
+  const want = parseStateArg(target, true);
   const flags = await dev.migrationFlags();
   let path: MigState[];
   try {

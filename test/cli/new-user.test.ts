@@ -141,3 +141,20 @@ describe('sizes take T and TiB, so a size over the 1 TiB cap is named as such', 
     expect(() => parseSize('2G', '--section-size', 2 ** 30)).toThrow('--section-size: 2G is more than the largest allowed (1073741824 bytes, 1 GiB)');
   });
 });
+
+describe('state lists only the states it can set', () => {
+  it('state sim BOGUS: the list has no ERROR', async () => {
+    const r = await runInProcess(['state', 'sim', 'BOGUS']);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toBe('vfio-mig: unknown v2 state "BOGUS" (STOP, RUNNING, STOP_COPY, RESUMING, RUNNING_P2P, PRE_COPY, PRE_COPY_P2P)\n(see vfio-mig state --help)\n');
+  });
+  it('state sim ERROR: a usage error saying why', async () => {
+    const r = await runInProcess(['state', 'sim', 'ERROR']);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/^vfio-mig: ERROR cannot be set: a device enters it when a transition fails and leaves it by --reset/);
+  });
+  it('fsm still takes ERROR (the table has its row)', async () => {
+    const r = await runInProcess(['fsm', 'ERROR', 'STOP']);
+    expect(r.stdout).toMatch(/^ERROR -> STOP: EINVAL/);
+  });
+});
