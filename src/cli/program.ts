@@ -211,8 +211,11 @@ function helpPointer(program: Command, argv: readonly string[]): string {
 export async function runCli(argv: readonly string[], ctx: CliContext): Promise<number> {
   let code: number = EXIT.OK;
   const program = buildProgram(ctx, (c) => (code = c));
+  // `help NAME` naming no command: commander prints the whole help; report it as `vfio-mig NAME` is, in one line.
+  const name = argv[0] === 'help' ? argv[1] : undefined;
+  const args = name && !name.startsWith('-') && name !== 'help' && !program.commands.some((c) => c.name() === name) ? argv.slice(1) : argv;
   try {
-    await program.parseAsync([...argv], { from: 'user' });
+    await program.parseAsync([...args], { from: 'user' });
   } catch (e) {
     if (e instanceof CommanderError) {
       code = e.exitCode === 0 || e.code === 'commander.helpDisplayed' || e.code === 'commander.version' ? EXIT.OK : EXIT.USAGE;

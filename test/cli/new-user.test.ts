@@ -158,3 +158,19 @@ describe('state lists only the states it can set', () => {
     expect(r.stdout).toMatch(/^ERROR -> STOP: EINVAL/);
   });
 });
+
+describe('help NAME for a command that does not exist', () => {
+  it.each([
+    [['help', 'bogus'], "error: unknown command 'bogus'\n(see vfio-mig --help)\n"],
+    [['help', 'sav'], "error: unknown command 'sav'\n(Did you mean save?)\n(see vfio-mig --help)\n"],
+  ])('%j: one line naming it, exit 2, not the whole help', async (args, stderr) => {
+    const r = await runInProcess(args);
+    expect(r).toMatchObject({ code: 2, stdout: '', stderr });
+  });
+  it('help save and help still show the help', async () => {
+    expect((await runInProcess(['help', 'save'])).stdout).toMatch(/^Usage: vfio-mig save /);
+    const all = await runInProcess(['help']);
+    expect(all.code).toBe(0);
+    expect(all.stdout).toMatch(/^Usage: vfio-mig \[options\] \[command\]/);
+  });
+});
