@@ -100,7 +100,7 @@ function buildProgram(ctx: CliContext, exit: (code: number) => void): Command {
     .addOption(new Option('--threshold <bytes>', 'leave pre-copy once pending data is below this (at least 1: 1 waits until nothing is pending)').default(1n, '1').argParser((v) => BigInt(parseSize(v, '--threshold', Number.MAX_SAFE_INTEGER, 1))))
     .addOption(v1SectionOption())
     .option('--json', 'summary as JSON (on stderr when the data goes to stdout)')
-    .addHelpText('after', '\nThe device is left in STOP. A file is written as .NAME.PID.tmp, synced and renamed when complete;\na new file is mode 0600, a replaced one keeps its mode (and, as root, its owner).\n\nExample:\n  vfio-mig save sim:size=64M -o state.vfio\n  vfio-mig save /dev/vfio/devices/vfio0 -o - | ssh dst vfio-mig load /dev/vfio/devices/vfio0 -i -')
+    .addHelpText('after', '\nThe device is left in STOP. A file is written as .NAME.PID.tmp, synced and renamed when complete;\na new file is mode 0600, a replaced one keeps its mode (and, as root, its owner). -o - is refused when\nstdout is /dev/null (a closed stdout is reopened there): -o /dev/null discards the state on purpose.\n\nExample:\n  vfio-mig save sim:size=64M -o state.vfio\n  vfio-mig save /dev/vfio/devices/vfio0 -o - | ssh dst vfio-mig load /dev/vfio/devices/vfio0 -i -')
     .action(async (device: string, o, cmd: Command) => {
       sectionSizeOnlyWithV1(cmd, 'save');
       await ctx.withDevice(device, (d) => saveCommand(ctx, d, o));

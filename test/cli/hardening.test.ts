@@ -106,9 +106,9 @@ describe('finding 3: SIGTERM and SIGHUP clean up like SIGINT', () => {
   // A simulated device without delays never waits on I/O: the signal must still be taken mid-run.
   it.each([
     ['conformance', 'SIGINT', 130, ['conformance', 'sim:size=64K', '--only', 'stress.cycles', '--cycles', '99999999']],
-    ['save to stdout on /dev/null', 'SIGTERM', 143, ['save', 'sim:size=2G', '--no-precopy', '-o', '-']],
+    ['save to /dev/null, stdout on it too', 'SIGTERM', 143, ['save', 'sim:size=2G', '--no-precopy', '-o', '/dev/null']],
   ] as const)('%s on a device that never waits: %s is taken mid-run', async (_, sig, code, args) => {
-    // stdout on /dev/null: writes to it complete at once, as `save -o - >/dev/null` does.
+    // stdout on /dev/null: writes to it complete at once (-o - there is refused: it cannot be told from a closed stdout).
     const p = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', openSync('/dev/null', 'w'), 'pipe'] });
     const exited = new Promise<number | null>((r) => p.on('close', r));
     let stderr = '';

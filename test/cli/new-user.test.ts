@@ -3,10 +3,13 @@
  * a save into a closed stdout reported as a success, doubled JSON, raw
  * numbers. Each test failed before its fix.
  */
+import { spawnSync } from 'node:child_process';
+import { closeSync, openSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { VfioError } from '../../src/errors.js';
 import { errorLine, exitCodeFor, formatBytes, progressReporter } from '../../src/cli/output.js';
-import { runInProcess, sink } from './run-cli.js';
+import { CLI, runInProcess, sink } from './run-cli.js';
 import { openCdev, openGroup } from '../../src/v2/kernel/kernel-device.js';
 import type { SysCalls } from '../../src/v2/kernel/sys.js';
 import { parseSize } from '../../src/cli/open-device.js';
@@ -172,5 +175,49 @@ describe('help NAME for a command that does not exist', () => {
     const all = await runInProcess(['help']);
     expect(all.code).toBe(0);
     expect(all.stdout).toMatch(/^Usage: vfio-mig \[options\] \[command\]/);
+  });
+});
+
+describe('save -o - into a stdout that is /dev/null (a closed stdout is reopened there by Node)', () => {
+  /** The built binary with stdout closed by the shell (`>&-`), or given `stdout` as fd 1. */
+  const run = (args: string[], stdout: 'closed' | number) =>
+    stdout === 'closed'
+      ? spawnSync('sh', ['-c', `exec "$0" "$@" >&-`, process.execPath, CLI, ...args], { encoding: 'utf8' })
+      : spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', stdio: ['ignore', stdout, 'pipe'] });
+  const refused = /^vfio-mig: refusing to save to stdout: it is \/dev\/null \(a closed stdout, >&-, is reopened there\), so the state would be lost; -o \/dev\/null discards it on purpose\n\(see vfio-mig save --help\)\n$/;
+
+  it.each([['-'], ['/dev/stdout']])('-o %s with stdout closed (>&-): exit 2, not "saved"', (output) => {
+    const r = run(['save', 'sim:size=4K', '-o', output], 'closed');
+    expect(r.stderr).toMatch(refused);
+    expect(r.status).toBe(2);
+  });
+
+  it('-o - > /dev/null: refused the same way (the two cannot be told apart)', () => {
+    const fd = openSync('/dev/null', 'w');
+    try {
+      const r = run(['save', 'sim:size=4K', '-o', '-'], fd);
+      expect(r.stderr).toMatch(refused);
+      expect(r.status).toBe(2);
+    } finally {
+      closeSync(fd);
+    }
+  });
+
+  it('-o /dev/null discards the state on purpose, whatever stdout is', () => {
+    const r = run(['save', 'sim:size=4K', '-o', '/dev/null'], 'closed');
+    expect(r.status, r.stderr).toBe(0);
+    // stdout is that same /dev/null, so the summary goes to stderr, as with -o /dev/stdout.
+    expect(r.stderr).toMatch(/^saved 4160 bytes \(4144 in 1 pre-copy round\) from sim:size=4K to \/dev\/null /);
+    const fd = openSync('/dev/null', 'w');
+    try {
+      expect(run(['save', 'sim:size=4K', '-o', '/dev/null'], fd).status).toBe(0);
+    } finally {
+      closeSync(fd);
+    }
+  });
+
+  it('--help and the README say so', async () => {
+    expect((await runInProcess(['save', '--help'])).stdout).toMatch(/-o - is refused when\s+stdout is \/dev\/null/);
+    expect(readFileSync(join(__dirname, '../../README.md'), 'utf8')).toMatch(/`-o -` \(or `-o \/dev\/stdout`\) is refused, exit 2, when\s+stdout is `\/dev\/null`/);
   });
 });
