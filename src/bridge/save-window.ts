@@ -102,7 +102,11 @@ export class SaveWindow {
    * data_offset: its bytes have left the data_fd and exist nowhere else.
    */
   async pendingBytes(): Promise<bigint> {
-    if (this.#chunkSizeRead || !this.#chunk) this.#chunk = null;
+    if (this.#chunk !== null && (this.#chunkSizeRead || this.#chunk === 0)) {
+      // Handed out: a value cached while the chunk was still held counted it (any order but QEMU's).
+      this.#chunk = null;
+      this.#pendingCache = null;
+    }
     const kept = BigInt(this.#chunk ?? 0);
     if (!this.#saving() || !this.#session.stream) return kept;
     if (this.#pendingCache !== null) return this.#pendingCache;
@@ -212,7 +216,12 @@ export class SaveWindow {
       n = fromAhead;
     }
     this.#aheadInSection = false;
-    n += await this.#readStream(this.#section, n); // nothing to read when the read-ahead filled the section
+    try {
+      n += await this.#readStream(this.#section, n); // nothing to read when the read-ahead filled the section
+    } catch (e) {
+      // Read-ahead bytes in hand are the chunk: they have left the data_fd (docs/decisions.md 15).
+      if (n === 0) throw e;
+    }
     this.#chunk = n;
     this.#chunkSizeRead = false;
     this.#pendingCache = null;

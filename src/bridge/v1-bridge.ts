@@ -201,6 +201,13 @@ export class V1Bridge implements V1Region {
   async #write(offset: number, data: Uint8Array): Promise<void> {
     const field = this.#field('write', offset, data.length);
     if (field === 'data') {
+      // While saving the section holds device data the caller is handed; a write would become part of the stream
+      // (docs/decisions.md 21). An mmap of the section cannot be refused.
+      if (this.#isSaving()) {
+        const e = new VfioError('EINVAL', 'v1.write(data)', this.#dev.name, `the data section is read-only while saving (device_state ${v1StateName(this.#shadow)})`, { details: { offset, length: data.length } });
+        this.#trace.emit({ op: 'write', field, offset, length: data.length, v2: [], error: e.code });
+        throw e;
+      }
       this.#section.set(data, offset - this.dataOffset);
       this.#trace.emit({ op: 'write', field, offset, length: data.length, v2: [] });
       return;
@@ -232,6 +239,11 @@ export class V1Bridge implements V1Region {
   }
 
   // ---------------------------------------------------------------- state
+
+  /** 010 or 011 (with NDMA too); not the error state 110, which has the SAVING bit. */
+  #isSaving(): boolean {
+    return (this.#shadow & V1.SAVING) !== 0 && !isErrorV1(this.#shadow);
+  }
 
   #isResuming(): boolean {
     return (this.#shadow & V1.MASK) === V1.RESUMING;

@@ -11,7 +11,7 @@ export const EXIT = {
 export const EXIT_HELP = `Exit codes:
   0    success
   1    the operation failed (the errno is in the message, and in --json output)
-  2    usage error
+  2    usage error, or DEVICE is not a VFIO device node (a file, /dev/null)
   3    the device has no migration support (ENOTTY)
   4    permission denied (EACCES, EPERM)
   5    the device was left in a bad state (ERROR, or reset after a failed load)

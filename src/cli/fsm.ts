@@ -11,9 +11,13 @@ export function pathText(path: MigState[]): string {
   return path.map(migStateName).join(' -> ');
 }
 
-export function parseStateArg(text: string): MigState {
+const SETTABLE = 'STOP, RUNNING, STOP_COPY, RESUMING, RUNNING_P2P, PRE_COPY, PRE_COPY_P2P';
+
+/** A v2 state name; `toSet`: a state `vfio-mig state` may ask for, which ERROR is not (a device only falls into it). */
+export function parseStateArg(text: string, toSet = false): MigState {
   const s = parseMigState(text);
-  if (s === undefined) throw new CliError(`vfio-mig: unknown v2 state "${text}" (ERROR, STOP, RUNNING, STOP_COPY, RESUMING, RUNNING_P2P, PRE_COPY, PRE_COPY_P2P)`, EXIT.USAGE);
+  if (s === undefined) throw new CliError(`vfio-mig: unknown v2 state "${text}" (${toSet ? SETTABLE : `ERROR, ${SETTABLE}`})`, EXIT.USAGE);
+  if (toSet && s === MigState.ERROR) throw new CliError(`vfio-mig: ERROR cannot be set: a device enters it when a transition fails and leaves it by --reset (states to set: ${SETTABLE})`, EXIT.USAGE);
   return s;
 }
 

@@ -14,7 +14,7 @@ import { EXIT } from './exit-codes.js';
 export const DEVICE_HELP = `DEVICE is one of:
   sim                           the simulated reference device (flags 7, 1 MiB of state)
   sim:key=value,...             with options (each once): flags=7|STOP_COPY+P2P+PRE_COPY,
-                                size=4M (K, M, G, KiB, MiB, GiB: powers of 1024; at most 1024G),
+                                size=4M (K, M, G, T, KiB, ...: powers of 1024; at most 1T),
                                 seed=N, profile=mtty, ports=1|2, dirty=0.125, resume-failure=stay|error,
                                 fail=FROM:TO:ERRNO[:error] (repeatable with +), short-read=N,
                                 short-write=N, read-delay-ms=N,
@@ -30,23 +30,26 @@ function usage(what: string, why: string): CliError {
   return new CliError(`vfio-mig: ${what}: ${why}`, EXIT.USAGE);
 }
 
-const SIZE_SUFFIXES = 'suffixes K, M, G, KiB, MiB, GiB are powers of 1024';
-const DECIMAL_POWER: Record<string, number> = { K: 3, M: 6, G: 9 };
+const SIZE_SUFFIXES = 'suffixes K, M, G, T, KiB, MiB, GiB, TiB are powers of 1024';
+const DECIMAL_POWER: Record<string, number> = { K: 3, M: 6, G: 9, T: 12 };
+const BINARY_UNITS: ReadonlyArray<[string, number]> = [['TiB', 2 ** 40], ['GiB', 2 ** 30], ['MiB', 2 ** 20], ['KiB', 2 ** 10]];
 
 /**
  * Parses `4096`, `4K`, `1M`, `2GiB`: from `min` to `max` bytes. Sizes are
  * binary; `1MB` is refused, since many read it as 10^6 bytes.
  */
 export function parseSize(text: string, what: string, max = Number.MAX_SAFE_INTEGER, min = 0): number {
-  const m = /^(\d+)(?:([KMG])(iB|B)?)?$/i.exec(text.trim());
+  const m = /^(\d+)(?:([KMGT])(iB|B)?)?$/i.exec(text.trim());
   if (!m) throw usage(what, `"${text}" is not a size (e.g. 4096, 64K, 1M; ${SIZE_SUFFIXES})`);
   const unit = m[2]?.toUpperCase();
   if (unit && m[3]?.toUpperCase() === 'B') {
     throw usage(what, `"${text}" is ambiguous (10^${DECIMAL_POWER[unit]} or 2^${DECIMAL_POWER[unit]! * 10 / 3} bytes?): sizes are binary, write ${m[1]}${m[2]} or ${m[1]}${m[2]}iB (${SIZE_SUFFIXES})`);
   }
-  const mult = unit === 'K' ? 1024 : unit === 'M' ? 1024 ** 2 : unit === 'G' ? 1024 ** 3 : 1;
+  const mult = unit ? 1024 ** ('KMGT'.indexOf(unit) + 1) : 1;
   const n = Number(m[1]) * mult;
-  const bytes = (b: number) => `${b} byte${b === 1 ? '' : 's'}`;
+  // A limit is named in bytes and, when it is a whole number of one, in the largest binary unit (1 TiB).
+  const unitOf = (b: number) => BINARY_UNITS.find(([, u]) => b >= u && b % u === 0);
+  const bytes = (b: number) => `${b} byte${b === 1 ? '' : 's'}${unitOf(b) ? `, ${b / unitOf(b)![1]} ${unitOf(b)![0]}` : ''}`;
   if (n > max) throw usage(what, `${text} is more than the largest allowed (${bytes(max)})`);
   if (n < min) throw usage(what, `${text} is less than the smallest allowed (${bytes(min)})`);
   return n;

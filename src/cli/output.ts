@@ -21,8 +21,13 @@ const FILE_HINTS: Record<string, string> = {
   ENOENT: 'check the file path',
 };
 
+/** The steps of opening a kernel device: EBUSY there is another process holding it, which no reset undoes. */
+const DEVICE_OPEN_OPS: readonly string[] = ['open', 'VFIO_DEVICE_BIND_IOMMUFD', 'VFIO_GROUP_SET_CONTAINER', 'VFIO_GROUP_GET_DEVICE_FD'];
+
 function hintFor(e: VfioError): string | undefined {
   if (e.reason?.startsWith('not a VFIO device')) return undefined; // the reason says what was expected
+  if (e.code === 'EBUSY' && DEVICE_OPEN_OPS.includes(e.op)) return 'another process holds the device or its VFIO group open (a VMM, `vfio-mig serve`, another vfio-mig): it must close it first';
+  if (e.code === 'EBUSY' && e.op === 'VFIO_GROUP_GET_STATUS') return undefined; // the reason (group not viable) says what to do
   if (e.details?.file !== undefined) return FILE_HINTS[e.code];
   if (e.op === 'serve' || e.op.endsWith('listen')) return e.code === 'EACCES' ? 'the socket\'s directory is not writable for this user' : undefined;
   if (e.code !== 'EINVAL') return HINTS[e.code];
@@ -59,9 +64,15 @@ export class CliError extends Error {
   }
 }
 
+/** A path that is no VFIO node (a file, /dev/null): the argument is wrong, not the device's migration support. */
+function isNotADevice(e: VfioError): boolean {
+  return e.code === 'ENOTTY' && /^not a VFIO (device|group)\b/.test(e.reason ?? '');
+}
+
 export function exitCodeFor(e: unknown): number {
   if (e instanceof CliError) return e.exitCode;
   if (isVfioError(e)) {
+    if (isNotADevice(e)) return EXIT.USAGE;
     if (e.code === 'ENOTTY' || e.code === 'EOPNOTSUPP') return EXIT.NO_MIGRATION;
     if (e.code === 'EACCES' || e.code === 'EPERM') return EXIT.PERMISSION;
   }
@@ -134,7 +145,7 @@ export function countOf(n: number, noun: string): string {
 }
 
 export function formatBytes(n: number): string {
-  if (n < 1024) return `${n} B`;
+  if (n < 1024) return `${Math.round(n)} B`; // a rate is a fraction
   const units = ['KiB', 'MiB', 'GiB', 'TiB'];
   let v = n;
   let u = -1;

@@ -114,7 +114,7 @@ function buildProgram(ctx: CliContext, exit: (code: number) => void): Command {
     .addOption(new Option('--threshold <bytes>', 'leave pre-copy once pending data is below this (at least 1: 1 waits until nothing is pending)').default(1n, '1').argParser((v) => BigInt(parseSize(v, '--threshold', Number.MAX_SAFE_INTEGER, 1))))
     .addOption(v1SectionOption())
     .option('--json', 'summary as JSON (on stderr when the data goes to stdout)')
-    .addHelpText('after', '\nThe device is left in STOP. A file is written as .NAME.PID.tmp, synced and renamed when complete;\na new file is mode 0600, a replaced one keeps its mode (and, as root, its owner).\n\nExample:\n  vfio-mig save sim:size=64M -o state.vfio\n  vfio-mig save /dev/vfio/devices/vfio0 -o - | ssh dst vfio-mig load /dev/vfio/devices/vfio0 -i -')
+    .addHelpText('after', '\nThe device is left in STOP. A file is written as .NAME.PID.tmp, synced and renamed when complete;\na new file is mode 0600, a replaced one keeps its mode (and, as root, its owner). -o - is refused when\nstdout is /dev/null (a closed stdout is reopened there): -o /dev/null discards the state on purpose.\n\nExample:\n  vfio-mig save sim:size=64M -o state.vfio\n  vfio-mig save /dev/vfio/devices/vfio0 -o - | ssh dst vfio-mig load /dev/vfio/devices/vfio0 -i -')
     .action(async (device: string, o, cmd: Command) => {
       sectionSizeOnlyWithV1(cmd, 'save');
       await ctx.withDevice(device, (d) => saveCommand(ctx, d, o));
@@ -216,19 +216,31 @@ function buildProgram(ctx: CliContext, exit: (code: number) => void): Command {
   return program;
 }
 
+/** `(see vfio-mig save --help)` for the command the line runs, `(see vfio-mig --help)` without one. */
+function helpPointer(program: Command, argv: readonly string[]): string {
+  const first = argv.find((a) => !a.startsWith('-'));
+  const cmd = program.commands.find((c) => c.name() === first && first !== 'help');
+  return `(see vfio-mig ${cmd ? `${cmd.name()} ` : ''}--help)`;
+}
+
 /** Runs one command line (the arguments after `vfio-mig`) and returns its exit code. */
 export async function runCli(argv: readonly string[], ctx: CliContext): Promise<number> {
   let code: number = EXIT.OK;
   const program = buildProgram(ctx, (c) => (code = c));
+  // `help NAME` naming no command: commander prints the whole help; report it as `vfio-mig NAME` is, in one line.
+  const name = argv[0] === 'help' ? argv[1] : undefined;
+  const args = name && !name.startsWith('-') && name !== 'help' && !program.commands.some((c) => c.name() === name) ? argv.slice(1) : argv;
   try {
-    await program.parseAsync([...argv], { from: 'user' });
+    await program.parseAsync([...args], { from: 'user' });
   } catch (e) {
     if (e instanceof CommanderError) {
       code = e.exitCode === 0 || e.code === 'commander.helpDisplayed' || e.code === 'commander.version' ? EXIT.OK : EXIT.USAGE;
       if (code === EXIT.USAGE && ctx.json) ctx.stderr.write(`${toJson(errorJson(new CliError(e.message.replace(/^error: /, ''), EXIT.USAGE), EXIT.USAGE))}\n`);
     } else {
       code = exitCodeFor(e);
-      ctx.stderr.write(`${ctx.json ? toJson(errorJson(e, code)) : e instanceof CliError ? e.message : errorLine(e)}\n`);
+      // Our own usage errors end with the pointer commander's have (showHelpAfterError above).
+      const pointer = code === EXIT.USAGE ? `\n${helpPointer(program, argv)}` : '';
+      ctx.stderr.write(`${ctx.json ? toJson(errorJson(e, code)) : `${e instanceof CliError ? e.message : errorLine(e)}${pointer}`}\n`);
     }
   }
   return code;

@@ -5,7 +5,7 @@
  */
 import { once } from 'node:events';
 import { finished } from 'node:stream/promises';
-import { existsSync, fstatSync } from 'node:fs';
+import { existsSync, fstatSync, lstatSync, statSync } from 'node:fs';
 import type { Stats } from 'node:fs';
 import { lstat, open, readlink, realpath, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
@@ -89,6 +89,15 @@ async function takeOver(fh: FileHandle, old: Stats): Promise<void> {
   await fh.chmod(old.mode & 0o777); // after chown, which may clear bits
 }
 
+/** Whether `path` is a symbolic link to what `stream` writes to (/dev/stdout, /dev/fd/1). */
+function isLinkTo(path: string, stream: CliStream): boolean {
+  try {
+    return lstatSync(path).isSymbolicLink() && isFileOf(stream, statSync(path));
+  } catch {
+    return false;
+  }
+}
+
 /** Whether `stream` writes to the file `st` describes (-o /dev/stdout). */
 function isFileOf(stream: CliStream, st: Stats): boolean {
   const fd = (stream as { fd?: unknown }).fd;
@@ -101,9 +110,27 @@ function isFileOf(stream: CliStream, st: Stats): boolean {
   }
 }
 
+/** Whether `stream` writes to /dev/null: what Node puts on a closed stdout (`>&-`) before any code of ours runs. */
+function isDevNull(stream: CliStream): boolean {
+  const fd = (stream as { fd?: unknown }).fd;
+  if (typeof fd !== 'number') return false;
+  try {
+    const own = fstatSync(fd);
+    return own.isCharacterDevice() && own.rdev === statSync('/dev/null').rdev;
+  } catch {
+    return false;
+  }
+}
+
 export async function saveCommand(ctx: CliContext, dev: V2Device, opts: SaveOptions): Promise<void> {
   if (opts.output === '-' && ctx.stdout.isTTY) {
     throw new CliError('vfio-mig: refusing to write binary device state to a terminal: redirect stdout or use -o FILE', EXIT.USAGE);
+  }
+  // A closed stdout cannot be told from one sent to /dev/null: both would report a save of state that went nowhere.
+  // -o /dev/null (not a link to stdout, as /dev/stdout is) says the loss is meant.
+  const viaStdout = opts.output === '-' || isLinkTo(opts.output, ctx.stdout);
+  if (viaStdout && isDevNull(ctx.stdout)) {
+    throw new CliError('vfio-mig: refusing to save to stdout: it is /dev/null (a closed stdout, >&-, is reopened there), so the state would be lost; -o /dev/null discards it on purpose', EXIT.USAGE);
   }
   const target = opts.output === '-' ? null : await outputTarget(opts.output, ctx.stdout);
   // -o /dev/stdout on a pipe or socket is -o -: the summary must not go into the data.

@@ -23,12 +23,16 @@ function parseV1(text: string): number {
 }
 
 export async function stateCommand(ctx: CliContext, dev: V2Device, target: string | undefined, opts: { v1?: boolean; reset?: boolean; json?: boolean }): Promise<number> {
-  const out = (obj: Record<string, unknown>, text: string) => ctx.log(opts.json ? toJson(obj) : text);
+  // --json is one object per run: with a STATE too, the reset is a field of the transition's object.
+  const out = (obj: Record<string, unknown>, text: string) => ctx.log(opts.json ? toJson(opts.reset ? { device: obj.device, reset: true, ...obj } : obj) : text);
   if (opts.reset) {
     await dev.reset();
     const after = migStateName(await dev.getState());
-    out({ device: dev.name, reset: true, state: after }, `reset: ${after}`);
-    if (target === undefined) return EXIT.OK;
+    if (target === undefined) {
+      out({ device: dev.name, state: after }, `reset: ${after}`);
+      return EXIT.OK;
+    }
+    if (!opts.json) ctx.log(`reset: ${after}`);
   }
   const cur = await dev.getState();
   if (target === undefined) {
@@ -53,7 +57,7 @@ export async function stateCommand(ctx: CliContext, dev: V2Device, target: strin
     out({ device: dev.name, from: v1StateName(from), to: v1StateName(to), v2: ops, state: migStateName(await dev.getState()) }, `${v1StateName(from)} -> ${v1StateName(to)}${ops.length ? `: ${ops.join(', ')}` : ' (no v2 operation)'}`);
     return EXIT.OK;
   }
-  const want = parseStateArg(target);
+  const want = parseStateArg(target, true);
   const flags = await dev.migrationFlags();
   let path: MigState[];
   try {

@@ -188,7 +188,8 @@ export const resumeChecks: Check[] = [
       if ((await ctx.dev.getState()) === S.ERROR) await afterReset('ERROR', e, 'write');
       else {
         await e?.close();
-        ctx.info('recovery from ERROR not exercised: a refused resume leaves this device out of ERROR, and nothing else the checker may do puts it there');
+        // Not a pass: half the rule went unchecked (docs/conformance.md, verdicts).
+        ctx.warn('recovery from ERROR not exercised: a refused resume leaves this device out of ERROR, and nothing else the checker may do puts it there (reset from an abandoned RESUMING and STOP_COPY was checked)');
       }
     },
   },

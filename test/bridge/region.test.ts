@@ -132,6 +132,7 @@ describe('access rules', () => {
     ['zero-length read', (br) => br.read(br.dataOffset, 0)],
     ['negative offset', (br) => br.read(-8, 8)],
     ['data_size write while saving', (br) => writeU64(br, SIZE, 1n)],
+    ['data section write while saving', (br) => br.write(br.dataOffset, new Uint8Array(8).fill(0xee))],
     ['data_size larger than the window', async (br) => {
       await writeU32(br, STATE, 4);
       return writeU64(br, SIZE, BigInt(br.sectionSize + 1));

@@ -117,11 +117,11 @@ describe('info stays quick: the state digest only up to 256 MiB of stop-copy siz
 });
 
 describe('sim:size has a limit', () => {
-  it.each(['9999999999999', '1025G'])('sim:size=%s is a usage error naming the limit', async (size) => {
+  it.each(['9999999999999', '1025G', '2T', '2TiB'])('sim:size=%s is a usage error naming the limit', async (size) => {
     const r = runBounded(['info', `sim:size=${size}`]);
     expect(r.code).toBe(2);
-    expect(r.stderr).toBe(`vfio-mig: sim:size=${size}: size: ${size} is more than the largest allowed (1099511627776 bytes)\n`);
-    expect((await runInProcess(['--help'])).stdout).toMatch(/size=4M \(.*at most 1024G\)/);
+    expect(r.stderr).toBe(`vfio-mig: sim:size=${size}: size: ${size} is more than the largest allowed (1099511627776 bytes, 1 TiB)\n(see vfio-mig info --help)\n`);
+    expect((await runInProcess(['--help'])).stdout).toMatch(/size=4M \(.*at most 1T\)/);
   });
   it('and so has the library', () => {
     expect(SIM_MAX_STATE_SIZE).toBe(2 ** 40);
@@ -143,7 +143,7 @@ describe('conformance --cycles', () => {
   it('0 is a usage error naming --cycles', async () => {
     const r = await runInProcess(['conformance', 'sim:size=8K', '--only', 'stress.cycles', '--cycles', '0']);
     expect(r.code).toBe(2);
-    expect(r.stderr).toBe('vfio-mig: --cycles takes a whole number from 1 to 1000000000 (got "0")\n');
+    expect(r.stderr).toBe('vfio-mig: --cycles takes a whole number from 1 to 1000000000 (got "0")\n(see vfio-mig conformance --help)\n');
     expect(r.stdout).toBe('');
   });
   it('1 runs one cycle', async () => {

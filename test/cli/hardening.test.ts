@@ -106,9 +106,9 @@ describe('finding 3: SIGTERM and SIGHUP clean up like SIGINT', () => {
   // A simulated device without delays never waits on I/O: the signal must still be taken mid-run.
   it.each([
     ['conformance', 'SIGINT', 130, ['conformance', 'sim:size=64K', '--only', 'stress.cycles', '--cycles', '99999999']],
-    ['save to stdout on /dev/null', 'SIGTERM', 143, ['save', 'sim:size=2G', '--no-precopy', '-o', '-']],
+    ['save to /dev/null, stdout on it too', 'SIGTERM', 143, ['save', 'sim:size=2G', '--no-precopy', '-o', '/dev/null']],
   ] as const)('%s on a device that never waits: %s is taken mid-run', async (_, sig, code, args) => {
-    // stdout on /dev/null: writes to it complete at once, as `save -o - >/dev/null` does.
+    // stdout on /dev/null: writes to it complete at once (-o - there is refused: it cannot be told from a closed stdout).
     const p = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', openSync('/dev/null', 'w'), 'pipe'] });
     const exited = new Promise<number | null>((r) => p.on('close', r));
     let stderr = '';
@@ -207,9 +207,10 @@ describe('finding 3: SIGTERM and SIGHUP clean up like SIGINT', () => {
 
 describe('finding 4: errors name what the user gave', () => {
   for (const path of ['/etc/passwd', '/dev/null']) {
-    it(`info ${path}: not a VFIO device, exit 3`, async () => {
+    it(`info ${path}: not a VFIO device, a usage error (exit 2; 3 is a device without migration)`, async () => {
       const r = await runInProcess(['info', path]);
-      expect(r.code).toBe(3);
+      expect(r.code).toBe(2);
+      expect(r.stderr).toMatch(/\n\(see vfio-mig info --help\)\n$/);
       expect(r.stderr).toContain(`${path}: ENOTTY`);
       expect(r.stderr).toMatch(/not a VFIO device/);
       expect(r.stderr).not.toMatch(/iommu/);
@@ -296,7 +297,7 @@ describe('finding 5: --json errors have one shape, alone on stderr', () => {
     return JSON.parse(lines[0]!).error as Record<string, unknown>;
   };
   const cases: Array<[string[], number, string]> = [
-    [['info', '/etc/passwd', '--json'], 3, 'ENOTTY'],
+    [['info', '/etc/passwd', '--json'], 2, 'ENOTTY'],
     [['load', 'sim', '-i', '/nonexistent.vfio', '--json'], 1, 'ENOENT'],
     [['state', 'sim:fail=STOP:STOP_COPY:EIO:error', '--v1', '010', '--json'], 5, 'EIO'],
     [['info', 'sim:foo=1', '--json'], 2, 'EINVAL'],

@@ -1,11 +1,42 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { EventEmitter } from 'node:events';
+import { cpSync, existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Readable, Writable } from 'node:stream';
 import { CliContext, type CliIo } from '../../src/cli/context.js';
 import { runCli as runCommandLine } from '../../src/cli/program.js';
 
 export const CLI = join(__dirname, '../../dist/cli/main.js');
+
+/**
+ * A copy of the built CLI and its runtime dependencies under `dir`, for runs
+ * as another user: the checkout may sit where that user cannot search
+ * (a clone in /root, mode 0700). Returns the copy's main.js.
+ */
+export function cliCopyIn(dir: string): string {
+  const root = join(__dirname, '../..');
+  const to = join(dir, 'vfio-mig-cli');
+  const main = join(to, 'dist/cli/main.js');
+  if (existsSync(main)) return main;
+  cpSync(join(root, 'dist'), join(to, 'dist'), { recursive: true });
+  cpSync(join(root, 'package.json'), join(to, 'package.json'));
+  // The runtime dependencies, with their own and the optional ones installed here (koffi's native
+  // module is one). node_modules may be a link (a worktree's): the copy holds real files.
+  const deps = (dir: string) => {
+    const pkg = JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8')) as Record<string, Record<string, string> | undefined>;
+    return [...Object.keys(pkg.dependencies ?? {}), ...Object.keys(pkg.optionalDependencies ?? {})];
+  };
+  const todo = deps(root);
+  for (const seen = new Set<string>(); todo.length; ) {
+    const name = todo.pop()!;
+    const from = join(root, 'node_modules', name);
+    if (seen.has(name) || !existsSync(from)) continue; // an optional dependency for another platform
+    seen.add(name);
+    cpSync(from, join(to, 'node_modules', name), { recursive: true, dereference: true });
+    todo.push(...deps(from));
+  }
+  return main;
+}
 
 export interface CliResult {
   code: number | null;

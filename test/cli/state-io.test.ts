@@ -8,7 +8,7 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { CLI, pipeCli, runCli, runInProcess } from './run-cli.js';
+import { CLI, cliCopyIn, pipeCli, runCli, runInProcess } from './run-cli.js';
 import { formatBytes } from '../../src/cli/output.js';
 import { STREAMED } from '../../src/cli/state-file.js';
 
@@ -21,7 +21,8 @@ const hasRunuser = spawnSync('runuser', ['--help']).status === 0;
 
 /** The built CLI as an unprivileged user: nobody when run as root (root passes every permission check), else this user. */
 function runUnprivileged(args: string[]): { code: number | null; stderr: string } {
-  const cmd = isRoot ? ['runuser', '-u', 'nobody', '--', process.execPath, CLI, ...args] : [process.execPath, CLI, ...args];
+  // nobody runs a copy in `dir`: the checkout itself may be where nobody cannot search.
+  const cmd = isRoot ? ['runuser', '-u', 'nobody', '--', process.execPath, cliCopyIn(dir), ...args] : [process.execPath, CLI, ...args];
   const r = spawnSync(cmd[0]!, cmd.slice(1), { cwd: dir, encoding: 'utf8' });
   return { code: r.status, stderr: r.stderr };
 }
@@ -33,7 +34,7 @@ describe('finding 6: an empty -o or -i is a usage error, before anything is writ
   ])('%j', async (args, option) => {
     const r = await runInProcess(args);
     expect(r.code).toBe(2);
-    expect(r.stderr).toBe(`vfio-mig: ${option} needs a file name, or - (got an empty string)\n`);
+    expect(r.stderr).toBe(`vfio-mig: ${option} needs a file name, or - (got an empty string)\n(see vfio-mig ${args[0]} --help)\n`);
   });
 
   it('save -o "" leaves no file in the working directory or its parent', () => {

@@ -56,7 +56,7 @@ describe('--threshold 0 is refused: pending data is never below 0, so pre-copy c
     const out = join(dir, 'threshold.vfio');
     const r = await runInProcess(['save', 'sim', '-o', out, '--threshold', '0']);
     expect(r.code).toBe(2);
-    expect(r.stderr).toBe('vfio-mig: --threshold: 0 is less than the smallest allowed (1 byte)\n');
+    expect(r.stderr).toBe('vfio-mig: --threshold: 0 is less than the smallest allowed (1 byte)\n(see vfio-mig save --help)\n');
     expect(existsSync(out)).toBe(false);
   });
   it('1 (the default) still converges', async () => {
@@ -70,18 +70,18 @@ describe('bad input is refused, not silently taken', () => {
   it('a sim key given twice is a usage error naming the key', async () => {
     const r = await runInProcess(['info', 'sim:size=1M,size=2M']);
     expect(r.code).toBe(2);
-    expect(r.stderr).toBe('vfio-mig: sim:size=1M,size=2M: size is given more than once\n');
+    expect(r.stderr).toBe('vfio-mig: sim:size=1M,size=2M: size is given more than once\n(see vfio-mig info --help)\n');
     const f = await runInProcess(['info', 'sim:fail=STOP:STOP_COPY:EIO,fail=STOP:RUNNING_P2P:EIO']);
     expect(f.code).toBe(2);
     expect(f.stderr).toMatch(/fail is given more than once \(join several faults with \+/);
   });
-  it.each(['1MB', '1KB', '1gb', '64kB'])('size %s is refused as ambiguous, naming the accepted suffixes', async (size) => {
+  it.each(['1MB', '1KB', '1gb', '64kB', '1TB'])('size %s is refused as ambiguous, naming the accepted suffixes', async (size) => {
     for (const args of [['info', `sim:size=${size}`], ['info', 'sim', '--section-size', size], ['save', 'sim', '-o', join(dir, 'x'), '--threshold', size]]) {
       const r = await runInProcess(args);
       expect(r.code).toBe(2);
       const [, n, u] = /^(\d+)(\w)/.exec(size)!;
       expect(r.stderr).toContain(`"${size}" is ambiguous`);
-      expect(r.stderr).toContain(`write ${n}${u} or ${n}${u}iB (suffixes K, M, G, KiB, MiB, GiB are powers of 1024)`);
+      expect(r.stderr).toContain(`write ${n}${u} or ${n}${u}iB (suffixes K, M, G, T, KiB, MiB, GiB, TiB are powers of 1024)`);
     }
   });
   it('binary suffixes are the same size: 1M, 1MiB, 1024K', async () => {
@@ -97,7 +97,7 @@ describe('bad input is refused, not silently taken', () => {
   ])('%j: out of range, named', async (args, message) => {
     const r = await runInProcess(args);
     expect(r.code).toBe(2);
-    expect(r.stderr).toBe(`${message}\n`);
+    expect(r.stderr).toBe(`${message}\n(see vfio-mig ${args[0]} --help)\n`);
   });
   it.each(['save', 'load'])('%s --section-size with --protocol v2 is a usage error; with v1 it is taken', async (cmd) => {
     const file = join(dir, 'section.vfio');
@@ -105,7 +105,7 @@ describe('bad input is refused, not silently taken', () => {
     if (cmd === 'load') expect((await runInProcess(['save', 'sim', '-o', file])).code).toBe(0);
     const v2 = await runInProcess([cmd, 'sim', ...io, '--section-size', '4K']);
     expect(v2.code).toBe(2);
-    expect(v2.stderr).toBe(`vfio-mig ${cmd}: --section-size applies only to --protocol v1 (the bridge's data section); v2 has none\n`);
+    expect(v2.stderr).toBe(`vfio-mig ${cmd}: --section-size applies only to --protocol v1 (the bridge's data section); v2 has none\n(see vfio-mig ${cmd} --help)\n`);
     expect((await runInProcess([cmd, 'sim', ...io, '--section-size', '4K', '--protocol', 'v1'])).code).toBe(0);
     expect((await runInProcess([cmd, '--help'])).stdout).toMatch(/--section-size <bytes>\s+v1 data section size \(bridge window\); only with\s+--protocol v1/);
   });
@@ -128,7 +128,7 @@ describe('errors name what was wrong', () => {
   it('fsm --flags 2 says what is wrong once', async () => {
     const r = await runInProcess(['fsm', '--flags', '2']);
     expect(r.code).toBe(2);
-    expect(r.stderr).toBe('vfio-mig: --flags: "2" is not a set of migration flags: STOP_COPY (required), P2P and PRE_COPY, e.g. 7 or STOP_COPY+P2P\n');
+    expect(r.stderr).toBe('vfio-mig: --flags: "2" is not a set of migration flags: STOP_COPY (required), P2P and PRE_COPY, e.g. 7 or STOP_COPY+P2P\n(see vfio-mig fsm --help)\n');
   });
   it('state --v1 101 lists the v1 values instead of pointing at the v2 table', async () => {
     const r = await runInProcess(['state', 'sim', '--v1', '101']);

@@ -324,7 +324,9 @@ export function openGroup(group: string, device: string, containerPath: string, 
       dev = sys.ioctl(g, VFIO_GROUP_GET_DEVICE_FD, Buffer.from(`${device}\0`), 'VFIO_GROUP_GET_DEVICE_FD', name);
     } catch (e) {
       const ve = e as VfioError;
-      throw new VfioError(ve.code, ve.op, name, `no device "${device}" in group ${group}`, { syscall: 'ioctl', cause: e });
+      // EBUSY: the device is there, but open elsewhere (its cdev, or another group fd).
+      const why = ve.code === 'EBUSY' ? `device "${device}" in group ${group} is already open` : `no device "${device}" in group ${group}`;
+      throw new VfioError(ve.code, ve.op, name, why, { syscall: 'ioctl', cause: e });
     }
     return new KernelDevice(name, dev, [container, g], false, sys);
   } catch (e) {
