@@ -19,6 +19,8 @@ export interface VmmOptions {
   trace?: string;
   incoming?: string;
   env?: Record<string, string>;
+  /** A command QEMU runs under (e.g. setpriv to run it as another user). */
+  wrap?: string[];
   /** A name for the monitor socket. */
   name: string;
 }
@@ -80,7 +82,7 @@ export class Vmm {
       ...opts.devices.flatMap((u) => ['-device', `vfio-pci,sysfsdev=/sys/bus/mdev/devices/${u},x-enable-migration=on`]),
       ...(opts.incoming ? ['-incoming', opts.incoming] : []),
     ];
-    const argv = opts.exec ? [process.execPath, CLI, 'exec', ...(opts.trace ? ['--trace', opts.trace] : []), '--', ...qemu] : qemu;
+    const argv = opts.exec ? [process.execPath, CLI, 'exec', ...(opts.trace ? ['--trace', opts.trace] : []), '--', ...qemu] : [...(opts.wrap ?? []), ...qemu];
     this.proc = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...opts.env } });
     this.proc.stdout!.on('data', (d) => (this.stderr += d));
     this.proc.stderr!.on('data', (d) => (this.stderr += d));
