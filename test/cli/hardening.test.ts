@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { CLI, bufferContext, runInProcess, signalSource } from './run-cli.js';
+import { spawnCli, textOf, waitFor } from './spawn-cli.js';
 import { runCli as runCommandLine } from '../../src/cli/program.js';
 import { MigState } from '../../src/v2/uapi.js';
 
@@ -89,14 +90,12 @@ describe('finding 3: SIGTERM and SIGHUP clean up like SIGINT', () => {
   for (const [sig, code] of [['SIGTERM', 143], ['SIGHUP', 129], ['SIGINT', 130]] as const) {
     it(`${sig} mid-save: exit ${code}, no temporary file, the device's state named`, async () => {
       const out = join(dir, `${sig}.vfio`);
-      const p = spawn(process.execPath, [CLI, 'save', 'sim:size=64M,read-delay-ms=50', '-o', out]);
-      const exited = new Promise<number | null>((r) => p.on('close', r));
-      let stderr = '';
-      p.stderr.on('data', (d) => (stderr += d));
-      await new Promise((r) => setTimeout(r, 1200));
-      p.kill(sig);
-      const exit = await exited;
-      expect(exit).toBe(code);
+      const cli = spawnCli(['save', 'sim:size=64M,read-delay-ms=50', '-o', out], { probe: true });
+      await waitFor(cli.probe!, /^setState (PRE_COPY|STOP_COPY)$/m); // streaming into the temporary file
+      cli.kill(sig);
+      const { code: exit } = await cli.exited;
+      const stderr = textOf(cli.stderr);
+      expect(exit, stderr).toBe(code);
       expect(readdirSync(dir).filter((f) => f.startsWith(`.${sig}.vfio`))).toEqual([]);
       expect(existsSync(out)).toBe(false);
       expect(stderr).toMatch(new RegExp(`interrupted by ${sig}; sim:size=64M,read-delay-ms=50 (reset to RUNNING|left in \\w+)`));
@@ -109,15 +108,12 @@ describe('finding 3: SIGTERM and SIGHUP clean up like SIGINT', () => {
     ['save to /dev/null, stdout on it too', 'SIGTERM', 143, ['save', 'sim:size=2G', '--no-precopy', '-o', '/dev/null']],
   ] as const)('%s on a device that never waits: %s is taken mid-run', async (_, sig, code, args) => {
     // stdout on /dev/null: writes to it complete at once (-o - there is refused: it cannot be told from a closed stdout).
-    const p = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', openSync('/dev/null', 'w'), 'pipe'] });
-    const exited = new Promise<number | null>((r) => p.on('close', r));
-    let stderr = '';
-    p.stderr!.on('data', (d) => (stderr += d));
-    await new Promise((r) => setTimeout(r, 1500));
-    p.kill(sig);
-    const killer = setTimeout(() => p.kill('SIGKILL'), 20_000);
-    const exit = await exited;
-    clearTimeout(killer);
+    const cli = spawnCli(args, { stdout: openSync('/dev/null', 'w'), probe: true });
+    // Mid-run: cycling (a reset ends each cycle), or streaming the stop-copy data.
+    await waitFor(cli.probe!, args[0] === 'conformance' ? /^reset$/m : /^setState STOP_COPY$/m);
+    cli.kill(sig); // a run deaf to it is killed after 20 s: exit null
+    const { code: exit } = await cli.exited;
+    const stderr = textOf(cli.stderr);
     expect(exit, stderr).toBe(code);
     expect(stderr).toMatch(new RegExp(`interrupted by ${sig}`));
     expect(stderr).not.toMatch(/^saved /m); // never success and interruption in one run
@@ -132,25 +128,20 @@ describe('finding 3: SIGTERM and SIGHUP clean up like SIGINT', () => {
     try {
       const fifo = join(sub, 'state.fifo');
       expect(spawnSync('mkfifo', [fifo]).status).toBe(0);
-      const p = spawn(process.execPath, [CLI, cmd, 'sim:size=64K', cmd === 'load' ? '-i' : '-o', fifo]);
-      const exited = new Promise<number | null>((r) => p.on('close', r));
-      let stderr = '';
-      p.stderr.on('data', (d) => (stderr += d));
-      await new Promise((r) => setTimeout(r, 1000)); // the CLI is waiting on the FIFO by now
-      p.kill(sig);
-      const start = Date.now();
-      const killer = setTimeout(() => p.kill('SIGKILL'), 8000);
-      const exit = await exited;
-      clearTimeout(killer);
+      const cli = spawnCli([cmd, 'sim:size=64K', cmd === 'load' ? '-i' : '-o', fifo], { probe: true });
+      await waitFor(cli.probe!, /^open .*state\.fifo$/m);
+      // An exit hung on the open is killed after 20 s (exit null); the interrupt's own grace is 2 s.
+      cli.kill(sig);
+      const { code: exit } = await cli.exited;
+      const stderr = textOf(cli.stderr);
       expect(exit, stderr).toBe(code);
-      expect(Date.now() - start).toBeLessThan(4000); // the interrupt's own grace is 2 s
       expect(stderr).toMatch(new RegExp(`^vfio-mig: interrupted by ${sig}`, 'm'));
       expect(readdirSync(sub)).toEqual(['state.fifo']); // nothing written beside it, the FIFO still a FIFO
       expect(lstatSync(fifo).isFIFO()).toBe(true);
     } finally {
       rmSync(sub, { recursive: true, force: true });
     }
-  }, 15_000);
+  }, 30_000);
 
   // The same clean-up in-process, through the run's context: what the process does before it exits.
   it('in-process: SIGINT mid-save removes the temporary file, resets the device and ends with 130', async () => {
