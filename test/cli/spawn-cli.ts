@@ -76,6 +76,8 @@ export interface SpawnCliOptions {
   extraFds?: number[];
   /** Load test/cli/cli-probe.mjs: `probe` then reports opens and simulated-device calls. */
   probe?: boolean;
+  /** SIGKILL the process this long after the start: a run that would hang ends as SIGKILL instead. */
+  deadlineMs?: number;
 }
 
 export interface SpawnedCli {
@@ -98,7 +100,7 @@ export function spawnCli(args: readonly string[], options: SpawnCliOptions = {})
   const stdout = p.stdout;
   const probe = options.probe ? (p.stdio[3] as Readable) : null;
   for (const s of [stdout, p.stderr, probe]) if (s) collect(s);
-  let killer: NodeJS.Timeout | undefined;
+  let killer = options.deadlineMs === undefined ? undefined : setTimeout(() => p.kill('SIGKILL'), options.deadlineMs);
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) =>
     p.on('close', (code, signal) => {
       clearTimeout(killer);
@@ -113,6 +115,7 @@ export function spawnCli(args: readonly string[], options: SpawnCliOptions = {})
     exited,
     kill(sig, deadlineMs = 20_000) {
       p.kill(sig);
+      clearTimeout(killer);
       killer = setTimeout(() => p.kill('SIGKILL'), deadlineMs);
     },
   };

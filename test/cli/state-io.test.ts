@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { CLI, cliCopyIn, pipeCli, runCli, runInProcess } from './run-cli.js';
+import { spawnCli, textOf } from './spawn-cli.js';
 import { formatBytes } from '../../src/cli/output.js';
 import { STREAMED } from '../../src/cli/state-file.js';
 
@@ -344,15 +345,11 @@ describe('save -o >(cmd)', () => {
 
 describe('a load refused while its writer keeps stdin open', () => {
   it('ends at once: the refused stream is not read to its end', async () => {
-    const p = spawn(process.execPath, [CLI, 'load', 'sim', '-i', '-'], { stdio: ['pipe', 'pipe', 'pipe'] });
-    let stderr = '';
-    p.stderr.on('data', (d) => (stderr += d));
-    p.stdin.write(Buffer.alloc(64, 0x78)); // not a state file; the pipe stays open
-    const killer = setTimeout(() => p.kill('SIGKILL'), 10_000);
-    const code = await new Promise((r) => p.on('exit', (c, sig) => r(c ?? sig)));
-    clearTimeout(killer);
-    p.stdin.destroy();
-    expect(code).toBe(1);
-    expect(stderr).toBe('vfio-mig: load on stdin: EINVAL (22): wrong magic: not a vfio-mig state file\n');
+    const cli = spawnCli(['load', 'sim', '-i', '-'], { stdin: 'pipe', deadlineMs: 10_000 });
+    cli.p.stdin!.write(Buffer.alloc(64, 0x78)); // not a state file; the pipe stays open
+    const exit = await cli.exited;
+    cli.p.stdin!.destroy();
+    expect(exit).toEqual({ code: 1, signal: null });
+    expect(textOf(cli.stderr)).toBe('vfio-mig: load on stdin: EINVAL (22): wrong magic: not a vfio-mig state file\n');
   }, 20_000);
 });
