@@ -230,7 +230,7 @@ describe('usage errors exit 2', () => {
   });
   it('a bad device spec names what is wrong', async () => {
     const r = await runInProcess(['info', 'sim:size=lots']);
-    expect(r.code).toBe(2); // a usage error (hardening finding 6)
+    expect(r.code).toBe(2); // a usage error
     expect(r.stderr).toMatch(/"lots" is not a size/);
   });
   it('--help on every command has an example', async () => {

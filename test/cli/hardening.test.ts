@@ -1,6 +1,7 @@
 /**
- * What a new user found in the CLI (hardening issue, findings 1, 3, 4, 6, 7
- * and 8). Each test failed before its fix.
+ * What a new user found in the CLI: output targets that are not regular
+ * files, signals mid-run, error messages, bad values, slow readers,
+ * terminals, --json errors. Each test failed before its fix.
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, lstatSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
@@ -17,7 +18,7 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
 const isRoot = process.getuid?.() === 0;
 const STATE_FILE = /^VFIOMIG\0/;
 
-describe('finding 1: save -o never replaces what is not a regular file', () => {
+describe('save -o never replaces what is not a regular file', () => {
   it.runIf(isRoot)('a character device is written through and stays a character device', async () => {
     const node = join(dir, 'null');
     expect(spawnSync('mknod', [node, 'c', '1', '3']).status).toBe(0); // our own /dev/null
@@ -86,7 +87,7 @@ describe('finding 1: save -o never replaces what is not a regular file', () => {
   });
 });
 
-describe('finding 3: SIGTERM and SIGHUP clean up like SIGINT', () => {
+describe('SIGTERM and SIGHUP clean up like SIGINT', () => {
   for (const [sig, code] of [['SIGTERM', 143], ['SIGHUP', 129], ['SIGINT', 130]] as const) {
     it(`${sig} mid-save: exit ${code}, no temporary file, the device's state named`, async () => {
       const out = join(dir, `${sig}.vfio`);
@@ -196,7 +197,7 @@ describe('finding 3: SIGTERM and SIGHUP clean up like SIGINT', () => {
   });
 });
 
-describe('finding 4: errors name what the user gave', () => {
+describe('errors name what the user gave', () => {
   for (const path of ['/etc/passwd', '/dev/null']) {
     it(`info ${path}: not a VFIO device, a usage error (exit 2; 3 is a device without migration)`, async () => {
       const r = await runInProcess(['info', path]);
@@ -216,7 +217,7 @@ describe('finding 4: errors name what the user gave', () => {
   });
 });
 
-describe('finding 6: bad values are usage errors (exit 2), never silently changed', () => {
+describe('bad values are usage errors (exit 2), never silently changed', () => {
   for (const spec of ['sim:foo=1', 'sim:size=abc', 'simx', 'sim:ports=7', 'sim:dirty=2', 'sim:fail=STOP:STOP_COPY:EFOO', 'sim:fail=RUNNING:STOP_COPY:EIO']) {
     it(`info ${spec}`, async () => {
       const r = await runInProcess(['info', spec]);
@@ -236,7 +237,7 @@ describe('finding 6: bad values are usage errors (exit 2), never silently change
   });
 });
 
-describe('finding 7: a slow stdout reader', () => {
+describe('a stdout read late', () => {
   it('save -o - into a pipe read late warns about nothing', async () => {
     const p = spawn(process.execPath, [CLI, 'save', 'sim:size=32M', '-o', '-'], { stdio: ['ignore', 'pipe', 'pipe'] });
     let stderr = '';
@@ -252,7 +253,7 @@ describe('finding 7: a slow stdout reader', () => {
   });
 });
 
-describe('finding 8: binary state never goes to a terminal', () => {
+describe('binary state never goes to a terminal', () => {
   const hasScript = spawnSync('script', ['--version']).status === 0;
   it.runIf(hasScript)('save -o - on a terminal is refused (exit 2), as gzip does', () => {
     const r = spawnSync('script', ['-qec', `${process.execPath} ${CLI} save sim:size=64K -o -`, '/dev/null'], { encoding: 'utf8' });
@@ -281,7 +282,7 @@ describe('finding 8: binary state never goes to a terminal', () => {
 
 
 
-describe('finding 5: --json errors have one shape, alone on stderr', () => {
+describe('--json errors have one shape, alone on stderr', () => {
   const one = (stderr: string) => {
     const lines = stderr.trim().split('\n');
     expect(lines).toHaveLength(1);

@@ -1,6 +1,6 @@
 /**
  * The native v2 caller's pre-copy ends, however fast the device dirties its
- * data (hardening finding 2).
+ * data.
  */
 import { describe, expect, it } from 'vitest';
 import { createSimDevice, loadV2, MigState, saveV2 } from '../../src/index.js';
