@@ -13,7 +13,7 @@ import { isatty } from 'node:tty';
 import type { V2Device } from '../v2/device.js';
 import { holdsSession } from '../v2/fsm.js';
 import { migStateName } from '../v2/uapi.js';
-import { openDevice } from './open-device.js';
+import { openDeviceArg } from './open-device.js';
 import { errnoOf } from '../errors.js';
 import { errorLine, toJson } from './output.js';
 
@@ -102,7 +102,7 @@ export class CliContext {
 
   /** Opens a device that an interrupt must close (and name the state of); closing it stops the tracking. */
   async openDevice(spec: string): Promise<V2Device> {
-    const dev = await openDevice(spec);
+    const dev = await openDeviceArg(spec);
     this.#devices.add(dev);
     const close = dev.close.bind(dev);
     dev.close = () => {

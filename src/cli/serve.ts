@@ -12,7 +12,7 @@ import { VfioError, asVfioError } from '../errors.js';
 import { MAX_SOCKET_PATH, startBridgeService, type BridgeServiceOptions, type ServiceTraceEvent } from '../service/bridge-service.js';
 import { preloadLibrary } from '../service/preload-library.js';
 import type { CliContext, SignalSource } from './context.js';
-import { openDevice, parseSimSpec } from './open-device.js';
+import { openDeviceArg, parseSimSpec } from './open-device.js';
 import { CliError, errorLine, toJson } from './output.js';
 import { EXIT } from './exit-codes.js';
 
@@ -116,7 +116,7 @@ async function start(ctx: CliContext, cmd: ServiceCommand, socketPath: string, g
     ...(trace ? { trace: trace.write } : {}),
     // --sim: every VMM device is served by a fresh simulated device (tests, benchmarks).
     // The service owns the devices it opens and resets them when it stops: not the run's to track.
-    ...(o.sim ? { openDevice: () => openDevice(o.sim!) } : {}),
+    ...(o.sim ? { openDevice: () => openDeviceArg(o.sim!) } : {}),
   };
   let svc;
   try {

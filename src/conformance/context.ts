@@ -5,7 +5,7 @@
  */
 import { readdirSync } from 'node:fs';
 import { VfioError, isVfioError } from '../errors.js';
-import type { DataStream, PrecopyInfo, V2Device } from '../v2/device.js';
+import type { DataStream, DeviceKind, PrecopyInfo, V2Device } from '../v2/device.js';
 import { writeAll } from '../v2/stream-io.js';
 import { MIG_FLAGS_ALL, MigFlag, MigState, migStateName } from '../v2/uapi.js';
 import { Skip } from './types.js';
@@ -85,6 +85,9 @@ export class LoggedDevice implements V2Device {
   constructor(readonly inner: V2Device, readonly label: string, readonly ctx: CheckContext) {}
   get name(): string {
     return this.inner.name;
+  }
+  get kind(): DeviceKind | undefined {
+    return this.inner.kind;
   }
   #log<T>(call: string, fn: () => Promise<T>, show: (v: T) => string): Promise<T> {
     return logged(this.ctx, `${this.label} ${call}`, fn, show);

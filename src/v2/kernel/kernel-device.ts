@@ -134,6 +134,7 @@ export class KernelDevice implements V2Device {
 
   readonly #borrowed: boolean;
   readonly #sys: SysCalls;
+  readonly kind = 'kernel';
 
   constructor(readonly name: string, fd: number, held: number[], borrowed = false, sys: SysCalls = linuxSys) {
     this.#fd = fd;

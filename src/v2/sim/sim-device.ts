@@ -55,6 +55,7 @@ export const SIM_MAX_STATE_SIZE = 2 ** 40;
 
 export class SimDevice implements V2Device {
   readonly name: string;
+  readonly kind = 'sim';
   readonly flags: number;
   readonly stateSize: number;
   readonly pageSize: number;
