@@ -1,5 +1,5 @@
-export { VfioError, isVfioError, asVfioError, errnoOf } from './errors.js';
-export type { VfioErrorOptions } from './errors.js';
+export { VfioError, isVfioError, asVfioError, errnoOf, hintOf } from './errors.js';
+export type { VfioErrorOptions, ErrorHint } from './errors.js';
 export {
   MigState,
   MigFlag,

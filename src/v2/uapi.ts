@@ -4,6 +4,7 @@
  * Names keep the kernel's spelling so one grep finds both.
  */
 import { Parser } from 'binary-parser';
+import { VfioError } from '../errors.js';
 import { defineStruct } from '../struct.js';
 
 // _IO(type, nr) = (type << 8) | nr on x86-64/arm64/riscv (_IOC_NONE = 0).
@@ -234,9 +235,13 @@ sparseMmapCapParser.compile();
 /**
  * Decodes a vfio_region_info buffer the kernel filled, following the
  * capability chain (offsets from the start of the buffer) with a bounds and
- * loop check. Unknown capabilities are skipped.
+ * loop check. Unknown capabilities are skipped. A malformed chain is EINVAL
+ * (`details.offset`): the buffer, not the device, is at fault, and a caller
+ * of the V2Device contract only ever sees VfioErrors.
  */
-export function decodeRegionInfo(buf: Uint8Array): RegionInfo {
+export function decodeRegionInfo(buf: Uint8Array, device = 'vfio_region_info', op = 'VFIO_DEVICE_GET_REGION_INFO'): RegionInfo {
+  const malformed = (offset: number, why: string) => new VfioError('EINVAL', op, device, `vfio_region_info: ${why}`, { details: { offset } });
+  if (buf.length < vfio_region_info.size) throw malformed(0, `${buf.length} bytes, shorter than the struct (${vfio_region_info.size})`);
   const info = vfio_region_info.decode(buf);
   const out: RegionInfo = { index: info.index, flags: info.flags, size: info.size, offset: info.offset };
   if (!(info.flags & VFIO_REGION_INFO_FLAG_CAPS)) return out;
@@ -245,7 +250,7 @@ export function decodeRegionInfo(buf: Uint8Array): RegionInfo {
   let off = info.cap_offset;
   while (off !== 0) {
     if (seen.has(off) || off < vfio_region_info.size || off + vfio_info_cap_header.size > limit) {
-      throw new RangeError(`vfio_region_info: capability chain broken at offset ${off}`);
+      throw malformed(off, `capability chain broken at offset ${off}`);
     }
     seen.add(off);
     const hdr = vfio_info_cap_header.decode(buf, off);
@@ -255,7 +260,7 @@ export function decodeRegionInfo(buf: Uint8Array): RegionInfo {
     } else if (hdr.id === VFIO_REGION_INFO_CAP_SPARSE_MMAP && off + 16 <= limit) {
       const cap = vfio_region_info_cap_sparse_mmap_header.decode(buf, off);
       const areasEnd = off + 16 + 16 * cap.nr_areas;
-      if (areasEnd > limit) throw new RangeError(`vfio_region_info: sparse mmap areas run past argsz`);
+      if (areasEnd > limit) throw malformed(off, `sparse mmap areas run past argsz (${areasEnd} > ${limit})`);
       const parsed = sparseMmapCapParser.parse(Buffer.from(buf.buffer, buf.byteOffset + off, areasEnd - off)) as {
         areas: SparseMmapArea[];
       };

@@ -6,7 +6,7 @@
  * only through the SessionPort it hands them.
  */
 import { createHash } from 'node:crypto';
-import { VfioError } from '../../errors.js';
+import { VfioError, isVfioError } from '../../errors.js';
 import type { DataStream, V2Device } from '../device.js';
 import { arcEndsStream, arcOpensStream, isSavingState, nextState } from '../fsm.js';
 import { MIG_FLAGS_ALL, MigState, MIG_STATE_COUNT, isMigFlagSet, migStateName } from '../uapi.js';
@@ -176,7 +176,8 @@ export class SimDevice implements V2Device {
       try {
         next = nextState(this.#state, target, this.flags);
       } catch (e) {
-        throw new VfioError('EINVAL', op, this.name, (e as VfioError).reason, { cause: e });
+        if (!isVfioError(e)) throw e;
+        throw new VfioError('EINVAL', op, this.name, e.reason, { cause: e, hint: 'fsm-path' });
       }
       opened = this.#arc(op, this.#state, next) ?? opened;
       this.#state = next;
@@ -199,7 +200,7 @@ export class SimDevice implements V2Device {
         const why = s.resume.verdict();
         if (why) {
           if (this.resumeFailure === 'error') this.#fail();
-          throw new VfioError('EINVAL', op, this.name, `resume data rejected: ${why}`, { details: { arc: [from, to] } });
+          throw new VfioError('EINVAL', op, this.name, `resume data rejected: ${why}`, { details: { arc: [from, to] }, hint: 'resume-rejected' });
         }
         this.#content = s.resume.loaded();
       }
