@@ -13,6 +13,7 @@ import { writeAll } from '../v2/stream-io.js';
 import {
   MigFlag,
   MigState,
+  PAGE,
   VFIO_PCI_NUM_REGIONS,
   VFIO_REGION_INFO_FLAG_MMAP,
   VFIO_REGION_INFO_FLAG_READ,
@@ -51,7 +52,6 @@ export interface V1BridgeOptions {
 }
 
 const DEFAULT_SECTION = 1 << 20;
-const PAGE = 4096;
 
 export class V1Bridge implements V1Region {
   readonly size: number;

@@ -79,6 +79,12 @@ export const MigFlag = {
 export type MigFlagName = keyof typeof MigFlag;
 export const MIG_FLAGS_ALL = MigFlag.STOP_COPY | MigFlag.P2P | MigFlag.PRE_COPY;
 
+/**
+ * The page size the v1 region's layout (data section alignment, mmap) and
+ * the simulated device assume: 4 KiB, as on x86-64 and arm64 with 4K pages.
+ */
+export const PAGE = 4096;
+
 /** A flag set a v2 driver may report: STOP_COPY always, no bits beyond the three defined. */
 export function isMigFlagSet(flags: number): boolean {
   return (flags & MigFlag.STOP_COPY) !== 0 && (flags & ~MIG_FLAGS_ALL) === 0;
@@ -101,7 +107,7 @@ export function parseMigState(text: string): MigState | undefined {
 
 export function migFlagNames(flags: number): string[] {
   const names: string[] = (Object.keys(MigFlag) as MigFlagName[]).filter((n) => flags & MigFlag[n]);
-  const unknown = flags & ~(MigFlag.STOP_COPY | MigFlag.P2P | MigFlag.PRE_COPY);
+  const unknown = flags & ~MIG_FLAGS_ALL;
   if (unknown) names.push(`0x${unknown.toString(16)}`);
   return names;
 }
@@ -162,6 +168,11 @@ export const vfio_region_info_cap_sparse_mmap_header = defineStruct('vfio_region
   next: { offset: 4, type: 'u32' },
   nr_areas: { offset: 8, type: 'u32' },
   reserved: { offset: 12, type: 'u32' },
+});
+/** One of the sparse mmap capability's `areas[]`, right after its header. */
+export const vfio_region_sparse_mmap_area = defineStruct('vfio_region_sparse_mmap_area', 16, {
+  offset: { offset: 0, type: 'u64' },
+  size: { offset: 8, type: 'u64' },
 });
 export const vfio_group_status = defineStruct('vfio_group_status', 8, {
   argsz: { offset: 0, type: 'u32' },
@@ -257,9 +268,9 @@ export function decodeRegionInfo(buf: Uint8Array, device = 'vfio_region_info', o
     if (hdr.id === VFIO_REGION_INFO_CAP_TYPE && off + vfio_region_info_cap_type.size <= limit) {
       const cap = vfio_region_info_cap_type.decode(buf, off);
       out.type = { type: cap.type, subtype: cap.subtype };
-    } else if (hdr.id === VFIO_REGION_INFO_CAP_SPARSE_MMAP && off + 16 <= limit) {
+    } else if (hdr.id === VFIO_REGION_INFO_CAP_SPARSE_MMAP && off + vfio_region_info_cap_sparse_mmap_header.size <= limit) {
       const cap = vfio_region_info_cap_sparse_mmap_header.decode(buf, off);
-      const areasEnd = off + 16 + 16 * cap.nr_areas;
+      const areasEnd = off + vfio_region_info_cap_sparse_mmap_header.size + vfio_region_sparse_mmap_area.size * cap.nr_areas;
       if (areasEnd > limit) throw malformed(off, `sparse mmap areas run past argsz (${areasEnd} > ${limit})`);
       const parsed = sparseMmapCapParser.parse(Buffer.from(buf.buffer, buf.byteOffset + off, areasEnd - off)) as {
         areas: SparseMmapArea[];
@@ -277,13 +288,10 @@ export function encodeRegionInfo(info: RegionInfo): Uint8Array {
   if (info.type) caps.push(vfio_region_info_cap_type.encode({ id: VFIO_REGION_INFO_CAP_TYPE, version: 1, ...info.type }));
   if (info.sparseMmap) {
     const areas = info.sparseMmap;
-    const cap = new Uint8Array(16 + 16 * areas.length);
+    const head = vfio_region_info_cap_sparse_mmap_header.size;
+    const cap = new Uint8Array(head + vfio_region_sparse_mmap_area.size * areas.length);
     vfio_region_info_cap_sparse_mmap_header.encode({ id: VFIO_REGION_INFO_CAP_SPARSE_MMAP, version: 1, nr_areas: areas.length }, cap);
-    const dv = new DataView(cap.buffer);
-    areas.forEach((a, i) => {
-      dv.setBigUint64(16 + 16 * i, a.offset, true);
-      dv.setBigUint64(24 + 16 * i, a.size, true);
-    });
+    areas.forEach((a, i) => vfio_region_sparse_mmap_area.encode(a, cap, head + vfio_region_sparse_mmap_area.size * i));
     caps.push(cap);
   }
   const total = vfio_region_info.size + caps.reduce((n, c) => n + c.length, 0);
@@ -293,7 +301,7 @@ export function encodeRegionInfo(info: RegionInfo): Uint8Array {
   vfio_region_info.encode({ argsz: total, flags, index: info.index, cap_offset: caps.length ? off : 0, size: info.size, offset: info.offset }, buf);
   caps.forEach((cap, i) => {
     const next = i + 1 < caps.length ? off + cap.length : 0;
-    new DataView(cap.buffer).setUint32(4, next, true);
+    new DataView(cap.buffer).setUint32(vfio_info_cap_header.layout.next.offset, next, true);
     buf.set(cap, off);
     off += cap.length;
   });

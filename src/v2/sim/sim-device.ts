@@ -9,7 +9,7 @@ import { createHash } from 'node:crypto';
 import { VfioError, isVfioError } from '../../errors.js';
 import type { DataStream, V2Device } from '../device.js';
 import { arcEndsStream, arcOpensStream, isSavingState, nextState } from '../fsm.js';
-import { MIG_FLAGS_ALL, MigState, MIG_STATE_COUNT, isMigFlagSet, migStateName } from '../uapi.js';
+import { MIG_FLAGS_ALL, MigState, MIG_STATE_COUNT, PAGE, isMigFlagSet, migStateName } from '../uapi.js';
 import { Prng, fnv1a32, pageWindow } from './content.js';
 import { FaultPlan, type FrozenFaults, type SimFaults } from './faults.js';
 import { Geometry, RECORD_HEADER, ResumeSession, SaveSession, SimStream, type Content, type SessionPort } from './session.js';
@@ -88,7 +88,7 @@ export class SimDevice implements V2Device {
     if (!Number.isSafeInteger(this.stateSize) || this.stateSize < 0 || this.stateSize > SIM_MAX_STATE_SIZE) {
       throw new VfioError('EINVAL', 'createSimDevice', 'sim', `stateSize must be a byte count of at most ${SIM_MAX_STATE_SIZE} (got ${options.stateSize})`);
     }
-    this.pageSize = options.pageSize ?? 4096;
+    this.pageSize = options.pageSize ?? PAGE;
     this.initialSeed = (options.seed ?? 1) >>> 0;
     this.dirtyRatio = options.dirtyRatio ?? (mtty ? 0 : 1 / 8);
     this.resumeFailure = options.resumeFailure ?? 'stay';
