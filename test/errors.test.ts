@@ -15,6 +15,7 @@ import {
   migrationPath,
   openDevice,
   openV1Bridge,
+  saveV1,
   type ErrorHint,
 } from '../src/index.js';
 import { errorLine, exitCodeFor } from '../src/cli/output.js';
@@ -113,6 +114,11 @@ const ROWS: Row[] = [
   { what: 'a character device of another driver', run: () => openDevice('/dev/null'), code: 'ENOTTY', errno: 25, op: 'open', message: 'not a VFIO device', hint: 'not-a-device' },
   { what: 'a cdev whose BIND_IOMMUFD is ENOTTY', run: () => openCdev('/dev/vfio/devices/vfio0', '/dev/iommu', failingKernel('ENOTTY', VFIO_DEVICE_BIND_IOMMUFD)), code: 'ENOTTY', errno: 25, op: 'VFIO_DEVICE_BIND_IOMMUFD', message: 'not a VFIO device (cdev) node', hint: 'not-a-device' },
   { what: 'a device path that does not exist', run: () => openDevice('/nonexistent/vfio0'), code: 'ENOENT', errno: 2, op: 'open', message: 'no such device node' },
+  {
+    what: 'a v1 region answering a header read short',
+    run: () => saveV1({ size: 1 << 20, read: async () => new Uint8Array(2), write: async () => undefined }, () => undefined),
+    code: 'EIO', errno: 5, op: 'v1.read(0)', message: 'short read: 2 of 4 bytes',
+  },
   // Rejected options.
   { what: 'a sim with flags 2', run: () => createSimDevice({ flags: 2 }), code: 'EINVAL', errno: 22, op: 'createSimDevice', message: 'flags must be 1, 3, 5 or 7' },
   { what: 'an unknown conformance check', run: () => checkConformance(createSimDevice(), { only: ['bogus'] }), code: 'EINVAL', errno: 22, op: 'checkConformance', message: 'unknown check "bogus"' },
