@@ -14,7 +14,7 @@ import type { V2Device } from '../v2/device.js';
 import { ForwardingDevice } from '../v2/forwarding-device.js';
 import { holdsSession } from '../v2/fsm.js';
 import { migStateName } from '../v2/uapi.js';
-import { openDevice } from './open-device.js';
+import { openDeviceArg } from './open-device.js';
 import { errnoOf } from '../errors.js';
 import { errorLine, toJson } from './output.js';
 
@@ -103,7 +103,7 @@ export class CliContext {
 
   /** Opens a device that an interrupt must close (and name the state of); closing it stops the tracking. */
   async openDevice(spec: string): Promise<V2Device> {
-    const dev = new TrackedDevice(await openDevice(spec), this.#devices);
+    const dev = new TrackedDevice(await openDeviceArg(spec), this.#devices);
     this.#devices.add(dev);
     return dev;
   }

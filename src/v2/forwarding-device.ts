@@ -6,7 +6,7 @@
  * test/v2/forwarding-device.test.ts fails when V2Device gains a member this
  * does not forward.
  */
-import type { DataStream, V2Device } from './device.js';
+import type { DeviceKind, DataStream, V2Device } from './device.js';
 import type { MigState, RegionInfo } from './uapi.js';
 
 export class ForwardingDevice implements V2Device {
@@ -19,6 +19,9 @@ export class ForwardingDevice implements V2Device {
 
   get name(): string {
     return this.inner.name;
+  }
+  get kind(): DeviceKind | undefined {
+    return this.inner.kind;
   }
   migrationFlags(): Promise<number> {
     return this.inner.migrationFlags();

@@ -3,7 +3,7 @@
  * change what any call does. The bugs the sim's own fault options cannot
  * express live here, one per conformance rule.
  */
-import { VfioError, MigState, createSimDevice, ForwardingDevice, type DataStream, type PrecopyInfo, type SimDevice, type SimDeviceOptions } from '../../src/index.js';
+import { VfioError, MigState, createSimDevice, ForwardingDevice, type DataStream, type DeviceKind, type PrecopyInfo, type SimDevice, type SimDeviceOptions } from '../../src/index.js';
 
 export class MutantStream implements DataStream {
   reads = 0;
@@ -41,6 +41,8 @@ export interface Hooks {
   read?: (s: MutantStream, into: Uint8Array, next: () => Promise<number>) => Promise<number>;
   write?: (s: MutantStream, from: Uint8Array, next: () => Promise<number>) => Promise<number>;
   precopyInfo?: (s: MutantStream, next: () => Promise<PrecopyInfo>) => Promise<PrecopyInfo>;
+  /** What the device says it is (a sim posing as a kernel device). */
+  kind?: DeviceKind;
   /** Called after every state change or reset (e.g. a fake debugfs). */
   changed?: (m: Mutant) => void;
 }
@@ -55,6 +57,9 @@ export class Mutant extends ForwardingDevice {
   }
   override get name(): string {
     return `mutant:${this.inner.name}`;
+  }
+  override get kind(): DeviceKind {
+    return this.hooks.kind ?? this.inner.kind;
   }
   get state(): MigState {
     return this.inner.state;
