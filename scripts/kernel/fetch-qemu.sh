@@ -28,7 +28,7 @@ have() { # DIR VERSION: the binary is there and reports that version
 todo=()
 for t in "${TARGETS[@]}"; do
   IFS=: read -r suite dir ver <<<"$t"
-  if have "$cache/$dir" "$ver"; then say "$cache/$dir: QEMU $ver already there"; else todo+=("$t"); fi
+  if have "$cache/$dir" "$ver"; then say "$cache/$dir: already there"; else todo+=("$t"); fi
 done
 [ ${#todo[@]} -eq 0 ] && exit 0
 
