@@ -7,7 +7,7 @@
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
-import { afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { MigState, openKernelDevice } from '../../src/index.js';
 import { qemuBinary, Vmm, type QemuVersion } from './qemu-vmm.js';
 
@@ -165,22 +165,27 @@ describe('live upgrade and roll-back between QEMU 7.2 (bridged) and QEMU 10 (nat
   const C = '83b8f4f2-509f-382f-3c1e-e6bfe0fa1003';
   const D = '83b8f4f2-509f-382f-3c1e-e6bfe0fa1004';
   const crc = (u: string) => readFileSync(`/sys/bus/mdev/devices/${u}/vendor/mem_crc32`, 'utf8').trim();
+  const seedOfD = `/sys/bus/mdev/devices/${D}/vendor/seed`;
+  let seed = '';
 
   beforeAll(() => {
     // The same devices and size as qemu72.ktest.ts's mbig cases, whichever file creates them.
     writeFileSync('/sys/module/mbig/parameters/mib', '64');
     for (const u of [C, D]) if (!existsSync(`/sys/bus/mdev/devices/${u}`)) writeFileSync('/sys/class/mdev_bus/mbig/mdev_supported_types/mbig-2/create', u);
+    seed = readFileSync(seedOfD, 'utf8').trim();
   });
   afterEach(async () => {
     await toRunning(C);
     await toRunning(D);
   });
+  // D's own memory again: qemu72.ktest.ts's mbig case wants C and D different when it starts.
+  afterAll(() => writeFileSync(seedOfD, seed));
 
   for (const [from, to] of PAIRS) {
     it(`${label(from)} → ${label(to)}: equal crc32 on the destination, whose device goes RESUMING then RUNNING; the source's is left STOP`, async () => {
       const tag = `xb${from}-${to}`.replace('.', '');
       // New memory on the destination, so only the migration can make the crc32s equal.
-      writeFileSync(`/sys/bus/mdev/devices/${D}/vendor/seed`, (Date.now() & 0xffffff).toString(16));
+      writeFileSync(seedOfD, (Date.now() & 0xffffff).toString(16));
       const want = crc(C);
       expect(crc(D)).not.toBe(want);
       const src = vmm(from, `${tag}-src`, C);
