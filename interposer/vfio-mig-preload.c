@@ -375,6 +375,15 @@ static struct dev *attach(int fd, uint32_t num_regions)
 	uint8_t reply[512];
 	uint32_t got = 0;
 	r = call(&sock, VMW_HELLO, 0, 0, &hello, sizeof(hello.h) + strnlen(hello.name, NAME_MAX_LEN), reply, sizeof(reply) - 1, &got);
+	if (r < 0 && sock >= 0 && got > 0) {
+		/* The service said why (a refusal, a full service): show its text, printable bytes only. */
+		reply[got] = 0;
+		for (uint32_t i = 0; i < got; i++)
+			if (reply[i] < 0x20 || reply[i] > 0x7e)
+				reply[i] = '?';
+		snprintf(why, sizeof(why), "the bridge service refused it: %s", (char *)reply);
+		goto err_close_sock;
+	}
 	if (r < 0 || got < sizeof(struct vmw_hello_reply)) {
 		snprintf(why, sizeof(why), "%s", r == -ETIMEDOUT ? "the bridge service did not answer in time (VFIO_MIG_TIMEOUT_MS)"
 						 : sock < 0 ? "the connection to the bridge service was lost"

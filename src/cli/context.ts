@@ -63,6 +63,8 @@ export class CliContext {
   /** --json anywhere on the command line: errors, usage errors too, are then one JSON object. */
   readonly json: boolean;
   readonly signals: SignalSource | null;
+  /** Ends the run at once with `code` (the process's exit, or the stand-in a test gives). */
+  readonly exitNow: (code: number) => void;
   readonly stdinKind: StdinKind;
   readonly #console: Console;
   readonly #stdin: (() => AsyncIterable<Uint8Array>) | undefined;
@@ -75,12 +77,13 @@ export class CliContext {
     this.stderr = io.stderr;
     this.json = argv.includes('--json');
     this.signals = io.signals ?? null;
+    this.exitNow = io.exit ?? ((code: number) => process.exit(code));
     this.#stdin = io.stdin;
     this.stdinKind = io.stdinKind ?? 'stream';
     // console.log's semantics on these streams (a reader gone away does not throw).
     this.#console = new Console({ stdout: io.stdout, stderr: io.stderr });
     if (io.signals) {
-      const exit = io.exit ?? ((code: number) => process.exit(code));
+      const exit = this.exitNow;
       for (const sig of INTERRUPT_SIGNALS) io.signals.on(sig, () => this.#interrupted(sig, exit));
     }
   }

@@ -35,12 +35,12 @@ const modeOpt = (v: string) => {
   if (!/^0?[0-7]{3}$/.test(v)) throw new CliError(`vfio-mig serve: --mode takes permission bits in octal, 000 to 0777 (got "${v}")`, EXIT.USAGE);
   return parseInt(v, 8);
 };
-/** A group name (looked up as the system does, with getent) or a numeric gid. */
+/** A group the system knows (looked up as the system does, with getent), by name or number. */
 const groupOpt = (v: string) => {
-  if (/^\d+$/.test(v)) return Number(v);
   const r = spawnSync('getent', ['group', v], { encoding: 'utf8' });
   const gid = r.status === 0 ? Number(r.stdout.split(':')[2]) : NaN;
-  if (!Number.isInteger(gid)) throw new CliError(`vfio-mig serve: --group ${v}: no such group`, EXIT.USAGE);
+  // getent reads a number past 32 bits modulo 2^32 (4294967296 is root's group): the gid must be the one asked for.
+  if (!Number.isInteger(gid) || (/^\d+$/.test(v) && Number(v) !== gid)) throw new CliError(`vfio-mig serve: --group ${v}: no such group`, EXIT.USAGE);
   return gid;
 };
 const MAX_ROUNDS = 1_000_000;
@@ -196,11 +196,11 @@ function buildProgram(ctx: CliContext, exit: (code: number) => void): Command {
     .description('serve the v1 interposer of VMMs started by someone else (libvirt and the like); `vfio-mig env` prints what they need')
     .option('--socket <path>', 'where to listen (a Unix socket; required unless systemd passes one)')
     .option('--mode <octal>', 'permission bits of the socket (default 0600: only its owner may connect)', modeOpt)
-    .option('--group <name>', 'group of the socket: with --mode 0660 that group\'s VMMs may connect (e.g. libvirt-qemu)', groupOpt)
+    .option('--group <name>', 'group of the socket, whose VMMs may then connect (mode 0660 unless --mode says otherwise; e.g. kvm)', groupOpt)
     .option('--trace <file>', 'NDJSON trace of every v1 access and group move')
     .addOption(serviceSectionOption())
     .option('--sim <device>', 'serve every device with a fresh simulated DEVICE (testing)')
-    .addHelpText('after', '\nRuns until SIGINT, SIGTERM or SIGHUP; devices left mid-session are reset to RUNNING. A client is served\nonly devices its own process holds open (docs/interposer.md, "Trust model"). Under systemd socket\nactivation (LISTEN_FDS) the passed socket is used: see contrib/systemd/.\n\nExample:\n  vfio-mig serve --socket /run/vfio-mig.sock &\n  vfio-mig serve --socket /run/vfio-mig/bridge.sock --mode 0660 --group libvirt-qemu &\n  env $(vfio-mig env --socket /run/vfio-mig.sock) qemu-system-x86_64 ...')
+    .addHelpText('after', '\nRuns until SIGINT, SIGTERM or SIGHUP; devices left mid-session are reset to RUNNING. A client is served\nonly devices its own process holds open (docs/interposer.md, "Trust model"). Under systemd socket\nactivation (LISTEN_FDS) the passed socket is used: see contrib/systemd/.\n\nExample:\n  vfio-mig serve --socket /run/vfio-mig.sock &\n  vfio-mig serve --socket /run/vfio-mig/bridge.sock --group kvm &\n  env $(vfio-mig env --socket /run/vfio-mig.sock) qemu-system-x86_64 ...')
     .action(async (o) => serveCommand(ctx, o));
 
   program

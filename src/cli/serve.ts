@@ -4,7 +4,7 @@
  * waits for VMMs someone else starts; `env` prints what such a VMM needs.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, mkdtempSync, openSync, readFileSync, readlinkSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, readFileSync, readlinkSync, rmSync, statSync, writeSync } from 'node:fs';
 import { constants as osConstants, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { getSystemErrorMap } from 'node:util';
@@ -146,21 +146,49 @@ export function envCommand(ctx: CliContext, o: { socket: string }): void {
 
 /** Runs until SIGINT, SIGTERM or SIGHUP, then ends every session at once and exits 0. */
 export async function serveCommand(ctx: CliContext, o: ServeCliOptions): Promise<void> {
+  const log = serviceLog(ctx);
   let stopRequested: (() => void) | null = null;
   let early = false;
-  for (const sig of STOP_SIGNALS) replaceHandler(ctx.signals, sig, 'once', () => (stopRequested ? stopRequested() : (early = true)));
+  let signalled = 0;
+  for (const sig of STOP_SIGNALS) {
+    replaceHandler(ctx.signals, sig, 'on', () => {
+      if (signalled++ === 0) {
+        log(`${sig}: stopping; every session ends and devices left mid-session are reset to RUNNING (a second signal exits at once)`);
+        return stopRequested ? stopRequested() : void (early = true);
+      }
+      log(`${sig} again: exiting without waiting; a device left mid-session is reset by the next VMM that opens it`);
+      ctx.exitNow(128 + osConstants.signals[sig]);
+    });
+  }
   const listenFd = activationSocket();
-  if (listenFd !== undefined && (o.mode !== undefined || o.group !== undefined)) {
-    throw new CliError('vfio-mig serve: --mode and --group do not apply to a socket systemd passed (set SocketMode= and SocketGroup= in the .socket unit)', EXIT.USAGE);
+  if (listenFd !== undefined && (o.mode !== undefined || o.group !== undefined || o.socket !== undefined)) {
+    throw new CliError('vfio-mig serve: --socket, --mode and --group do not apply to a socket systemd passed (set ListenStream=, SocketMode= and SocketGroup= in the .socket unit)', EXIT.USAGE);
   }
   const socket = o.socket ?? (listenFd !== undefined ? boundPath(listenFd) : undefined);
   if (socket === undefined) throw new CliError('vfio-mig serve: --socket PATH is required (unless systemd passes the socket)', EXIT.USAGE);
+  // A group is given to be let in: without --mode, the group may connect (0660).
+  const mode = o.mode ?? (o.group !== undefined ? 0o660 : undefined);
   const env = vmmEnvironment(socket, undefined); // before listening: a missing interposer is an error now
-  const stop = await start(ctx, 'serve', socket, o.socket !== undefined, { ...o, ...(listenFd !== undefined ? { listenFd } : {}) });
-  const who = listenFd !== undefined ? 'the socket systemd passed' : `mode 0${(o.mode ?? 0o600).toString(8)}${o.group !== undefined ? `, group ${o.group}` : ''}`;
-  serviceLog(ctx)(`serving on ${env.VFIO_MIG_SOCKET} (${who}); start the VMM with\n  ${Object.entries(env).map(([k, v]) => `${k}=${v}`).join(' ')}`);
+  const stop = await start(ctx, 'serve', socket, o.socket !== undefined, { ...o, ...(mode !== undefined ? { mode } : {}), ...(listenFd !== undefined ? { listenFd } : {}) });
+  const who = listenFd !== undefined ? 'the socket systemd passed' : `mode 0${(mode ?? 0o600).toString(8)}${o.group !== undefined ? `, group ${o.group}` : ''}`;
+  log(`serving on ${env.VFIO_MIG_SOCKET} (${who}); start the VMM with\n  ${Object.entries(env).map(([k, v]) => `${k}=${v}`).join(' ')}`);
+  const hidden = listenFd !== undefined || (mode ?? 0o600) & 0o077 ? unreachableForOthers(env.LD_PRELOAD!) : null;
+  if (hidden) log(`warning: other users cannot read the interposer at ${env.LD_PRELOAD} (${hidden}): their VMMs would run unbridged; install the package where they can read it`);
   if (!early) await new Promise<void>((done) => (stopRequested = done));
   await stop();
+}
+
+/** Why a user other than the owner could not load `path` (a directory on the way without o+x, the file without o+r), or null. */
+function unreachableForOthers(path: string): string | null {
+  const parts = resolve(path).split('/');
+  for (let i = 2; i <= parts.length; i++) {
+    const p = parts.slice(0, i).join('/');
+    const mode = statSync(p, { throwIfNoEntry: false })?.mode;
+    if (mode === undefined) return `${p} is missing`;
+    const need = i === parts.length ? 0o004 : 0o001;
+    if (!(mode & need)) return `${p} is mode 0${(mode & 0o777).toString(8)}`;
+  }
+  return null;
 }
 
 /** The path a passed socket is bound to, for the VMM's environment line. */

@@ -10,7 +10,7 @@
  */
 import type { Server, Socket } from 'node:net';
 import { rmSync } from 'node:fs';
-import { VfioError, asVfioError } from '../errors.js';
+import { VfioError, asVfioError, errnoOf } from '../errors.js';
 import { openV1Bridge, type V1Bridge, type V1BridgeOptions, type V1TraceEvent } from '../bridge/v1-bridge.js';
 import type { V2Device } from '../v2/device.js';
 import { openKernelDevice } from '../v2/kernel/kernel-device.js';
@@ -18,10 +18,10 @@ import { holdsSession } from '../v2/fsm.js';
 import { linuxPeerSys, type PeerSysCalls, type SharedMapping } from '../v2/kernel/sys.js';
 import { MigState, PAGE, VFIO_REGION_SUBTYPE_MIGRATION_DEPRECATED, VFIO_REGION_TYPE_MIGRATION_DEPRECATED, encodeRegionInfo, migStateName } from '../v2/uapi.js';
 import { listenUnix } from './listen.js';
-import { ConnectionCount, DEFAULT_LIMITS, escapeForLog, limitedLog, type ServiceLimits } from './limits.js';
+import { ConnectionCount, DEFAULT_LIMITS, escapeForLog, limitedLog, sharedLog, type ServiceLimits } from './limits.js';
 import { Peer } from './peer.js';
 import { GroupMember, QuiesceGroup, type GroupEvent } from './quiesce-group.js';
-import { MAX_REQUEST_PAYLOAD, RequestReader, WireOp, encodeReply, vmw_bye, vmw_hello, vmw_hello_reply, vmw_region, type WireRequest } from './wire.js';
+import { MAX_REQUEST_PAYLOAD, RequestReader, WireOp, encodeReply, vmw_bye, vmw_hello, vmw_hello_reply, vmw_region, vmw_request, type WireRequest } from './wire.js';
 
 /** What a VMM said about the device fd it wants bridged. */
 export interface DeviceHello {
@@ -78,6 +78,8 @@ export interface SessionStats {
 
 export { MAX_SOCKET_PATH } from './listen.js';
 export const SERVICE_SECTION_SIZE = 4 << 20;
+/** Request bytes a connection may have sent ahead of what is served: two of the largest requests. */
+const MAX_UNPARSED = 2 * (vmw_request.size + MAX_REQUEST_PAYLOAD);
 /** How many ended sessions `finished` keeps. */
 const FINISHED_KEPT = 64;
 /** Where region `index` starts in a vfio-pci device fd (VFIO_PCI_INDEX_TO_OFFSET). */
@@ -95,9 +97,11 @@ export class BridgeService {
   readonly #opts: BridgeServiceOptions;
   readonly #limits: ServiceLimits;
   readonly #count: ConnectionCount;
-  readonly #groups = new Map<number, QuiesceGroup>();
+  readonly #groups = new Map<string, QuiesceGroup>();
   readonly #sessions = new Set<DeviceSession>();
-  #refused = { lastLogged: 0, since: 0 };
+  readonly #sweep: NodeJS.Timeout;
+  /** @internal Lines caused by clients not bridged (refusals, broken protocol): shared, so a flood cannot flood the log. */
+  readonly misbehaved: (line: string) => void;
   /** The last FINISHED_KEPT sessions that ended, newest last. */
   readonly finished: SessionStats[] = [];
 
@@ -106,11 +110,20 @@ export class BridgeService {
     this.#opts = opts;
     this.#limits = { ...DEFAULT_LIMITS, ...opts.limits };
     this.#count = new ConnectionCount(this.#limits);
+    this.misbehaved = sharedLog(opts.log);
     server.on('connection', (sock) => this.#accept(sock));
+    // A session whose process exited while a child kept its socket ends within a second.
+    this.#sweep = setInterval(() => this.#sessions.forEach((s) => s.checkPeer()), 1000);
+    this.#sweep.unref();
   }
 
   get socketPath(): string {
     return this.#opts.socketPath;
+  }
+
+  /** Sessions now open. */
+  get sessions(): number {
+    return this.#sessions.size;
   }
 
   #accept(sock: Socket): void {
@@ -121,37 +134,24 @@ export class BridgeService {
       sock.destroy();
       return this.misbehaved(asVfioError(e, 'serve: connect', 'socket').message);
     }
-    const full = this.#count.admit(peer.creds.uid);
+    const full = this.#count.admit(peer.creds.uid, peer.identity);
     if (full) {
       peer.close();
-      sock.destroy();
+      // Told why (the interposer shows it), not just cut off.
+      const why = `the bridge service is full: ${full}`;
+      sock.end(encodeReply(-errnoOf('EAGAIN'), new TextEncoder().encode(why)));
+      sock.setTimeout(1000, () => sock.destroy());
       return this.misbehaved(`a connection from pid ${peer.pid} (uid ${peer.creds.uid}) was refused: ${full}`);
     }
     this.#sessions.add(new DeviceSession(this, sock, peer, this.#opts, this.#limits));
   }
 
-  /**
-   * @internal Refused connections and broken protocol, from any client: at
-   * most one line a second, with how many were not logged, so a flood
-   * cannot flood the log.
-   */
-  misbehaved(line: string): void {
-    const now = Date.now();
-    if (now - this.#refused.lastLogged < 1000) {
-      this.#refused.since++;
-      return;
-    }
-    const more = this.#refused.since ? ` (and ${this.#refused.since} more refused since the last such line)` : '';
-    this.#refused = { lastLogged: now, since: 0 };
-    this.#opts.log?.(`${line}${more}`);
-  }
-
-  /** @internal The quiesce group of one VMM process: keyed by the connected pid, never by what a message says. */
-  groupFor(pid: number): QuiesceGroup {
-    let g = this.#groups.get(pid);
+  /** @internal The quiesce group of one VMM process: keyed by the connected process (pid and start time), never by what a message says. */
+  groupFor(peer: Peer): QuiesceGroup {
+    let g = this.#groups.get(peer.identity);
     if (!g) {
-      g = new QuiesceGroup((e) => this.#opts.trace?.({ kind: 'group', vmm: pid, ...e }));
-      this.#groups.set(pid, g);
+      g = new QuiesceGroup((e) => this.#opts.trace?.({ kind: 'group', vmm: peer.pid, ...e }));
+      this.#groups.set(peer.identity, g);
     }
     return g;
   }
@@ -159,12 +159,12 @@ export class BridgeService {
   /** @internal */
   ended(s: DeviceSession, group: QuiesceGroup | null, peer: Peer): void {
     this.#sessions.delete(s);
-    this.#count.release(peer.creds.uid);
+    this.#count.release(peer.creds.uid, peer.identity);
     if (s.stats) {
       this.finished.push(s.stats);
       if (this.finished.length > FINISHED_KEPT) this.finished.shift();
     }
-    if (group && group.size === 0) this.#groups.delete(peer.pid);
+    if (group && group.size === 0) this.#groups.delete(peer.identity);
   }
 
   /**
@@ -172,6 +172,7 @@ export class BridgeService {
    * are reset; the VMM's next access fails) and removes the socket it made.
    */
   async close(): Promise<void> {
+    clearInterval(this.#sweep);
     const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
     await Promise.all([...this.#sessions].map((s) => s.end('the service is stopping')));
     await closed; // resolves once the ended sessions' connections are gone
@@ -190,9 +191,10 @@ class DeviceSession {
   readonly #opts: BridgeServiceOptions;
   readonly #limits: ServiceLimits;
   readonly #reader = new RequestReader();
-  readonly #log: (line: string) => void;
+  readonly #bridgedLog: (line: string) => void;
   #tail: Promise<unknown> = Promise.resolve();
   #queued = 0;
+  #readError: string | null = null;
   #helloTimer: NodeJS.Timeout | null;
   #hello: DeviceHello | null = null;
   #device: V2Device | null = null;
@@ -209,10 +211,10 @@ class DeviceSession {
     this.#peer = peer;
     this.#opts = opts;
     this.#limits = limits;
-    this.#log = limitedLog(opts.log, limits.logLinesPerConnection, () => this.#who);
-    this.#helloTimer = setTimeout(() => void this.end(`no HELLO within ${limits.helloTimeoutMs} ms`), limits.helloTimeoutMs);
+    this.#bridgedLog = limitedLog(opts.log, limits.logLinesPerConnection, () => this.#who);
+    this.#helloTimer = setTimeout(() => void this.end(`not bridged within ${limits.helloTimeoutMs} ms`), limits.helloTimeoutMs);
     sock.on('data', (d) => this.#received(d));
-    sock.on('drain', () => this.#flow());
+    sock.on('drain', () => this.#pump());
     sock.on('close', () => void this.end('the VMM closed the connection'));
     sock.on('error', () => undefined); // 'close' follows
   }
@@ -226,34 +228,66 @@ class DeviceSession {
   }
 
   get #who(): string {
-    return `${this.#name} (VMM pid ${this.#peer.pid})`;
+    return `"${this.#name}" (VMM pid ${this.#peer.pid})`;
+  }
+
+  /** Until the session is bridged its lines share the service's limit; after, the connection's own. */
+  #log(line: string): void {
+    if (this.stats) this.#bridgedLog(line);
+    else this.#svc.misbehaved(line);
+  }
+
+  /** @internal Ends the session once the process that connected is gone, whoever still holds its socket. */
+  checkPeer(): void {
+    if (!this.#ended && !this.#peer.alive()) void this.end(`VMM process ${this.#peer.pid} exited`);
   }
 
   #received(data: Uint8Array): void {
-    let requests: WireRequest[];
-    try {
-      requests = this.#reader.push(data);
-    } catch (e) {
-      void this.end(`protocol error: ${(e as Error).message}`);
-      return;
-    }
-    for (const rq of requests) {
-      this.#queued++;
-      this.#tail = this.#tail.then(async () => {
-        await this.#handle(rq);
-        this.#queued--;
-        this.#flow();
-      });
-    }
-    this.#flow();
+    this.#reader.push(data);
+    this.#pump();
   }
 
-  /** Back-pressure: no more requests are read while too many wait, or while the peer does not take its replies. */
-  #flow(): void {
+  /**
+   * Takes requests off the byte stream only while fewer than
+   * maxQueuedRequests wait and the peer takes its replies; otherwise they
+   * stay unparsed and the socket is paused (back-pressure), so what a
+   * client can make the service hold is bounded.
+   */
+  #pump(): void {
+    while (!this.#ended && !this.#readError && this.#queued < this.#limits.maxQueuedRequests && this.#sock.writableLength <= this.#limits.maxUnsentBytes) {
+      let rq: WireRequest | null;
+      try {
+        rq = this.#reader.next();
+      } catch (e) {
+        this.#readError = (e as Error).message;
+        this.#enqueue(() => this.#refuseStream(this.#readError!));
+        break;
+      }
+      if (!rq) break;
+      const request = rq;
+      this.#enqueue(() => this.#handle(request));
+    }
     if (this.#ended) return;
-    const full = this.#queued >= this.#limits.maxQueuedRequests || this.#sock.writableLength > this.#limits.maxUnsentBytes;
+    const full = this.#reader.buffered > MAX_UNPARSED || this.#queued >= this.#limits.maxQueuedRequests || this.#sock.writableLength > this.#limits.maxUnsentBytes;
     if (full && !this.#sock.isPaused()) this.#sock.pause();
     else if (!full && this.#sock.isPaused()) this.#sock.resume();
+  }
+
+  #enqueue(work: () => Promise<void>): void {
+    this.#queued++;
+    this.#tail = this.#tail.then(async () => {
+      await work();
+      this.#queued--;
+      this.#pump();
+    });
+  }
+
+  /** A request header no request may have: answered once, then the connection ends. */
+  async #refuseStream(why: string): Promise<void> {
+    const err = new VfioError('EPROTO', 'serve', this.#name, why);
+    this.#reply(-err.errno, new TextEncoder().encode(err.message));
+    this.#log(`${this.#who}: protocol error: ${err.message}`);
+    void this.end(err.message);
   }
 
   #reply(result: number, payload?: Uint8Array): void {
@@ -262,6 +296,7 @@ class DeviceSession {
 
   async #handle({ op, offset, length, payload }: WireRequest): Promise<void> {
     if (this.#ended) return;
+    if (!this.#peer.alive()) return void this.end(`VMM process ${this.#peer.pid} exited`);
     try {
       switch (op) {
         case WireOp.HELLO:
@@ -273,6 +308,8 @@ class DeviceSession {
           const bridge = this.#bridge;
           if (!bridge) throw new ProtocolError('EPROTO', 'serve', this.#name, 'region access before the device was bridged');
           this.stats!.headerAccesses++;
+          // Region offsets are at most the region's size: a larger one is refused exactly, not rounded to a double.
+          if (offset > BigInt(Number.MAX_SAFE_INTEGER)) throw new VfioError('EINVAL', `serve: ${op === WireOp.READ ? 'READ' : 'WRITE'}`, this.#name, `offset ${offset} is past the region`);
           if (op === WireOp.READ) {
             if (length > MAX_REQUEST_PAYLOAD) throw new VfioError('EINVAL', 'serve: READ', this.#name, `a read of ${length} bytes (the socket carries header accesses, at most ${MAX_REQUEST_PAYLOAD})`);
             return this.#reply(0, await bridge.read(Number(offset), length));
@@ -282,6 +319,7 @@ class DeviceSession {
           return this.#reply(0);
         }
         case WireOp.BYE: {
+          if (!this.#hello) throw new ProtocolError('EPROTO', 'serve: BYE', this.#name, 'BYE before HELLO');
           if (payload.length < vmw_bye.size) throw new ProtocolError('EPROTO', 'serve: BYE', this.#name, `BYE of ${payload.length} bytes (${vmw_bye.size} expected)`);
           const bye = vmw_bye.decode(payload);
           if (this.stats) Object.assign(this.stats, { dataReads: bye.data_reads, dataWrites: bye.data_writes, dataMmaps: bye.data_mmaps });
@@ -297,9 +335,7 @@ class DeviceSession {
       this.#reply(-err.errno, new TextEncoder().encode(err.message));
       // A refused HELLO or SECTION, or a broken protocol, ends the connection: nothing of it is kept.
       if (e instanceof ProtocolError || op === WireOp.HELLO || op === WireOp.SECTION) {
-        const line = `${this.#who} could not be bridged: ${err.message}`;
-        if (e instanceof ProtocolError || err.code === 'EPERM') this.#svc.misbehaved(line);
-        else this.#log(line);
+        this.#log(`${this.#who} ${this.#bridge ? 'protocol error' : 'could not be bridged'}: ${err.message}`);
         void this.end(err.message);
       }
     }
@@ -312,8 +348,6 @@ class DeviceSession {
     const name = escapeForLog(new TextDecoder().decode(payload.subarray(vmw_hello.size))) || `device fd ${h.fd}`;
     const hello: DeviceHello = { pid: this.#peer.pid, fd: h.fd, numRegions: h.num_regions, name };
     this.#hello = hello;
-    if (this.#helloTimer) clearTimeout(this.#helloTimer);
-    this.#helloTimer = null;
     if (h.pid !== this.#peer.pid) throw new ProtocolError('EPERM', 'serve: HELLO', name, `HELLO names process ${h.pid}, but the connected process is ${this.#peer.pid}: a client is served only its own devices`);
     const refuse = (why: string) => {
       this.#log(`${this.#who} is not bridged: ${why}`);
@@ -362,7 +396,7 @@ class DeviceSession {
     const memfd = new DataView(payload.buffer, payload.byteOffset, 4).getInt32(0, true);
     this.#mapping = this.#peer.mapSection(memfd, this.#sectionSize, dev.name);
     const flags = await dev.migrationFlags();
-    this.#group = this.#svc.groupFor(this.#peer.pid);
+    this.#group = this.#svc.groupFor(this.#peer);
     this.#member = this.#group.add(dev, flags, await dev.getState());
     const trace = this.#opts.trace;
     this.#bridge = await openV1Bridge(this.#member, {
@@ -389,6 +423,8 @@ class DeviceSession {
         info,
       ]),
     );
+    if (this.#helloTimer) clearTimeout(this.#helloTimer);
+    this.#helloTimer = null;
     this.#log(`${this.#who} bridged: v1 region ${hello.numRegions}, data section ${this.#bridge.sectionSize} bytes in shared memory`);
   }
 

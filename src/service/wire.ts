@@ -54,26 +54,51 @@ export interface WireRequest {
 export const MAX_REQUEST_PAYLOAD = 4096;
 
 /**
- * Splits a byte stream into requests. Returns the requests complete so far
- * and keeps the rest; a request that claims more than MAX_REQUEST_PAYLOAD
- * bytes is a protocol error (the connection is not ours to trust further).
+ * Splits a byte stream into requests, one at a time: the caller takes a
+ * request only when it can serve one, so a client that pipelines many
+ * requests is held by what is still unparsed here (back-pressure) rather
+ * than turned into a queue of work. A request that claims more than
+ * MAX_REQUEST_PAYLOAD bytes is a protocol error.
  */
 export class RequestReader {
-  #buf: Uint8Array = new Uint8Array(0);
+  #chunks: Uint8Array[] = [];
+  #bytes = 0;
 
-  push(data: Uint8Array): WireRequest[] {
-    this.#buf = this.#buf.length ? Buffer.concat([this.#buf, data]) : data;
-    const out: WireRequest[] = [];
-    for (;;) {
-      if (this.#buf.length < vmw_request.size) break;
-      const h = vmw_request.decode(this.#buf);
-      if (h.payload_len > MAX_REQUEST_PAYLOAD) throw new RangeError(`request payload of ${h.payload_len} bytes (at most ${MAX_REQUEST_PAYLOAD})`);
-      const end = vmw_request.size + h.payload_len;
-      if (this.#buf.length < end) break;
-      out.push({ op: h.op, offset: h.offset, length: h.length, payload: this.#buf.slice(vmw_request.size, end) });
-      this.#buf = this.#buf.subarray(end);
-    }
-    return out;
+  /** Bytes received and not yet taken as requests. */
+  get buffered(): number {
+    return this.#bytes;
+  }
+
+  push(data: Uint8Array): void {
+    if (data.length === 0) return;
+    this.#chunks.push(data);
+    this.#bytes += data.length;
+  }
+
+  /** The next complete request, or null until more bytes come. */
+  next(): WireRequest | null {
+    if (this.#bytes < vmw_request.size) return null;
+    const head = this.#peek(vmw_request.size);
+    const h = vmw_request.decode(head);
+    if (h.payload_len > MAX_REQUEST_PAYLOAD) throw new RangeError(`request payload of ${h.payload_len} bytes (at most ${MAX_REQUEST_PAYLOAD})`);
+    const end = vmw_request.size + h.payload_len;
+    if (this.#bytes < end) return null;
+    const all = this.#peek(end);
+    this.#drop(end);
+    return { op: h.op, offset: h.offset, length: h.length, payload: all.slice(vmw_request.size, end) };
+  }
+
+  /** The first n buffered bytes, joined into one chunk. */
+  #peek(n: number): Uint8Array {
+    if (this.#chunks[0]!.length < n) this.#chunks = [Buffer.concat(this.#chunks)];
+    return this.#chunks[0]!.subarray(0, n);
+  }
+
+  #drop(n: number): void {
+    const first = this.#chunks[0]!;
+    if (first.length === n) this.#chunks.shift();
+    else this.#chunks[0] = first.subarray(n);
+    this.#bytes -= n;
   }
 }
 

@@ -70,7 +70,8 @@ async function fakeService(a: Answers): Promise<{ path: string; seen: Seen; serv
     let state = 1; // RUNNING
     let dataOffset = PAGE;
     sock.on('data', (d) => {
-      for (const rq of reader.push(d)) {
+      reader.push(d);
+      for (let rq = reader.next(); rq; rq = reader.next()) {
         if (rq.op === WireOp.HELLO) {
           const h = vmw_hello.decode(rq.payload);
           seen.pid = h.pid;

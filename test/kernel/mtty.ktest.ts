@@ -163,9 +163,9 @@ describe('vfio-mig CLI on mtty', () => {
     await a2.close();
   });
 
-  it('exit 3 for a node that is not a VFIO device, 4 without permission', () => {
+  it('exit 2 for a node that is not a VFIO device (a usage error), 4 without permission', () => {
     const r3 = cli(['info', '/dev/null']);
-    expect(r3.code).toBe(3);
+    expect(r3.code).toBe(2);
     expect(r3.stderr).toMatch(/ENOTTY \(25\)/);
     const r4 = cli(['info', cdevOf(UUID.a)], 65534);
     expect(r4.code).toBe(4);

@@ -32,6 +32,7 @@ class RecordingSys implements PeerSysCalls {
     this.pidfds++;
     return linuxPeerSys.peerPidfd(sockFd, pid, op, device);
   }
+  pidfdPid = linuxPeerSys.pidfdPid;
   pidfdGetfd(_pidfd: number, fd: number) {
     const got = dup(fd) as number;
     this.taken.push(got);

@@ -80,7 +80,8 @@ describe.skipIf(!isRoot)('who may connect is the operator\'s choice', () => {
 
   it('--mode 0660 --group nogroup: a VMM running as nobody migrates, and is served its own device only', async () => {
     const sock = join(dir, 'group.sock');
-    const s = startServe(['serve', '--socket', sock, '--mode', '0660', '--group', 'nogroup', '--sim', SIM]);
+    // --group alone lets the group in: mode 0660.
+    const s = startServe(['serve', '--socket', sock, '--group', 'nogroup', '--sim', SIM]);
     await waitFor(s.stderr, /serving on .*mode 0660, group 65534/);
     const file = join(out, 'nobody.bin');
     const r = await vmmSave(sock, file, true);
@@ -112,9 +113,39 @@ describe.skipIf(!isRoot)('who may connect is the operator\'s choice', () => {
     rmSync(file);
     rmSync(sock);
 
-    const bad = startServe(['serve', '--mode', '0666', '--sim', SIM], fd, 'LISTEN_PID=$$ LISTEN_FDS=1 exec "$@"');
-    expect((await bad.exited).code).toBe(2);
-    expect(textOf(bad.stderr)).toMatch(/--mode and --group do not apply to a socket systemd passed/);
+    for (const extra of [['--mode', '0666'], ['--socket', join(dir, 'other.sock')]]) {
+      const bad = startServe(['serve', ...extra, '--sim', SIM], fd, 'LISTEN_PID=$$ LISTEN_FDS=1 exec "$@"');
+      expect((await bad.exited).code).toBe(2);
+      expect(textOf(bad.stderr)).toMatch(/--socket, --mode and --group do not apply to a socket systemd passed/);
+    }
+  });
+
+  it('--group takes only a group the system knows, by name or number', async () => {
+    for (const g of ['4294967296', '4294967295', 'no-such-group-here']) {
+      const r = startServe(['serve', '--socket', join(dir, 'g.sock'), '--group', g]);
+      expect((await r.exited).code).toBe(2);
+      expect(textOf(r.stderr)).toMatch(`--group ${g}: no such group`);
+    }
+  });
+
+  it('a second signal while sessions are ending exits at once, saying so', async () => {
+    const sock = join(dir, 'twice.sock');
+    const trace = join(dir, 'twice.ndjson');
+    const s = startServe(['serve', '--socket', sock, '--trace', trace, '--sim', 'sim:size=64M,read-delay-ms=3000']);
+    await waitFor(s.stderr, /serving on/);
+    const vmm = vmmSave(sock, join(out, 'twice.bin'), false);
+    // Mid-save: the VMM has written 010 and waits on its first chunk, which the device takes 3 s to give.
+    const saving = () => existsSync(trace) && readFileSync(trace, 'utf8').split('\n').some((l) => l.includes('"device_state"') && l.includes('"write"'));
+    for (let i = 0; i < 400 && !saving(); i++) await sleep(50);
+    s.kill('SIGTERM');
+    await waitFor(s.stderr, /SIGTERM: stopping; every session ends/);
+    s.kill('SIGTERM');
+    expect((await s.exited).code).toBe(143);
+    expect(textOf(s.stderr)).toMatch(/SIGTERM again: exiting without waiting/);
+    await vmm;
+    rmSync(join(out, 'twice.bin'), { force: true });
+    rmSync(sock, { force: true });
+    rmSync(trace);
   });
 });
 

@@ -4,6 +4,7 @@
  * here keeps state beyond the loaded libc functions.
  */
 import koffi from 'koffi';
+import { readFileSync } from 'node:fs';
 import { VfioError } from '../../errors.js';
 
 const O_RDWR = 0o2;
@@ -169,6 +170,14 @@ export function sysTakeFd(pid: number, fd: number, op: string, device: string): 
   }
 }
 
+export function sysPidfdPid(pidfd: number): number {
+  try {
+    return Number(/^Pid:\s*(-?\d+)/m.exec(readFileSync(`/proc/self/fdinfo/${pidfd}`, 'utf8'))?.[1] ?? -1);
+  } catch {
+    return -1;
+  }
+}
+
 const SOL_SOCKET = 1;
 const SO_PEERCRED = 17;
 const SO_PEERPIDFD = 77; // Linux 6.5+
@@ -266,6 +275,8 @@ export interface PeerSysCalls {
   peerCredentials(sockFd: number, op: string, device: string): PeerCredentials;
   peerPidfd(sockFd: number, pid: number, op: string, device: string): number;
   pidfdGetfd(pidfd: number, fd: number, op: string, device: string): number;
+  /** The pid a pidfd refers to, or -1 once that process has exited (its fdinfo). */
+  pidfdPid(pidfd: number): number;
   getSeals(fd: number, op: string, device: string): number;
   mapShared(fd: number, size: number, op: string, device: string): SharedMapping;
 }
@@ -275,6 +286,7 @@ export const linuxPeerSys: PeerSysCalls = {
   peerCredentials: sysPeerCredentials,
   peerPidfd: sysPeerPidfd,
   pidfdGetfd: sysPidfdGetfd,
+  pidfdPid: sysPidfdPid,
   getSeals: sysGetSeals,
   mapShared: sysMapShared,
 };
