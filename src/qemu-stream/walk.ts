@@ -164,7 +164,7 @@ function walkSectionData(r: StreamReader, s: Section, out: QemuStream, devices: 
   }
   const what = `${s.idstr} (instance ${s.instanceId})`;
   if (s.type !== 'FULL') throw r.fail(`live section ${what} has a framing this tool does not know (it reads "ram" and VFIO devices)`, s.offset);
-  if (!out.description) throw r.fail(`section ${what} is not length-prefixed and the stream has no VMDESCRIPTION to walk it by`, s.offset);
+  if (!out.description) throw r.fail(`section ${what} is not length-prefixed and the stream has no VMDESCRIPTION to walk it by (QEMU writes it last: is the file cut short?)`, s.offset);
   const d = devices.get(`${s.idstr}\0${s.instanceId}`);
   if (!d) throw r.fail(`section ${what} is not in the stream's VMDESCRIPTION: its extent is unknown`, s.offset);
   s.vmsdName = d.vmsd_name;
