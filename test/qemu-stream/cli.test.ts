@@ -76,6 +76,16 @@ describe('vfio-mig qemu-stream with a simulated device\'s state', () => {
     expect(json(l.stdout)).toMatchObject({ savedWith: 'v1', state: 'RUNNING', stateDigest: saved.stateDigest });
   });
 
+  it('extract -o - writes the state file to stdout and the summary to stderr', async () => {
+    const f = join(dir, 's.mig');
+    writeFileSync(f, streamWith(state, { emptyIterate: true }));
+    const r = await runInProcess(['qemu-stream', 'extract', f, '--device', DEV, '-o', '-']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toMatch(new RegExp(`^extracted ${state.length} bytes of ${DEV.replace(/[./]/g, '\\$&')}'s state .* to stdout; recorded as saved with v1`));
+    expect(decodeHeader(r.stdoutBytes, 'stdout').byteCount).toBe(BigInt(state.length));
+    expect(r.stdoutBytes.subarray(HEADER_SIZE, r.stdoutBytes.length - TRAILER_SIZE)).toEqual(state);
+  });
+
   it('extract: v2 when the stream does not show the caller, --saved-with when given, refused when it contradicts the stream', async () => {
     const f = join(dir, 'v.mig');
     writeFileSync(f, streamWith(state));
