@@ -41,6 +41,7 @@ function hintFor(e: VfioError): string | undefined {
   if (e.code === 'EBUSY' && DEVICE_OPEN_OPS.includes(e.op)) return 'another process holds the device or its VFIO group open (a VMM, `vfio-mig serve`, another vfio-mig): it must close it first';
   if (e.code === 'EBUSY' && e.op === 'VFIO_GROUP_GET_STATUS') return undefined; // the reason (group not viable) says what to do
   if (e.details?.file !== undefined) return FILE_HINTS[e.code];
+  if (e.op === 'qemu-stream') return undefined; // the reason names the offset or what the stream has
   if (e.op === 'serve' || e.op.endsWith('listen')) return e.code === 'EACCES' ? 'the socket\'s directory is not writable for this user' : undefined;
   return e.code === 'EINVAL' ? undefined : HINTS[e.code];
 }

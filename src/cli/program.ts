@@ -15,6 +15,7 @@ import { loadCommand } from './load.js';
 import { deviceKindOf } from '../v2/open-device.js';
 import { DEVICE_HELP, parseDeviceArg, parseSize } from './open-device.js';
 import { CliError, errorJson, errorLine, exitCodeFor, toJson } from './output.js';
+import { QEMU_STREAM_HELP, qemuStreamDiff, qemuStreamExtract, qemuStreamList } from './qemu-stream.js';
 import { saveCommand } from './save.js';
 import { envCommand, execCommand, serveCommand } from './serve.js';
 import { SERVICE_SECTION_SIZE } from '../service/bridge-service.js';
@@ -209,10 +210,38 @@ function buildProgram(ctx: CliContext, exit: (code: number) => void): Command {
     .requiredOption('--socket <path>', 'the socket `vfio-mig serve` listens on')
     .addHelpText('after', '\nExample:\n  vfio-mig env --socket /run/vfio-mig.sock\n  env $(vfio-mig env --socket /run/vfio-mig.sock) qemu-system-x86_64 ...\n\nOther variables the interposer reads:\n  VFIO_MIG_REQUIRED=1     a device that cannot be bridged ends the VMM\n  VFIO_MIG_TIMEOUT_MS=N   longest wait for the service to answer one access (default 20000)')
     .action((o) => envCommand(ctx, o));
+  const qs = program
+    .command('qemu-stream')
+    .description('QEMU migration stream files: list their sections and VFIO devices, extract a VFIO device\'s state as a state file, compare two')
+    .addHelpText('after', QEMU_STREAM_HELP);
+  qs.command('list')
+    .description('sections (type, id, idstr, instance, version, offset, bytes) and, per VFIO device, its config and the state it carried in each phase')
+    .argument('<file>', 'a migration stream file')
+    .option('--json', 'machine-readable output')
+    .addHelpText('after', '\nExample:\n  vfio-mig qemu-stream list vm.mig\n  vfio-mig qemu-stream list vm.mig --json')
+    .action(async (file: string, o) => qemuStreamList(ctx, file, o));
+  qs.command('extract')
+    .description('a VFIO device\'s state (its DEV_DATA_STATE payloads: the bytes of its data_fd) as a state file `vfio-mig load` takes')
+    .argument('<file>', 'a migration stream file')
+    .requiredOption('--device <idstr>', 'the VFIO device, as `list` names it (0000:00:03.0/vfio) or without /vfio (required)')
+    .requiredOption('-o, --output <file>', 'the state file to write, or - for stdout (required)', pathOpt('-o/--output'))
+    .addOption(new Option('--saved-with <p>', 'the caller that saved it, when the stream does not show it: v1 (QEMU 7.2 through the bridge) or v2 (QEMU 8+)').choices(['v1', 'v2']))
+    .option('--json', 'summary as JSON')
+    .addHelpText('after', '\nThe state file records the protocol the stream shows (an empty DEV_DATA_STATE record: QEMU 7.2\'s v1 loop;\nDEV_INIT_DATA_SENT: a v2 caller), else --saved-with, else v2; and as source flags the least the\nstream proves: STOP_COPY, with PRE_COPY when state was sent before the stop. `vfio-mig load` uses neither.\n\nExample:\n  vfio-mig qemu-stream extract vm.mig --device 0000:00:03.0 -o dev.vfio\n  vfio-mig load /dev/vfio/devices/vfio1 -i dev.vfio')
+    .action(async (file: string, o) => qemuStreamExtract(ctx, file, o));
+  qs.command('diff')
+    .description('what differs between two streams, device by device: present in one only, version, size, contents; RAMBlocks; a VFIO device\'s per-phase state and config')
+    .argument('<a>', 'a migration stream file')
+    .argument('<b>', 'another')
+    .option('--json', 'machine-readable output')
+    .addHelpText('after', '\nExit status 0 whether or not they differ (--json: "identical").\n\nExample:\n  vfio-mig qemu-stream diff from-7.2.mig from-10.mig')
+    .action(async (a: string, b: string, o) => qemuStreamDiff(ctx, a, b, o));
+
   // After a usage error, one line pointing at the help instead of the whole help (commander adds "Did you mean ...?").
   if (!ctx.json) {
     program.showHelpAfterError('(see vfio-mig --help)');
     for (const c of program.commands) c.showHelpAfterError(`(see vfio-mig ${c.name()} --help)`);
+    for (const c of qs.commands) c.showHelpAfterError(`(see vfio-mig qemu-stream ${c.name()} --help)`);
   }
   return program;
 }

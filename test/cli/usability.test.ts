@@ -185,9 +185,9 @@ describe('README and --help match the program', () => {
     for (const what of installs) expect(what).toMatch(/^\.|\.tgz$/);
   });
   it('every command\'s --help describes each of its arguments', async () => {
-    for (const c of ['info', 'state', 'save', 'load', 'fsm', 'conformance', 'trace', 'exec', 'serve', 'env']) {
-      const help = (await runInProcess([c, '--help'])).stdout;
-      const usage = /^Usage: vfio-mig \S+ (.*)$/m.exec(help)![1]!;
+    for (const c of ['info', 'state', 'save', 'load', 'fsm', 'conformance', 'trace', 'exec', 'serve', 'env', 'qemu-stream list', 'qemu-stream extract', 'qemu-stream diff']) {
+      const help = (await runInProcess([...c.split(' '), '--help'])).stdout;
+      const usage = /^Usage: vfio-mig (?:qemu-stream )?\S+ (.*)$/m.exec(help)![1]!;
       for (const [, name] of usage.matchAll(/[<[](\w+)(?:\.\.\.)?[>\]]/g)) {
         if (name === 'options') continue;
         expect(help, `${c} ${name}`).toMatch(new RegExp(`^Arguments:\\n(?:  .*\\n)*  ${name}(?:\\.\\.\\.)?\\s{2,}\\S`, 'm'));
