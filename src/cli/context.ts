@@ -49,6 +49,8 @@ export interface CliIo {
   /** When given, SIGINT, SIGTERM and SIGHUP clean up and end the run through `exit`. */
   signals?: SignalSource;
   exit?: (code: number) => void;
+  /** Replaces the process with a program (`exec`); only a run that owns its process has it. Returns only by throwing. */
+  execve?: (path: string, argv: string[], env: Record<string, string | undefined>) => never;
 }
 
 export const INTERRUPT_SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
@@ -62,6 +64,7 @@ export class CliContext {
   /** --json anywhere on the command line: errors, usage errors too, are then one JSON object. */
   readonly json: boolean;
   readonly signals: SignalSource | null;
+  readonly execve: CliIo['execve'];
   readonly stdinKind: StdinKind;
   readonly #console: Console;
   readonly #stdin: (() => AsyncIterable<Uint8Array>) | undefined;
@@ -74,6 +77,7 @@ export class CliContext {
     this.stderr = io.stderr;
     this.json = argv.includes('--json');
     this.signals = io.signals ?? null;
+    this.execve = io.execve;
     this.#stdin = io.stdin;
     this.stdinKind = io.stdinKind ?? 'stream';
     // console.log's semantics on these streams (a reader gone away does not throw).
