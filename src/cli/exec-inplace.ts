@@ -4,16 +4,15 @@
  * anything is started), and the process made fit for COMMAND (stdio and
  * the descriptors Node was given stay; the ones Node opened do not).
  */
-import { accessSync, constants as fsConstants, readFileSync, readdirSync, statSync } from 'node:fs';
+import { accessSync, constants as fsConstants, readFileSync, readdirSync, readlinkSync, statSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { delimiter, join } from 'node:path';
 import { sysExecve, sysSetCloexec, sysSetNonblock, sysSignalDefault } from '../v2/kernel/sys.js';
 
 const O_NONBLOCK = 0o4000;
-const O_CLOEXEC = 0o2000000;
 
 interface FdNote {
-  /** Open at startup without O_CLOEXEC: given to this process, so COMMAND's too (libvirt passes fds to QEMU). */
+  /** Given to this process (so COMMAND's too: libvirt passes tap, vhost and socket fds to QEMU). */
   inherited: Set<number>;
   /** O_NONBLOCK of fds 0-2 at startup: Node may change it on a shared file description, and resets it only at exit. */
   nonblock: Map<number, boolean>;
@@ -30,22 +29,41 @@ function fdFlags(fd: number): number | undefined {
   }
 }
 
-/** Called first thing in main.ts, before Node's stdio streams exist. */
+function fdTarget(fd: number): string | undefined {
+  try {
+    return readlinkSync(`/proc/self/fd/${fd}`);
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Called first thing in main.ts. Node has already marked every descriptor
+ * it inherited close-on-exec (libuv's uv_disable_stdio_inheritance), so the
+ * flag cannot tell them from its own: those are known by kind instead, an
+ * anonymous inode (epoll, eventfd, io_uring, ...) or a pipe whose both ends
+ * are here (libuv's signal pipes). Everything else open now was given.
+ */
 export function noteInheritedFds(): void {
   const inherited = new Set<number>();
   const nonblock = new Map<number, boolean>();
-  let fds: string[] = [];
+  let fds: number[] = [];
   try {
-    fds = readdirSync('/proc/self/fd');
+    fds = readdirSync('/proc/self/fd').map(Number);
   } catch {
-    // no /proc: nothing is known, nothing will be closed
+    // no /proc: nothing is known, and only 0-2 are handed on
   }
-  for (const name of fds) {
-    const fd = Number(name);
-    const flags = fdFlags(fd);
-    if (flags === undefined) continue;
-    if (fd <= 2) nonblock.set(fd, (flags & O_NONBLOCK) !== 0);
-    else if ((flags & O_CLOEXEC) === 0) inherited.add(fd);
+  const targets = new Map(fds.map((fd) => [fd, fdTarget(fd)]));
+  const pipeEnds = new Map<string, number>();
+  for (const t of targets.values()) if (t?.startsWith('pipe:')) pipeEnds.set(t, (pipeEnds.get(t) ?? 0) + 1);
+  for (const [fd, target] of targets) {
+    if (target === undefined || target === '/proc/self/fd' || /^\/proc\/\d+\/fd$/.test(target)) continue; // gone, or readdir's own
+    if (fd <= 2) {
+      const flags = fdFlags(fd);
+      if (flags !== undefined) nonblock.set(fd, (flags & O_NONBLOCK) !== 0);
+    } else if (!target.startsWith('anon_inode:') && !(target.startsWith('pipe:') && pipeEnds.get(target)! > 1)) {
+      inherited.add(fd);
+    }
   }
   note = { inherited, nonblock };
 }
@@ -96,9 +114,9 @@ export function replaceProcess(path: string, argv: string[], env: Record<string,
   try {
     fds = readdirSync('/proc/self/fd').map(Number);
   } catch {
-    // without /proc, Node's own descriptors are O_CLOEXEC anyway (libuv opens them so)
+    // without /proc: Node's own descriptors are close-on-exec anyway (libuv opens them so)
   }
-  for (const fd of fds) if (fd > 2 && !n.inherited.has(fd)) sysSetCloexec(fd, true);
+  for (const fd of fds) if (fd > 2) sysSetCloexec(fd, !n.inherited.has(fd));
   for (const fd of [0, 1, 2]) {
     sysSetCloexec(fd, false); // Node marks its stdio close-on-exec
     const was = n.nonblock.get(fd);
