@@ -11,14 +11,12 @@ import { sysExecve, sysSetCloexec, sysSetNonblock, sysSignalDefault } from '../v
 
 const O_NONBLOCK = 0o4000;
 
-interface FdNote {
+export interface FdNote {
   /** Given to this process (so COMMAND's too: libvirt passes tap, vhost and socket fds to QEMU). */
   inherited: Set<number>;
   /** O_NONBLOCK of fds 0-2 at startup: Node may change it on a shared file description, and resets it only at exit. */
   nonblock: Map<number, boolean>;
 }
-
-let note: FdNote | null = null;
 
 function fdFlags(fd: number): number | undefined {
   try {
@@ -38,13 +36,14 @@ function fdTarget(fd: number): string | undefined {
 }
 
 /**
- * Called first thing in main.ts. Node has already marked every descriptor
- * it inherited close-on-exec (libuv's uv_disable_stdio_inheritance), so the
- * flag cannot tell them from its own: those are known by kind instead, an
- * anonymous inode (epoll, eventfd, io_uring, ...) or a pipe whose both ends
- * are here (libuv's signal pipes). Everything else open now was given.
+ * What this process was given, for replaceProcess; called first thing in
+ * main.ts. Node has already marked every descriptor it inherited
+ * close-on-exec (libuv's uv_disable_stdio_inheritance), so the flag cannot
+ * tell them from its own: those are known by kind instead, an anonymous
+ * inode (epoll, eventfd, io_uring, ...) or a pipe whose both ends are here
+ * (libuv's signal pipes). Everything else open now was given.
  */
-export function noteInheritedFds(): void {
+export function noteInheritedFds(): FdNote {
   const inherited = new Set<number>();
   const nonblock = new Map<number, boolean>();
   let fds: number[] = [];
@@ -65,7 +64,7 @@ export function noteInheritedFds(): void {
       inherited.add(fd);
     }
   }
-  note = { inherited, nonblock };
+  return { inherited, nonblock };
 }
 
 export type ResolvedCommand = { path: string } | { status: 126 | 127; reason: string };
@@ -108,8 +107,7 @@ export function resolveCommand(name: string, pathVar: string | undefined): Resol
  * flags are put back as COMMAND would have had them without Node in between.
  * Returns only by throwing (the execve's errno).
  */
-export function replaceProcess(path: string, argv: string[], env: Record<string, string | undefined>): never {
-  const n = note ?? { inherited: new Set<number>(), nonblock: new Map<number, boolean>() };
+export function replaceProcess(n: FdNote, path: string, argv: string[], env: Record<string, string | undefined>): never {
   let fds: number[] = [];
   try {
     fds = readdirSync('/proc/self/fd').map(Number);
