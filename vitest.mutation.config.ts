@@ -6,7 +6,7 @@ import { defineConfig } from 'vitest/config';
 // reaches them.
 export default defineConfig({
   test: {
-    include: ['test/bridge/**/*.test.ts', 'test/v2/**/*.test.ts', 'test/service/**/*.test.ts'],
+    include: ['test/bridge/**/*.test.ts', 'test/v1/**/*.test.ts', 'test/v2/**/*.test.ts', 'test/service/**/*.test.ts'],
     // The kernel backend's host tests close descriptors with libc behind Node's back; under
     // Stryker's instrumented workers that aborted the run (SIGABRT), and they exercise neither target.
     exclude: ['test/v2/kernel-stream.test.ts', 'test/v2/kernel-device.test.ts'],

@@ -5,11 +5,23 @@ const NAME_BY_NUMBER = new Map<number, string>(
   Object.entries(ERRNO).map(([name, num]) => [num, name]),
 );
 
+/**
+ * What a caller can do about an error, as a stable key set where the error
+ * is raised (`details.hint`), so no caller parses a message:
+ * - not-a-device: the path is no VFIO node (a wrong argument, not a device's fault);
+ * - fsm-path: the device has no path for the transition asked (see vfio_mig_get_next_state);
+ * - v1-states: a v1 device_state value or transition the v1 protocol does not allow;
+ * - resume-rejected: the device refused the resume data (another model, a damaged stream).
+ */
+export type ErrorHint = 'not-a-device' | 'fsm-path' | 'v1-states' | 'resume-rejected';
+
 export interface VfioErrorOptions {
   /** The syscall that produced the errno, when the kernel did. */
   syscall?: string;
   /** Structured context: states, offsets, lengths, file names. */
   details?: Record<string, unknown>;
+  /** Stored as `details.hint`. */
+  hint?: ErrorHint;
   cause?: unknown;
 }
 
@@ -38,7 +50,12 @@ export class VfioError extends Error {
     this.device = device;
     this.reason = reason;
     this.syscall = options.syscall;
-    this.details = options.details;
+    this.details = options.hint ? { ...options.details, hint: options.hint } : options.details;
+  }
+
+  /** The same error with a hint added (a layer that knows what a lower one's errno means). */
+  withHint(hint: ErrorHint): VfioError {
+    return new VfioError(this.code, this.op, this.device, this.reason, { syscall: this.syscall, details: this.details, hint, cause: this });
   }
 
   /** From a positive errno returned by a syscall. */
@@ -58,6 +75,11 @@ export function asVfioError(e: unknown, op: string, device: string): VfioError {
 
 export function isVfioError(e: unknown, code?: string): e is VfioError {
   return e instanceof VfioError && (code === undefined || e.code === code);
+}
+
+/** The hint an error was raised with, if any. */
+export function hintOf(e: unknown): ErrorHint | undefined {
+  return isVfioError(e) ? (e.details?.hint as ErrorHint | undefined) : undefined;
 }
 
 /** The errno number for a name, from os.constants (never a hand-typed table). */

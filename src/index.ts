@@ -1,5 +1,5 @@
-export { VfioError, isVfioError, asVfioError, errnoOf } from './errors.js';
-export type { VfioErrorOptions } from './errors.js';
+export { VfioError, isVfioError, asVfioError, errnoOf, hintOf } from './errors.js';
+export type { VfioErrorOptions, ErrorHint } from './errors.js';
 export {
   MigState,
   MigFlag,
@@ -10,7 +10,10 @@ export {
 export type { RegionInfo, SparseMmapArea } from './v2/uapi.js';
 export * as uapi from './v2/uapi.js';
 export { nextState, migrationPath, isStateSupported, arcOpensStream, arcEndsStream, isSavingState, holdsSession } from './v2/fsm.js';
-export type { V2Device, DataStream, PrecopyInfo } from './v2/device.js';
+export type { V2Device, DataStream, PrecopyInfo, DeviceKind } from './v2/device.js';
+export { ForwardingDevice } from './v2/forwarding-device.js';
+export { openDevice, deviceKindOf } from './v2/open-device.js';
+export type { DeviceSpec } from './v2/open-device.js';
 export { readSome, writeAll, chunkPipe } from './v2/stream-io.js';
 export { createSimDevice, SimDevice, SIM_ARCS_KEPT, SIM_MAX_STATE_SIZE } from './v2/sim/sim-device.js';
 export type { SimDeviceOptions, SimFaults, SimArcFault, SimIoFault, SimProfile, FrozenFaults } from './v2/sim/sim-device.js';

@@ -1,3 +1,6 @@
+/** Takes a save's bytes: the one sink type of saveV1 and saveV2. */
+export type Sink = (chunk: Uint8Array) => void | Promise<void>;
+
 /**
  * Whether the taker of a save's bytes (a pipe, a file), rather than the
  * device, ended it: then the device is healthy and the session still ours,

@@ -1,7 +1,9 @@
 /**
  * Layout-table codec for the fixed little-endian uAPI structs. One table per
  * struct, with the kernel's field names, so a grep finds both. u64 fields are
- * bigint, everything narrower is number.
+ * bigint, everything narrower is number. A RangeError here is a bug of the
+ * caller (a buffer it sized itself); input of outside length is checked
+ * before it gets here and refused as a VfioError.
  */
 export type FieldType = 'u8' | 'u16' | 'u32' | 's32' | 'u64';
 

@@ -1,4 +1,4 @@
-import { chunkPipe, drainStream, saveV2 as saveV2Native, loadV2 as loadV2Native, type DataStream, type MigState, type V2Device } from '../src/index.js';
+import { chunkPipe, drainStream, ForwardingDevice, saveV2 as saveV2Native, loadV2 as loadV2Native, type DataStream, type MigState, type V2Device } from '../src/index.js';
 
 /** Reads a saving stream until the temporary end (ENOMSG or 0 in pre-copy) or the real end. */
 export async function drain(stream: DataStream, chunk = 65536): Promise<Buffer> {
@@ -22,20 +22,15 @@ export async function loadV2(dev: V2Device, data: Uint8Array): Promise<void> {
 export { chunkPipe };
 
 /** The device, with every data stream it hands out remembered. */
-export function tracked(dev: V2Device): V2Device & { streams: DataStream[] } {
-  const streams: DataStream[] = [];
-  return {
-    streams,
-    name: dev.name,
-    migrationFlags: () => dev.migrationFlags(),
-    getState: () => dev.getState(),
-    async setState(s: MigState) {
-      const st = await dev.setState(s);
-      if (st) streams.push(st);
-      return st;
-    },
-    stopCopySize: () => dev.stopCopySize(),
-    reset: () => dev.reset(),
-    close: () => dev.close(),
-  };
+export class Tracked extends ForwardingDevice {
+  readonly streams: DataStream[] = [];
+  override async setState(s: MigState): Promise<DataStream | null> {
+    const st = await this.inner.setState(s);
+    if (st) this.streams.push(st);
+    return st;
+  }
+}
+
+export function tracked(dev: V2Device): Tracked {
+  return new Tracked(dev);
 }

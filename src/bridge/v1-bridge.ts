@@ -13,6 +13,7 @@ import { writeAll } from '../v2/stream-io.js';
 import {
   MigFlag,
   MigState,
+  PAGE,
   VFIO_PCI_NUM_REGIONS,
   VFIO_REGION_INFO_FLAG_MMAP,
   VFIO_REGION_INFO_FLAG_READ,
@@ -51,7 +52,6 @@ export interface V1BridgeOptions {
 }
 
 const DEFAULT_SECTION = 1 << 20;
-const PAGE = 4096;
 
 export class V1Bridge implements V1Region {
   readonly size: number;
@@ -254,7 +254,7 @@ export class V1Bridge implements V1Region {
     const name = this.#dev.name;
     const op = `v1.write(device_state) ${v1StateName(old)}->${v1StateName(value)}`;
     const known = V1.MASK | (this.#opts.ndma ? V1_NDMA : 0);
-    const nak = (why: string) => new VfioError('EINVAL', op, name, why, { details: { from: old, to: value } });
+    const nak = (why: string) => new VfioError('EINVAL', op, name, why, { details: { from: old, to: value }, hint: 'v1-states' });
     if (value & ~known) throw nak(`unknown bits 0x${((value & ~known) >>> 0).toString(16)}${value & V1_NDMA ? ' (NDMA needs the ndma option)' : ''}`);
     if (value === old) return; // same-state writes are normal for QEMU: no SET_STATE, stream untouched
     if (isErrorV1(old)) throw nak('device is in the error state; reset it');

@@ -1,7 +1,7 @@
 /** vfio-mig conformance: runs the checker and prints its table (or one JSON object). */
 import { isVfioError } from '../errors.js';
 import { checkConformance } from '../conformance/runner.js';
-import { CHECKS, CHECK_IDS } from '../conformance/registry.js';
+import { CHECKS, CHECK_GROUPS, CHECK_IDS } from '../conformance/registry.js';
 import type { CheckResult, ConformanceReport } from '../conformance/types.js';
 import type { V2Device } from '../v2/device.js';
 import type { CliContext } from './context.js';
@@ -16,7 +16,7 @@ export function conformanceHelp(): string {
   const rows = CHECKS.map((c) => `  ${c.id.padEnd(width)}  ${c.changesState ? 'changes state' : 'read-only    '}  ${c.title}`);
   return [
     '',
-    'Checks (--only takes ids or group names: discovery, fsm, streams, precopy, resume, stress, v1, debugfs):',
+    `Checks (--only takes ids or group names: ${CHECK_GROUPS.join(', ')}):`,
     ...rows,
     '',
     'Checks that change state move the device through its migration states, save and resume it, and reset it',
@@ -34,9 +34,9 @@ export function conformanceHelp(): string {
 
 export function parseOnly(text: string): string[] {
   const names = text.split(',').map((s) => s.trim()).filter(Boolean);
-  const groups = new Set(CHECKS.map((c) => c.group as string));
+  const groups: readonly string[] = CHECK_GROUPS;
   for (const n of names) {
-    if (!CHECK_IDS.includes(n) && !groups.has(n)) throw new CliError(`vfio-mig: --only: unknown check "${n}" (\`vfio-mig conformance --help\` lists them)`, EXIT.USAGE);
+    if (!CHECK_IDS.includes(n) && !groups.includes(n)) throw new CliError(`vfio-mig: --only: unknown check "${n}" (\`vfio-mig conformance --help\` lists them)`, EXIT.USAGE);
   }
   if (!names.length) throw new CliError('vfio-mig: --only: no check named', EXIT.USAGE);
   return names;

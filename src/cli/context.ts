@@ -11,9 +11,10 @@ import { constants as osConstants } from 'node:os';
 import type { Writable } from 'node:stream';
 import { isatty } from 'node:tty';
 import type { V2Device } from '../v2/device.js';
+import { ForwardingDevice } from '../v2/forwarding-device.js';
 import { holdsSession } from '../v2/fsm.js';
 import { migStateName } from '../v2/uapi.js';
-import { openDevice } from './open-device.js';
+import { openDeviceArg } from './open-device.js';
 import { errnoOf } from '../errors.js';
 import { errorLine, toJson } from './output.js';
 
@@ -106,13 +107,8 @@ export class CliContext {
 
   /** Opens a device that an interrupt must close (and name the state of); closing it stops the tracking. */
   async openDevice(spec: string): Promise<V2Device> {
-    const dev = await openDevice(spec);
+    const dev = new TrackedDevice(await openDeviceArg(spec), this.#devices);
     this.#devices.add(dev);
-    const close = dev.close.bind(dev);
-    dev.close = () => {
-      this.#devices.delete(dev);
-      return close();
-    };
     return dev;
   }
 
@@ -190,6 +186,17 @@ export function signalTurns(): () => Promise<void> {
 /** The device's state digest, where it has one; a signal is taken while a large state is hashed. */
 export async function stateDigestOf(dev: V2Device): Promise<string | undefined> {
   return dev.stateDigest?.(signalTurns());
+}
+
+/** A device the run tracks until it is closed. */
+class TrackedDevice extends ForwardingDevice {
+  constructor(inner: V2Device, readonly tracking: Set<V2Device>) {
+    super(inner);
+  }
+  override close(): Promise<void> {
+    this.tracking.delete(this);
+    return this.inner.close();
+  }
 }
 
 /** Closes a device on an interrupt and says where it was left. */

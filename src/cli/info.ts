@@ -1,8 +1,9 @@
 /** vfio-mig info: what a device offers for migration, and the v1 region the bridge would present. */
 import { V1Bridge } from '../bridge/v1-bridge.js';
 import { isVfioError } from '../errors.js';
+import { vfio_device_migration_info } from '../v1/uapi.js';
 import type { V2Device } from '../v2/device.js';
-import { MigFlag, migFlagNames, migStateName } from '../v2/uapi.js';
+import { MigFlag, VFIO_REGION_INFO_FLAG_MMAP, migFlagNames, migStateName } from '../v2/uapi.js';
 import { stateDigestOf, type CliContext } from './context.js';
 import { formatBytes, toJson } from './output.js';
 
@@ -30,7 +31,7 @@ export async function infoCommand(ctx: CliContext, dev: V2Device, opts: { json?:
     // PRECOPY_INFO is an ioctl on a pre-copy data_fd: only the session's owner can ask it.
     precopyInfo: null,
     regions,
-    v1Region: { index: v1.index, size: v1.size, dataOffset: bridge.dataOffset, sectionSize: bridge.sectionSize, flags: v1.flags, type: v1.type, precopy: flags & 4 ? 'real (PRE_COPY)' : 'virtual (RUNNING, pending_bytes 0)' },
+    v1Region: { index: v1.index, size: v1.size, dataOffset: bridge.dataOffset, sectionSize: bridge.sectionSize, flags: v1.flags, type: v1.type, precopy: flags & MigFlag.PRE_COPY ? 'real (PRE_COPY)' : 'virtual (RUNNING, pending_bytes 0)' },
     // null: not computed, the stop-copy size being over INFO_DIGEST_LIMIT (or unknown) and --digest not given.
     ...(dev.stateDigest ? { stateDigest: opts.digest || (stopCopySize !== null && stopCopySize <= INFO_DIGEST_LIMIT) ? await stateDigestOf(dev) : null } : {}),
   };
@@ -50,7 +51,7 @@ export async function infoCommand(ctx: CliContext, dev: V2Device, opts: { json?:
     for (const r of regions) lines.push(`  ${String(r.index).padStart(2)}  size ${r.size}  offset 0x${r.offset.toString(16)}  flags 0x${r.flags.toString(16)}${r.type ? `  type ${r.type.type}/${r.type.subtype}` : ''}`);
   }
   lines.push(
-    `v1 region     index ${v1.index}, ${v1.size} bytes: header @0 (32 bytes), data section @${bridge.dataOffset} (${bridge.sectionSize} bytes), type 3/1, ${v1.flags & 4 ? 'mmap' : 'read|write'}`,
+    `v1 region     index ${v1.index}, ${v1.size} bytes: header @0 (${vfio_device_migration_info.size} bytes), data section @${bridge.dataOffset} (${bridge.sectionSize} bytes), type ${v1.type?.type}/${v1.type?.subtype}, ${v1.flags & VFIO_REGION_INFO_FLAG_MMAP ? 'mmap' : 'read|write'}`,
     `v1 pre-copy   ${info.v1Region.precopy}`,
   );
   if ('stateDigest' in info) lines.push(`state digest  ${info.stateDigest ?? `not computed: stop-copy size over ${formatBytes(Number(INFO_DIGEST_LIMIT))} (--digest hashes the state, about 1 s per GiB)`}`);

@@ -1,12 +1,13 @@
 /**
- * The one place that knows both backends: `sim[:key=value,...]` or a
- * kernel device path (/dev/vfio/devices/vfioN, /dev/vfio/N:NAME).
+ * The DEVICE argument: `sim[:key=value,...]` or a kernel device path
+ * (/dev/vfio/devices/vfioN, /dev/vfio/N:NAME), parsed into the library's
+ * DeviceSpec with usage errors of our own; the library opens it.
  */
 import { constants as osConstants } from 'node:os';
 import type { V2Device } from '../v2/device.js';
 import { nextState } from '../v2/fsm.js';
-import { openKernelDevice } from '../v2/kernel/kernel-device.js';
-import { createSimDevice, SIM_MAX_STATE_SIZE, type SimDeviceOptions, type SimArcFault } from '../v2/sim/sim-device.js';
+import { openDevice, type DeviceSpec } from '../v2/open-device.js';
+import { SIM_MAX_STATE_SIZE, type SimDeviceOptions, type SimArcFault } from '../v2/sim/sim-device.js';
 import { MIG_FLAGS_ALL, MigFlag, isMigFlagSet, migStateName, parseMigState } from '../v2/uapi.js';
 import { CliError } from './output.js';
 import { EXIT } from './exit-codes.js';
@@ -151,8 +152,13 @@ function parseArcFault(spec: string, text: string): SimArcFault {
   return { from: f, to: t, errno, leave: leave === 'error' ? 'error' : 'stay' };
 }
 
-export async function openDevice(spec: string): Promise<V2Device> {
-  if (spec === 'sim' || spec.startsWith('sim:')) return createSimDevice(parseSimSpec(spec));
-  if (spec.startsWith('/')) return openKernelDevice(spec);
+/** The DEVICE argument as the library's spec; a usage error when it is neither form. */
+export function parseDeviceArg(spec: string): DeviceSpec {
+  if (spec === 'sim' || spec.startsWith('sim:')) return { sim: parseSimSpec(spec) };
+  if (spec.startsWith('/')) return spec;
   throw usage(spec, 'not a device: use sim, sim:key=value,..., /dev/vfio/devices/vfioN or /dev/vfio/N:NAME');
+}
+
+export async function openDeviceArg(spec: string): Promise<V2Device> {
+  return openDevice(parseDeviceArg(spec));
 }

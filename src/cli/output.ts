@@ -1,7 +1,7 @@
 /** Output conventions: data on stdout, diagnostics on stderr, one-line errors, exit codes. */
 import type { Writable } from 'node:stream';
 import { getSystemErrorMap } from 'node:util';
-import { VfioError, asVfioError, errnoOf, isVfioError } from '../errors.js';
+import { VfioError, asVfioError, errnoOf, hintOf, isVfioError, type ErrorHint } from '../errors.js';
 import { V1, v1StateName } from '../v1/uapi.js';
 import type { V2Device } from '../v2/device.js';
 import { MigState, migStateName } from '../v2/uapi.js';
@@ -24,21 +24,26 @@ const FILE_HINTS: Record<string, string> = {
 /** The steps of opening a kernel device: EBUSY there is another process holding it, which no reset undoes. */
 const DEVICE_OPEN_OPS: readonly string[] = ['open', 'VFIO_DEVICE_BIND_IOMMUFD', 'VFIO_GROUP_SET_CONTAINER', 'VFIO_GROUP_GET_DEVICE_FD'];
 
+const V1_STATES_HINT = `v1 device_state values: ${[V1.STOP, V1.RUNNING, V1.SAVING | V1.RUNNING, V1.SAVING, V1.RESUMING].map(v1StateName).join(', ')}, each reachable from each other except 010 -> 011; 110 is the error state, left by \`vfio-mig state DEVICE --reset\``;
+
+/** The words for each hint an error was raised with. */
+const HINT_TEXT: Record<ErrorHint, string | undefined> = {
+  'not-a-device': undefined, // the reason says what was expected
+  'fsm-path': '`vfio-mig fsm` lists the valid transitions',
+  // `vfio-mig fsm` is the v2 table: a v1 write is helped by the v1 values instead.
+  'v1-states': V1_STATES_HINT,
+  'resume-rejected': 'the data does not fit this device: same model and an intact file are needed',
+};
+
 function hintFor(e: VfioError): string | undefined {
-  if (e.reason?.startsWith('not a VFIO device')) return undefined; // the reason says what was expected
+  const hint = hintOf(e);
+  if (hint) return HINT_TEXT[hint];
   if (e.code === 'EBUSY' && DEVICE_OPEN_OPS.includes(e.op)) return 'another process holds the device or its VFIO group open (a VMM, `vfio-mig serve`, another vfio-mig): it must close it first';
   if (e.code === 'EBUSY' && e.op === 'VFIO_GROUP_GET_STATUS') return undefined; // the reason (group not viable) says what to do
   if (e.details?.file !== undefined) return FILE_HINTS[e.code];
   if (e.op === 'serve' || e.op.endsWith('listen')) return e.code === 'EACCES' ? 'the socket\'s directory is not writable for this user' : undefined;
-  if (e.code !== 'EINVAL') return HINTS[e.code];
-  if (e.reason?.startsWith('resume data rejected')) return 'the data does not fit this device: same model and an intact file are needed';
-  // `vfio-mig fsm` is the v2 table: a v1 write is helped by the v1 values instead.
-  if (e.op.startsWith('v1.write(device_state)')) return V1_STATES_HINT;
-  if (/^(SET_STATE|vfio_mig_get_next_state)/.test(e.op)) return '`vfio-mig fsm` lists the valid transitions';
-  return undefined;
+  return e.code === 'EINVAL' ? undefined : HINTS[e.code];
 }
-
-const V1_STATES_HINT = `v1 device_state values: ${[V1.STOP, V1.RUNNING, V1.SAVING | V1.RUNNING, V1.SAVING, V1.RESUMING].map(v1StateName).join(', ')}, each reachable from each other except 010 -> 011; 110 is the error state, left by \`vfio-mig state DEVICE --reset\``;
 
 /**
  * A Node fs error on a file the user named, as a VfioError on that name.
@@ -66,7 +71,7 @@ export class CliError extends Error {
 
 /** A path that is no VFIO node (a file, /dev/null): the argument is wrong, not the device's migration support. */
 function isNotADevice(e: VfioError): boolean {
-  return e.code === 'ENOTTY' && /^not a VFIO (device|group)\b/.test(e.reason ?? '');
+  return hintOf(e) === 'not-a-device';
 }
 
 export function exitCodeFor(e: unknown): number {

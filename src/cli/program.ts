@@ -12,7 +12,8 @@ import type { CliContext } from './context.js';
 import { fsmCommand } from './fsm.js';
 import { infoCommand } from './info.js';
 import { loadCommand } from './load.js';
-import { DEVICE_HELP, parseSize } from './open-device.js';
+import { deviceKindOf } from '../v2/open-device.js';
+import { DEVICE_HELP, parseDeviceArg, parseSize } from './open-device.js';
 import { CliError, errorJson, errorLine, exitCodeFor, toJson } from './output.js';
 import { saveCommand } from './save.js';
 import { EXEC_SERVICE, envCommand, execCommand, execServiceCommand, serveCommand } from './serve.js';
@@ -158,7 +159,7 @@ function buildProgram(ctx: CliContext, exit: (code: number) => void): Command {
     .addHelpText('after', conformanceHelp())
     .action(async (device: string, o) => {
       // A kernel device cannot be opened twice; a second sim of one spec is a second device.
-      if (o.peer === device && !device.startsWith('sim')) throw new CliError(`vfio-mig conformance: --peer ${o.peer} is the device itself (leave --peer out to resume into the device)`, EXIT.USAGE);
+      if (o.peer === device && deviceKindOf(parseDeviceArg(device)) === 'kernel') throw new CliError(`vfio-mig conformance: --peer ${o.peer} is the device itself (leave --peer out to resume into the device)`, EXIT.USAGE);
       exit(await ctx.withDevice(device, async (d) => {
         if (!o.peer) return conformanceCommand(ctx, d, undefined, o);
         return ctx.withDevice(o.peer, (p) => conformanceCommand(ctx, d, p, o));

@@ -13,8 +13,9 @@ import { getSystemErrorMap } from 'node:util';
 import { VfioError, asVfioError } from '../errors.js';
 import { MAX_SOCKET_PATH, startBridgeService, type BridgeServiceOptions, type ServiceTraceEvent } from '../service/bridge-service.js';
 import { preloadLibrary } from '../service/preload-library.js';
+import { PAGE } from '../v2/uapi.js';
 import type { CliContext, SignalSource } from './context.js';
-import { openDevice, parseSimSpec } from './open-device.js';
+import { openDeviceArg, parseSimSpec } from './open-device.js';
 import { CliError, errorLine, toJson } from './output.js';
 import { EXIT } from './exit-codes.js';
 import { resolveCommand } from './exec-inplace.js';
@@ -106,7 +107,7 @@ type ServiceCommand = 'serve' | 'exec';
 async function start(ctx: CliContext, cmd: ServiceCommand, socketPath: string, given: boolean, o: ServeCliOptions & { listenFd?: number }): Promise<() => Promise<void>> {
   if (o.sim) parseSimSpec(o.sim); // a bad --sim is a usage error now, not at each VMM's first device
   // The VMM maps the section: the interposer refuses one that is not whole pages.
-  if (o.sectionSize % 4096 !== 0) throw new CliError(`vfio-mig ${cmd}: --section-size must be a multiple of 4096 bytes, the page size (got ${o.sectionSize})`, EXIT.USAGE);
+  if (o.sectionSize % PAGE !== 0) throw new CliError(`vfio-mig ${cmd}: --section-size must be a multiple of ${PAGE} bytes, the page size (got ${o.sectionSize})`, EXIT.USAGE);
   ctx.stderr.on('error', () => undefined);
   const log = serviceLog(ctx);
   const trace = o.trace !== undefined ? traceWriter(cmd, o.trace, log) : null;
@@ -120,7 +121,7 @@ async function start(ctx: CliContext, cmd: ServiceCommand, socketPath: string, g
     ...(trace ? { trace: trace.write } : {}),
     // --sim: every VMM device is served by a fresh simulated device (tests, benchmarks).
     // The service owns the devices it opens and resets them when it stops: not the run's to track.
-    ...(o.sim ? { openDevice: () => openDevice(o.sim!) } : {}),
+    ...(o.sim ? { openDevice: () => openDeviceArg(o.sim!) } : {}),
   };
   let svc;
   try {

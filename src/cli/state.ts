@@ -1,7 +1,7 @@
 /** vfio-mig state: get, set by v2 name, or set v1 bits through the bridge; prints the path taken. */
 import { openV1Bridge } from '../bridge/v1-bridge.js';
 import { readU32, writeU32 } from '../v1/region-access.js';
-import { VfioError } from '../errors.js';
+import { VfioError, isVfioError } from '../errors.js';
 import { MIGRATION_INFO, V1, v1StateName } from '../v1/uapi.js';
 import type { V2Device } from '../v2/device.js';
 import { holdsSession, migrationPath } from '../v2/fsm.js';
@@ -64,7 +64,8 @@ export async function stateCommand(ctx: CliContext, dev: V2Device, target: strin
     path = migrationPath(cur, want, flags);
   } catch (e) {
     // Refused before the device is asked, as the kernel would refuse it.
-    throw new VfioError('EINVAL', `SET_STATE ${migStateName(cur)}->${migStateName(want)}`, dev.name, (e as VfioError).reason, { cause: e });
+    if (!isVfioError(e)) throw e;
+    throw new VfioError('EINVAL', `SET_STATE ${migStateName(cur)}->${migStateName(want)}`, dev.name, e.reason, { cause: e, hint: 'fsm-path' });
   }
   let stream;
   try {

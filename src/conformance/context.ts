@@ -6,6 +6,7 @@
 import { readdirSync } from 'node:fs';
 import { VfioError, isVfioError } from '../errors.js';
 import type { DataStream, PrecopyInfo, V2Device } from '../v2/device.js';
+import { ForwardingDevice } from '../v2/forwarding-device.js';
 import { writeAll } from '../v2/stream-io.js';
 import { MIG_FLAGS_ALL, MigFlag, MigState, migStateName } from '../v2/uapi.js';
 import { Skip } from './types.js';
@@ -79,23 +80,22 @@ class LoggedStream implements DataStream {
 }
 
 /** A device whose every call is logged; streams it opens are logged and tracked for closing. */
-export class LoggedDevice implements V2Device {
+export class LoggedDevice extends ForwardingDevice {
   #fds = 0;
   readonly open = new Set<DataStream>();
-  constructor(readonly inner: V2Device, readonly label: string, readonly ctx: CheckContext) {}
-  get name(): string {
-    return this.inner.name;
+  constructor(inner: V2Device, readonly label: string, readonly ctx: CheckContext) {
+    super(inner);
   }
   #log<T>(call: string, fn: () => Promise<T>, show: (v: T) => string): Promise<T> {
     return logged(this.ctx, `${this.label} ${call}`, fn, show);
   }
-  migrationFlags(): Promise<number> {
+  override migrationFlags(): Promise<number> {
     return this.#log('FEATURE_MIGRATION', () => this.inner.migrationFlags(), (f) => `flags ${f}`);
   }
-  getState(): Promise<MigState> {
+  override getState(): Promise<MigState> {
     return this.#log('GET_STATE', () => this.inner.getState(), migStateName);
   }
-  async setState(state: MigState): Promise<DataStream | null> {
+  override async setState(state: MigState): Promise<DataStream | null> {
     let label = '';
     const s = await this.#log(`SET_STATE ${migStateName(state)}`, async () => {
       const r = await this.inner.setState(state);
@@ -107,14 +107,11 @@ export class LoggedDevice implements V2Device {
     this.open.add(wrapped);
     return wrapped;
   }
-  stopCopySize(): Promise<bigint> {
+  override stopCopySize(): Promise<bigint> {
     return this.#log('MIG_DATA_SIZE', () => this.inner.stopCopySize(), String);
   }
-  reset(): Promise<void> {
+  override reset(): Promise<void> {
     return this.#log('RESET', () => this.inner.reset(), () => 'ok');
-  }
-  close(): Promise<void> {
-    return this.inner.close();
   }
   /** Closes every stream a check left open (a check's fds never outlive it). */
   async closeStreams(): Promise<void> {

@@ -34,7 +34,7 @@ export const debugfsChecks: Check[] = [
     changesState: true,
     async run(ctx) {
       const file = ctx.debugfsState;
-      if (!file) throw new Skip('not a kernel device path: no debugfs file to compare with');
+      if (!file) throw new Skip('not a kernel device: no debugfs file to compare with');
       if (!existsSync(file!)) {
         throw new Skip(existsSync(DEBUGFS) || file !== debugfsStatePath(ctx.dev.name)
           ? `${file} does not exist (a kernel before 6.8, or a driver without migration debugfs)`

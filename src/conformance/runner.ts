@@ -14,10 +14,6 @@ import { Skip, type CheckResult, type ConformanceOptions, type ConformanceReport
 
 const DEFAULT_CYCLES = 20;
 
-function isKernelPath(name: string): boolean {
-  return name.startsWith('/dev/vfio/');
-}
-
 export async function checkConformance(device: V2Device, options: ConformanceOptions = {}): Promise<ConformanceReport> {
   let checks;
   try {
@@ -27,7 +23,7 @@ export async function checkConformance(device: V2Device, options: ConformanceOpt
   }
   const cycles = options.cycles ?? DEFAULT_CYCLES;
   if (!Number.isSafeInteger(cycles) || cycles < 1) throw new VfioError('EINVAL', 'checkConformance', device.name, `cycles must be a whole number of at least 1 (got ${cycles})`);
-  const debugfs = options.debugfsState ?? (isKernelPath(device.name) ? debugfsStatePath(device.name) : null);
+  const debugfs = options.debugfsState ?? (device.kind === 'kernel' ? debugfsStatePath(device.name) : null);
   const ctx = new CheckContext(device, options.peer, cycles, debugfs);
 
   const rawFlags = await device.migrationFlags();
@@ -104,7 +100,7 @@ export async function checkConformance(device: V2Device, options: ConformanceOpt
   for (const d of ctx.samePeer ? [device] : [device, options.peer!]) {
     const state = await d.getState().catch(() => null);
     const end: DeviceEnd = { device: d.name, state: state === null ? null : migStateName(state) };
-    if (state !== MigState.RUNNING) end.recover = `VFIO_DEVICE_RESET (\`vfio-mig state ${d.name} --reset\`)${isKernelPath(d.name) ? ', or unbind and rebind its driver' : ''}`;
+    if (state !== MigState.RUNNING) end.recover = `VFIO_DEVICE_RESET (\`vfio-mig state ${d.name} --reset\`)${d.kind === 'kernel' ? ', or unbind and rebind its driver' : ''}`;
     left.push(end);
   }
   const summary = { pass: 0, fail: 0, warn: 0, skip: 0 };
@@ -114,7 +110,7 @@ export async function checkConformance(device: V2Device, options: ConformanceOpt
     peer: ctx.samePeer ? null : options.peer!.name,
     flags: rawFlags,
     flagNames: migFlagNames(ctx.flags),
-    kernel: isKernelPath(device.name) ? release() : null,
+    kernel: device.kind === 'kernel' ? release() : null,
     checks: results,
     summary,
     left,

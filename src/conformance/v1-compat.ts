@@ -2,7 +2,7 @@
 import { openV1Bridge } from '../bridge/v1-bridge.js';
 import { loadV1, saveV1 } from '../v1/reference-caller.js';
 import type { DataAccess } from '../v1/region-access.js';
-import { MigState, migStateName } from '../v2/uapi.js';
+import { MigState, PAGE, migStateName } from '../v2/uapi.js';
 import { errText } from './context.js';
 import type { Check } from './check.js';
 
@@ -23,7 +23,7 @@ export const v1Checks: Check[] = [
         const what = `${strict ? 'strict' : 'default'} mode, ${access === 'qemu' ? '8-byte' : 'bulk'} access`;
         await ctx.settleAll();
         // Bulk access with the default 1 MiB section (large reads), 8-byte access with a 4 KiB one (as QEMU without mmap).
-        const sectionSize = access === 'bulk' ? 1 << 20 : 4096;
+        const sectionSize = access === 'bulk' ? 1 << 20 : PAGE;
         try {
           const chunks: Uint8Array[] = [];
           const src = await openV1Bridge(ctx.dev, { strict, sectionSize });
@@ -48,7 +48,7 @@ export const v1Checks: Check[] = [
       const data = await ctx.saveStopCopy();
       await ctx.settleAll();
       const chunks: Uint8Array[] = [];
-      const src = await openV1Bridge(ctx.dev, { sectionSize: 4096 });
+      const src = await openV1Bridge(ctx.dev, { sectionSize: PAGE });
       await saveV1(src, (c) => void chunks.push(Uint8Array.from(c)), { precopy: false, dataAccess: 'qemu' });
       await src.close();
       const v1 = Buffer.concat(chunks);

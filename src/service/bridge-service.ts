@@ -16,10 +16,10 @@ import type { V2Device } from '../v2/device.js';
 import { openKernelDevice } from '../v2/kernel/kernel-device.js';
 import { holdsSession } from '../v2/fsm.js';
 import { linuxPeerSys, type PeerSysCalls, type SharedMapping } from '../v2/kernel/sys.js';
-import { MigState, VFIO_REGION_SUBTYPE_MIGRATION_DEPRECATED, VFIO_REGION_TYPE_MIGRATION_DEPRECATED, encodeRegionInfo, migStateName } from '../v2/uapi.js';
+import { MigState, PAGE, VFIO_REGION_SUBTYPE_MIGRATION_DEPRECATED, VFIO_REGION_TYPE_MIGRATION_DEPRECATED, encodeRegionInfo, migStateName } from '../v2/uapi.js';
 import { listenUnix } from './listen.js';
 import { ConnectionCount, DEFAULT_LIMITS, escapeForLog, limitedLog, type ServiceLimits } from './limits.js';
-import { Peer, checkVfioDeviceFd } from './peer.js';
+import { Peer } from './peer.js';
 import { GroupMember, QuiesceGroup, type GroupEvent } from './quiesce-group.js';
 import { MAX_REQUEST_PAYLOAD, RequestReader, WireOp, encodeReply, vmw_bye, vmw_hello, vmw_hello_reply, vmw_region, type WireRequest } from './wire.js';
 
@@ -78,7 +78,6 @@ export interface SessionStats {
 
 export { MAX_SOCKET_PATH } from './listen.js';
 export const SERVICE_SECTION_SIZE = 4 << 20;
-const PAGE = 4096;
 /** How many ended sessions `finished` keeps. */
 const FINISHED_KEPT = 64;
 /** Where region `index` starts in a vfio-pci device fd (VFIO_PCI_INDEX_TO_OFFSET). */
@@ -442,16 +441,9 @@ class DeviceSession {
   }
 }
 
-/** The VMM's own device fd, borrowed (closing it never resets the device), once it is known to be a VFIO device. */
+/** The VMM's own device fd, borrowed: closing it never resets the device. */
 async function openBorrowed(hello: DeviceHello, peer: Peer): Promise<V2Device> {
-  const fd = peer.takeFd(hello.fd, 'serve', hello.name);
-  try {
-    checkVfioDeviceFd(fd, 'serve', hello.name);
-  } catch (e) {
-    linuxPeerSys.close(fd);
-    throw e;
-  }
-  return openKernelDevice({ fd, name: hello.name });
+  return openKernelDevice({ fd: peer.takeDeviceFd(hello.fd, 'serve', hello.name), name: hello.name });
 }
 
 /**

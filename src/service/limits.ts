@@ -5,9 +5,9 @@
  */
 
 export interface ServiceLimits {
-  /** Connections open at once, from all clients (default 256). */
+  /** Connections open at once, from all clients (default 512). */
   maxConnections: number;
-  /** Connections open at once from one uid (default 64: a VMM holds one per device). */
+  /** Connections open at once from one uid (default 128: one per bridged device, and libvirt runs every VM as one uid). */
   maxConnectionsPerUid: number;
   /** Requests read from a connection and not yet answered; above it the service stops reading (default 4). */
   maxQueuedRequests: number;
@@ -20,8 +20,8 @@ export interface ServiceLimits {
 }
 
 export const DEFAULT_LIMITS: ServiceLimits = {
-  maxConnections: 256,
-  maxConnectionsPerUid: 64,
+  maxConnections: 512,
+  maxConnectionsPerUid: 128,
   maxQueuedRequests: 4,
   maxUnsentBytes: 64 << 10,
   helloTimeoutMs: 10_000,

@@ -50,6 +50,18 @@ export class Peer {
     }
   }
 
+  /** A copy of the peer's device fd `fd`, checked to be a VFIO device before anyone issues an ioctl on it. */
+  takeDeviceFd(fd: number, op: string, device: string): number {
+    const own = this.takeFd(fd, op, device);
+    try {
+      checkVfioDeviceFd(own, op, device);
+      return own;
+    } catch (e) {
+      this.#sys.close(own);
+      throw e;
+    }
+  }
+
   /**
    * Maps the peer's data section `fd` (at least `size` bytes), refusing
    * anything but a memfd sealed against shrinking and growing: a file the

@@ -18,6 +18,7 @@
  */
 import { isVfioError } from '../errors.js';
 import type { DataStream, V2Device } from '../v2/device.js';
+import { ForwardingDevice } from '../v2/forwarding-device.js';
 import { MigFlag, MigState, migStateName } from '../v2/uapi.js';
 
 export interface GroupEvent {
@@ -101,19 +102,17 @@ export class QuiesceGroup {
 }
 
 /** A group member as its bridge sees it: a V2Device whose P2P detours are hidden. */
-export class GroupMember implements V2Device {
+export class GroupMember extends ForwardingDevice {
   #real: MigState;
   #parked = false;
   readonly p2p: boolean;
 
-  constructor(readonly group: QuiesceGroup, readonly inner: V2Device, readonly flags: number, state: MigState) {
+  constructor(readonly group: QuiesceGroup, inner: V2Device, readonly flags: number, state: MigState) {
+    super(inner);
     this.#real = state;
     this.p2p = (flags & MigFlag.P2P) !== 0;
   }
 
-  get name(): string {
-    return this.inner.name;
-  }
   get real(): MigState {
     return this.#real;
   }
@@ -139,26 +138,17 @@ export class GroupMember implements V2Device {
     }
   }
 
-  migrationFlags(): Promise<number> {
-    return this.inner.migrationFlags();
-  }
-  async getState(): Promise<MigState> {
+  override async getState(): Promise<MigState> {
     this.#real = await this.inner.getState();
     if (this.#parked && !RUN_FORM[this.#real]) this.#parked = false;
     return this.visible;
   }
-  setState(state: MigState): Promise<DataStream | null> {
+  override setState(state: MigState): Promise<DataStream | null> {
     return this.group.step(this, state);
   }
-  stopCopySize(): Promise<bigint> {
-    return this.inner.stopCopySize();
-  }
-  async reset(): Promise<void> {
+  override async reset(): Promise<void> {
     await this.inner.reset();
     this.#real = MigState.RUNNING;
     this.#parked = false;
-  }
-  close(): Promise<void> {
-    return this.inner.close();
   }
 }

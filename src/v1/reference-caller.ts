@@ -5,7 +5,7 @@
  * offsets only. It is the CLI's v1 mode and the bridge's test driver.
  */
 import { precopyStalled } from '../precopy.js';
-import { sinkWatch } from '../sink-watch.js';
+import { sinkWatch, type Sink } from '../sink-watch.js';
 import { VfioError } from '../errors.js';
 import { readData, readU32, readU64, writeData, writeU32, writeU64, type DataAccess } from './region-access.js';
 import { MIGRATION_INFO as F, V1, isValidV1, v1StateName, type V1Region } from './uapi.js';
@@ -55,7 +55,8 @@ export interface LoadV1Options {
   onProgress?: (bytes: number) => void;
 }
 
-export type ChunkSink = (chunk: Uint8Array) => void | Promise<void>;
+/** @deprecated The same type as Sink (src/sink-watch.ts), kept for callers that named it. */
+export type ChunkSink = Sink;
 
 /**
  * vfio_migration_set_state(): read-modify-write of device_state. An invalid
@@ -82,7 +83,7 @@ export async function setStateV1(region: V1Region, mask: number, value: number, 
 }
 
 /** One chunk (vfio_save_buffer): data_offset, then data_size, then the data. */
-async function saveBuffer(region: V1Region, sink: ChunkSink, mode: DataAccess, device: string, buffer?: Uint8Array): Promise<number> {
+async function saveBuffer(region: V1Region, sink: Sink, mode: DataAccess, device: string, buffer?: Uint8Array): Promise<number> {
   const dataOffset = await readU64(region, F.DATA_OFFSET);
   const dataSize = await readU64(region, F.DATA_SIZE);
   if (dataOffset < BigInt(F.SIZE) || dataOffset > BigInt(region.size) || dataSize > BigInt(region.size) - dataOffset) {
@@ -99,7 +100,7 @@ async function saveBuffer(region: V1Region, sink: ChunkSink, mode: DataAccess, d
  * data_offset, data_size, data) until pending is below the threshold or the
  * round limit, -> 010 drained until pending is 0, -> 000.
  */
-export async function saveV1(region: V1Region, sink: ChunkSink, options: SaveV1Options = {}): Promise<SaveV1Result> {
+export async function saveV1(region: V1Region, sink: Sink, options: SaveV1Options = {}): Promise<SaveV1Result> {
   const device = options.device ?? 'v1 region';
   const state = await readU32(region, F.DEVICE_STATE);
   const taker = sinkWatch(sink);
@@ -112,7 +113,7 @@ export async function saveV1(region: V1Region, sink: ChunkSink, options: SaveV1O
   }
 }
 
-async function saveV1Steps(region: V1Region, sink: ChunkSink, options: SaveV1Options, state: number): Promise<SaveV1Result> {
+async function saveV1Steps(region: V1Region, sink: Sink, options: SaveV1Options, state: number): Promise<SaveV1Result> {
   const device = options.device ?? 'v1 region';
   const mode = options.dataAccess ?? 'bulk';
   const threshold = options.threshold ?? 1n;

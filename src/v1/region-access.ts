@@ -5,18 +5,24 @@
  * pieces, i.e. a 1 MiB chunk as 131072 8-byte reads).
  */
 import type { V1Region } from './uapi.js';
+import { VfioError } from '../errors.js';
 import { getU32LE, getU64LE, putU32LE, putU64LE } from '../struct.js';
 
 export type DataAccess = 'bulk' | 'qemu';
 
+/** A region that answers with fewer bytes than asked: EIO, as a short pread of a header field would be. */
+async function readField(region: V1Region, offset: number, width: number): Promise<Uint8Array> {
+  const b = await region.read(offset, width);
+  if (b.length < width) throw new VfioError('EIO', `v1.read(${offset})`, 'v1 region', `short read: ${b.length} of ${width} bytes`, { details: { offset, length: b.length } });
+  return b;
+}
+
 export async function readU32(region: V1Region, offset: number): Promise<number> {
-  const b = await region.read(offset, 4);
-  return getU32LE(b);
+  return getU32LE(await readField(region, offset, 4));
 }
 
 export async function readU64(region: V1Region, offset: number): Promise<bigint> {
-  const b = await region.read(offset, 8);
-  return getU64LE(b);
+  return getU64LE(await readField(region, offset, 8));
 }
 
 export async function writeU32(region: V1Region, offset: number, value: number): Promise<void> {

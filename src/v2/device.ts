@@ -33,6 +33,13 @@ export interface DataStream {
 }
 
 /**
+ * What a device is, for the behaviour only one kind has (debugfs, rebinding
+ * a driver, the kernel release in a report): asked of the device, never
+ * guessed from its name.
+ */
+export type DeviceKind = 'kernel' | 'sim';
+
+/**
  * A device speaking the v2 migration protocol.
  *
  * migrationFlags(): FEATURE_MIGRATION GET; ENOTTY when the device has none.
@@ -48,6 +55,8 @@ export interface DataStream {
 export interface V2Device {
   /** Path or description, used in error messages. */
   readonly name: string;
+  /** Absent on a device that does not say (a wrapper of another backend): no kind-specific behaviour. Wrappers forward it. */
+  readonly kind?: DeviceKind;
   migrationFlags(): Promise<number>;
   getState(): Promise<MigState>;
   setState(state: MigState): Promise<DataStream | null>;

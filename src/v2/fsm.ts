@@ -53,6 +53,7 @@ export function isStateSupported(state: number, flags: number): boolean {
 function fsmError(cur: number, target: number, reason: string): VfioError {
   return new VfioError('EINVAL', `vfio_mig_get_next_state ${migStateName(cur)}->${migStateName(target)}`, 'fsm', reason, {
     details: { cur, target },
+    hint: 'fsm-path',
   });
 }
 

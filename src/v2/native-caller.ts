@@ -4,7 +4,7 @@
  * and RESUMING -> data -> the final state.
  */
 import { precopyStalled } from '../precopy.js';
-import { sinkWatch } from '../sink-watch.js';
+import { sinkWatch, type Sink } from '../sink-watch.js';
 import { VfioError, isVfioError } from '../errors.js';
 import type { DataStream, V2Device } from './device.js';
 import { MigFlag, MigState, migStateName } from './uapi.js';
@@ -45,7 +45,7 @@ export interface SaveV2Result {
   precopyPending: bigint;
 }
 
-export type Sink = (chunk: Uint8Array) => void | Promise<void>;
+export type { Sink };
 
 /**
  * Reads into `sink` until end of stream (0), in pre-copy the temporary end

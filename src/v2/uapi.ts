@@ -4,6 +4,7 @@
  * Names keep the kernel's spelling so one grep finds both.
  */
 import { Parser } from 'binary-parser';
+import { VfioError } from '../errors.js';
 import { defineStruct } from '../struct.js';
 
 // _IO(type, nr) = (type << 8) | nr on x86-64/arm64/riscv (_IOC_NONE = 0).
@@ -78,6 +79,12 @@ export const MigFlag = {
 export type MigFlagName = keyof typeof MigFlag;
 export const MIG_FLAGS_ALL = MigFlag.STOP_COPY | MigFlag.P2P | MigFlag.PRE_COPY;
 
+/**
+ * The page size the v1 region's layout (data section alignment, mmap) and
+ * the simulated device assume: 4 KiB, as on x86-64 and arm64 with 4K pages.
+ */
+export const PAGE = 4096;
+
 /** A flag set a v2 driver may report: STOP_COPY always, no bits beyond the three defined. */
 export function isMigFlagSet(flags: number): boolean {
   return (flags & MigFlag.STOP_COPY) !== 0 && (flags & ~MIG_FLAGS_ALL) === 0;
@@ -100,7 +107,7 @@ export function parseMigState(text: string): MigState | undefined {
 
 export function migFlagNames(flags: number): string[] {
   const names: string[] = (Object.keys(MigFlag) as MigFlagName[]).filter((n) => flags & MigFlag[n]);
-  const unknown = flags & ~(MigFlag.STOP_COPY | MigFlag.P2P | MigFlag.PRE_COPY);
+  const unknown = flags & ~MIG_FLAGS_ALL;
   if (unknown) names.push(`0x${unknown.toString(16)}`);
   return names;
 }
@@ -161,6 +168,11 @@ export const vfio_region_info_cap_sparse_mmap_header = defineStruct('vfio_region
   next: { offset: 4, type: 'u32' },
   nr_areas: { offset: 8, type: 'u32' },
   reserved: { offset: 12, type: 'u32' },
+});
+/** One of the sparse mmap capability's `areas[]`, right after its header. */
+export const vfio_region_sparse_mmap_area = defineStruct('vfio_region_sparse_mmap_area', 16, {
+  offset: { offset: 0, type: 'u64' },
+  size: { offset: 8, type: 'u64' },
 });
 export const vfio_group_status = defineStruct('vfio_group_status', 8, {
   argsz: { offset: 0, type: 'u32' },
@@ -234,9 +246,13 @@ sparseMmapCapParser.compile();
 /**
  * Decodes a vfio_region_info buffer the kernel filled, following the
  * capability chain (offsets from the start of the buffer) with a bounds and
- * loop check. Unknown capabilities are skipped.
+ * loop check. Unknown capabilities are skipped. A malformed chain is EINVAL
+ * (`details.offset`): the buffer, not the device, is at fault, and a caller
+ * of the V2Device contract only ever sees VfioErrors.
  */
-export function decodeRegionInfo(buf: Uint8Array): RegionInfo {
+export function decodeRegionInfo(buf: Uint8Array, device = 'vfio_region_info', op = 'VFIO_DEVICE_GET_REGION_INFO'): RegionInfo {
+  const malformed = (offset: number, why: string) => new VfioError('EINVAL', op, device, `vfio_region_info: ${why}`, { details: { offset } });
+  if (buf.length < vfio_region_info.size) throw malformed(0, `${buf.length} bytes, shorter than the struct (${vfio_region_info.size})`);
   const info = vfio_region_info.decode(buf);
   const out: RegionInfo = { index: info.index, flags: info.flags, size: info.size, offset: info.offset };
   if (!(info.flags & VFIO_REGION_INFO_FLAG_CAPS)) return out;
@@ -245,17 +261,17 @@ export function decodeRegionInfo(buf: Uint8Array): RegionInfo {
   let off = info.cap_offset;
   while (off !== 0) {
     if (seen.has(off) || off < vfio_region_info.size || off + vfio_info_cap_header.size > limit) {
-      throw new RangeError(`vfio_region_info: capability chain broken at offset ${off}`);
+      throw malformed(off, `capability chain broken at offset ${off}`);
     }
     seen.add(off);
     const hdr = vfio_info_cap_header.decode(buf, off);
     if (hdr.id === VFIO_REGION_INFO_CAP_TYPE && off + vfio_region_info_cap_type.size <= limit) {
       const cap = vfio_region_info_cap_type.decode(buf, off);
       out.type = { type: cap.type, subtype: cap.subtype };
-    } else if (hdr.id === VFIO_REGION_INFO_CAP_SPARSE_MMAP && off + 16 <= limit) {
+    } else if (hdr.id === VFIO_REGION_INFO_CAP_SPARSE_MMAP && off + vfio_region_info_cap_sparse_mmap_header.size <= limit) {
       const cap = vfio_region_info_cap_sparse_mmap_header.decode(buf, off);
-      const areasEnd = off + 16 + 16 * cap.nr_areas;
-      if (areasEnd > limit) throw new RangeError(`vfio_region_info: sparse mmap areas run past argsz`);
+      const areasEnd = off + vfio_region_info_cap_sparse_mmap_header.size + vfio_region_sparse_mmap_area.size * cap.nr_areas;
+      if (areasEnd > limit) throw malformed(off, `sparse mmap areas run past argsz (${areasEnd} > ${limit})`);
       const parsed = sparseMmapCapParser.parse(Buffer.from(buf.buffer, buf.byteOffset + off, areasEnd - off)) as {
         areas: SparseMmapArea[];
       };
@@ -272,13 +288,10 @@ export function encodeRegionInfo(info: RegionInfo): Uint8Array {
   if (info.type) caps.push(vfio_region_info_cap_type.encode({ id: VFIO_REGION_INFO_CAP_TYPE, version: 1, ...info.type }));
   if (info.sparseMmap) {
     const areas = info.sparseMmap;
-    const cap = new Uint8Array(16 + 16 * areas.length);
+    const head = vfio_region_info_cap_sparse_mmap_header.size;
+    const cap = new Uint8Array(head + vfio_region_sparse_mmap_area.size * areas.length);
     vfio_region_info_cap_sparse_mmap_header.encode({ id: VFIO_REGION_INFO_CAP_SPARSE_MMAP, version: 1, nr_areas: areas.length }, cap);
-    const dv = new DataView(cap.buffer);
-    areas.forEach((a, i) => {
-      dv.setBigUint64(16 + 16 * i, a.offset, true);
-      dv.setBigUint64(24 + 16 * i, a.size, true);
-    });
+    areas.forEach((a, i) => vfio_region_sparse_mmap_area.encode(a, cap, head + vfio_region_sparse_mmap_area.size * i));
     caps.push(cap);
   }
   const total = vfio_region_info.size + caps.reduce((n, c) => n + c.length, 0);
@@ -288,7 +301,7 @@ export function encodeRegionInfo(info: RegionInfo): Uint8Array {
   vfio_region_info.encode({ argsz: total, flags, index: info.index, cap_offset: caps.length ? off : 0, size: info.size, offset: info.offset }, buf);
   caps.forEach((cap, i) => {
     const next = i + 1 < caps.length ? off + cap.length : 0;
-    new DataView(cap.buffer).setUint32(4, next, true);
+    new DataView(cap.buffer).setUint32(vfio_info_cap_header.layout.next.offset, next, true);
     buf.set(cap, off);
     off += cap.length;
   });

@@ -5,7 +5,7 @@
  * the device, error details, and the constructor's checks.
  */
 import { describe, expect, it } from 'vitest';
-import { createSimDevice, MigState, openV1Bridge, V1Bridge, VfioError, type DataStream, type SimDeviceOptions, type V1TraceEvent, type V2Device } from '../../src/index.js';
+import { createSimDevice, ForwardingDevice, MigState, openV1Bridge, V1Bridge, VfioError, type DataStream, type SimDeviceOptions, type V1TraceEvent, type V2Device } from '../../src/index.js';
 import { readU32, readU64, writeU32, writeU64 } from '../../src/v1/region-access.js';
 import { isRealPrecopy, v2TargetFor } from '../../src/bridge/state-map.js';
 import { saveV2 } from '../helpers.js';
@@ -16,16 +16,7 @@ const SECTION = 4096;
 
 /** The device with some of its calls replaced. */
 function wrap(dev: V2Device, over: Partial<V2Device>): V2Device {
-  return {
-    name: dev.name,
-    migrationFlags: () => dev.migrationFlags(),
-    getState: () => dev.getState(),
-    setState: (s) => dev.setState(s),
-    stopCopySize: () => dev.stopCopySize(),
-    reset: () => dev.reset(),
-    close: () => dev.close(),
-    ...over,
-  };
+  return Object.assign(new ForwardingDevice(dev), over);
 }
 
 describe('a device found outside RUNNING when the bridge opens', () => {

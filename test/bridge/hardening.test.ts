@@ -1,7 +1,6 @@
 /**
- * Bridge defects found by randomized outside sequences (hardening issue,
- * findings 9-11): stale read-ahead, naks that were not naks, and
- * overlapping accesses. Each test failed before its fix.
+ * Bridge defects found by randomized outside sequences: stale read-ahead,
+ * naks that were not naks, and overlapping accesses. Each test failed before its fix.
  */
 import { describe, expect, it } from 'vitest';
 import { createSimDevice, MigState, openV1Bridge, type DataStream, type SimDeviceOptions, type V1Bridge, type V1TraceEvent } from '../../src/index.js';
@@ -29,7 +28,7 @@ async function saveTolerant(br: V1Bridge): Promise<Buffer> {
   throw new Error('save did not end');
 }
 
-describe('finding 9: a failed read-ahead never hands out old bytes again', () => {
+describe('a failed read-ahead never hands out old bytes again', () => {
   it('EIO on the third data_fd read in 010: the stream arrives whole and in order', async () => {
     const model: SimDeviceOptions = { flags: 1, stateSize: 300_000, seed: 5 };
     const expected = await saveV2(createSimDevice(model), false);
@@ -53,7 +52,7 @@ describe('finding 9: a failed read-ahead never hands out old bytes again', () =>
   });
 });
 
-describe('finding 10: an unwind that cost the session is not a nak', () => {
+describe('an unwind that cost the session is not a nak', () => {
   it('resume: 100 -> 001 fails at STOP -> RUNNING; the loaded data is gone, so 110, not 100', async () => {
     const model: SimDeviceOptions = { flags: 1, stateSize: 50_000, seed: 8 };
     const stream = await saveV2(createSimDevice(model), false);
@@ -95,7 +94,7 @@ describe('finding 10: an unwind that cost the session is not a nak', () => {
   });
 });
 
-describe('finding 11: overlapping accesses are serialized in order', () => {
+describe('overlapping accesses are serialized in order', () => {
   const slow: SimDeviceOptions = { flags: 1, stateSize: 300_000, seed: 3, faults: { readDelayMs: 2, shortRead: 20_000 } };
 
   it('two overlapping data_offset reads in 010 see one chunk, and nothing is lost', async () => {

@@ -106,26 +106,3 @@ describe('bridge round trip between two simulated devices', () => {
     expect(peak).toBeLessThan(64 * 1024 * 1024);
   }, 120_000);
 });
-
-describe('v1 pre-copy rounds are passes, as in saveV2', () => {
-  it('a round reads what was pending when it began: the whole state in a few rounds, not one section per round', async () => {
-    const { a, b, saved } = await roundTrip({ flags: 7, stateSize: 64 * WINDOW, dirtyRatio: 0.05 });
-    expect(saved.precopyBytes).toBeGreaterThanOrEqual(64 * WINDOW); // all of it went in pre-copy
-    expect(saved.rounds).toBeGreaterThan(0);
-    expect(saved.rounds).toBeLessThan(10);
-    expect(saved.converged).toBe(true);
-    expect(b.stateDigest()).toBe(a.stateDigest());
-  });
-
-  it('a device that dirties nearly as fast as it is read: pre-copy stops, says so, and the state still arrives whole', async () => {
-    const a = createSimDevice({ flags: 7, stateSize: 16 * WINDOW, dirtyRatio: 0.95, seed: 1 });
-    const b = createSimDevice({ flags: 7, stateSize: 16 * WINDOW, dirtyRatio: 0.95, seed: 2 });
-    const chunks: Uint8Array[] = [];
-    const saved = await saveV1(await openV1Bridge(a, { sectionSize: WINDOW }), (c) => void chunks.push(c), { maxRounds: 5 });
-    expect(saved.rounds).toBeLessThanOrEqual(5);
-    expect(saved.converged).toBe(false);
-    expect(saved.precopyPending).toBeGreaterThan(0n);
-    await loadV1(await openV1Bridge(b, { sectionSize: WINDOW }), chunks);
-    expect(b.stateDigest()).toBe(a.stateDigest());
-  });
-});

@@ -1,9 +1,10 @@
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { CLI, pipeCli, runCli, runInProcess } from './run-cli.js';
+import { spawnCli, waitFor } from './spawn-cli.js';
 
 /**
  * Most commands run in-process on buffers (runInProcess); what needs a real
@@ -189,14 +190,12 @@ describe('vfio-mig save and load', () => {
 
   it('an interrupted save leaves no file under the target name (exit 130)', async () => {
     const target = join(dir, 'interrupted.vfio');
-    const child = spawn(process.execPath, [CLI, 'save', 'sim:size=64M,read-delay-ms=5', '-o', target], { stdio: 'ignore' });
-    // Wait until the temporary file exists, i.e. the save is streaming.
-    const started = Date.now();
-    while (!readdirSync(dir).some((f) => f.startsWith('.interrupted.vfio.')) && Date.now() - started < 20_000) await new Promise((r) => setTimeout(r, 20));
+    const cli = spawnCli(['save', 'sim:size=64M,read-delay-ms=5', '-o', target], { probe: true });
+    // The temporary file is open and the save is streaming.
+    await waitFor(cli.probe!, /^open .*\.interrupted\.vfio\.[\s\S]*^setState (PRE_COPY|STOP_COPY)$/m);
     expect(readdirSync(dir).some((f) => f.startsWith('.interrupted.vfio.'))).toBe(true);
-    child.kill('SIGINT');
-    const code = await new Promise<number | null>((r) => child.on('close', r));
-    expect(code).toBe(130);
+    cli.kill('SIGINT');
+    expect((await cli.exited).code).toBe(130);
     expect(existsSync(target)).toBe(false);
     expect(readdirSync(dir).filter((f) => f.startsWith('.interrupted.vfio.'))).toEqual([]);
   });
@@ -231,7 +230,7 @@ describe('usage errors exit 2', () => {
   });
   it('a bad device spec names what is wrong', async () => {
     const r = await runInProcess(['info', 'sim:size=lots']);
-    expect(r.code).toBe(2); // a usage error (hardening finding 6)
+    expect(r.code).toBe(2); // a usage error
     expect(r.stderr).toMatch(/"lots" is not a size/);
   });
   it('--help on every command has an example', async () => {

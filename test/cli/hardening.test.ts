@@ -1,6 +1,7 @@
 /**
- * What a new user found in the CLI (hardening issue, findings 1, 3, 4, 6, 7
- * and 8). Each test failed before its fix.
+ * What a new user found in the CLI: output targets that are not regular
+ * files, signals mid-run, error messages, bad values, slow readers,
+ * terminals, --json errors. Each test failed before its fix.
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, lstatSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
@@ -8,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { CLI, bufferContext, runInProcess, signalSource } from './run-cli.js';
+import { spawnCli, textOf, waitFor } from './spawn-cli.js';
 import { runCli as runCommandLine } from '../../src/cli/program.js';
 import { MigState } from '../../src/v2/uapi.js';
 
@@ -16,7 +18,7 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
 const isRoot = process.getuid?.() === 0;
 const STATE_FILE = /^VFIOMIG\0/;
 
-describe('finding 1: save -o never replaces what is not a regular file', () => {
+describe('save -o never replaces what is not a regular file', () => {
   it.runIf(isRoot)('a character device is written through and stays a character device', async () => {
     const node = join(dir, 'null');
     expect(spawnSync('mknod', [node, 'c', '1', '3']).status).toBe(0); // our own /dev/null
@@ -85,18 +87,16 @@ describe('finding 1: save -o never replaces what is not a regular file', () => {
   });
 });
 
-describe('finding 3: SIGTERM and SIGHUP clean up like SIGINT', () => {
+describe('SIGTERM and SIGHUP clean up like SIGINT', () => {
   for (const [sig, code] of [['SIGTERM', 143], ['SIGHUP', 129], ['SIGINT', 130]] as const) {
     it(`${sig} mid-save: exit ${code}, no temporary file, the device's state named`, async () => {
       const out = join(dir, `${sig}.vfio`);
-      const p = spawn(process.execPath, [CLI, 'save', 'sim:size=64M,read-delay-ms=50', '-o', out]);
-      const exited = new Promise<number | null>((r) => p.on('close', r));
-      let stderr = '';
-      p.stderr.on('data', (d) => (stderr += d));
-      await new Promise((r) => setTimeout(r, 1200));
-      p.kill(sig);
-      const exit = await exited;
-      expect(exit).toBe(code);
+      const cli = spawnCli(['save', 'sim:size=64M,read-delay-ms=50', '-o', out], { probe: true });
+      await waitFor(cli.probe!, /^setState (PRE_COPY|STOP_COPY)$/m); // streaming into the temporary file
+      cli.kill(sig);
+      const { code: exit } = await cli.exited;
+      const stderr = textOf(cli.stderr);
+      expect(exit, stderr).toBe(code);
       expect(readdirSync(dir).filter((f) => f.startsWith(`.${sig}.vfio`))).toEqual([]);
       expect(existsSync(out)).toBe(false);
       expect(stderr).toMatch(new RegExp(`interrupted by ${sig}; sim:size=64M,read-delay-ms=50 (reset to RUNNING|left in \\w+)`));
@@ -109,15 +109,12 @@ describe('finding 3: SIGTERM and SIGHUP clean up like SIGINT', () => {
     ['save to /dev/null, stdout on it too', 'SIGTERM', 143, ['save', 'sim:size=2G', '--no-precopy', '-o', '/dev/null']],
   ] as const)('%s on a device that never waits: %s is taken mid-run', async (_, sig, code, args) => {
     // stdout on /dev/null: writes to it complete at once (-o - there is refused: it cannot be told from a closed stdout).
-    const p = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', openSync('/dev/null', 'w'), 'pipe'] });
-    const exited = new Promise<number | null>((r) => p.on('close', r));
-    let stderr = '';
-    p.stderr!.on('data', (d) => (stderr += d));
-    await new Promise((r) => setTimeout(r, 1500));
-    p.kill(sig);
-    const killer = setTimeout(() => p.kill('SIGKILL'), 20_000);
-    const exit = await exited;
-    clearTimeout(killer);
+    const cli = spawnCli(args, { stdout: openSync('/dev/null', 'w'), probe: true });
+    // Mid-run: cycling (a reset ends each cycle), or streaming the stop-copy data.
+    await waitFor(cli.probe!, args[0] === 'conformance' ? /^reset$/m : /^setState STOP_COPY$/m);
+    cli.kill(sig); // a run deaf to it is killed after 20 s: exit null
+    const { code: exit } = await cli.exited;
+    const stderr = textOf(cli.stderr);
     expect(exit, stderr).toBe(code);
     expect(stderr).toMatch(new RegExp(`interrupted by ${sig}`));
     expect(stderr).not.toMatch(/^saved /m); // never success and interruption in one run
@@ -132,25 +129,20 @@ describe('finding 3: SIGTERM and SIGHUP clean up like SIGINT', () => {
     try {
       const fifo = join(sub, 'state.fifo');
       expect(spawnSync('mkfifo', [fifo]).status).toBe(0);
-      const p = spawn(process.execPath, [CLI, cmd, 'sim:size=64K', cmd === 'load' ? '-i' : '-o', fifo]);
-      const exited = new Promise<number | null>((r) => p.on('close', r));
-      let stderr = '';
-      p.stderr.on('data', (d) => (stderr += d));
-      await new Promise((r) => setTimeout(r, 1000)); // the CLI is waiting on the FIFO by now
-      p.kill(sig);
-      const start = Date.now();
-      const killer = setTimeout(() => p.kill('SIGKILL'), 8000);
-      const exit = await exited;
-      clearTimeout(killer);
+      const cli = spawnCli([cmd, 'sim:size=64K', cmd === 'load' ? '-i' : '-o', fifo], { probe: true });
+      await waitFor(cli.probe!, /^open .*state\.fifo$/m);
+      // An exit hung on the open is killed after 20 s (exit null); the interrupt's own grace is 2 s.
+      cli.kill(sig);
+      const { code: exit } = await cli.exited;
+      const stderr = textOf(cli.stderr);
       expect(exit, stderr).toBe(code);
-      expect(Date.now() - start).toBeLessThan(4000); // the interrupt's own grace is 2 s
       expect(stderr).toMatch(new RegExp(`^vfio-mig: interrupted by ${sig}`, 'm'));
       expect(readdirSync(sub)).toEqual(['state.fifo']); // nothing written beside it, the FIFO still a FIFO
       expect(lstatSync(fifo).isFIFO()).toBe(true);
     } finally {
       rmSync(sub, { recursive: true, force: true });
     }
-  }, 15_000);
+  }, 30_000);
 
   // The same clean-up in-process, through the run's context: what the process does before it exits.
   it('in-process: SIGINT mid-save removes the temporary file, resets the device and ends with 130', async () => {
@@ -205,7 +197,7 @@ describe('finding 3: SIGTERM and SIGHUP clean up like SIGINT', () => {
   });
 });
 
-describe('finding 4: errors name what the user gave', () => {
+describe('errors name what the user gave', () => {
   for (const path of ['/etc/passwd', '/dev/null']) {
     it(`info ${path}: not a VFIO device, a usage error (exit 2; 3 is a device without migration)`, async () => {
       const r = await runInProcess(['info', path]);
@@ -225,7 +217,7 @@ describe('finding 4: errors name what the user gave', () => {
   });
 });
 
-describe('finding 6: bad values are usage errors (exit 2), never silently changed', () => {
+describe('bad values are usage errors (exit 2), never silently changed', () => {
   for (const spec of ['sim:foo=1', 'sim:size=abc', 'simx', 'sim:ports=7', 'sim:dirty=2', 'sim:fail=STOP:STOP_COPY:EFOO', 'sim:fail=RUNNING:STOP_COPY:EIO']) {
     it(`info ${spec}`, async () => {
       const r = await runInProcess(['info', spec]);
@@ -245,7 +237,7 @@ describe('finding 6: bad values are usage errors (exit 2), never silently change
   });
 });
 
-describe('finding 7: a slow stdout reader', () => {
+describe('a stdout read late', () => {
   it('save -o - into a pipe read late warns about nothing', async () => {
     const p = spawn(process.execPath, [CLI, 'save', 'sim:size=32M', '-o', '-'], { stdio: ['ignore', 'pipe', 'pipe'] });
     let stderr = '';
@@ -261,7 +253,7 @@ describe('finding 7: a slow stdout reader', () => {
   });
 });
 
-describe('finding 8: binary state never goes to a terminal', () => {
+describe('binary state never goes to a terminal', () => {
   const hasScript = spawnSync('script', ['--version']).status === 0;
   it.runIf(hasScript)('save -o - on a terminal is refused (exit 2), as gzip does', () => {
     const r = spawnSync('script', ['-qec', `${process.execPath} ${CLI} save sim:size=64K -o -`, '/dev/null'], { encoding: 'utf8' });
@@ -290,7 +282,7 @@ describe('finding 8: binary state never goes to a terminal', () => {
 
 
 
-describe('finding 5: --json errors have one shape, alone on stderr', () => {
+describe('--json errors have one shape, alone on stderr', () => {
   const one = (stderr: string) => {
     const lines = stderr.trim().split('\n');
     expect(lines).toHaveLength(1);

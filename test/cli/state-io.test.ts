@@ -1,6 +1,6 @@
 /**
- * What a new-user trial found in save/load state-file handling (findings
- * 1 to 7 of the state I/O trial). Each test failed before its fix.
+ * What a new-user trial found in save/load state-file handling. Each test
+ * failed before its fix.
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { chmodSync, chownSync, closeSync, existsSync, openSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
@@ -9,12 +9,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { CLI, cliCopyIn, pipeCli, runCli, runInProcess } from './run-cli.js';
+import { spawnCli, textOf } from './spawn-cli.js';
 import { formatBytes } from '../../src/cli/output.js';
 import { STREAMED } from '../../src/cli/state-file.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'vfio-mig-stateio-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
-chmodSync(dir, 0o755); // the unprivileged user of finding 5 reaches its files
+chmodSync(dir, 0o755); // the unprivileged user of the permission tests reaches its files
 
 const isRoot = process.getuid?.() === 0;
 const hasRunuser = spawnSync('runuser', ['--help']).status === 0;
@@ -27,7 +28,7 @@ function runUnprivileged(args: string[]): { code: number | null; stderr: string 
   return { code: r.status, stderr: r.stderr };
 }
 
-describe('finding 6: an empty -o or -i is a usage error, before anything is written', () => {
+describe('an empty -o or -i is a usage error, before anything is written', () => {
   it.each([
     [['save', 'sim:size=4K', '-o', ''], '-o/--output'],
     [['load', 'sim:size=4K', '-i', ''], '-i/--input'],
@@ -52,7 +53,7 @@ describe('finding 6: an empty -o or -i is a usage error, before anything is writ
   });
 });
 
-describe('finding 1: -i that is not a regular file is read once, as a stream, as -i - is', () => {
+describe('-i that is not a regular file is read once, as a stream, as -i - is', () => {
   const MODEL = 'sim:size=16K';
   const good = join(dir, 'stream-good.vfio');
   const loaded = /^loaded 16496 bytes \(saved with v2\) into sim:size=16K with the v2 protocol; device now RUNNING\n$/;
@@ -163,7 +164,7 @@ describe('save -o of a socket, or of the run\'s own stdout, is written straight 
   });
 });
 
-describe('findings 2 and 3: a file and stdin are held to the same checks, and extra bytes are named', () => {
+describe('a file and stdin are held to the same checks, and extra bytes are named', () => {
   const reason = (stderr: string, name: string) => stderr.match(new RegExp(`^vfio-mig: load on ${name}: EINVAL \\(22\\): (.*?)(; load abandoned: \\S+ reset to RUNNING; the state it had before the load is gone)?\n$`));
   // The expected reason from the stream's length n and the header's count h (all ones: saved to stdout).
   const damages: Array<[string, (b: Buffer) => Buffer, (n: number, h: bigint) => string]> = [
@@ -205,7 +206,7 @@ describe('findings 2 and 3: a file and stdin are held to the same checks, and ex
   }
 });
 
-describe('finding 5: file errors name the file the user gave, and permission errors exit 4', () => {
+describe('file errors name the file the user gave, and permission errors exit 4', () => {
   it.runIf(!isRoot || hasRunuser)('save -o into a read-only directory: the target, not the temporary file; exit 4', () => {
     mkdirSync(join(dir, 'ro-dir'), { mode: 0o555 });
     chmodSync(join(dir, 'ro-dir'), 0o555); // whatever the umask
@@ -241,7 +242,7 @@ describe('finding 5: file errors name the file the user gave, and permission err
   });
 });
 
-describe('finding 4: save -o keeps the mode (and, as root, the owner) of the file it replaces', () => {
+describe('save -o keeps the mode (and, as root, the owner) of the file it replaces', () => {
   const STATE_FILE = /^VFIOMIG\0/;
   it('an existing file keeps its mode, whatever the umask would give', async () => {
     for (const mode of [0o600, 0o640, 0o666]) {
@@ -272,7 +273,7 @@ describe('finding 4: save -o keeps the mode (and, as root, the owner) of the fil
   });
 });
 
-describe('finding 7: the last progress line shows the finished total', () => {
+describe('the last progress line shows the finished total', () => {
   const hasScript = spawnSync('script', ['--version']).status === 0;
   /** The progress line as the terminal shows it when the command has ended: the last one drawn before the newline. */
   const finalLine = (out: string) => out.split('\n')[0]!.split('\r').filter((s) => s.trim()).at(-1)!.trimEnd();
@@ -344,15 +345,11 @@ describe('save -o >(cmd)', () => {
 
 describe('a load refused while its writer keeps stdin open', () => {
   it('ends at once: the refused stream is not read to its end', async () => {
-    const p = spawn(process.execPath, [CLI, 'load', 'sim', '-i', '-'], { stdio: ['pipe', 'pipe', 'pipe'] });
-    let stderr = '';
-    p.stderr.on('data', (d) => (stderr += d));
-    p.stdin.write(Buffer.alloc(64, 0x78)); // not a state file; the pipe stays open
-    const killer = setTimeout(() => p.kill('SIGKILL'), 10_000);
-    const code = await new Promise((r) => p.on('exit', (c, sig) => r(c ?? sig)));
-    clearTimeout(killer);
-    p.stdin.destroy();
-    expect(code).toBe(1);
-    expect(stderr).toBe('vfio-mig: load on stdin: EINVAL (22): wrong magic: not a vfio-mig state file\n');
+    const cli = spawnCli(['load', 'sim', '-i', '-'], { stdin: 'pipe', deadlineMs: 10_000 });
+    cli.p.stdin!.write(Buffer.alloc(64, 0x78)); // not a state file; the pipe stays open
+    const exit = await cli.exited;
+    cli.p.stdin!.destroy();
+    expect(exit).toEqual({ code: 1, signal: null });
+    expect(textOf(cli.stderr)).toBe('vfio-mig: load on stdin: EINVAL (22): wrong magic: not a vfio-mig state file\n');
   }, 20_000);
 });

@@ -5,12 +5,12 @@
  * error, and a README that did not match the program. Each test failed
  * before its fix.
  */
-import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { CLI, runInProcess } from './run-cli.js';
+import { runInProcess } from './run-cli.js';
+import { spawnCli, textOf } from './spawn-cli.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'vfio-mig-usability-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -18,15 +18,9 @@ const README = readFileSync(join(__dirname, '../../README.md'), 'utf8');
 
 /** Runs the binary with the streams in `closed` closed on our side before it writes anything (a reader that left). */
 function withClosedPipe(args: string[], closed: ('stdout' | 'stderr')[]): Promise<{ code: number | null; signal: string | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const p = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    const out = { stdout: '', stderr: '' };
-    for (const s of ['stdout', 'stderr'] as const) {
-      if (closed.includes(s)) p[s].destroy();
-      else p[s].on('data', (d) => (out[s] += d));
-    }
-    p.on('close', (code, signal) => resolve({ code, signal, ...out }));
-  });
+  const cli = spawnCli(args);
+  for (const s of closed) cli[s]!.destroy();
+  return cli.exited.then(({ code, signal }) => ({ code, signal, stdout: textOf(cli.stdout!), stderr: textOf(cli.stderr) }));
 }
 
 describe('a reader that goes away ends the output quietly, with the command\'s own exit status', () => {

@@ -3,7 +3,7 @@
  * change what any call does. The bugs the sim's own fault options cannot
  * express live here, one per conformance rule.
  */
-import { VfioError, MigState, createSimDevice, type DataStream, type PrecopyInfo, type SimDevice, type SimDeviceOptions, type V2Device } from '../../src/index.js';
+import { VfioError, MigState, createSimDevice, ForwardingDevice, type DataStream, type DeviceKind, type PrecopyInfo, type SimDevice, type SimDeviceOptions } from '../../src/index.js';
 
 export class MutantStream implements DataStream {
   reads = 0;
@@ -41,30 +41,32 @@ export interface Hooks {
   read?: (s: MutantStream, into: Uint8Array, next: () => Promise<number>) => Promise<number>;
   write?: (s: MutantStream, from: Uint8Array, next: () => Promise<number>) => Promise<number>;
   precopyInfo?: (s: MutantStream, next: () => Promise<PrecopyInfo>) => Promise<PrecopyInfo>;
+  /** What the device says it is (a sim posing as a kernel device). */
+  kind?: DeviceKind;
   /** Called after every state change or reset (e.g. a fake debugfs). */
   changed?: (m: Mutant) => void;
 }
 
-export class Mutant implements V2Device {
-  readonly inner: SimDevice;
+export class Mutant extends ForwardingDevice {
+  declare readonly inner: SimDevice;
   readonly streams: MutantStream[] = [];
   /** Per-mutant counters the hooks keep. */
   count = 0;
   constructor(readonly hooks: Hooks, options: SimDeviceOptions = {}) {
-    this.inner = createSimDevice(options);
+    super(createSimDevice(options));
   }
-  get name(): string {
+  override get name(): string {
     return `mutant:${this.inner.name}`;
+  }
+  override get kind(): DeviceKind {
+    return this.hooks.kind ?? this.inner.kind;
   }
   get state(): MigState {
     return this.inner.state;
   }
-  async migrationFlags(): Promise<number> {
+  override async migrationFlags(): Promise<number> {
     const f = await this.inner.migrationFlags();
     return this.hooks.flags ? this.hooks.flags(f) : f;
-  }
-  getState(): Promise<MigState> {
-    return this.inner.getState();
   }
   /** Wraps a stream the inner device opened (hooks call it too). */
   wrap(s: DataStream | null): DataStream | null {
@@ -73,7 +75,7 @@ export class Mutant implements V2Device {
     this.streams.push(w);
     return w;
   }
-  async setState(target: MigState): Promise<DataStream | null> {
+  override async setState(target: MigState): Promise<DataStream | null> {
     try {
       const next = async () => this.wrap(await this.inner.setState(target));
       return this.wrap(this.hooks.setState ? await this.hooks.setState(this, target, next) : await next());
@@ -81,10 +83,10 @@ export class Mutant implements V2Device {
       this.hooks.changed?.(this);
     }
   }
-  stopCopySize(): Promise<bigint> {
+  override stopCopySize(): Promise<bigint> {
     return this.hooks.stopCopySize ? this.hooks.stopCopySize(this, () => this.inner.stopCopySize()) : this.inner.stopCopySize();
   }
-  async reset(): Promise<void> {
+  override async reset(): Promise<void> {
     for (const s of this.streams) s.endedByReset = true;
     try {
       if (this.hooks.reset) await this.hooks.reset(this, () => this.inner.reset());
@@ -92,9 +94,6 @@ export class Mutant implements V2Device {
     } finally {
       this.hooks.changed?.(this);
     }
-  }
-  close(): Promise<void> {
-    return this.inner.close();
   }
 }
 

@@ -4,7 +4,7 @@
  * simulated device of every flag set passes everything.
  */
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { release, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { CONFORMANCE_CHECKS, MigState, VfioError, checkConformance, createSimDevice, migStateName, type V2Device } from '../../src/index.js';
@@ -307,6 +307,20 @@ describe('conformance checker: one broken rule fails exactly its check', () => {
     expect(later[0]!.findings[0]).toMatch(/^not run: .* after discovery\.data-size/);
     expect(r.ok).toBe(false);
     expect(r.left).toEqual([{ device: dev.name, state: 'STOP', recover: `VFIO_DEVICE_RESET (\`vfio-mig state ${dev.name} --reset\`)` }]);
+  });
+
+  it('the device\'s kind, not its name, picks the kernel-only parts: release, debugfs, rebinding', async () => {
+    const stuck = { reset: async () => undefined };
+    const faults = { failArc: [{ from: S.STOP, to: S.RUNNING_P2P, errno: 'EIO' }] };
+    // A sim named like a kernel node is still a sim.
+    const sim = await checkConformance(new Mutant(stuck, { stateSize: SIZE, name: '/dev/vfio/devices/vfio0', faults }), { only: ['debugfs', 'discovery'], cycles: 1 });
+    expect(sim.kernel).toBeNull();
+    expect(sim.checks.find((c) => c.id === 'debugfs.state')!.findings).toEqual([expect.stringMatching(/^not a kernel device|^not run/)]);
+    expect(sim.left[0]!.recover).not.toMatch(/rebind/);
+    // A device that says it is a kernel one gets them whatever it is called.
+    const kernel = await checkConformance(new Mutant({ ...stuck, kind: 'kernel' }, { stateSize: SIZE, faults }), { only: ['discovery'], cycles: 1 });
+    expect(kernel.kernel).toBe(release());
+    expect(kernel.left[0]!.recover).toMatch(/, or unbind and rebind its driver$/);
   });
 
   it('debugfs.state passes with a faithful fake debugfs file', async () => {

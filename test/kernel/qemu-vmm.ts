@@ -1,7 +1,8 @@
 /**
- * Runs Debian 12's QEMU 7.2 (the host's binary, seen through the guest's
- * 9p root) inside the test guest, with or without `vfio-mig exec`, and
- * talks to its HMP monitor.
+ * Runs Debian's QEMU 7.2 or QEMU 10 (the trees scripts/kernel/fetch-qemu.sh
+ * unpacks into .cache/, seen through the guest's 9p mount of the project)
+ * inside the test guest, with or without `vfio-mig exec`, and talks to its
+ * HMP monitor.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync, readdirSync, rmSync } from 'node:fs';
@@ -11,7 +12,33 @@ import { resolve } from 'node:path';
 const CLI = resolve(import.meta.dirname, '../../dist/cli/main.js');
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+const PROJECT = resolve(import.meta.dirname, '../..');
+/** Where fetch-qemu.sh unpacked each version (run-vm.mjs passes the paths on the kernel command line). */
+export const QEMU_TREES = {
+  '7.2': process.env.VFIOMIG_QEMU72 || `${PROJECT}/.cache/qemu-7.2`,
+  '10': process.env.VFIOMIG_QEMU10 || `${PROJECT}/.cache/qemu-10`,
+} as const;
+export type QemuVersion = keyof typeof QEMU_TREES;
+
+/** The binary of one version, and how to run it from its unpacked tree. */
+export function qemuBinary(version: QemuVersion, tree: string = QEMU_TREES[version]): { bin: string; args: string[]; env: Record<string, string> } {
+  const bin = `${tree}/usr/bin/qemu-system-x86_64`;
+  if (!existsSync(bin)) throw new Error(`no QEMU ${version} at ${bin}: run scripts/kernel/fetch-qemu.sh`);
+  // Its own modules (not the system's, of another build); firmware from its tree, bios.bin from the seabios package.
+  return { bin, args: ['-L', `${tree}/usr/share/qemu`, '-L', '/usr/share/seabios'], env: { QEMU_MODULE_DIR: `${tree}/usr/lib/x86_64-linux-gnu/qemu` } };
+}
+
+/** The vfio-pci options that turn migration on: 7.2's experimental switch; QEMU 8+ names it, and mtty has no device dirty tracking. */
+export const MIGRATION_OPTS: Record<QemuVersion, string> = {
+  '7.2': 'x-enable-migration=on',
+  '10': 'enable-migration=on,x-device-dirty-page-tracking=off',
+};
+
 export interface VmmOptions {
+  /** Which QEMU (default 7.2). */
+  qemu?: QemuVersion;
+  /** -M (default pc-i440fx-7.2: the machine both versions have). */
+  machine?: string;
   /** mdev UUIDs to pass through, in order. */
   devices: string[];
   /** Run through `vfio-mig exec` (with --trace to this file when given). */
@@ -21,6 +48,10 @@ export interface VmmOptions {
   env?: Record<string, string>;
   /** A command QEMU runs under (e.g. setpriv to run it as another user). */
   wrap?: string[];
+  /** An unpacked QEMU tree to run instead of the fetched one (a copy another user can read). */
+  tree?: string;
+  /** More QEMU arguments (e.g. -trace). */
+  args?: string[];
   /** A name for the monitor socket. */
   name: string;
 }
@@ -76,14 +107,17 @@ export class Vmm {
   constructor(readonly opts: VmmOptions) {
     const monitor = `/tmp/${opts.name}.mon`;
     rmSync(monitor, { force: true });
+    const version = opts.qemu ?? '7.2';
+    const { bin, args, env } = qemuBinary(version, opts.tree);
     const qemu = [
-      'qemu-system-x86_64', '-M', 'pc', '-m', '64', '-nodefaults', '-display', 'none',
+      bin, ...args, '-M', opts.machine ?? 'pc-i440fx-7.2', '-m', '64', '-nodefaults', '-display', 'none',
       '-monitor', `unix:${monitor},server=on,wait=off`,
-      ...opts.devices.flatMap((u) => ['-device', `vfio-pci,sysfsdev=/sys/bus/mdev/devices/${u},x-enable-migration=on`]),
+      ...opts.devices.flatMap((u) => ['-device', `vfio-pci,sysfsdev=/sys/bus/mdev/devices/${u},${MIGRATION_OPTS[version]}`]),
+      ...(opts.args ?? []),
       ...(opts.incoming ? ['-incoming', opts.incoming] : []),
     ];
     const argv = opts.exec ? [process.execPath, CLI, 'exec', ...(opts.trace ? ['--trace', opts.trace] : []), '--', ...qemu] : [...(opts.wrap ?? []), ...qemu];
-    this.proc = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...opts.env } });
+    this.proc = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env, ...opts.env } });
     this.proc.stdout!.on('data', (d) => (this.stderr += d));
     this.proc.stderr!.on('data', (d) => (this.stderr += d));
     this.exited = new Promise((done) => this.proc.on('exit', (code, sig) => done(code ?? (sig ? 128 : null))));

@@ -40,6 +40,12 @@ if (spawnSync('qemu-system-x86_64', ['--version']).error) {
 }
 if (/\s/.test(project)) die(`the project path must not contain spaces (it is passed on the kernel command line): ${project}`);
 
+// QEMU 7.2 and 10 for the tests in the guest, unpacked by scripts/kernel/fetch-qemu.sh (npm run test:all runs it).
+const qemuTrees = { VFIOMIG_QEMU72: join(project, '.cache/qemu-7.2'), VFIOMIG_QEMU10: join(project, '.cache/qemu-10') };
+for (const dir of Object.values(qemuTrees)) {
+  if (!existsSync(join(dir, 'usr/bin/qemu-system-x86_64'))) console.error(`test:kernel: no ${dir}: the QEMU tests will fail; run bash scripts/kernel/fetch-qemu.sh`);
+}
+
 const out = mkdtempSync(join(tmpdir(), 'vfio-mig-vm-'));
 // Optional: a vitest name filter, or (for debugging) a command to run instead of the suite.
 const filter = ['VFIOMIG_FILTER', 'VFIOMIG_CMD']
@@ -51,6 +57,7 @@ const append = [
   'root=hostroot rootfstype=9p rootflags=trans=virtio,version=9p2000.L,msize=512000 ro',
   `init=${project}/test/kernel/guest-init.sh`,
   `VFIOMIG_PROJECT=${project}${filter}`,
+  ...Object.entries(qemuTrees).map(([k, dir]) => `${k}=${dir}`),
 ].join(' ');
 const args = [
   '-M', 'q35', '-m', '2G', '-smp', '1', '-nographic', '-no-reboot',

@@ -6,7 +6,7 @@
  * is reset and bridged by the next VMM; the service recognises a cdev
  * device fd through sysfs.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { chmodSync, closeSync, copyFileSync, existsSync, ftruncateSync, openSync, readFileSync, readdirSync, readlinkSync, statSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -15,7 +15,7 @@ import { checkVfioDeviceFd } from '../../src/service/peer.js';
 import { preloadLibrary } from '../../src/service/preload-library.js';
 import { WireOp } from '../../src/service/wire.js';
 import { WireClient, u32 } from '../service/wire-client.js';
-import { Vmm } from './qemu-vmm.js';
+import { QEMU_TREES, Vmm } from './qemu-vmm.js';
 
 const A = process.env.VFIOMIG_A!;
 const B = process.env.VFIOMIG_B!;
@@ -26,6 +26,7 @@ const cdevOf = (u: string) => `/dev/vfio/devices/${readdirSync(`/sys/bus/mdev/de
 const groupOf = (u: string) => `/dev/vfio/${readlinkSync(`/sys/bus/mdev/devices/${u}/iommu_group`).split('/').pop()}`;
 // nobody can read neither the checkout (it may be 0700) nor root's files: the interposer is copied to /tmp.
 const PRELOAD = '/tmp/libvfio-mig-preload.so';
+const QEMU_COPY = '/tmp/qemu-7.2';
 const AS_NOBODY = ['prlimit', '--memlock=unlimited:unlimited', '--', 'setpriv', '--reuid=nobody', '--regid=nogroup', '--clear-groups', '--'];
 
 async function toRunning(uuid: string): Promise<MigState> {
@@ -77,7 +78,8 @@ async function startServe(args: string[]): Promise<Serve> {
 /** Migrates A to B through `socket`, with the scratch values written on A; returns them as read on B. */
 async function migrate(socket: string, name: string, wrap?: string[], during?: (src: Vmm) => Promise<void>): Promise<number[]> {
   const env = { LD_PRELOAD: PRELOAD, VFIO_MIG_SOCKET: socket };
-  const src = new Vmm({ name: `${name}-src`, devices: [A], env, ...(wrap ? { wrap } : {}) });
+  const asUser = wrap ? { wrap, tree: QEMU_COPY } : {};
+  const src = new Vmm({ name: `${name}-src`, devices: [A], env, ...asUser });
   await src.connect();
   const ports = await src.uartPorts();
   await src.outb(ports[0]! + SCR, 0x3c);
@@ -88,7 +90,7 @@ async function migrate(socket: string, name: string, wrap?: string[], during?: (
   expect(m.status, `${m.text}\n${src.stderr}`).toBe('completed');
   expect(await src.quit()).toBe(0);
   expect(src.stderr).not.toMatch(/not bridged/);
-  const dst = new Vmm({ name: `${name}-dst`, devices: [B], env, incoming: `exec:cat /tmp/${name}.mig`, ...(wrap ? { wrap } : {}) });
+  const dst = new Vmm({ name: `${name}-dst`, devices: [B], env, incoming: `exec:cat /tmp/${name}.mig`, ...asUser });
   await dst.connect();
   await waitRunning(dst);
   const seen = [await dst.inb(ports[0]! + SCR), await dst.inb(ports[1]! + SCR)];
@@ -99,6 +101,9 @@ async function migrate(socket: string, name: string, wrap?: string[], during?: (
 beforeAll(() => {
   copyFileSync(preloadLibrary(), PRELOAD);
   chmodSync(PRELOAD, 0o755);
+  // The fetched QEMU lives in the checkout, which nobody may not be able to enter.
+  execFileSync('cp', ['-a', QEMU_TREES['7.2'], QEMU_COPY]);
+  execFileSync('chmod', ['-R', 'a+rX', QEMU_COPY]);
 });
 afterEach(async () => {
   await toRunning(A);

@@ -4,7 +4,7 @@
  * moves them, while each v1 caller keeps reading the state it wrote.
  */
 import { describe, expect, it } from 'vitest';
-import { createSimDevice, MigState, openV1Bridge, type DataStream, type V2Device } from '../../src/index.js';
+import { createSimDevice, ForwardingDevice, MigState, openV1Bridge, type DataStream, type SimDevice, type V2Device } from '../../src/index.js';
 import { QuiesceGroup } from '../../src/service/quiesce-group.js';
 import { readU32, readU64, writeU32, writeU64 } from '../../src/v1/region-access.js';
 import { migStateName } from '../../src/v2/uapi.js';
@@ -14,21 +14,19 @@ const S = MigState;
 const STATE = 0, PENDING = 8, OFFSET = 16, SIZE = 24;
 
 /** Sim devices whose SET_STATE calls land in one shared log, in the order they reach the devices. */
-function logged(log: string[], name: string, flags = 7, seed = 1): V2Device & { inner: ReturnType<typeof createSimDevice> } {
-  const inner = createSimDevice({ stateSize: 20_000, flags, seed, name });
-  return {
-    inner,
-    name,
-    migrationFlags: () => inner.migrationFlags(),
-    getState: () => inner.getState(),
-    async setState(s: MigState): Promise<DataStream | null> {
-      log.push(`${name} ${migStateName(inner.state)}->${migStateName(s)}`);
-      return inner.setState(s);
-    },
-    stopCopySize: () => inner.stopCopySize(),
-    reset: () => inner.reset(),
-    close: () => inner.close(),
-  };
+class LoggedSim extends ForwardingDevice {
+  declare readonly inner: SimDevice;
+  constructor(readonly log: string[], name: string, flags: number, seed: number) {
+    super(createSimDevice({ stateSize: 20_000, flags, seed, name }));
+  }
+  override setState(s: MigState): Promise<DataStream | null> {
+    this.log.push(`${this.name} ${migStateName(this.inner.state)}->${migStateName(s)}`);
+    return this.inner.setState(s);
+  }
+}
+
+function logged(log: string[], name: string, flags = 7, seed = 1): LoggedSim {
+  return new LoggedSim(log, name, flags, seed);
 }
 
 async function member(group: QuiesceGroup, dev: V2Device) {

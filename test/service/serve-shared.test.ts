@@ -7,7 +7,7 @@
  * memory behind. The VMM is test/interposer/qemu72-client.c on a
  * simulated device (VFIO_MIG_TEST_DEVICE); `nobody` plays the other user.
  */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { chmodSync, closeSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -17,7 +17,7 @@ import { createSimDevice } from '../../src/index.js';
 import { parseSimSpec } from '../../src/cli/open-device.js';
 import { WireOp } from '../../src/service/wire.js';
 import { saveV2 } from '../helpers.js';
-import { CLI } from '../cli/run-cli.js';
+import { spawnCli, textOf, waitFor, type SpawnedCli } from '../cli/spawn-cli.js';
 import { F_SEAL_GROW, F_SEAL_SEAL, F_SEAL_SHRINK, WireClient, closeMemfd, memfd, u32 } from './wire-client.js';
 
 const root = resolve(import.meta.dirname, '../..');
@@ -43,32 +43,14 @@ beforeAll(() => {
 });
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-interface Serve {
-  p: ChildProcess;
-  log: () => string;
-  exited: Promise<number | null>;
-  until(re: RegExp): Promise<void>;
+/** `vfio-mig ARGS` as a service; with `shell`, through sh (its "$@" is node, the CLI and ARGS). */
+function startServe(args: string[], extraFd?: number, shell?: string): SpawnedCli {
+  return spawnCli(args, { stdout: 'ignore', ...(shell ? { via: ['sh', '-c', shell, 'sh'] } : {}), ...(extraFd !== undefined ? { extraFds: [extraFd] } : {}) });
 }
 
-function startServe(args: string[], extraFd?: number, shell?: string): Serve {
-  const cmd = shell ? ['sh', ['-c', shell, 'sh', process.execPath, CLI, ...args]] as const : [process.execPath, [CLI, ...args]] as const;
-  const p = spawn(cmd[0], [...cmd[1]], { stdio: ['ignore', 'ignore', 'pipe', ...(extraFd !== undefined ? [extraFd] : [])] });
-  let log = '';
-  p.stderr!.on('data', (d) => (log += d));
-  return {
-    p,
-    log: () => log,
-    exited: new Promise((r) => p.on('close', r)),
-    async until(re) {
-      for (let i = 0; i < 200 && !re.test(log); i++) await sleep(50);
-      expect(log).toMatch(re);
-    },
-  };
-}
-
-async function stop(s: Serve): Promise<void> {
-  s.p.kill('SIGTERM');
-  expect(await s.exited).toBe(0);
+async function stop(s: SpawnedCli): Promise<void> {
+  s.kill('SIGTERM');
+  expect(await s.exited).toEqual({ code: 0, signal: null });
 }
 
 /** qemu72-client saving through the service at `socket`, as root or as nobody. */
@@ -89,7 +71,7 @@ describe.skipIf(!isRoot)('who may connect is the operator\'s choice', () => {
   it('the default socket is its owner\'s only: a VMM of another user is refused by the kernel (EACCES) and runs unbridged', async () => {
     const sock = join(dir, 'private.sock');
     const s = startServe(['serve', '--socket', sock, '--sim', SIM]);
-    await s.until(/serving on .*mode 0600/);
+    await waitFor(s.stderr, /serving on .*mode 0600/);
     const r = await vmmSave(sock, join(out, 'x.bin'), true);
     await stop(s);
     expect(r.stderr).toMatch(/is not bridged: cannot reach the bridge service at .*private\.sock \(Permission denied\)/);
@@ -99,7 +81,7 @@ describe.skipIf(!isRoot)('who may connect is the operator\'s choice', () => {
   it('--mode 0660 --group nogroup: a VMM running as nobody migrates, and is served its own device only', async () => {
     const sock = join(dir, 'group.sock');
     const s = startServe(['serve', '--socket', sock, '--mode', '0660', '--group', 'nogroup', '--sim', SIM]);
-    await s.until(/serving on .*mode 0660, group 65534/);
+    await waitFor(s.stderr, /serving on .*mode 0660, group 65534/);
     const file = join(out, 'nobody.bin');
     const r = await vmmSave(sock, file, true);
     await stop(s);
@@ -116,7 +98,7 @@ describe.skipIf(!isRoot)('who may connect is the operator\'s choice', () => {
     const fd = (server as unknown as { _handle: { fd: number } })._handle.fd;
     // As systemd execs the service: LISTEN_PID is the service's own pid.
     const s = startServe(['serve', '--sim', SIM], fd, 'LISTEN_PID=$$ LISTEN_FDS=1 exec "$@"');
-    await s.until(/serving on .*activated\.sock \(the socket systemd passed\)/);
+    await waitFor(s.stderr, /serving on .*activated\.sock \(the socket systemd passed\)/);
     // Our copy goes; closing it would unlink the path the service now serves, so it is moved aside first.
     renameSync(sock, `${sock}.aside`);
     await new Promise((r) => server.close(r));
@@ -131,8 +113,8 @@ describe.skipIf(!isRoot)('who may connect is the operator\'s choice', () => {
     rmSync(sock);
 
     const bad = startServe(['serve', '--mode', '0666', '--sim', SIM], fd, 'LISTEN_PID=$$ LISTEN_FDS=1 exec "$@"');
-    expect(await bad.exited).toBe(2);
-    expect(bad.log()).toMatch(/--mode and --group do not apply to a socket systemd passed/);
+    expect((await bad.exited).code).toBe(2);
+    expect(textOf(bad.stderr)).toMatch(/--mode and --group do not apply to a socket systemd passed/);
   });
 });
 
@@ -145,7 +127,7 @@ describe.skipIf(!isRoot)('a hostile client as another user, on a socket open to 
     closeSync(sfd);
     const sock = join(dir, 'open.sock');
     const s = startServe(['serve', '--socket', sock, '--mode', '0666']); // the real device path, no --sim
-    await s.until(/serving on/);
+    await waitFor(s.stderr, /serving on/);
     // A plain Node client, as nobody: HELLO naming the victim, then SECTION and READ/WRITE as the old attack did.
     const attack = join(dir, 'attack.mjs');
     writeFileSync(
@@ -174,7 +156,7 @@ s.on('error', () => {});
     expect(seen.text).toMatch(/HELLO names process \d+, but the connected process is \d+/);
     expect(seen.text).not.toMatch(/secret/);
     expect(readFileSync(secret, 'utf8')).toBe('root-only secret\n');
-    expect(s.log()).toMatch(/could not be bridged: .*EPERM/);
+    expect(textOf(s.stderr)).toMatch(/could not be bridged: .*EPERM/);
   });
 });
 
@@ -202,10 +184,10 @@ describe.skipIf(!isRoot)('wire fuzzer beside an honest VMM', () => {
   it(`random, truncated, oversized and out-of-order messages on 8 connections at a time (seed ${SEED}): the honest save is byte-exact; fds and RSS come back`, async () => {
     const sock = join(dir, 'fuzz.sock');
     const s = startServe(['serve', '--socket', sock, '--sim', SIM]);
-    await s.until(/serving on/);
+    await waitFor(s.stderr, /serving on/);
     const warm = await vmmSave(sock, join(out, 'warm.bin'), false); // the first session loads what every later one uses
     expect(warm.code, warm.stderr).toBe(0);
-    for (let i = 0; i < 20 && !/done:/.test(s.log()); i++) await sleep(50);
+    await waitFor(s.stderr, /done:/);
     const before = usage(s.p.pid!);
     const rand = rng(SEED);
     const pick = <T>(xs: T[]) => xs[Math.floor(rand() * xs.length)]!;
@@ -249,7 +231,7 @@ describe.skipIf(!isRoot)('wire fuzzer beside an honest VMM', () => {
       await sleep(50);
       after = usage(s.p.pid!);
     }
-    console.log(`wire fuzzer (seed ${SEED}): ${connections} connections in 8 s; service fds ${before.fds} -> ${after.fds}, RSS ${before.rssKiB} -> ${after.rssKiB} KiB; log ${s.log().split('\n').length} lines`);
+    console.log(`wire fuzzer (seed ${SEED}): ${connections} connections in 8 s; service fds ${before.fds} -> ${after.fds}, RSS ${before.rssKiB} -> ${after.rssKiB} KiB; log ${textOf(s.stderr).split('\n').length} lines`);
     await stop(s);
     expect(after.fds).toBe(before.fds);
     expect(after.rssKiB - before.rssKiB).toBeLessThan(32 << 10);

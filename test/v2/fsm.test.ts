@@ -110,7 +110,7 @@ describe('edges the mutation run found untested', () => {
   });
 
   it('an impossible arc names both states in its details', () => {
-    expect(() => migrationPath(S.STOP_COPY, S.PRE_COPY, 7)).toThrow(expect.objectContaining({ code: 'EINVAL', details: { cur: S.STOP_COPY, target: S.PRE_COPY } }));
+    expect(() => migrationPath(S.STOP_COPY, S.PRE_COPY, 7)).toThrow(expect.objectContaining({ code: 'EINVAL', details: { cur: S.STOP_COPY, target: S.PRE_COPY, hint: 'fsm-path' } }));
   });
 
   it('staying in RESUMING neither ends nor opens its stream', () => {

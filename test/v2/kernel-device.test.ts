@@ -242,6 +242,7 @@ describe('opening over a fake kernel: fd clean-up order', () => {
     const k = new FakeKernel();
     const dev = openGroup('/dev/vfio/12', 'uuid-1', '/dev/vfio/vfio', k);
     expect(dev.name).toBe('/dev/vfio/12:uuid-1');
+    expect(dev.kind).toBe('kernel');
     await dev.close();
     expect(k.closed).toEqual([12, 11, 10]);
   });

@@ -257,9 +257,12 @@ describe('sim device: fault injection', () => {
   it('delays reads', async () => {
     const dev = createSimDevice({ stateSize: 100, faults: { readDelayMs: 50 } });
     const s = await dev.setState(S.STOP_COPY);
-    const t = performance.now();
-    await s!.read(new Uint8Array(10));
-    expect(performance.now() - t).toBeGreaterThanOrEqual(45);
+    // Timers fire in the order they expire: one of 40 ms set first fires before the delayed read ends.
+    const order: string[] = [];
+    const timer = new Promise<void>((r) => setTimeout(() => r(void order.push('timer 40 ms')), 40));
+    await s!.read(new Uint8Array(10)).then(() => order.push('read'));
+    await timer;
+    expect(order).toEqual(['timer 40 ms', 'read']);
   });
 });
 

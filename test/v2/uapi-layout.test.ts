@@ -45,6 +45,8 @@ describe('struct layouts equal the uAPI', () => {
     [uapi.vfio_region_info, [32, { argsz: 0, flags: 4, index: 8, cap_offset: 12, size: 16, offset: 24 }]],
     [uapi.vfio_info_cap_header, [8, { id: 0, version: 2, next: 4 }]],
     [uapi.vfio_region_info_cap_type, [16, { id: 0, version: 2, next: 4, type: 8, subtype: 12 }]],
+    [uapi.vfio_region_info_cap_sparse_mmap_header, [16, { id: 0, version: 2, next: 4, nr_areas: 8, reserved: 12 }]],
+    [uapi.vfio_region_sparse_mmap_area, [16, { offset: 0, size: 8 }]],
     [uapi.vfio_group_status, [8, { argsz: 0, flags: 4 }]],
     [uapi.vfio_device_bind_iommufd, [16, { argsz: 0, flags: 4, iommufd: 8, out_devid: 12 }]],
     [uapi.vfio_device_attach_iommufd_pt, [12, { argsz: 0, flags: 4, pt_id: 8 }]],

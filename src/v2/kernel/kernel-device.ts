@@ -7,7 +7,7 @@
  * a fake kernel).
  */
 import { existsSync, readFileSync, statSync } from 'node:fs';
-import { VfioError } from '../../errors.js';
+import { VfioError, isVfioError } from '../../errors.js';
 import type { DataStream, PrecopyInfo, V2Device } from '../device.js';
 import { holdsSession } from '../fsm.js';
 import {
@@ -134,6 +134,7 @@ export class KernelDevice implements V2Device {
 
   readonly #borrowed: boolean;
   readonly #sys: SysCalls;
+  readonly kind = 'kernel';
 
   constructor(readonly name: string, fd: number, held: number[], borrowed = false, sys: SysCalls = linuxSys) {
     this.#fd = fd;
@@ -174,7 +175,8 @@ export class KernelDevice implements V2Device {
       buf = this.#feature(op, VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE, payload);
     } catch (e) {
       this.#known = null; // the device may be anywhere on the path now
-      throw e;
+      // The core answers EINVAL to an arc it has no path for (vfio_mig_get_next_state).
+      throw isVfioError(e, 'EINVAL') ? e.withHint('fsm-path') : e;
     }
     this.#known = state;
     const fd = vfio_device_feature_mig_state.decode(buf, FEATURE_HEADER_SIZE).data_fd;
@@ -210,7 +212,7 @@ export class KernelDevice implements V2Device {
           argsz = need;
           continue;
         }
-        out.push(decodeRegionInfo(buf));
+        out.push(decodeRegionInfo(buf, this.name, `VFIO_DEVICE_GET_REGION_INFO(${index})`));
         break;
       }
     }
@@ -277,8 +279,8 @@ export function openCdev(path: string, iommu: string, sys: SysCalls = linuxSys):
     try {
       sys.ioctl(dev, VFIO_DEVICE_BIND_IOMMUFD, bind, 'VFIO_DEVICE_BIND_IOMMUFD', path);
     } catch (e) {
-      if ((e as VfioError).code !== 'ENOTTY') throw e;
-      throw new VfioError('ENOTTY', 'VFIO_DEVICE_BIND_IOMMUFD', path, 'not a VFIO device (cdev) node', { syscall: 'ioctl', cause: e });
+      if (!isVfioError(e, 'ENOTTY')) throw e;
+      throw new VfioError('ENOTTY', 'VFIO_DEVICE_BIND_IOMMUFD', path, 'not a VFIO device (cdev) node', { syscall: 'ioctl', cause: e, hint: 'not-a-device' });
     }
     const ioas = iommu_ioas_alloc.encode({ size: iommu_ioas_alloc.size });
     sys.ioctl(iommufd, IOMMU_IOAS_ALLOC, ioas, 'IOMMU_IOAS_ALLOC', iommu);
@@ -309,8 +311,8 @@ export function openGroup(group: string, device: string, containerPath: string, 
     try {
       sys.ioctl(g, VFIO_GROUP_GET_STATUS, status, 'VFIO_GROUP_GET_STATUS', group);
     } catch (e) {
-      if ((e as VfioError).code !== 'ENOTTY') throw e;
-      throw new VfioError('ENOTTY', 'VFIO_GROUP_GET_STATUS', group, 'not a VFIO group node', { syscall: 'ioctl', cause: e });
+      if (!isVfioError(e, 'ENOTTY')) throw e;
+      throw new VfioError('ENOTTY', 'VFIO_GROUP_GET_STATUS', group, 'not a VFIO group node', { syscall: 'ioctl', cause: e, hint: 'not-a-device' });
     }
     if (!(vfio_group_status.decode(status).flags & VFIO_GROUP_FLAGS_VIABLE)) {
       throw new VfioError('EBUSY', 'VFIO_GROUP_GET_STATUS', group, 'group is not viable: every device in it must be bound to a VFIO driver');
@@ -323,10 +325,10 @@ export function openGroup(group: string, device: string, containerPath: string, 
     try {
       dev = sys.ioctl(g, VFIO_GROUP_GET_DEVICE_FD, Buffer.from(`${device}\0`), 'VFIO_GROUP_GET_DEVICE_FD', name);
     } catch (e) {
-      const ve = e as VfioError;
+      if (!isVfioError(e)) throw e;
       // EBUSY: the device is there, but open elsewhere (its cdev, or another group fd).
-      const why = ve.code === 'EBUSY' ? `device "${device}" in group ${group} is already open` : `no device "${device}" in group ${group}`;
-      throw new VfioError(ve.code, ve.op, name, why, { syscall: 'ioctl', cause: e });
+      const why = e.code === 'EBUSY' ? `device "${device}" in group ${group} is already open` : `no device "${device}" in group ${group}`;
+      throw new VfioError(e.code, e.op, name, why, { syscall: 'ioctl', cause: e });
     }
     return new KernelDevice(name, dev, [container, g], false, sys);
   } catch (e) {
@@ -374,13 +376,13 @@ function assertVfioNode(path: string, driver: 'vfio-dev' | 'vfio'): void {
   const expect = driver === 'vfio-dev' ? '/dev/vfio/devices/vfioN' : '/dev/vfio/N:DEVICE';
   const st = statSync(path);
   if (!st.isCharacterDevice()) {
-    throw new VfioError('ENOTTY', 'open', path, `not a VFIO device: ${st.isDirectory() ? 'a directory' : 'not a character device'} (expected ${expect})`);
+    throw new VfioError('ENOTTY', 'open', path, `not a VFIO device: ${st.isDirectory() ? 'a directory' : 'not a character device'} (expected ${expect})`, { hint: 'not-a-device' });
   }
   const majors = charMajors();
   const major = (st.rdev >>> 8) & 0xfff;
   const name = majors.get(major);
   if (majors.size > 0 && name !== driver) {
-    throw new VfioError('ENOTTY', 'open', path, `not a VFIO device: a ${name ?? `major ${major}`} character device (expected ${expect})`);
+    throw new VfioError('ENOTTY', 'open', path, `not a VFIO device: a ${name ?? `major ${major}`} character device (expected ${expect})`, { hint: 'not-a-device' });
   }
 }
 
@@ -390,8 +392,7 @@ async function checkMigration(dev: KernelDevice): Promise<KernelDevice> {
     await dev.getState(); // so errors can name the state a transition started from
   } catch (e) {
     await dev.close();
-    const ve = e as VfioError;
-    if (ve.code === 'ENOTTY') throw new VfioError('ENOTTY', 'FEATURE_MIGRATION', dev.name, 'device does not support v2 migration', { syscall: 'ioctl', cause: e });
+    if (isVfioError(e, 'ENOTTY')) throw new VfioError('ENOTTY', 'FEATURE_MIGRATION', dev.name, 'device does not support v2 migration', { syscall: 'ioctl', cause: e });
     throw e;
   }
   return dev;

@@ -36,9 +36,19 @@ interface Libc {
 
 let libc: Libc | null = null;
 
+/**
+ * The uAPI structs are encoded little-endian (src/struct.ts). ENOTSUP: the
+ * call is valid but this build cannot do it on this host; not EINVAL (no
+ * argument is wrong) nor EOPNOTSUPP, which the CLI reads as a device
+ * without migration. `probe` is for the test.
+ */
+export function checkHostByteOrder(probe: Uint16Array = new Uint16Array([1])): void {
+  if (new Uint8Array(probe.buffer)[0] !== 1) throw new VfioError('ENOTSUP', 'load', 'the VFIO kernel backend', 'it needs a little-endian host (the uAPI structs are encoded little-endian)');
+}
+
 function load(): Libc {
   if (libc) return libc;
-  if (new Uint8Array(new Uint16Array([1]).buffer)[0] !== 1) throw new Error('the VFIO kernel backend needs a little-endian host');
+  checkHostByteOrder();
   const lib = koffi.load('libc.so.6');
   // Fixed-arity prototypes for the variadic open/ioctl: integer and pointer
   // varargs travel in the same registers on x86-64 and arm64.

@@ -14,6 +14,8 @@ import type { FaultPlan, IoFaultCounters } from './faults.js';
 import { RECORD_END, RECORD_PAGE, SIM_STREAM_MAGIC, simHeader, simRecord } from './stream-format.js';
 
 export const RECORD_HEADER = simRecord.size;
+/** The record's field offsets, for the fast paths that write and check records in place (no encode/decode objects). */
+const REC = simRecord.layout;
 
 /** What the device holds: a page's bytes are pattern[pageWindow(seed, page, versions[page])...]. */
 export interface Content {
@@ -163,10 +165,10 @@ export class SaveSession {
       const length = d.pageLength(page);
       if (n + RECORD_HEADER + length > into.length) break;
       const version = versions[page]!;
-      view.setUint32(n, RECORD_PAGE, true);
-      view.setUint32(n + 4, page, true);
-      view.setUint32(n + 8, version, true);
-      view.setUint32(n + 12, length, true);
+      view.setUint32(n + REC.kind.offset, RECORD_PAGE, true);
+      view.setUint32(n + REC.page.offset, page, true);
+      view.setUint32(n + REC.version.offset, version, true);
+      view.setUint32(n + REC.length.offset, length, true);
       const w = pageWindow(seed, page, version);
       pattern.copy(into, n + RECORD_HEADER, w, w + length);
       n += RECORD_HEADER + length;
@@ -300,12 +302,12 @@ export class ResumeSession {
     const { pattern, pageCount } = d;
     const view = new DataView(data.buffer, data.byteOffset, data.length);
     while (i + RECORD_HEADER <= data.length) {
-      const page = view.getUint32(i + 4, true);
-      const length = view.getUint32(i + 12, true);
-      if (view.getUint32(i, true) !== RECORD_PAGE || page >= pageCount || length !== d.pageLength(page)) break;
+      const page = view.getUint32(i + REC.page.offset, true);
+      const length = view.getUint32(i + REC.length.offset, true);
+      if (view.getUint32(i + REC.kind.offset, true) !== RECORD_PAGE || page >= pageCount || length !== d.pageLength(page)) break;
       const at = i + RECORD_HEADER;
       if (at + length > data.length) break;
-      const version = view.getUint32(i + 8, true);
+      const version = view.getUint32(i + REC.version.offset, true);
       const w = pageWindow(this.#seed, page, version);
       if (pattern.compare(data, at, at + length, w, w + length) !== 0) {
         this.#error = `page ${page} content does not match its record (corrupt stream)`;

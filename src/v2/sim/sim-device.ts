@@ -6,10 +6,10 @@
  * only through the SessionPort it hands them.
  */
 import { createHash } from 'node:crypto';
-import { VfioError } from '../../errors.js';
+import { VfioError, isVfioError } from '../../errors.js';
 import type { DataStream, V2Device } from '../device.js';
 import { arcEndsStream, arcOpensStream, isSavingState, nextState } from '../fsm.js';
-import { MIG_FLAGS_ALL, MigState, MIG_STATE_COUNT, isMigFlagSet, migStateName } from '../uapi.js';
+import { MIG_FLAGS_ALL, MigState, MIG_STATE_COUNT, PAGE, isMigFlagSet, migStateName } from '../uapi.js';
 import { Prng, fnv1a32, pageWindow } from './content.js';
 import { FaultPlan, type FrozenFaults, type SimFaults } from './faults.js';
 import { Geometry, RECORD_HEADER, ResumeSession, SaveSession, SimStream, type Content, type SessionPort } from './session.js';
@@ -55,6 +55,7 @@ export const SIM_MAX_STATE_SIZE = 2 ** 40;
 
 export class SimDevice implements V2Device {
   readonly name: string;
+  readonly kind = 'sim';
   readonly flags: number;
   readonly stateSize: number;
   readonly pageSize: number;
@@ -87,7 +88,7 @@ export class SimDevice implements V2Device {
     if (!Number.isSafeInteger(this.stateSize) || this.stateSize < 0 || this.stateSize > SIM_MAX_STATE_SIZE) {
       throw new VfioError('EINVAL', 'createSimDevice', 'sim', `stateSize must be a byte count of at most ${SIM_MAX_STATE_SIZE} (got ${options.stateSize})`);
     }
-    this.pageSize = options.pageSize ?? 4096;
+    this.pageSize = options.pageSize ?? PAGE;
     this.initialSeed = (options.seed ?? 1) >>> 0;
     this.dirtyRatio = options.dirtyRatio ?? (mtty ? 0 : 1 / 8);
     this.resumeFailure = options.resumeFailure ?? 'stay';
@@ -175,7 +176,8 @@ export class SimDevice implements V2Device {
       try {
         next = nextState(this.#state, target, this.flags);
       } catch (e) {
-        throw new VfioError('EINVAL', op, this.name, (e as VfioError).reason, { cause: e });
+        if (!isVfioError(e)) throw e;
+        throw new VfioError('EINVAL', op, this.name, e.reason, { cause: e, hint: 'fsm-path' });
       }
       opened = this.#arc(op, this.#state, next) ?? opened;
       this.#state = next;
@@ -198,7 +200,7 @@ export class SimDevice implements V2Device {
         const why = s.resume.verdict();
         if (why) {
           if (this.resumeFailure === 'error') this.#fail();
-          throw new VfioError('EINVAL', op, this.name, `resume data rejected: ${why}`, { details: { arc: [from, to] } });
+          throw new VfioError('EINVAL', op, this.name, `resume data rejected: ${why}`, { details: { arc: [from, to] }, hint: 'resume-rejected' });
         }
         this.#content = s.resume.loaded();
       }
