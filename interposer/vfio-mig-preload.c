@@ -13,6 +13,8 @@
  *   VFIO_MIG_SOCKET      the service's socket; unset: nothing is bridged
  *   VFIO_MIG_REQUIRED=1  a device that cannot be bridged ends the process
  *   VFIO_MIG_TIMEOUT_MS  longest wait for one answer (default 20000)
+ *   VFIO_MIG_PTRACER     pid of the service `vfio-mig exec` started beside
+ *                        this process: allowed to ptrace it (Yama)
  *   VFIO_MIG_TEST_DEVICE a path whose fds count as VFIO devices (tests and
  *                        benchmarks against a simulated device; GET_INFO on
  *                        them is answered here: PCI, 9 regions)
@@ -32,6 +34,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <sys/un.h>
@@ -483,6 +486,24 @@ static void say_bye(struct dev *d)
 	if (d->sock >= 0)
 		real_close(d->sock);
 	d->sock = -1;
+}
+
+/*
+ * Under `vfio-mig exec` the service is not this process's ancestor, which
+ * Yama's ptrace_scope 1 requires for its pidfd_getfd: name it as our tracer.
+ * Without Yama prctl fails (EINVAL) and nothing is needed. The variable
+ * stays: a VMM that COMMAND forks (a wrapper script) needs it too.
+ */
+__attribute__((constructor)) static void allow_service(void)
+{
+	const char *v = getenv("VFIO_MIG_PTRACER");
+	if (!v)
+		return;
+	char *end = NULL;
+	errno = 0;
+	long pid = strtol(v, &end, 10);
+	if (*v >= '1' && *v <= '9' && !*end && errno == 0 && pid > 0 && pid <= INT_MAX)
+		prctl(PR_SET_PTRACER, (unsigned long)pid, 0, 0, 0);
 }
 
 /* A VMM that exits without closing its device fds (QEMU's quit) still says goodbye. */

@@ -50,6 +50,8 @@ export interface CliIo {
   /** When given, SIGINT, SIGTERM and SIGHUP clean up and end the run through `exit`. */
   signals?: SignalSource;
   exit?: (code: number) => void;
+  /** Replaces the process with a program (`exec`); only a run that owns its process has it. Returns only by throwing. */
+  execve?: (path: string, argv: string[], env: Record<string, string | undefined>) => never;
 }
 
 export const INTERRUPT_SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
@@ -65,6 +67,7 @@ export class CliContext {
   readonly signals: SignalSource | null;
   /** Ends the run at once with `code` (the process's exit, or the stand-in a test gives). */
   readonly exitNow: (code: number) => void;
+  readonly execve: CliIo['execve'];
   readonly stdinKind: StdinKind;
   readonly #console: Console;
   readonly #stdin: (() => AsyncIterable<Uint8Array>) | undefined;
@@ -78,6 +81,7 @@ export class CliContext {
     this.json = argv.includes('--json');
     this.signals = io.signals ?? null;
     this.exitNow = io.exit ?? ((code: number) => process.exit(code));
+    this.execve = io.execve;
     this.#stdin = io.stdin;
     this.stdinKind = io.stdinKind ?? 'stream';
     // console.log's semantics on these streams (a reader gone away does not throw).

@@ -17,7 +17,7 @@ import { DEVICE_HELP, parseDeviceArg, parseSize } from './open-device.js';
 import { CliError, errorJson, errorLine, exitCodeFor, toJson } from './output.js';
 import { QEMU_STREAM_HELP, qemuStreamDiff, qemuStreamExtract, qemuStreamList } from './qemu-stream.js';
 import { saveCommand } from './save.js';
-import { envCommand, execCommand, serveCommand } from './serve.js';
+import { EXEC_SERVICE, envCommand, execCommand, execServiceCommand, serveCommand } from './serve.js';
 import { SERVICE_SECTION_SIZE } from '../service/bridge-service.js';
 import { stateCommand } from './state.js';
 import { traceCommand } from './trace.js';
@@ -187,10 +187,22 @@ function buildProgram(ctx: CliContext, exit: (code: number) => void): Command {
     .addOption(serviceSectionOption())
     .option('--sim <device>', 'serve every device with a fresh simulated DEVICE instead of the VMM\'s own (testing)')
     .passThroughOptions()
-    .addHelpText('after', '\nThe exit status is COMMAND\'s (128+N when signal N ended it; 125 when exec itself failed, 127 when COMMAND was not found); SIGINT, SIGTERM, SIGHUP and SIGQUIT are forwarded. The service ends with COMMAND.\n\nExample:\n  vfio-mig exec -- qemu-system-x86_64 -M pc -device vfio-pci,sysfsdev=/sys/bus/mdev/devices/UUID,x-enable-migration=on ...\n  vfio-mig exec --trace mig.ndjson -- qemu-system-x86_64 ...')
+    .addHelpText('after', '\nexec replaces itself with COMMAND (execve): the process you started is COMMAND, so its signals,\nits exit status and a kill reach COMMAND itself. The bridge service runs beside it in its own\nsession and ends when COMMAND\'s process ends. exec\'s own failures: 125, 127 when COMMAND is not\nfound, 126 when it cannot be run.\n\nExample:\n  vfio-mig exec -- qemu-system-x86_64 -M pc -device vfio-pci,sysfsdev=/sys/bus/mdev/devices/UUID,x-enable-migration=on ...\n  vfio-mig exec --trace mig.ndjson -- qemu-system-x86_64 ...')
     .action(async (command: string[], o) => {
       exit(await execCommand(ctx, command, o));
     });
+
+  // exec's service, started beside COMMAND (serve.ts): not for people.
+  program
+    .command(EXEC_SERVICE, { hidden: true })
+    .requiredOption('--pid <pid>', 'the process to watch', intOpt('--pid', 1, 0x7fffffff))
+    .requiredOption('--socket <path>', 'where to listen')
+    .option('--given', 'the socket path came from exec --socket')
+    .option('--remove-dir <dir>', 'exec\'s private socket dir, removed at the end')
+    .option('--trace <file>', 'NDJSON trace')
+    .addOption(serviceSectionOption())
+    .option('--sim <device>', 'simulated devices')
+    .action(async (o) => exit(await execServiceCommand(ctx, o)));
 
   program
     .command('serve')

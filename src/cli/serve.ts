@@ -6,7 +6,9 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, mkdtempSync, openSync, readFileSync, readlinkSync, rmSync, statSync, writeSync } from 'node:fs';
 import { constants as osConstants, tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
+import type { Readable } from 'node:stream';
+import { fileURLToPath } from 'node:url';
 import { getSystemErrorMap } from 'node:util';
 import { VfioError, asVfioError } from '../errors.js';
 import { MAX_SOCKET_PATH, startBridgeService, type BridgeServiceOptions, type ServiceTraceEvent } from '../service/bridge-service.js';
@@ -16,6 +18,8 @@ import type { CliContext, SignalSource } from './context.js';
 import { openDeviceArg, parseSimSpec } from './open-device.js';
 import { CliError, errorLine, toJson } from './output.js';
 import { EXIT } from './exit-codes.js';
+import { resolveCommand } from './exec-inplace.js';
+import { sysClose, sysPidfdOpen, sysReadable } from '../v2/kernel/sys.js';
 
 export interface ServiceCliOptions {
   trace?: string;
@@ -215,20 +219,81 @@ function privateSocket(): { dir: string; socket: string } {
   throw new CliError('vfio-mig exec: no temporary directory with a short enough path for a socket: use --socket', EXEC_FAILED);
 }
 
+/** The CLI's own entry point, for the service exec starts beside COMMAND (dist/cli/main.js, also when run from src/ in tests). */
+const CLI_SCRIPT = join(dirname(fileURLToPath(import.meta.url)), '../../dist/cli/main.js');
+/** How long exec waits for its service to listen (a Node start and koffi's load: well under a second). */
+const SERVICE_READY_MS = 30_000;
+
 /**
- * Runs COMMAND with the interposer preloaded and a service of its own,
- * forwards SIGINT, SIGTERM, SIGHUP and SIGQUIT to it, and returns its exit
- * status (128 + signal number when a signal ended it; 125 when exec itself
- * failed). The service ends with COMMAND: a process COMMAND left behind
- * (QEMU's -daemonize) loses the bridge.
+ * Starts exec's service as its own process in its own session (so nothing
+ * sent to exec's process group or COMMAND reaches it), and waits until it
+ * listens. It watches `pid` (this process, COMMAND after the execve) and
+ * ends when that ends. Its failure comes back over fd 3 as one JSON line.
+ */
+async function startDetachedService(socketPath: string, given: boolean, dir: string | null, o: ServiceCliOptions): Promise<ChildProcess> {
+  const args = [CLI_SCRIPT, EXEC_SERVICE, '--pid', String(process.pid), '--socket', socketPath, '--section-size', String(o.sectionSize)];
+  if (given) args.push('--given');
+  if (dir) args.push('--remove-dir', dir);
+  if (o.trace !== undefined) args.push('--trace', o.trace);
+  if (o.sim !== undefined) args.push('--sim', o.sim);
+  // stderr is COMMAND's: the service's lines go where the VMM's go (libvirt's domain log).
+  const child = spawn(process.execPath, args, { detached: true, stdio: ['ignore', 'ignore', 'inherit', 'pipe'] });
+  const status = child.stdio[3] as Readable;
+  const answer = await new Promise<string>((done) => {
+    let text = '';
+    const timer = setTimeout(() => done(JSON.stringify({ error: `vfio-mig: exec: the bridge service did not start within ${SERVICE_READY_MS / 1000} s`, exit: EXEC_FAILED })), SERVICE_READY_MS);
+    status.on('data', (d: Buffer) => {
+      text += d.toString('utf8');
+      if (text.includes('\n')) {
+        clearTimeout(timer);
+        done(text.slice(0, text.indexOf('\n')));
+      }
+    });
+    const gone = () => {
+      clearTimeout(timer);
+      done(text || JSON.stringify({ error: 'vfio-mig: exec: the bridge service exited before it listened', exit: EXEC_FAILED }));
+    };
+    status.on('end', gone);
+    status.on('error', gone);
+    child.on('error', (e) => {
+      clearTimeout(timer);
+      done(JSON.stringify({ error: `vfio-mig: exec: cannot start the bridge service: ${e.message}`, exit: EXEC_FAILED }));
+    });
+  });
+  status.destroy();
+  child.unref();
+  let parsed: { ready?: boolean; error?: string; exit?: number };
+  try {
+    parsed = JSON.parse(answer) as typeof parsed;
+  } catch {
+    parsed = { error: `vfio-mig: exec: the bridge service said ${JSON.stringify(answer)}`, exit: EXEC_FAILED };
+  }
+  if (!parsed.ready) {
+    if (child.exitCode === null) child.kill('SIGTERM');
+    throw new CliError(parsed.error ?? 'vfio-mig: exec: the bridge service failed', parsed.exit ?? EXEC_FAILED);
+  }
+  return child;
+}
+
+/**
+ * Becomes COMMAND (execve in place) with the interposer preloaded and a
+ * service of its own beside it: the pid the caller started is COMMAND's,
+ * so its signals, its exit status, cgroup placement and a SIGKILL are
+ * COMMAND's own. Returns only when exec itself failed: 125, or 127/126 as
+ * env(1) when COMMAND is not found or not executable (told before
+ * anything starts). The service ends when COMMAND's process ends.
  */
 export async function execCommand(ctx: CliContext, command: string[], o: ServiceCliOptions & { socket?: string }): Promise<number> {
   if (command.length === 0) throw new CliError('vfio-mig exec: no command given (vfio-mig exec -- COMMAND [ARGS...])', EXIT.USAGE);
-  // Signals from the first moment: forwarded once COMMAND runs, remembered before.
-  let child: ChildProcess | null = null;
+  // A signal before the execve ends exec (and its service); after it, the signal is COMMAND's.
   let pendingSignal: NodeJS.Signals | null = null;
-  for (const sig of [...STOP_SIGNALS, 'SIGQUIT'] as const) {
-    replaceHandler(ctx.signals, sig, 'on', () => (child ? void child.kill(sig) : (pendingSignal ??= sig)));
+  for (const sig of [...STOP_SIGNALS, 'SIGQUIT'] as const) replaceHandler(ctx.signals, sig, 'on', () => void (pendingSignal ??= sig));
+  if (o.sim) parseSimSpec(o.sim);
+  if (o.sectionSize % 4096 !== 0) throw new CliError(`vfio-mig exec: --section-size must be a multiple of 4096 bytes, the page size (got ${o.sectionSize})`, EXIT.USAGE);
+  const found = resolveCommand(command[0]!, process.env.PATH);
+  if (!('path' in found)) {
+    serviceLog(ctx)(`exec: cannot run ${command[0]}: ${found.reason}`);
+    return found.status;
   }
   let env: Record<string, string>;
   try {
@@ -239,28 +304,92 @@ export async function execCommand(ctx: CliContext, command: string[], o: Service
   const priv = o.socket ? null : privateSocket();
   const socketPath = o.socket ?? priv!.socket;
   env.VFIO_MIG_SOCKET = resolve(socketPath);
+  let service: ChildProcess | null = null;
   try {
-    let stop: () => Promise<void>;
+    service = await startDetachedService(socketPath, o.socket !== undefined, priv?.dir ?? null, o);
+    if (pendingSignal) return 128 + osConstants.signals[pendingSignal];
+    if (!ctx.execve) throw new CliError('vfio-mig exec: replaces its own process with COMMAND: run it as the vfio-mig command', EXEC_FAILED);
+    // Yama (ptrace_scope 1) lets only ancestors ptrace: the interposer names the service as COMMAND's tracer.
+    env.VFIO_MIG_PTRACER = String(service.pid);
     try {
-      stop = await start(ctx, 'exec', socketPath, o.socket !== undefined, o); // listening before the command starts
+      return ctx.execve(found.path, command, { ...process.env, ...env });
     } catch (e) {
-      throw e instanceof CliError ? e : new CliError(errorLine(e), EXEC_FAILED, e);
+      serviceLog(ctx)(`exec: cannot run ${command[0]}: ${(e as Error).message}`);
+      return (e as NodeJS.ErrnoException).code === 'ENOENT' ? 127 : 126;
     }
-    try {
-      if (pendingSignal) return 128 + osConstants.signals[pendingSignal];
-      const c = spawn(command[0]!, command.slice(1), { stdio: 'inherit', env: { ...process.env, ...env } });
-      child = c;
-      return await new Promise<number>((done) => {
-        c.once('error', (e) => {
-          serviceLog(ctx)(`exec: cannot run ${command[0]}: ${e.message}`);
-          done((e as NodeJS.ErrnoException).code === 'ENOENT' ? 127 : 126);
-        });
-        c.once('exit', (code, signal) => done(code ?? 128 + (signal ? osConstants.signals[signal] : 0)));
-      });
-    } finally {
-      await stop();
-    }
+  } catch (e) {
+    throw e instanceof CliError ? e : new CliError(errorLine(e), EXEC_FAILED, e);
   } finally {
+    // Only reached when COMMAND did not replace this process.
+    if (service && service.exitCode === null) service.kill('SIGTERM');
     if (priv) rmSync(priv.dir, { recursive: true, force: true });
   }
+}
+
+/** The hidden command exec runs its service as. */
+export const EXEC_SERVICE = '_exec-service';
+
+export interface ExecServiceOptions extends ServiceCliOptions {
+  pid: number;
+  socket: string;
+  given?: boolean;
+  removeDir?: string;
+}
+
+/** How often the service looks whether COMMAND is still there. */
+const WATCH_MS = 100;
+
+/**
+ * exec's service: listens, says so on fd 3, and runs until the process it
+ * watches (COMMAND) ends or it gets SIGINT, SIGTERM or SIGHUP; then ends its
+ * sessions (a device left mid-session is reset) and removes its socket dir.
+ */
+export async function execServiceCommand(ctx: CliContext, o: ExecServiceOptions): Promise<number> {
+  const report = (msg: object) => {
+    try {
+      writeSync(3, `${JSON.stringify(msg)}\n`);
+      closeSync(3);
+    } catch {
+      // exec is gone: it will not go on either
+    }
+  };
+  let stopRequested: (() => void) | null = null;
+  let early = false;
+  for (const sig of STOP_SIGNALS) replaceHandler(ctx.signals, sig, 'once', () => (stopRequested ? stopRequested() : (early = true)));
+  let pidfd: number;
+  try {
+    // Opened while exec waits for us, so the pid is exec's; execve keeps it.
+    pidfd = sysPidfdOpen(o.pid, 'exec: watch', `process ${o.pid}`);
+  } catch (e) {
+    report({ error: errorLine(e), exit: EXEC_FAILED });
+    return EXEC_FAILED;
+  }
+  let stop: () => Promise<void>;
+  try {
+    stop = await start(ctx, 'exec', o.socket, o.given === true, o);
+  } catch (e) {
+    sysClose(pidfd);
+    report({ error: e instanceof CliError ? e.message : errorLine(e), exit: e instanceof CliError ? e.exitCode : EXEC_FAILED });
+    return EXEC_FAILED;
+  }
+  report({ ready: true });
+  if (!early) {
+    await new Promise<void>((done) => {
+      stopRequested = done;
+      const timer = setInterval(() => {
+        if (sysReadable(pidfd, 'exec: watch', `process ${o.pid}`)) {
+          clearInterval(timer);
+          done();
+        }
+      }, WATCH_MS);
+      stopRequested = () => {
+        clearInterval(timer);
+        done();
+      };
+    });
+  }
+  sysClose(pidfd);
+  await stop();
+  if (o.removeDir) rmSync(o.removeDir, { recursive: true, force: true });
+  return 0;
 }

@@ -96,7 +96,7 @@ export class Peer {
       return this.#sys.pidfdGetfd(this.#pidfd, fd, op, device);
     } catch (e) {
       if (!(e instanceof VfioError) || (e.code !== 'EPERM' && e.code !== 'EACCES')) throw e;
-      throw new VfioError(e.code, op, device, `${e.reason ?? ''}: the service needs ptrace access to the VMM (run it as root, or as the VMM's parent with vfio-mig exec)`, { cause: e });
+      throw new VfioError(e.code, op, device, `${e.reason ?? ''}: the service needs ptrace access to the VMM (run it as root, or let vfio-mig exec start it beside the VMM)`, { cause: e });
     }
   }
 

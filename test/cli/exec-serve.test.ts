@@ -5,17 +5,45 @@
  * The VMM is test/interposer/qemu72-client.c on a simulated device.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { runCli, runInProcess } from './run-cli.js';
+import { CLI, runCli, runInProcess } from './run-cli.js';
 import { spawnCli, waitFor } from './spawn-cli.js';
 
 const root = resolve(import.meta.dirname, '../..');
 const dir = mkdtempSync(join(tmpdir(), 'vfio-mig-exec-'));
 const client = join(dir, 'qemu72-client');
 const TEST_DEVICE = { VFIO_MIG_TEST_DEVICE: '/dev/null' };
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Polls `pred` until it holds; fails (with `what`) if it never does within `ms`. */
+async function until(what: string, pred: () => boolean, ms = 10_000): Promise<void> {
+  for (const t0 = Date.now(); !pred(); await sleep(50)) if (Date.now() - t0 > ms) throw new Error(`never: ${what}`);
+}
+
+/** Whether `pid` is a live (not zombie) process. */
+function alive(pid: number): boolean {
+  try {
+    return !/^State:\s*Z/m.test(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  } catch {
+    return false;
+  }
+}
+
+/** `vfio-mig exec -- ARGS` as a caller (libvirt, a shell) starts it: its output so far, and how it ended. */
+function execProcess(args: string[], env: Record<string, string> = {}, stdio: ('pipe' | 'ignore')[] = ['ignore', 'pipe', 'pipe']) {
+  const p = spawn(process.execPath, [CLI, 'exec', ...args], { stdio, env: { ...process.env, ...env } });
+  let out = '';
+  let err = '';
+  p.stdout?.on('data', (d) => (out += d));
+  p.stderr?.on('data', (d) => (err += d));
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) => p.on('exit', (code, signal) => r({ code, signal })));
+  const closed = new Promise((r) => p.on('close', r)); // every holder of its stdout and stderr (the service too) is gone
+  return { p, exited, closed, out: () => out, err: () => err };
+}
 
 beforeAll(() => {
   expect(spawnSync('cc', ['-O2', '-o', client, join(root, 'test/interposer/qemu72-client.c')]).status).toBe(0);
@@ -94,6 +122,92 @@ describe('vfio-mig exec', () => {
     const r = runCli(['exec', '--sim', 'sim:size=1M', ...save(join(dir, 'long.bin'))], undefined, { ...TEST_DEVICE, TMPDIR: long });
     expect(r.code, r.stderr).toBe(0);
     expect(r.stderr).not.toMatch(/not bridged/);
+  });
+});
+
+describe('vfio-mig exec becomes COMMAND (execve in place)', () => {
+  it('the pid the caller started is COMMAND\'s own, with the service and its socket beside it', async () => {
+    const x = execProcess(['--', 'sh', '-c', 'echo $$ $PPID $VFIO_MIG_PTRACER $VFIO_MIG_SOCKET']);
+    expect(await x.exited).toEqual({ code: 0, signal: null });
+    const [pid, ppid, service, socket] = x.out().trim().split(' ');
+    expect(Number(pid)).toBe(x.p.pid);
+    expect(Number(ppid)).toBe(process.pid);
+    expect(Number(service)).toBeGreaterThan(0);
+    expect(socket).toMatch(/\/vfio-mig-[^/]+\/bridge\.sock$/);
+    await until('the service to end with COMMAND', () => !alive(Number(service)));
+    await until('the socket dir to be removed', () => !existsSync(join(socket!, '..')));
+  });
+
+  it('SIGKILL of that pid mid-migration: the service resets the device, exits and removes its socket dir', async () => {
+    const trace = join(dir, 'killed.ndjson');
+    const x = execProcess(['--sim', 'sim:size=64M,read-delay-ms=200', '--trace', trace, '--', 'sh', '-c', `echo $VFIO_MIG_PTRACER $VFIO_MIG_SOCKET; exec ${client} /dev/null save ${join(dir, 'killed.bin')} mmap`], TEST_DEVICE);
+    // The detached service writes the trace: the VMM is in stop-copy once it wrote 010.
+    await until('the VMM to reach stop-copy', () => existsSync(trace) && /"op":"write","field":"device_state"[^\n]*"value":2\b/.test(readFileSync(trace, 'utf8')));
+    const [service, socket] = x.out().trim().split(' ');
+    expect(alive(Number(service))).toBe(true);
+    x.p.kill('SIGKILL');
+    expect(await x.exited).toEqual({ code: null, signal: 'SIGKILL' });
+    await until('the service to exit', () => !alive(Number(service)));
+    await until('the socket dir to be removed', () => !existsSync(join(socket!, '..')));
+    await x.closed; // the service held COMMAND's stderr: its last lines are in
+    expect(x.err()).toMatch(/while the device was in STOP_COPY: reset to RUNNING/);
+  });
+
+  it('SIGTERM reaches COMMAND itself: its own handler runs and the status is its own', async () => {
+    const x = execProcess(['--', 'sh', '-c', 'trap "echo got TERM; exit 7" TERM; echo ready; while :; do sleep 0.05; done']);
+    await until('COMMAND to start', () => x.out().includes('ready'));
+    x.p.kill('SIGTERM');
+    expect(await x.exited).toEqual({ code: 7, signal: null });
+    expect(x.out()).toBe('ready\ngot TERM\n');
+  });
+
+  it('COMMAND gets the descriptors the caller gave, and none of the ones Node opened', async () => {
+    const list = 'for f in /proc/$$/fd/*; do echo ${f##*/}; done; echo via3 >&3';
+    const fds = async (argv: string[]) => {
+      const p = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe', 'pipe'] });
+      let out = '';
+      let three = '';
+      p.stdout!.on('data', (d) => (out += d));
+      p.stdio[3]!.on('data', (d) => (three += d));
+      await new Promise((r) => p.on('close', r));
+      return { fds: out.trim().split('\n').sort(), three };
+    };
+    const plain = await fds(['sh', '-c', list]);
+    const via = await fds([process.execPath, CLI, 'exec', '--', 'sh', '-c', list]);
+    expect(via).toEqual(plain);
+    expect(via.three).toBe('via3\n');
+    expect(via.fds).toEqual(expect.arrayContaining(['0', '1', '2', '3']));
+  });
+
+  it('COMMAND not found is 127 and not executable 126, as env(1), with no service started and no temporary dir left', () => {
+    const tmp = join(dir, 'tmp-status');
+    mkdirSync(tmp);
+    const script = join(dir, 'not-executable.sh');
+    writeFileSync(script, '#!/bin/sh\n');
+    chmodSync(script, 0o644);
+    const cases: [string, number, RegExp][] = [
+      ['no-such-command-vfio-mig', 127, /cannot run no-such-command-vfio-mig: command not found/],
+      [join(dir, 'missing'), 127, /No such file or directory/],
+      [script, 126, /Permission denied/],
+      [dir, 126, /Permission denied/],
+    ];
+    for (const [cmd, status, message] of cases) {
+      const r = runCli(['exec', '--', cmd], undefined, { TMPDIR: tmp });
+      expect(r.code, r.stderr).toBe(status);
+      expect(r.stderr).toMatch(message);
+    }
+    expect(readdirSync(tmp)).toEqual([]);
+  });
+
+  it('a PATH entry that is not executable is passed over for a later one that is', () => {
+    const a = join(dir, 'path-a');
+    const b = join(dir, 'path-b');
+    mkdirSync(a);
+    mkdirSync(b);
+    writeFileSync(join(a, 'vfio-mig-tool'), '#!/bin/sh\necho a\n', { mode: 0o644 });
+    writeFileSync(join(b, 'vfio-mig-tool'), '#!/bin/sh\necho b\n', { mode: 0o755 });
+    const r = runCli(['exec', '--', 'vfio-mig-tool'], undefined, { PATH: `${a}:${b}:${process.env.PATH}` });
+    expect(r).toMatchObject({ code: 0, stdout: 'b\n' });
   });
 });
 

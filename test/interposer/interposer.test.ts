@@ -6,12 +6,12 @@
  * serves. The real-kernel suite runs QEMU 7.2 itself (test/kernel/qemu72.ktest.ts).
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createSimDevice, VfioError, type SimDevice, type SimDeviceOptions } from '../../src/index.js';
+import { createSimDevice, loadV2, MigState, VfioError, type SimDevice, type SimDeviceOptions, type V2Device } from '../../src/index.js';
 import { startBridgeService, type BridgeService } from '../../src/service/bridge-service.js';
 import { saveV2 } from '../helpers.js';
 import { spawnCli, waitFor } from '../cli/spawn-cli.js';
@@ -89,6 +89,45 @@ describe('interposer + service, QEMU 7.2 access pattern', () => {
     expect(load.code, load.stderr).toBe(0);
     expect(dst.stateDigest()).toBe(src.stateDigest());
     expect(dst.state).toBe(2 /* RUNNING */);
+  });
+});
+
+describe('after a completed save the device is left in STOP (docs/decisions.md 22)', () => {
+  it('the next bridged VMM finds 000, starts the device and migrates it; a destination resumes into it', async () => {
+    const dev = createSimDevice({ ...model, seed: 5 });
+    // One device for every VMM, as a kernel device outlives them: the service's close must not end it.
+    const held: V2Device = new Proxy(dev, {
+      get: (t, k) => {
+        const v: unknown = Reflect.get(t, k, t);
+        return k === 'close' ? async () => undefined : typeof v === 'function' ? v.bind(t) : v;
+      },
+    });
+    const svc = await startBridgeService({ socketPath: join(dir, 'after-save.sock'), openDevice: async () => held, log: () => undefined });
+    const env = { VFIO_MIG_SOCKET: svc.socketPath };
+    const first = join(dir, 'after-save-1.bin');
+    expect((await runClient(['save', first, 'mmap', 'precopy'], env)).code).toBe(0);
+    for (let i = 0; i < 100 && svc.finished.length < 1; i++) await new Promise((r) => setTimeout(r, 20));
+    expect(dev.state).toBe(MigState.STOP);
+
+    // QEMU 7.2 writes 001 when its VM starts: STOP -> RUNNING, then a whole save again.
+    const second = join(dir, 'after-save-2.bin');
+    const r = await runClient(['save', second, 'pread', 'start', 'precopy'], env);
+    expect(r.code, r.stderr).toBe(0);
+    const copy = createSimDevice({ ...model, seed: 7 });
+    await loadV2(copy, [readFileSync(second)]);
+    expect(copy.stateDigest()).toBe(dev.stateDigest());
+    for (let i = 0; i < 100 && svc.finished.length < 2; i++) await new Promise((r) => setTimeout(r, 20));
+    expect(dev.state).toBe(MigState.STOP);
+
+    // A destination on a device a save left in STOP: 000 -> 100 -> 001, the source's state in it.
+    const src = createSimDevice({ ...model, seed: 6 });
+    const file = join(dir, 'after-save-src.bin');
+    writeFileSync(file, await saveV2(src, false));
+    const load = await runClient(['load', file, 'mmap'], env);
+    await svc.close();
+    expect(load.code, load.stderr).toBe(0);
+    expect(dev.state).toBe(MigState.RUNNING);
+    expect(dev.stateDigest()).toBe(src.stateDigest());
   });
 });
 

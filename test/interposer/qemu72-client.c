@@ -7,8 +7,11 @@
  * sequence and its vfio_mig_rw() access split (naturally aligned 8/4/2/1
  * bytes), or through the mmap'd data section.
  *
- *   qemu72-client DEVICE save FILE [mmap|pread] [precopy|forkclose]
+ *   qemu72-client DEVICE save FILE [mmap|pread] [precopy|forkclose|start]...
  *   qemu72-client DEVICE load FILE [mmap|pread]
+ *
+ * start: first what QEMU 7.2's vfio_vmstate_change() writes when the VM
+ * starts running (mask ~7, value 001), on whatever device_state it finds.
  *
  * Prints one line: "ok BYTES bytes SECONDS s HEADER header accesses DATA data accesses".
  */
@@ -172,8 +175,12 @@ int main(int argc, char **argv)
 	}
 	int save = strcmp(argv[2], "save") == 0;
 	int want_mmap = argc > 4 && strcmp(argv[4], "mmap") == 0;
-	int precopy = argc > 5 && strcmp(argv[5], "precopy") == 0;
-	int forkclose = argc > 5 && strcmp(argv[5], "forkclose") == 0;
+	int precopy = 0, forkclose = 0, start = 0;
+	for (int i = 5; i < argc; i++) {
+		precopy |= strcmp(argv[i], "precopy") == 0;
+		forkclose |= strcmp(argv[i], "forkclose") == 0;
+		start |= strcmp(argv[i], "start") == 0;
+	}
 	dev = open(argv[1], O_RDWR);
 	if (dev < 0)
 		die(argv[1]);
@@ -187,6 +194,8 @@ int main(int argc, char **argv)
 		}
 		waitpid(child, NULL, 0);
 	}
+	if (start)
+		set_state(~MASK, RUNNING); /* the VM starts: -> 001 */
 	uint8_t *buf = malloc(reg_size);
 	struct timespec t0, t1;
 	clock_gettime(CLOCK_MONOTONIC, &t0);

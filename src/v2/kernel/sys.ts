@@ -30,6 +30,9 @@ interface Libc {
   munmap: (addr: unknown, len: number) => number;
   getsockopt: (fd: number, level: number, name: number, val: Uint8Array, len: Uint8Array) => number;
   fcntl: (fd: number, cmd: number, arg: number) => number;
+  poll: (fds: Uint8Array, nfds: number, timeout: number) => number;
+  execve: (path: string, argv: (string | null)[], envp: (string | null)[]) => number;
+  signal: (sig: number, handler: null) => unknown;
 }
 
 let libc: Libc | null = null;
@@ -64,6 +67,9 @@ function load(): Libc {
     munmap: lib.func('int munmap(void *addr, size_t len)'),
     getsockopt: lib.func('int getsockopt(int fd, int level, int name, void *val, void *len)'),
     fcntl: lib.func('fcntl', 'int', ['int', 'int', 'int']),
+    poll: lib.func('int poll(void *fds, unsigned long nfds, int timeout)'),
+    execve: lib.func('int execve(const char *path, const char **argv, const char **envp)'),
+    signal: lib.func('void *signal(int sig, void *handler)'),
   } as Libc;
   return libc;
 }
@@ -221,6 +227,57 @@ export function sysGetSeals(fd: number, op: string, device: string): number {
   const r = load().fcntl(fd, F_GET_SEALS, 0);
   if (r < 0) throw fail(op, device, 'fcntl', 'F_GET_SEALS');
   return r;
+}
+
+const F_GETFD = 1;
+const F_SETFD = 2;
+const F_GETFL = 3;
+const F_SETFL = 4;
+const FD_CLOEXEC = 1;
+const O_NONBLOCK = 0o4000;
+
+/** Sets or clears FD_CLOEXEC; a descriptor that is gone (EBADF) is left alone. */
+export function sysSetCloexec(fd: number, on: boolean): void {
+  const lib = load();
+  const flags = lib.fcntl(fd, F_GETFD, 0);
+  if (flags < 0) return;
+  lib.fcntl(fd, F_SETFD, on ? flags | FD_CLOEXEC : flags & ~FD_CLOEXEC);
+}
+
+/** Sets or clears O_NONBLOCK on the open file description. */
+export function sysSetNonblock(fd: number, on: boolean): void {
+  const lib = load();
+  const flags = lib.fcntl(fd, F_GETFL, 0);
+  if (flags < 0) return;
+  lib.fcntl(fd, F_SETFL, on ? flags | O_NONBLOCK : flags & ~O_NONBLOCK);
+}
+
+/** Whether `fd` is readable now (poll, no wait): a pidfd is once its process has exited. */
+export function sysReadable(fd: number, op: string, device: string): boolean {
+  const pfd = new Uint8Array(8); // struct pollfd { int fd; short events; short revents; }
+  const v = new DataView(pfd.buffer);
+  v.setInt32(0, fd, true);
+  v.setInt16(4, 1 /* POLLIN */, true);
+  for (;;) {
+    const r = load().poll(pfd, 1, 0);
+    if (r >= 0) return r > 0 && v.getInt16(6, true) !== 0;
+    const e = fail(op, device, 'poll');
+    if (e.code !== 'EINTR') throw e;
+  }
+}
+
+/** Puts `sig` back to its default action (Node ignores SIGPIPE and SIGXFSZ, and execve keeps what is ignored). */
+export function sysSignalDefault(sig: number): void {
+  load().signal(sig, null); // SIG_DFL is NULL
+}
+
+/**
+ * Replaces this process with `path` (execve(2)): returns only by throwing.
+ * argv and envp go to C as NULL-terminated arrays of strings.
+ */
+export function sysExecve(path: string, argv: string[], envp: string[]): never {
+  load().execve(path, [...argv, null], [...envp, null]);
+  throw fail('execve', path, 'execve');
 }
 
 const PROT_READ = 1;
