@@ -94,16 +94,17 @@ export class V1Bridge implements V1Region {
     this.size = dataOffset + sectionSize;
     this.#section = options.section ?? new Uint8Array(sectionSize);
     this.#trace = new TraceLog(options.trace);
-    const bridge = this;
+    // Read live on each access; arrows keep the bridge's `this` (the getters' own is the literal).
+    const live = { stream: () => this.#stream, v1: () => this.#shadow, v2: () => this.#v2 };
     this.#save = new SaveWindow(this.#section, device, flags, this.#trace, {
       get stream() {
-        return bridge.#stream;
+        return live.stream();
       },
       get v1() {
-        return bridge.#shadow;
+        return live.v1();
       },
       get v2() {
-        return bridge.#v2;
+        return live.v2();
       },
     });
     this.regionInfo = {

@@ -148,7 +148,6 @@ export class CliContext {
   }
 
   #interrupted(sig: (typeof INTERRUPT_SIGNALS)[number], exit: (code: number) => void): void {
-    let timer: NodeJS.Timeout | undefined;
     let ended = false;
     const code = 128 + osConstants.signals[sig];
     const done = () => {
@@ -157,7 +156,7 @@ export class CliContext {
       ended = true; // a stand-in exit (tests) returns: end once
     };
     const closing = this.cleanup(); // an interrupted save leaves no file under the target name
-    timer = setTimeout(done, INTERRUPT_GRACE_MS).unref();
+    const timer = setTimeout(done, INTERRUPT_GRACE_MS).unref(); // done runs later (timer or closing), never before this
     closing.then((states) => {
       const message = `interrupted by ${sig}${states.length ? `; ${states.join('; ')}` : ''}`;
       // Under --json, the one error object every failure gives (EINTR, as a syscall cut short by the signal).

@@ -1,4 +1,5 @@
 /** vfio-mig fsm: the path a transition takes, or the whole table, for a flag set. */
+import { isVfioError } from '../errors.js';
 import { migrationPath } from '../v2/fsm.js';
 import { MigState, migFlagNames, migStateName, parseMigState } from '../v2/uapi.js';
 import { isStateSupported } from '../v2/fsm.js';
@@ -28,7 +29,8 @@ export function fsmCommand(ctx: CliContext, from: string | undefined, to: string
     try {
       return { from: migStateName(a), to: migStateName(b), path: migrationPath(a, b, flags).map(migStateName) };
     } catch (e) {
-      return { from: migStateName(a), to: migStateName(b), error: (e as { code: string }).code, cause: e };
+      if (!isVfioError(e)) throw e; // migrationPath throws only VfioError (EINVAL)
+      return { from: migStateName(a), to: migStateName(b), error: e.code, cause: e };
     }
   };
   if (from !== undefined && to !== undefined) {

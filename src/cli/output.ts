@@ -124,7 +124,7 @@ export function dropOutputOnClosedPipe(stream: NodeJS.EventEmitter): void {
 
 /** JSON with u64 values as decimal strings (JSON has no bigint). */
 export function toJson(value: unknown): string {
-  return JSON.stringify(value, (_k, v) => (typeof v === 'bigint' ? v.toString() : v));
+  return JSON.stringify(value, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v));
 }
 
 /**

@@ -11,18 +11,30 @@ import { conformanceCommand, conformanceHelp, parseOnly } from './conformance.js
 import type { CliContext } from './context.js';
 import { fsmCommand } from './fsm.js';
 import { infoCommand } from './info.js';
-import { loadCommand } from './load.js';
+import { loadCommand, type LoadOptions } from './load.js';
 import { deviceKindOf } from '../v2/open-device.js';
 import { DEVICE_HELP, parseDeviceArg, parseSize } from './open-device.js';
 import { CliError, errorJson, errorLine, exitCodeFor, toJson } from './output.js';
-import { QEMU_STREAM_HELP, qemuStreamDiff, qemuStreamExtract, qemuStreamList } from './qemu-stream.js';
-import { saveCommand } from './save.js';
-import { envCommand, execCommand, serveCommand } from './serve.js';
+import { QEMU_STREAM_HELP, qemuStreamDiff, qemuStreamExtract, qemuStreamList, type ExtractOptions } from './qemu-stream.js';
+import { saveCommand, type SaveOptions } from './save.js';
+import { envCommand, execCommand, serveCommand, type ServeCliOptions } from './serve.js';
 import { SERVICE_SECTION_SIZE } from '../service/bridge-service.js';
 import { stateCommand } from './state.js';
 import { traceCommand } from './trace.js';
 
 const version = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+
+// What commander parses for each command (it hands the action handlers `any`): the options the command takes.
+type InfoOptions = Parameters<typeof infoCommand>[2];
+type StateOptions = Parameters<typeof stateCommand>[3];
+type FsmOptions = Parameters<typeof fsmCommand>[3];
+type ConformanceOptions = Parameters<typeof conformanceCommand>[3] & { peer?: string };
+type TraceOptions = Parameters<typeof traceCommand>[2];
+type ExecOptions = Parameters<typeof execCommand>[2];
+type EnvOptions = Parameters<typeof envCommand>[1];
+interface JsonOption {
+  json?: boolean;
+}
 
 const sizeOpt = (v: string) => parseSize(v, '--section-size', 1 << 30, 1);
 /** A whole number from `min` to `max` (both safe integers): anything else is a usage error naming the option. */
@@ -89,7 +101,7 @@ function buildProgram(ctx: CliContext, exit: (code: number) => void): Command {
     .option('--digest', 'a simulated device: hash its state (SHA-256) whatever its size, about 1 s per GiB')
     .option('--json', 'machine-readable output (u64 values as decimal strings)')
     .addHelpText('after', '\nA simulated device\'s state digest is computed when its stop-copy size is at most 256 MiB, above that\nonly with --digest (JSON: stateDigest null).\n\nExample:\n  vfio-mig info sim:profile=mtty\n  vfio-mig info /dev/vfio/devices/vfio0 --json')
-    .action(async (device: string, o) => ctx.withDevice(device, (d) => infoCommand(ctx, d, o)));
+    .action(async (device: string, o: InfoOptions) => ctx.withDevice(device, (d) => infoCommand(ctx, d, o)));
 
   program
     .command('state')
@@ -100,7 +112,7 @@ function buildProgram(ctx: CliContext, exit: (code: number) => void): Command {
     .option('--reset', 'VFIO_DEVICE_RESET first (the way out of ERROR)')
     .option('--json', 'machine-readable output')
     .addHelpText('after', '\nExample:\n  vfio-mig state sim STOP_COPY        # RUNNING -> RUNNING_P2P -> STOP -> STOP_COPY\n  vfio-mig state sim --v1 011\n  vfio-mig state /dev/vfio/devices/vfio0 --reset')
-    .action(async (device: string, state: string | undefined, o) => {
+    .action(async (device: string, state: string | undefined, o: StateOptions) => {
       exit(await ctx.withDevice(device, (d) => stateCommand(ctx, d, state, o)));
     });
 
@@ -117,7 +129,7 @@ function buildProgram(ctx: CliContext, exit: (code: number) => void): Command {
     .addOption(v1SectionOption())
     .option('--json', 'summary as JSON (on stderr when the data goes to stdout)')
     .addHelpText('after', '\nThe device is left in STOP. A file is written as .NAME.PID.tmp, synced and renamed when complete;\na new file is mode 0600, a replaced one keeps its mode (and, as root, its owner). -o - is refused when\nstdout is /dev/null (a closed stdout is reopened there): -o /dev/null discards the state on purpose.\n\nExample:\n  vfio-mig save sim:size=64M -o state.vfio\n  vfio-mig save /dev/vfio/devices/vfio0 -o - | ssh dst vfio-mig load /dev/vfio/devices/vfio0 -i -')
-    .action(async (device: string, o, cmd: Command) => {
+    .action(async (device: string, o: SaveOptions, cmd: Command) => {
       sectionSizeOnlyWithV1(cmd, 'save');
       await ctx.withDevice(device, (d) => saveCommand(ctx, d, o));
     });
@@ -132,7 +144,7 @@ function buildProgram(ctx: CliContext, exit: (code: number) => void): Command {
     .addOption(v1SectionOption())
     .option('--json', 'machine-readable output')
     .addHelpText('after', '\nA file is verified whole before the device is touched (header, byte counts, checksum, nothing after\nthe trailer). Stdin, a FIFO, a device or a socket can be read only once: the same checks run as it\nstreams, and on a mismatch the resume is abandoned and the device reset (exit 5).\n\nExample:\n  vfio-mig load sim -i state.vfio\n  vfio-mig load sim --protocol v1 -i state.vfio')
-    .action(async (device: string, o, cmd: Command) => {
+    .action(async (device: string, o: LoadOptions, cmd: Command) => {
       sectionSizeOnlyWithV1(cmd, 'load');
       await loadCommand(ctx, device, o);
     });
@@ -145,7 +157,7 @@ function buildProgram(ctx: CliContext, exit: (code: number) => void): Command {
     .option('--flags <list>', 'migration flags: 1, 3, 5, 7 or STOP_COPY+P2P+PRE_COPY', '7')
     .option('--json', 'machine-readable output')
     .addHelpText('after', '\nExample:\n  vfio-mig fsm RUNNING STOP_COPY\n  vfio-mig fsm --flags STOP_COPY')
-    .action((from: string | undefined, to: string | undefined, o) => {
+    .action((from: string | undefined, to: string | undefined, o: FsmOptions) => {
       exit(fsmCommand(ctx, from, to, o));
     });
 
@@ -158,7 +170,7 @@ function buildProgram(ctx: CliContext, exit: (code: number) => void): Command {
     .option('--cycles <n>', `save/resume/reset cycles of stress.cycles (1 to ${MAX_CYCLES})`, intOpt('--cycles', 1, MAX_CYCLES), 20)
     .option('--json', 'one object: device, flags, kernel release, every check with its verdict and evidence')
     .addHelpText('after', conformanceHelp())
-    .action(async (device: string, o) => {
+    .action(async (device: string, o: ConformanceOptions) => {
       // A kernel device cannot be opened twice; a second sim of one spec is a second device.
       if (o.peer === device && deviceKindOf(parseDeviceArg(device)) === 'kernel') throw new CliError(`vfio-mig conformance: --peer ${o.peer} is the device itself (leave --peer out to resume into the device)`, EXIT.USAGE);
       exit(await ctx.withDevice(device, async (d) => {
@@ -176,7 +188,7 @@ function buildProgram(ctx: CliContext, exit: (code: number) => void): Command {
     .addOption(new Option('--data-access <mode>', 'bulk: one read per chunk; qemu: 8-byte reads as QEMU without mmap').choices(['bulk', 'qemu']).default('bulk'))
     .option('--json', 'NDJSON, one object per access, then a summary')
     .addHelpText('after', '\nExample:\n  vfio-mig trace sim:profile=mtty\n  vfio-mig trace sim:size=8K --json')
-    .action(async (device: string, o) => ctx.withDevice(device, (d) => traceCommand(ctx, d, o)));
+    .action(async (device: string, o: TraceOptions) => ctx.withDevice(device, (d) => traceCommand(ctx, d, o)));
 
   program
     .command('exec')
@@ -188,7 +200,7 @@ function buildProgram(ctx: CliContext, exit: (code: number) => void): Command {
     .option('--sim <device>', 'serve every device with a fresh simulated DEVICE instead of the VMM\'s own (testing)')
     .passThroughOptions()
     .addHelpText('after', '\nThe exit status is COMMAND\'s (128+N when signal N ended it; 125 when exec itself failed, 127 when COMMAND was not found); SIGINT, SIGTERM, SIGHUP and SIGQUIT are forwarded. The service ends with COMMAND.\n\nExample:\n  vfio-mig exec -- qemu-system-x86_64 -M pc -device vfio-pci,sysfsdev=/sys/bus/mdev/devices/UUID,x-enable-migration=on ...\n  vfio-mig exec --trace mig.ndjson -- qemu-system-x86_64 ...')
-    .action(async (command: string[], o) => {
+    .action(async (command: string[], o: ExecOptions) => {
       exit(await execCommand(ctx, command, o));
     });
 
@@ -202,14 +214,14 @@ function buildProgram(ctx: CliContext, exit: (code: number) => void): Command {
     .addOption(serviceSectionOption())
     .option('--sim <device>', 'serve every device with a fresh simulated DEVICE (testing)')
     .addHelpText('after', '\nRuns until SIGINT, SIGTERM or SIGHUP; devices left mid-session are reset to RUNNING. A client is served\nonly devices its own process holds open (docs/interposer.md, "Trust model"). Under systemd socket\nactivation (LISTEN_FDS) the passed socket is used: see contrib/systemd/.\n\nExample:\n  vfio-mig serve --socket /run/vfio-mig.sock &\n  vfio-mig serve --socket /run/vfio-mig/bridge.sock --group kvm &\n  env $(vfio-mig env --socket /run/vfio-mig.sock) qemu-system-x86_64 ...')
-    .action(async (o) => serveCommand(ctx, o));
+    .action(async (o: ServeCliOptions) => serveCommand(ctx, o));
 
   program
     .command('env')
     .description('print the environment (LD_PRELOAD, VFIO_MIG_SOCKET) a VMM needs to reach `vfio-mig serve`')
     .requiredOption('--socket <path>', 'the socket `vfio-mig serve` listens on')
     .addHelpText('after', '\nExample:\n  vfio-mig env --socket /run/vfio-mig.sock\n  env $(vfio-mig env --socket /run/vfio-mig.sock) qemu-system-x86_64 ...\n\nOther variables the interposer reads:\n  VFIO_MIG_REQUIRED=1     a device that cannot be bridged ends the VMM\n  VFIO_MIG_TIMEOUT_MS=N   longest wait for the service to answer one access (default 20000)')
-    .action((o) => envCommand(ctx, o));
+    .action((o: EnvOptions) => envCommand(ctx, o));
   const qs = program
     .command('qemu-stream')
     .description('QEMU migration stream files: list their sections and VFIO devices, extract a VFIO device\'s state as a state file, compare two')
@@ -219,7 +231,7 @@ function buildProgram(ctx: CliContext, exit: (code: number) => void): Command {
     .argument('<file>', 'a migration stream file')
     .option('--json', 'machine-readable output')
     .addHelpText('after', '\nExample:\n  vfio-mig qemu-stream list vm.mig\n  vfio-mig qemu-stream list vm.mig --json')
-    .action(async (file: string, o) => qemuStreamList(ctx, file, o));
+    .action(async (file: string, o: JsonOption) => qemuStreamList(ctx, file, o));
   qs.command('extract')
     .description('a VFIO device\'s state (its DEV_DATA_STATE payloads: the bytes of its data_fd) as a state file `vfio-mig load` takes')
     .argument('<file>', 'a migration stream file')
@@ -228,14 +240,14 @@ function buildProgram(ctx: CliContext, exit: (code: number) => void): Command {
     .addOption(new Option('--saved-with <p>', 'the caller that saved it, when the stream does not show it: v1 (QEMU 7.2 through the bridge) or v2 (QEMU 8+)').choices(['v1', 'v2']))
     .option('--json', 'summary as JSON')
     .addHelpText('after', '\nThe state file records the protocol the stream shows (an empty DEV_DATA_STATE record: QEMU 7.2\'s v1 loop;\nDEV_INIT_DATA_SENT: a v2 caller), else --saved-with, else v2; and as source flags the least the\nstream proves: STOP_COPY, with PRE_COPY when state was sent before the stop. `vfio-mig load` uses neither.\n\nExample:\n  vfio-mig qemu-stream extract vm.mig --device 0000:00:03.0 -o dev.vfio\n  vfio-mig load /dev/vfio/devices/vfio1 -i dev.vfio')
-    .action(async (file: string, o) => qemuStreamExtract(ctx, file, o));
+    .action(async (file: string, o: ExtractOptions) => qemuStreamExtract(ctx, file, o));
   qs.command('diff')
     .description('what differs between two streams, device by device: present in one only, version, size, contents; RAMBlocks; a VFIO device\'s per-phase state and config')
     .argument('<a>', 'a migration stream file')
     .argument('<b>', 'another')
     .option('--json', 'machine-readable output')
     .addHelpText('after', '\nExit status 0 whether or not they differ (--json: "identical").\n\nExample:\n  vfio-mig qemu-stream diff from-7.2.mig from-10.mig')
-    .action(async (a: string, b: string, o) => qemuStreamDiff(ctx, a, b, o));
+    .action(async (a: string, b: string, o: JsonOption) => qemuStreamDiff(ctx, a, b, o));
 
   // After a usage error, one line pointing at the help instead of the whole help (commander adds "Did you mean ...?").
   if (!ctx.json) {

@@ -226,7 +226,7 @@ export async function execCommand(ctx: CliContext, command: string[], o: Service
   if (command.length === 0) throw new CliError('vfio-mig exec: no command given (vfio-mig exec -- COMMAND [ARGS...])', EXIT.USAGE);
   // Signals from the first moment: forwarded once COMMAND runs, remembered before.
   let child: ChildProcess | null = null;
-  let pendingSignal: NodeJS.Signals | null = null;
+  let pendingSignal = null as NodeJS.Signals | null; // set by the handlers: not narrowed to null below
   for (const sig of [...STOP_SIGNALS, 'SIGQUIT'] as const) {
     replaceHandler(ctx.signals, sig, 'on', () => (child ? void child.kill(sig) : (pendingSignal ??= sig)));
   }

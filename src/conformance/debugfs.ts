@@ -35,7 +35,7 @@ export const debugfsChecks: Check[] = [
     async run(ctx) {
       const file = ctx.debugfsState;
       if (!file) throw new Skip('not a kernel device: no debugfs file to compare with');
-      if (!existsSync(file!)) {
+      if (!existsSync(file)) {
         throw new Skip(existsSync(DEBUGFS) || file !== debugfsStatePath(ctx.dev.name)
           ? `${file} does not exist (a kernel before 6.8, or a driver without migration debugfs)`
           : `${DEBUGFS} does not exist: the kernel has no CONFIG_VFIO_DEBUGFS (Linux 6.8+) or debugfs is not mounted (mount -t debugfs none /sys/kernel/debug)`);
@@ -45,7 +45,7 @@ export const debugfsChecks: Check[] = [
         await ctx.settle();
         if (state !== S.RUNNING) await ctx.dev.setState(state);
         const got = await ctx.dev.getState();
-        const shown = readFileSync(file!, 'utf8').trim();
+        const shown = readFileSync(file, 'utf8').trim();
         ctx.note(`${file}: ${shown} (GET ${migStateName(got)})`);
         if (shown !== migStateName(got)) ctx.fail(`in ${migStateName(got)} debugfs says "${shown}"`);
       }

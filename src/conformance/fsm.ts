@@ -24,9 +24,10 @@ export const fsmChecks: Check[] = [
     async run(ctx) {
       const valid = (await matrix(ctx)).filter((t) => t.path);
       for (const t of valid) {
+        const target: MigState = t.target; // a state: it has a path
         ctx.note(describeTransition(t));
         if (t.error) ctx.fail(`${label(t)}: failed with ${t.error}; the kernel's path is ${t.path!.map(migStateName).join(' > ')}`);
-        else if (t.after !== t.target) ctx.fail(`${label(t)}: SET_STATE succeeded but GET says ${t.after === null ? 'nothing (GET failed)' : migStateName(t.after)}`);
+        else if (t.after !== target) ctx.fail(`${label(t)}: SET_STATE succeeded but GET says ${t.after === null ? 'nothing (GET failed)' : migStateName(t.after)}`);
       }
       ctx.info(`${valid.length} transitions with a path`);
     },

@@ -92,7 +92,10 @@ export const streamChecks: Check[] = [
       const moves = ctx.has(MigFlag.P2P) ? [S.PRE_COPY_P2P, S.STOP_COPY] : [S.STOP_COPY];
       let bytes = 0;
       for (const m of moves) {
-        const first = await s.read(new Uint8Array(64)).catch((e) => (isVfioError(e, 'ENOMSG') ? 0 : Promise.reject(e)));
+        const first = await s.read(new Uint8Array(64)).catch((e: unknown) => {
+          if (isVfioError(e, 'ENOMSG')) return 0;
+          throw e;
+        });
         bytes += first;
         const again = await ctx.dev.setState(m);
         if (again) ctx.fail(`->${migStateName(m)} inside the saving group returned a new data_fd`);

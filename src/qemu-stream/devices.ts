@@ -78,7 +78,7 @@ export function vfioPayloads(s: QemuStream, buf: Buffer, d: VfioDevice): Buffer[
   const out: Buffer[] = [];
   for (const sec of s.sections) {
     if (sec.idstr !== d.idstr || sec.instanceId !== d.instanceId || !sec.vfio) continue;
-    for (const rec of sec.vfio.records) if (rec.marker === 'DEV_DATA_STATE' && rec.bytes) out.push(buf.subarray(rec.dataOffset!, rec.dataOffset! + rec.bytes));
+    for (const rec of sec.vfio.records) if (rec.marker === 'DEV_DATA_STATE' && rec.bytes) out.push(buf.subarray(rec.dataOffset, rec.dataOffset! + rec.bytes));
   }
   return out;
 }

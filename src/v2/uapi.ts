@@ -99,10 +99,10 @@ export function parseMigState(text: string): MigState | undefined {
   const t = text.trim().toUpperCase().replace(/-/g, '_');
   if (/^\d+$/.test(t)) {
     const n = Number(t);
-    return n < MIG_STATE_COUNT ? (n as MigState) : undefined;
+    return n < MIG_STATE_COUNT ? n : undefined;
   }
   const v = (MigState as unknown as Record<string, number>)[t];
-  return typeof v === 'number' ? (v as MigState) : undefined;
+  return typeof v === 'number' ? v : undefined;
 }
 
 export function migFlagNames(flags: number): string[] {

@@ -163,7 +163,7 @@ export class KernelDevice implements V2Device {
 
   async getState(): Promise<MigState> {
     const buf = this.#feature('GET_STATE', VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE);
-    this.#known = vfio_device_feature_mig_state.decode(buf, FEATURE_HEADER_SIZE).device_state as MigState;
+    this.#known = vfio_device_feature_mig_state.decode(buf, FEATURE_HEADER_SIZE).device_state;
     return this.#known;
   }
 

@@ -57,14 +57,14 @@ function load(): Libc {
     ioctlInt: lib.func('ioctl', 'int', ['int', 'unsigned long', 'unsigned long']),
     pread: lib.func('intptr_t pread64(int fd, void *buf, size_t count, int64_t offset)'),
     pwrite: lib.func('intptr_t pwrite64(int fd, const void *buf, size_t count, int64_t offset)'),
-    readAsync: lib.func('intptr_t read(int fd, void *buf, size_t count)') as unknown as AsyncFn,
-    writeAsync: lib.func('intptr_t write(int fd, const void *buf, size_t count)') as unknown as AsyncFn,
+    readAsync: lib.func('intptr_t read(int fd, void *buf, size_t count)'),
+    writeAsync: lib.func('intptr_t write(int fd, const void *buf, size_t count)'),
     syscall3: lib.func('long syscall(long nr, long a, long b, long c)'),
     mmap: lib.func('void *mmap(void *addr, size_t len, int prot, int flags, int fd, int64_t off)'),
     munmap: lib.func('int munmap(void *addr, size_t len)'),
     getsockopt: lib.func('int getsockopt(int fd, int level, int name, void *val, void *len)'),
     fcntl: lib.func('fcntl', 'int', ['int', 'int', 'int']),
-  } as Libc;
+  };
   return libc;
 }
 
@@ -115,7 +115,7 @@ function retryEintr(call: () => number | bigint, op: string, device: string, sys
 async function asyncIo(fn: AsyncFn, fd: number, buf: Uint8Array, op: string, device: string, syscall: string): Promise<number> {
   for (;;) {
     const r = await new Promise<number>((resolve, reject) =>
-      fn.async(fd, buf, buf.length, (err: unknown, res: number | bigint) => (err ? reject(err) : resolve(res < 0 ? -koffi.errno() : Number(res)))),
+      fn.async(fd, buf, buf.length, (err: Error | null, res: number | bigint) => (err ? reject(err) : resolve(res < 0 ? -koffi.errno() : Number(res)))),
     );
     if (r >= 0) return r;
     const e = VfioError.fromErrno(-r, op, device, syscall);

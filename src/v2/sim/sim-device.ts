@@ -167,7 +167,8 @@ export class SimDevice implements V2Device {
   async setState(target: MigState): Promise<DataStream | null> {
     const op = `SET_STATE ${migStateName(this.#state)}->${migStateName(target)}`;
     this.#live(op);
-    if (!Number.isInteger(target) || target < 0 || target >= MIG_STATE_COUNT) {
+    const n: number = target; // from a caller: may be any number
+    if (!Number.isInteger(n) || n < 0 || n >= MIG_STATE_COUNT) {
       throw new VfioError('EINVAL', op, this.name, `no such state ${target}`);
     }
     let opened: SimStream | null = null;
