@@ -34,7 +34,7 @@ describe('documentation citations', () => {
     for (const f of sources.filter((x) => !x.endsWith('docs.test.ts'))) {
       for (const m of readFileSync(f, 'utf8').matchAll(/protocol\.md#([a-z0-9-]+)/g)) {
         cited++;
-        if (!anchors.has(m[1]!)) missing.push(`${relative(root, f)}: #${m[1]}`);
+        if (!anchors.has(m[1])) missing.push(`${relative(root, f)}: #${m[1]}`);
       }
     }
     expect(cited).toBeGreaterThan(10);

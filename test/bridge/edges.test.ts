@@ -5,6 +5,7 @@
  * the device, error details, and the constructor's checks.
  */
 import { describe, expect, it } from 'vitest';
+import { stringContaining, stringMatching } from '../matchers.js';
 import { createSimDevice, ForwardingDevice, MigState, openV1Bridge, V1Bridge, VfioError, type DataStream, type SimDeviceOptions, type V1TraceEvent, type V2Device } from '../../src/index.js';
 import { readU32, readU64, writeU32, writeU64 } from '../../src/v1/region-access.js';
 import { isRealPrecopy, v2TargetFor } from '../../src/bridge/state-map.js';
@@ -84,7 +85,7 @@ describe('pending_bytes in stop-copy: what is read ahead plus MIG_DATA_SIZE', ()
     ['an estimate of 0', async () => 0n],
     ['ENOTTY (no MIG_DATA_SIZE)', async () => { throw new VfioError('ENOTTY', 'FEATURE_MIG_DATA_SIZE', 'sim', 'absent'); }],
   ])('%s: only what was read (still non-zero, so the caller goes on)', async (_, est) => {
-    const { pending } = await firstPending(est as () => Promise<bigint>);
+    const { pending } = await firstPending(est);
     expect(pending).toBe(BigInt(SECTION));
   });
 
@@ -164,9 +165,9 @@ describe('pending_bytes in pre-copy', () => {
 describe('state writes', () => {
   it('an unknown bit is named in the error, with the from/to details', async () => {
     const br = await openV1Bridge(createSimDevice({ stateSize: 1000 }));
-    const err = await writeU32(br, STATE, 0x11).then(() => null, (e) => e);
+    const err = await writeU32(br, STATE, 0x11).then(() => null, (e: Error) => e);
     expect(err).toMatchObject({ code: 'EINVAL', details: { from: 1, to: 0x11 } });
-    expect(err.message).toContain('unknown bits 0x10');
+    expect(err?.message).toContain('unknown bits 0x10');
   });
 
   it('without strict, a transition the v1 transition check forbids is carried out (000 -> 010)', async () => {
@@ -193,7 +194,7 @@ describe('state writes', () => {
   it('data_size is written only while resuming, also in a saving state that has a data_fd', async () => {
     const br = await openV1Bridge(createSimDevice({ stateSize: 1000 }));
     await writeU32(br, STATE, 2);
-    const err = await writeU64(br, SIZE, 8n).then(() => null, (e) => e);
+    const err = await writeU64(br, SIZE, 8n).then(() => null, (e: unknown) => e);
     expect(err).toMatchObject({ code: 'EINVAL', op: 'v1.write(data_size)' });
   });
 
@@ -227,7 +228,7 @@ describe('state writes', () => {
 describe('region access checks', () => {
   it('a data access that starts inside the section and runs past its end is EINVAL with the details', async () => {
     const br = await openV1Bridge(createSimDevice({ stateSize: 1000 }), { sectionSize: SECTION });
-    const err = await br.read(br.dataOffset + SECTION - 4, 8).then(() => null, (e) => e);
+    const err = await br.read(br.dataOffset + SECTION - 4, 8).then(() => null, (e: unknown) => e);
     expect(err).toMatchObject({ code: 'EINVAL', details: { offset: br.dataOffset + SECTION - 4, length: 8 } });
   });
 
@@ -238,7 +239,7 @@ describe('region access checks', () => {
     [{ dataOffset: 4096.5 }, 'dataOffset'],
     [{ sectionSize: 0 }, 'sectionSize'],
   ])('options %o: EINVAL naming %s', (opts, what) => {
-    expect(() => new V1Bridge(createSimDevice({ stateSize: 1000 }), 7, opts)).toThrow(expect.objectContaining({ code: 'EINVAL', message: expect.stringContaining(what) }));
+    expect(() => new V1Bridge(createSimDevice({ stateSize: 1000 }), 7, opts)).toThrow(expect.objectContaining({ code: 'EINVAL', message: stringContaining(what) }));
   });
 
   it('heldBytes is the section plus the side read-ahead buffer when one was needed', async () => {
@@ -309,8 +310,8 @@ describe('the region refuses on its own, before the device is asked', () => {
     else if (v !== 1) await writeU32(br, STATE, v);
     const before = events.length;
     const arcs = dev.arcs.length;
-    const err = await refuse(br).then(() => null, (e) => e);
-    expect(err).toMatchObject({ code: 'EINVAL', message: expect.stringMatching(why) });
+    const err = await refuse(br).then(() => null, (e: unknown) => e);
+    expect(err).toMatchObject({ code: 'EINVAL', message: stringMatching(why) });
     expect(events.slice(before).flatMap((e) => e.v2)).toEqual([]);
     expect(dev.arcs.length).toBe(arcs);
   }

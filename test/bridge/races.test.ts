@@ -46,7 +46,7 @@ describe('random races on one bridge', () => {
             for (const o of ops) {
               await sleep(pauses[p++ % pauses.length]!);
               issued.push(o);
-              settled.push(runOp(br, o).then((value) => ({ status: 'fulfilled' as const, value }), (reason) => ({ status: 'rejected' as const, reason })));
+              settled.push(runOp(br, o).then((value) => ({ status: 'fulfilled' as const, value }), (reason: unknown) => ({ status: 'rejected' as const, reason })));
             }
           };
           await Promise.all([caller(opsA), caller(opsB)]);
@@ -56,7 +56,7 @@ describe('random races on one bridge', () => {
           const serialEvents: V1TraceEvent[] = [];
           const ref = await openV1Bridge(serial, { sectionSize: SECTION, trace: (e) => serialEvents.push(e) });
           const serialOutcomes = [];
-          for (const o of issued) serialOutcomes.push(outcome(await runOp(ref, o).then((value) => ({ status: 'fulfilled' as const, value }), (reason) => ({ status: 'rejected' as const, reason }))));
+          for (const o of issued) serialOutcomes.push(outcome(await runOp(ref, o).then((value) => ({ status: 'fulfilled' as const, value }), (reason: unknown) => ({ status: 'rejected' as const, reason }))));
 
           expect(racedOutcomes).toEqual(serialOutcomes);
           expect(racedEvents).toEqual(serialEvents);

@@ -315,7 +315,7 @@ describe('failure handling', () => {
       const { dev, br } = await reach(from, opts, [], flags);
       dev.setFaults({ failArc: [...(dev.faults.failArc ?? []), fault] });
       expect(await readU32(br, STATE)).toBe(from);
-      const err = await writeU32(br, STATE, to).then(() => null, (e) => e);
+      const err = await writeU32(br, STATE, to).then(() => null, (e: unknown) => e);
       expect(err).toMatchObject({ code: 'EIO', errno: 5, details: { from: a, to: b } });
       const now = await readU32(br, STATE);
       if (expected === 'nak' && costsSession(v2TargetFor(from, flags), a)) {

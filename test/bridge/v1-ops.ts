@@ -1,7 +1,7 @@
 /** Random v1 region accesses for the property tests: what a v1 caller can do to the region. */
 import fc from 'fast-check';
 import type { V1Bridge } from '../../src/index.js';
-import { readU32, readU64, writeU32, writeU64 } from '../../src/v1/region-access.js';
+import { readU64, writeU32, writeU64 } from '../../src/v1/region-access.js';
 
 export const STATE = 0, PENDING = 8, OFFSET = 16, SIZE = 24;
 

@@ -13,7 +13,7 @@ import { spawnCli, waitFor } from './spawn-cli.js';
  */
 const dir = mkdtempSync(join(tmpdir(), 'vfio-mig-cli-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
-const json = (s: string) => JSON.parse(s.trim().split('\n').at(-1)!);
+const json = (s: string) => JSON.parse(s.trim().split('\n').at(-1)!) as Record<string, unknown>;
 
 describe('the built binary gives what an in-process run gives, byte for byte', () => {
   const saved = join(dir, 'e2e.vfio');
@@ -209,7 +209,7 @@ describe('vfio-mig trace', () => {
     expect(r.stdout).toMatch(/W4@0\s+device_state := 010 SAVING\s+->\s+SET_STATE RUNNING->STOP_COPY = data_fd/);
   });
   it('--json is NDJSON that parses line by line, summary last', async () => {
-    const lines = (await runInProcess(['trace', 'sim:profile=mtty', '--json'])).stdout.trim().split('\n').map((l) => JSON.parse(l));
+    const lines = (await runInProcess(['trace', 'sim:profile=mtty', '--json'])).stdout.trim().split('\n').map((l) => JSON.parse(l) as { field?: string });
     expect(lines.at(-1)).toMatchObject({ event: 'summary', finalState: '000 STOP' });
     expect(lines.filter((l) => l.field === 'pending_bytes').length).toBeGreaterThan(1);
   });

@@ -9,6 +9,7 @@ import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { stringContaining, stringMatching } from '../matchers.js';
 import { runCli, runInProcess } from './run-cli.js';
 import { spawnCli, waitFor } from './spawn-cli.js';
 
@@ -54,11 +55,11 @@ describe('vfio-mig serve', () => {
   });
 
   it('bad socket paths and sizes are refused before anything listens', async () => {
-    expect(await runInProcess(['serve', '--socket', join(dir, 'a'.repeat(110))])).toMatchObject({ code: 1, stderr: expect.stringMatching(/ENAMETOOLONG/) });
-    expect(await runInProcess(['serve', '--socket', ''])).toMatchObject({ code: 1, stderr: expect.stringMatching(/socket path is empty/) });
+    expect(await runInProcess(['serve', '--socket', join(dir, 'a'.repeat(110))])).toMatchObject({ code: 1, stderr: stringMatching(/ENAMETOOLONG/) });
+    expect(await runInProcess(['serve', '--socket', ''])).toMatchObject({ code: 1, stderr: stringMatching(/socket path is empty/) });
     for (const size of ['0', '8G', 'abc']) expect((await runInProcess(['serve', '--socket', join(dir, 's.sock'), '--section-size', size])).code).toBe(2);
     for (const spec of ['bogus', 's', '/dev/null']) {
-      expect(await runInProcess(['serve', '--socket', join(dir, 's.sock'), '--sim', spec])).toMatchObject({ code: 2, stderr: expect.stringContaining(`${spec}: not a simulated device`) });
+      expect(await runInProcess(['serve', '--socket', join(dir, 's.sock'), '--sim', spec])).toMatchObject({ code: 2, stderr: stringContaining(`${spec}: not a simulated device`) });
     }
   });
 });

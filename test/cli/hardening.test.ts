@@ -33,7 +33,7 @@ describe('save -o never replaces what is not a regular file', () => {
     expect(spawnSync('mkfifo', [fifo]).status).toBe(0);
     const reader = spawn('cat', [fifo]);
     const chunks: Buffer[] = [];
-    reader.stdout.on('data', (d) => chunks.push(d));
+    reader.stdout.on('data', (d: Buffer) => chunks.push(d));
     const closed = new Promise((r) => reader.on('close', r));
     const r = await runInProcess(['save', 'sim:size=64K', '-o', fifo]);
     const killer = setTimeout(() => reader.kill(), 3000); // a save that never opened the FIFO leaves cat waiting
@@ -245,7 +245,7 @@ describe('a stdout read late', () => {
     p.stdout.pause();
     await new Promise((r) => setTimeout(r, 1500));
     let bytes = 0;
-    p.stdout.on('data', (d) => (bytes += d.length));
+    p.stdout.on('data', (d: Buffer) => (bytes += d.length));
     p.stdout.resume();
     expect(await new Promise((r) => p.on('close', r))).toBe(0);
     expect(bytes).toBeGreaterThan(32 << 20);
@@ -286,7 +286,7 @@ describe('--json errors have one shape, alone on stderr', () => {
   const one = (stderr: string) => {
     const lines = stderr.trim().split('\n');
     expect(lines).toHaveLength(1);
-    return JSON.parse(lines[0]!).error as Record<string, unknown>;
+    return (JSON.parse(lines[0]!) as { error: Record<string, unknown> }).error;
   };
   const cases: Array<[string[], number, string]> = [
     [['info', '/etc/passwd', '--json'], 2, 'ENOTTY'],
@@ -310,7 +310,7 @@ describe('--json errors have one shape, alone on stderr', () => {
   it('save --json gives byte counts as decimal strings', async () => {
     const r = await runInProcess(['save', 'sim:size=64K', '-o', join(dir, 'j.vfio'), '--json']);
     expect(r.code).toBe(0);
-    const j = JSON.parse(r.stdout.trim());
+    const j = JSON.parse(r.stdout.trim()) as Record<string, unknown>;
     expect(typeof j.bytes).toBe('string');
     expect(typeof j.precopyBytes).toBe('string');
   });

@@ -93,7 +93,7 @@ describe('state file loader, fuzzed', () => {
         const file = join(dir, `f${n++}.vfio`);
         const intact = stateFile(Buffer.from(bytes));
         writeFileSync(file, apply(intact, d));
-        const err = await verifyStateFile(file).then(() => null, (e) => e);
+        const err = await verifyStateFile(file).then(() => null, (e: unknown) => e);
         if (err === null) expect(informational(d, intact.length)).toBe(true);
         else expect(err).toMatchObject({ code: 'EINVAL', device: file });
       }),

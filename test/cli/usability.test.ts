@@ -79,7 +79,7 @@ describe('bad input is refused, not silently taken', () => {
     }
   });
   it('binary suffixes are the same size: 1M, 1MiB, 1024K', async () => {
-    const sizes = await Promise.all(['1M', '1MiB', '1024K', '1048576'].map(async (s) => JSON.parse((await runInProcess(['info', `sim:size=${s}`, '--json'])).stdout).stopCopySize));
+    const sizes = await Promise.all(['1M', '1MiB', '1024K', '1048576'].map(async (s) => (JSON.parse((await runInProcess(['info', `sim:size=${s}`, '--json'])).stdout) as { stopCopySize: string }).stopCopySize));
     expect(new Set(sizes).size).toBe(1);
   });
   it.each([

@@ -11,7 +11,7 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createSimDevice, VfioError, type SimDevice, type SimDeviceOptions } from '../../src/index.js';
+import { createSimDevice, MigState, VfioError, type SimDevice, type SimDeviceOptions } from '../../src/index.js';
 import { startBridgeService, type BridgeService } from '../../src/service/bridge-service.js';
 import { saveV2 } from '../helpers.js';
 import { spawnCli, waitFor } from '../cli/spawn-cli.js';
@@ -144,7 +144,7 @@ describe('interposer failures never hang and never pass silently', () => {
     const svc = await serve([dev], logs);
     const r = await runClient(['save', join(dir, 'x.bin'), 'mmap'], { VFIO_MIG_SOCKET: svc.socketPath }, (pid) => {
       const poll = setInterval(() => {
-        if (dev.state === 3 /* STOP_COPY */) {
+        if (dev.state === MigState.STOP_COPY) {
           clearInterval(poll);
           process.kill(pid, 'SIGKILL');
         }

@@ -76,6 +76,6 @@ describe('conformance on mtty', () => {
   it('one mtty on its own (resumes into itself)', () => {
     const r = cli(['conformance', cdevOf(UUID.b), '--json', '--cycles', '20']);
     expect(r.code, r.stderr).toBe(0);
-    expectMtty(JSON.parse(r.stdout));
+    expectMtty(JSON.parse(r.stdout) as ConformanceReport);
   });
 });

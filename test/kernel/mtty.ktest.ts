@@ -6,6 +6,7 @@ import { spawnSync } from 'node:child_process';
 import { readdirSync, readlinkSync } from 'node:fs';
 import { basename } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { stringContaining, stringMatching } from '../matchers.js';
 import { KernelDevice, openKernelDevice, type V2Device } from '../../src/index.js';
 import { deviceContract } from '../v2/device-contract.js';
 
@@ -62,14 +63,14 @@ describe('mtty: bad input', () => {
   });
 
   it('a file that is not a VFIO device: ENOTTY', async () => {
-    await expect(openKernelDevice('/dev/null')).rejects.toMatchObject({ code: 'ENOTTY', reason: expect.stringContaining('not a VFIO device') });
-    await expect(openKernelDevice('/dev/null:whatever')).rejects.toMatchObject({ code: 'ENOTTY', reason: expect.stringContaining('not a VFIO device: a mem character device (expected /dev/vfio/N:DEVICE)') });
+    await expect(openKernelDevice('/dev/null')).rejects.toMatchObject({ code: 'ENOTTY', reason: stringContaining('not a VFIO device') });
+    await expect(openKernelDevice('/dev/null:whatever')).rejects.toMatchObject({ code: 'ENOTTY', reason: stringContaining('not a VFIO device: a mem character device (expected /dev/vfio/N:DEVICE)') });
   });
 
   it('a device name that is not in the group: an errno naming the device', async () => {
     const group = groupOf(UUID.a).split(':')[0]!;
-    const err = await openKernelDevice(`${group}:00000000-0000-0000-0000-000000000000`).catch((e) => e);
-    expect(err).toMatchObject({ code: expect.stringMatching(/^E/), reason: expect.stringContaining('no device "00000000-0000-0000-0000-000000000000"') });
+    const err = await openKernelDevice(`${group}:00000000-0000-0000-0000-000000000000`).catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: stringMatching(/^E/), reason: stringContaining('no device "00000000-0000-0000-0000-000000000000"') });
   });
 
   it('no permission: EACCES for an unprivileged user', () => {
@@ -102,7 +103,7 @@ describe('mtty: closing mid-session', () => {
     try {
       expect(await again.getState()).toBe(MigState.RUNNING);
       const r = await again.setState(MigState.RESUMING);
-      await again.setState(MigState.STOP).catch((e) => expect(e.code).toBe('EINVAL'));
+      await again.setState(MigState.STOP).catch((e: { code: string }) => expect(e.code).toBe('EINVAL'));
       await r?.close();
     } finally {
       await again.close();
@@ -135,7 +136,7 @@ describe('vfio-mig CLI on mtty', () => {
   it('info reports flags 7, RUNNING and the regions', () => {
     const r = cli(['info', cdevOf(UUID.a), '--json']);
     expect(r.code, r.stderr).toBe(0);
-    const j = JSON.parse(r.stdout);
+    const j = JSON.parse(r.stdout) as { regions: unknown[] };
     expect(j).toMatchObject({ flags: 7, flagNames: ['STOP_COPY', 'P2P', 'PRE_COPY'], state: 'RUNNING', stopCopySize: '96' });
     expect(j.regions).toHaveLength(9);
   });
@@ -148,7 +149,7 @@ describe('vfio-mig CLI on mtty', () => {
     const file = `/tmp/mtty-${protocol}.vfio`;
     const s = cli(['save', cdevOf(UUID.a), '-o', file, '--protocol', protocol, '--json']);
     expect(s.code, s.stderr).toBe(0);
-    expect(JSON.parse(s.stdout).bytes).toBe('96'); // u64 as a decimal string
+    expect((JSON.parse(s.stdout) as { bytes: string }).bytes).toBe('96'); // u64 as a decimal string
     const l = cli(['load', loadPath === 'cdev' ? cdevOf(UUID.b) : groupOf(UUID.b), '-i', file, '--protocol', protocol, '--json']);
     expect(l.code, l.stderr).toBe(0);
     expect(JSON.parse(l.stdout)).toMatchObject({ bytes: '96', state: 'RUNNING' });

@@ -136,7 +136,7 @@ export class Vmm {
       await sleep(100);
     }
     this.#mon = connect(this.monitorPath);
-    this.#mon.on('data', (d) => (this.#out += d));
+    this.#mon.on('data', (d: Buffer) => (this.#out += d.toString()));
     this.#mon.on('error', () => undefined);
     this.#mon.on('close', () => (this.#monitorClosed = true));
     await this.#prompt(timeoutMs);
@@ -156,6 +156,7 @@ export class Vmm {
       await sleep(20);
     }
     // QEMU's readline echoes each keystroke with escape sequences; drop them and the echo line.
+    // eslint-disable-next-line no-control-regex -- ESC starts the escape sequences this strips
     const text = this.#out.replace(/\x1b\[[0-9;]*[A-Za-z]/g, '');
     this.#out = '';
     return text.slice(0, text.lastIndexOf('(qemu) '));

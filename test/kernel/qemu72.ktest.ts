@@ -72,7 +72,7 @@ async function waitRunning(vm: Vmm): Promise<void> {
 async function startServe(socket: string, trace: string): Promise<{ proc: ChildProcess; log: () => string; waitLog: (re: RegExp, ms?: number) => Promise<void> }> {
   const proc = spawn(process.execPath, [CLI, 'serve', '--socket', socket, '--trace', trace], { stdio: ['ignore', 'ignore', 'pipe'] });
   let log = '';
-  proc.stderr!.on('data', (d) => (log += d));
+  proc.stderr.on('data', (d) => (log += d));
   const waitLog = async (re: RegExp, ms = 60_000) => {
     const t0 = Date.now();
     while (!re.test(log)) {
@@ -310,7 +310,7 @@ describe('mbig: 64 MiB of device state through QEMU 7.2 and the bridge', () => {
         p.stdin.write(feed.subarray(0, bytes), () => p.kill('SIGKILL'));
       } else {
         let got = 0;
-        p.stdout.on('data', (d) => {
+        p.stdout.on('data', (d: Buffer) => {
           got += d.length;
           if (got >= bytes) p.kill('SIGKILL');
         });

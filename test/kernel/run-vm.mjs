@@ -76,6 +76,7 @@ let console_ = '';
 const raw = createWriteStream(CONSOLE_LOG);
 // Terminal control (SeaBIOS's ESC c, clear screen, wrap off) and the kernel's
 // normal end ("Attempted to kill init": init exiting ends the guest) stay in the raw log only.
+// eslint-disable-next-line no-control-regex -- ESC starts the terminal sequences this matches
 const ESCAPES = /\x1b(\[[0-9;?]*[A-Za-z]|[c()][0-9A-B]?)/g;
 const NORMAL_END = /^(Kernel panic - not syncing: Attempted to kill init!.*|Kernel Offset: .*|---\[ end Kernel panic.*)$/;
 let pending = '';

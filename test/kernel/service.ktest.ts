@@ -63,7 +63,7 @@ interface Serve {
 async function startServe(args: string[]): Promise<Serve> {
   const proc = spawn(process.execPath, [CLI, 'serve', ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
   let log = '';
-  proc.stderr!.on('data', (d) => (log += d));
+  proc.stderr.on('data', (d) => (log += d));
   const waitLog = async (re: RegExp, ms = 60_000) => {
     const t0 = Date.now();
     while (!re.test(log)) {

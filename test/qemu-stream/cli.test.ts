@@ -14,7 +14,18 @@ import { StreamBuilder, be64, ram, vfio } from './encoder.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'qemu-stream-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
-const json = (s: string) => JSON.parse(s) as Record<string, any>;
+const json = <T = Record<string, unknown>>(s: string) => JSON.parse(s) as T;
+/** The parts of `list --json` and `diff --json` these tests read. */
+interface ListJson {
+  machine: string;
+  records: { type: string; idstr?: string; bytes: number; ram?: { blocks: unknown[] } }[];
+  vfio: unknown[];
+}
+interface DiffJson {
+  identical: boolean;
+  differences: { kind: string }[];
+  same: string[];
+}
 const DEV = '0000:00:04.0/vfio';
 
 /** A stream carrying `state` as a VFIO device's: split over pre-copy and stop-copy records. */
@@ -32,7 +43,7 @@ function streamWith(state: Buffer, o: { emptyIterate?: boolean; machine?: string
 }
 
 describe('vfio-mig qemu-stream with a simulated device\'s state', () => {
-  let saved: Record<string, any>;
+  let saved: Record<string, unknown>;
   let state: Buffer;
   beforeAll(async () => {
     const file = join(dir, 'sim.vfio');
@@ -49,9 +60,9 @@ describe('vfio-mig qemu-stream with a simulated device\'s state', () => {
     writeFileSync(f, streamWith(state, { emptyIterate: true }));
     const r = await runInProcess(['qemu-stream', 'list', f, '--json']);
     expect(r.code, r.stderr).toBe(0);
-    const j = json(r.stdout);
+    const j = json<ListJson>(r.stdout);
     expect(j.machine).toBe('pc-i440fx-7.2');
-    expect(j.records.map((x: any) => x.type)).toEqual(['CONFIGURATION', 'START', 'START', 'PART', 'PART', 'END', 'END', 'FULL', 'EOF']);
+    expect(j.records.map((x) => x.type)).toEqual(['CONFIGURATION', 'START', 'START', 'PART', 'PART', 'END', 'END', 'FULL', 'EOF']);
     const cut = Math.floor(state.length / 3);
     expect(j.vfio).toHaveLength(1);
     expect(j.vfio[0]).toMatchObject({ idstr: DEV, pciId: '4348:3253', dataBytes: state.length, phases: { setup: { bytes: 0 }, iterate: { bytes: cut, records: 2, emptyRecords: 1 }, complete: { bytes: state.length - cut, records: 2 } }, config: { bytes: 276 }, savedWith: { protocol: 'v1' } });
@@ -119,13 +130,13 @@ describe('vfio-mig qemu-stream with a simulated device\'s state', () => {
     writeFileSync(b, streamWith(state, { machine: 'pc-i440fx-10.0' }));
     const r = await runInProcess(['qemu-stream', 'diff', a, b, '--json']);
     expect(r.code, r.stderr).toBe(0);
-    const d = json(r.stdout);
+    const d = json<DiffJson>(r.stdout);
     expect(d.identical).toBe(false);
-    expect(d.differences.map((x: any) => x.kind)).toEqual(['machine', 'vfio-phase', 'size']);
+    expect(d.differences.map((x) => x.kind)).toEqual(['machine', 'vfio-phase', 'size']);
     expect(d.same).toEqual(['ram#0']);
     const t = await runInProcess(['qemu-stream', 'diff', a, b]);
     expect(t.stdout).toContain('machine       machine type pc-i440fx-7.2 in A, pc-i440fx-10.0 in B');
-    expect(t.stdout).toMatch(/vfio-phase    0000:00:04\.0\/vfio \(instance 0\): iterate: \d+ bytes in 2 DEV_DATA_STATE records in A, \d+ in 1 in B/);
+    expect(t.stdout).toMatch(/vfio-phase {4}0000:00:04\.0\/vfio \(instance 0\): iterate: \d+ bytes in 2 DEV_DATA_STATE records in A, \d+ in 1 in B/);
   });
 
   it('a framing error is one line naming the file and offset, exit 1 (EBADMSG in --json)', async () => {
@@ -174,28 +185,28 @@ describe.skipIf(!existsSync(QEMU))('a real stream from the host\'s QEMU 7.2 (a V
   it('list walks it whole: CONFIGURATION, ram live, every device FULL, EOF, VMDESCRIPTION; no VFIO device', async () => {
     const r = await runInProcess(['qemu-stream', 'list', a, '--json']);
     expect(r.code, r.stderr).toBe(0);
-    const j = json(r.stdout);
+    const j = json<ListJson>(r.stdout);
     expect(j.machine).toBe('pc-i440fx-7.2');
     expect(j.vfio).toEqual([]);
-    const types = j.records.map((x: any) => x.type);
+    const types = j.records.map((x) => x.type);
     expect(types[0]).toBe('CONFIGURATION');
     expect(types.slice(-2)).toEqual(['EOF', 'VMDESCRIPTION']);
-    const ramSecs = j.records.filter((x: any) => x.idstr === 'ram');
+    const ramSecs = j.records.filter((x) => x.idstr === 'ram');
     expect(ramSecs[0]).toMatchObject({ type: 'START', versionId: 4 });
-    expect(ramSecs.at(-1).type).toBe('END');
-    expect(ramSecs[0].ram.blocks).toContainEqual({ idstr: 'pc.ram', length: 32 << 20 });
-    const full = j.records.filter((x: any) => x.type === 'FULL').map((x: any) => x.idstr);
+    expect(ramSecs.at(-1)?.type).toBe('END');
+    expect(ramSecs[0]?.ram?.blocks).toContainEqual({ idstr: 'pc.ram', length: 32 << 20 });
+    const full = j.records.filter((x) => x.type === 'FULL').map((x) => x.idstr);
     expect(full).toEqual(expect.arrayContaining(['timer', 'cpu', 'apic', 'mc146818rtc', '0000:00:01.0/PIIX3', 'globalstate']));
     // The records tile the file from the header to its end.
-    expect(j.records.reduce((n: number, x: any) => n + x.bytes, 8)).toBe(readFileSync(a).length);
+    expect(j.records.reduce((n, x) => n + x.bytes, 8)).toBe(readFileSync(a).length);
   });
 
   it('diff against a VM with more memory: the pc.ram RAMBlock differs', async () => {
     const r = await runInProcess(['qemu-stream', 'diff', a, b, '--json']);
     expect(r.code, r.stderr).toBe(0);
-    const d = json(r.stdout);
+    const d = json<DiffJson>(r.stdout);
     expect(d.differences).toContainEqual(expect.objectContaining({ kind: 'ram-blocks', device: 'ram#0', a: 32 << 20, b: 48 << 20 }));
-    expect(d.differences.some((x: any) => x.kind === 'only-a' || x.kind === 'only-b' || x.kind === 'version')).toBe(false);
+    expect(d.differences.some((x) => x.kind === 'only-a' || x.kind === 'only-b' || x.kind === 'version')).toBe(false);
     expect(d.same).toEqual(expect.arrayContaining(['timer#0', 'globalstate#0']));
   });
 

@@ -27,18 +27,18 @@ class RecordingSys implements PeerSysCalls {
     this.closed.push(fd);
     linuxPeerSys.close(fd);
   }
-  peerCredentials = linuxPeerSys.peerCredentials;
+  peerCredentials = linuxPeerSys.peerCredentials.bind(linuxPeerSys);
   peerPidfd(sockFd: number, pid: number, op: string, device: string) {
     this.pidfds++;
     return linuxPeerSys.peerPidfd(sockFd, pid, op, device);
   }
-  pidfdPid = linuxPeerSys.pidfdPid;
+  pidfdPid = linuxPeerSys.pidfdPid.bind(linuxPeerSys);
   pidfdGetfd(_pidfd: number, fd: number) {
     const got = dup(fd) as number;
     this.taken.push(got);
     return got;
   }
-  getSeals = linuxPeerSys.getSeals;
+  getSeals = linuxPeerSys.getSeals.bind(linuxPeerSys);
   mapShared(fd: number, size: number, op: string, device: string) {
     this.mapped.push(size);
     return linuxPeerSys.mapShared(fd, size, op, device);

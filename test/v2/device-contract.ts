@@ -8,6 +8,7 @@ import { readdirSync } from 'node:fs';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { describe, expect, it } from 'vitest';
+import { stringMatching } from '../matchers.js';
 import {
   arcOpensStream,
   isVfioError,
@@ -82,7 +83,8 @@ export function deviceContract(t: ContractTarget): void {
       const valid = await withDevice(t, 'b', (b) => saveV2(b));
       await withDevice(t, 'a', async (d) => {
         let cases = 0;
-        for (let from = 1; from < 8; from++) {
+        for (let n = 1; n < 8; n++) {
+          const from: MigState = n;
           if (!isStateSupported(from, t.flags)) continue;
           for (let target = 0; target <= 8; target++) {
             await d.reset();
@@ -127,7 +129,7 @@ export function deviceContract(t: ContractTarget): void {
         await d.setState(S.STOP);
         const r = (await d.setState(S.RESUMING))!;
         // A resuming fd has no PRE_COPY semantics: EINVAL, or ENOTTY where it has no ioctls at all (mtty).
-        await expect(r.precopyInfo()).rejects.toMatchObject({ code: expect.stringMatching(/^(EINVAL|ENOTTY)$/) });
+        await expect(r.precopyInfo()).rejects.toMatchObject({ code: stringMatching(/^(EINVAL|ENOTTY)$/) });
         await r.close();
         await d.reset();
       });
@@ -293,7 +295,7 @@ export function deviceContract(t: ContractTarget): void {
           } catch (e) {
             failed = e;
           }
-          expect(failed, `${bad.length} bytes`).toMatchObject({ code: expect.stringMatching(/^E/) });
+          expect(failed, `${bad.length} bytes`).toMatchObject({ code: stringMatching(/^E/) });
           expect(await b.getState()).not.toBe(S.RUNNING);
           await r.close();
           await b.reset();

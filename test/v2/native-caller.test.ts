@@ -3,6 +3,7 @@
  * data.
  */
 import { describe, expect, it } from 'vitest';
+import { stringMatching } from '../matchers.js';
 import { createSimDevice, loadV2, MigState, saveV2 } from '../../src/index.js';
 
 const MiB = 1 << 20;
@@ -46,7 +47,7 @@ describe('a device found mid-session', () => {
     const dev = createSimDevice({ stateSize: 4096 });
     await dev.setState(MigState.STOP_COPY);
     const arcs = dev.arcs.length;
-    await expect(saveV2(dev, () => undefined)).rejects.toMatchObject({ code: 'EBUSY', reason: expect.stringMatching(/STOP_COPY.*--reset/) });
+    await expect(saveV2(dev, () => undefined)).rejects.toMatchObject({ code: 'EBUSY', reason: stringMatching(/STOP_COPY.*--reset/) });
     await expect(loadV2(dev, [])).rejects.toMatchObject({ code: 'EBUSY' });
     expect(dev.arcs.length).toBe(arcs);
   });
