@@ -54,7 +54,7 @@ export async function deviceSource(dev) {
 /** The source as chunks of one reused buffer (each is written before the next is read). */
 async function* chunksOf(fill) {
   const buf = new Uint8Array(CHUNK);
-  for (let n; (n = await fill(buf)) > 0; ) yield buf.subarray(0, n);
+  for (let n; (n = await fill(buf)) > 0;) yield buf.subarray(0, n);
 }
 
 /**
@@ -65,7 +65,11 @@ async function* chunksOf(fill) {
 export async function saveV1Mmap(bridge, sink) {
   const view = bridge.dataView();
   await setStateV1(bridge, ~V1.RUNNING, V1.SAVING); // 001 -> 010
-  for (let pending = await readU64(bridge, F.PENDING_BYTES); pending > 0n; pending = await readU64(bridge, F.PENDING_BYTES)) {
+  for (
+    let pending = await readU64(bridge, F.PENDING_BYTES);
+    pending > 0n;
+    pending = await readU64(bridge, F.PENDING_BYTES)
+  ) {
     const at = Number(await readU64(bridge, F.DATA_OFFSET)) - bridge.dataOffset;
     const size = Number(await readU64(bridge, F.DATA_SIZE));
     if (size === 0) break;
@@ -98,10 +102,12 @@ const SERVICE_SECTION = 4 * MiB;
 /** How each path saves `dev` into `sink`. */
 export const savePaths = {
   raw: (dev, sink) => saveV2(dev, sink, { precopy: false, chunkSize: CHUNK, reuseBuffer: true }),
-  bulk: async (dev, sink) => saveV1(await openV1Bridge(dev, bridgeOptions), sink, { precopy: false, reuseBuffer: true }),
+  bulk: async (dev, sink) =>
+    saveV1(await openV1Bridge(dev, bridgeOptions), sink, { precopy: false, reuseBuffer: true }),
   mmap: async (dev, sink) => saveV1Mmap(await openV1Bridge(dev, { ...bridgeOptions, mmap: true }), sink),
   mmap4: async (dev, sink) => saveV1Mmap(await openV1Bridge(dev, { sectionSize: SERVICE_SECTION, mmap: true }), sink),
-  qemu: async (dev, sink) => saveV1(await openV1Bridge(dev, bridgeOptions), sink, { precopy: false, dataAccess: 'qemu', reuseBuffer: true }),
+  qemu: async (dev, sink) =>
+    saveV1(await openV1Bridge(dev, bridgeOptions), sink, { precopy: false, dataAccess: 'qemu', reuseBuffer: true }),
 };
 
 /** How each path resumes `dev` from `fill`. */
@@ -134,7 +140,8 @@ export class FileDevice {
   async setState(state) {
     if (state === MigState.RESUMING) throw new VfioError('EINVAL', 'SET_STATE', this.name, 'save only');
     let opened = null;
-    if (state === MigState.STOP_COPY && this.#state !== state) opened = this.#stream = kernelDataStream(openSync(this.path, 'r'), this.name);
+    if (state === MigState.STOP_COPY && this.#state !== state)
+      opened = this.#stream = kernelDataStream(openSync(this.path, 'r'), this.name);
     else if (this.#state === MigState.STOP_COPY) await this.#stream?.close();
     this.#state = state;
     return opened;

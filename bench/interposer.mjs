@@ -18,11 +18,22 @@ const MiB = 1024 * 1024;
 export async function interposerBench({ mib, reps, median, sectionSize }) {
   const dir = mkdtempSync(join(tmpdir(), 'vfio-mig-bench-'));
   const client = join(dir, 'qemu72-client');
-  const cc = spawnSync('cc', ['-O2', '-o', client, join(root, 'test/interposer/qemu72-client.c')], { encoding: 'utf8' });
+  const cc = spawnSync('cc', ['-O2', '-o', client, join(root, 'test/interposer/qemu72-client.c')], {
+    encoding: 'utf8',
+  });
   if (cc.status !== 0) throw new Error(`cannot build the client: ${cc.stderr}`);
   const model = { stateSize: mib * MiB, dirtyRatio: 0, seed: 1 };
-  const svc = await startBridgeService({ socketPath: join(dir, 's.sock'), sectionSize, openDevice: async () => createSimDevice(model) });
-  const env = { ...process.env, LD_PRELOAD: join(root, 'dist/interposer/libvfio-mig-preload.so'), VFIO_MIG_SOCKET: svc.socketPath, VFIO_MIG_TEST_DEVICE: '/dev/null' };
+  const svc = await startBridgeService({
+    socketPath: join(dir, 's.sock'),
+    sectionSize,
+    openDevice: async () => createSimDevice(model),
+  });
+  const env = {
+    ...process.env,
+    LD_PRELOAD: join(root, 'dist/interposer/libvfio-mig-preload.so'),
+    VFIO_MIG_SOCKET: svc.socketPath,
+    VFIO_MIG_TEST_DEVICE: '/dev/null',
+  };
   const runClient = (mode, out = '/dev/null') =>
     new Promise((done, fail) => {
       const p = spawn(client, ['/dev/null', 'save', out, mode], { env });
@@ -43,8 +54,12 @@ export async function interposerBench({ mib, reps, median, sectionSize }) {
   };
   const discard = () => undefined;
   const cases = {
-    'raw v2 save (saveV2)': () => timed(() => saveV2(createSimDevice(model), discard, { precopy: false, reuseBuffer: true })),
-    'in-process bridge save, bulk': () => timed(async () => saveV1(await openV1Bridge(createSimDevice(model)), discard, { precopy: false, reuseBuffer: true })),
+    'raw v2 save (saveV2)': () =>
+      timed(() => saveV2(createSimDevice(model), discard, { precopy: false, reuseBuffer: true })),
+    'in-process bridge save, bulk': () =>
+      timed(async () =>
+        saveV1(await openV1Bridge(createSimDevice(model)), discard, { precopy: false, reuseBuffer: true }),
+      ),
     'interposer, mmap data section': async () => (await runClient('mmap')).secs,
     'interposer, 8-byte preads': async () => (await runClient('pread')).secs,
   };
@@ -59,7 +74,8 @@ export async function interposerBench({ mib, reps, median, sectionSize }) {
   for (const mode of ['mmap', 'pread']) {
     const out = join(dir, `${mode}.bin`);
     header = (await runClient(mode, out)).header;
-    if (createHash('sha256').update(readFileSync(out)).digest('hex') !== digest) throw new Error(`interposer ${mode}: saved bytes differ from raw v2`);
+    if (createHash('sha256').update(readFileSync(out)).digest('hex') !== digest)
+      throw new Error(`interposer ${mode}: saved bytes differ from raw v2`);
     rmSync(out);
   }
   await svc.close();
@@ -68,7 +84,13 @@ export async function interposerBench({ mib, reps, median, sectionSize }) {
   const raw = rate('raw v2 save (saveV2)');
   const inproc = rate('in-process bridge save, bulk');
   return {
-    rows: Object.keys(cases).map((k) => ({ case: k, mib, rate: rate(k), vsRaw: rate(k) / raw, vsBridge: rate(k) / inproc })),
+    rows: Object.keys(cases).map((k) => ({
+      case: k,
+      mib,
+      rate: rate(k),
+      vsRaw: rate(k) / raw,
+      vsBridge: rate(k) / inproc,
+    })),
     headerPerMiB: header / mib,
   };
 }

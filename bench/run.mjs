@@ -17,7 +17,11 @@ const large = args.has('--large');
 const json = args.has('--json');
 const env = (k, d) => Number(process.env[k] ?? d);
 const reps = env('BENCH_REPS', 7);
-const sizes = process.env.BENCH_MIB ? process.env.BENCH_MIB.split(',').map(Number) : large ? [256, 1024, 4096] : [256, 1024];
+const sizes = process.env.BENCH_MIB
+  ? process.env.BENCH_MIB.split(',').map(Number)
+  : large
+    ? [256, 1024, 4096]
+    : [256, 1024];
 const qemuMiB = env('BENCH_QEMU_MIB', 8);
 const fdMiB = env('BENCH_FD_MIB', 1024);
 const memSizes = large ? [256, 1024, 4096] : [256, 4096];
@@ -43,10 +47,13 @@ const checked = new Set();
  */
 function check(name, mib, dev) {
   const want = source(mib).content;
-  const same = dev.content.seed === want.seed && Buffer.from(dev.content.versions.buffer).equals(Buffer.from(want.versions.buffer));
+  const same =
+    dev.content.seed === want.seed &&
+    Buffer.from(dev.content.versions.buffer).equals(Buffer.from(want.versions.buffer));
   if (!same) throw new Error(`${name}: the resumed state differs from the source`);
   if (!checked.has(name)) {
-    if (dev.stateDigest() !== digestOf(mib)) throw new Error(`${name}: the resumed state digest differs from the source's`);
+    if (dev.stateDigest() !== digestOf(mib))
+      throw new Error(`${name}: the resumed state digest differs from the source's`);
     checked.add(name);
   }
 }
@@ -76,21 +83,47 @@ const add = (c) => cases.push({ ...c, secs: [] });
 const COPY_MIB = 1024;
 const src = new Uint8Array(MiB).fill(0x5a);
 const dst = new Uint8Array(MiB);
-add({ group: 'anchor', dir: 'copy', path: 'memory copy, 1 MiB into a reused buffer', mib: COPY_MIB, run: () => timed(async () => { for (let i = 0; i < COPY_MIB; i++) dst.set(src); }) });
-add({ group: 'anchor', dir: 'copy', path: 'memory copy, 1 MiB into a new buffer (slice)', mib: COPY_MIB, run: () => timed(async () => { for (let i = 0; i < COPY_MIB; i++) src.slice(); }) });
 add({
-  group: 'anchor', dir: 'save', path: 'sim produce only (stop-copy read, bytes dropped)', mib: COPY_MIB,
+  group: 'anchor',
+  dir: 'copy',
+  path: 'memory copy, 1 MiB into a reused buffer',
+  mib: COPY_MIB,
+  run: () =>
+    timed(async () => {
+      for (let i = 0; i < COPY_MIB; i++) dst.set(src);
+    }),
+});
+add({
+  group: 'anchor',
+  dir: 'copy',
+  path: 'memory copy, 1 MiB into a new buffer (slice)',
+  mib: COPY_MIB,
+  run: () =>
+    timed(async () => {
+      for (let i = 0; i < COPY_MIB; i++) src.slice();
+    }),
+});
+add({
+  group: 'anchor',
+  dir: 'save',
+  path: 'sim produce only (stop-copy read, bytes dropped)',
+  mib: COPY_MIB,
   run: async () => {
     const s = await deviceSource(source(COPY_MIB));
     const buf = new Uint8Array(MiB);
-    return timed(async () => { while ((await s.fill(buf)) > 0); });
+    return timed(async () => {
+      while ((await s.fill(buf)) > 0);
+    });
   },
 });
 
 // The simulated device, save and resume, through each path.
 const simCase = (dir, path, mib, group = 'sim') =>
   add({
-    group, dir, path, mib,
+    group,
+    dir,
+    path,
+    mib,
     run: async () => {
       const name = `${group} ${dir} ${path} ${mib}`;
       const [a, b] = [source(mib), target(mib)];
@@ -108,7 +141,8 @@ const simCase = (dir, path, mib, group = 'sim') =>
       return secs;
     },
   });
-for (const dir of ['save', 'resume']) for (const mib of sizes) for (const path of ['raw', 'bulk', 'mmap', 'mmap4']) simCase(dir, path, mib);
+for (const dir of ['save', 'resume'])
+  for (const mib of sizes) for (const path of ['raw', 'bulk', 'mmap', 'mmap4']) simCase(dir, path, mib);
 for (const dir of ['save', 'resume']) for (const path of ['raw', 'qemu']) simCase(dir, path, qemuMiB, 'qemu');
 
 // A real file descriptor: the kernel backend's stream over a file on tmpfs holding a simulated stream.
@@ -125,7 +159,10 @@ for (const sig of ['SIGINT', 'SIGTERM']) process.on(sig, () => process.exit(130)
 const fdBytes = statSync(fdFile).size;
 const fdCase = (path) =>
   add({
-    group: 'fd', dir: 'save', path, mib: fdMiB,
+    group: 'fd',
+    dir: 'save',
+    path,
+    mib: fdMiB,
     run: async () => {
       const b = target(fdMiB);
       const out = await verifyingSink(b);
@@ -137,14 +174,24 @@ const fdCase = (path) =>
   });
 for (const path of ['raw', 'bulk', 'mmap', 'mmap4']) fdCase(path);
 add({
-  group: 'fd', dir: 'save', path: 'raw read loop, bytes dropped', mib: fdMiB,
+  group: 'fd',
+  dir: 'save',
+  path: 'raw read loop, bytes dropped',
+  mib: fdMiB,
   run: () => timed(() => savePaths.raw(new FileDevice(fdFile), () => undefined)),
 });
 add({
-  group: 'fd', dir: 'save', path: 'dd bs=1M to /dev/null (outside anchor)', mib: fdMiB,
+  group: 'fd',
+  dir: 'save',
+  path: 'dd bs=1M to /dev/null (outside anchor)',
+  mib: fdMiB,
   run: async () => {
     // bash's time builtin: dd's wall, user and system seconds.
-    const r = spawnSync('bash', ['-c', `TIMEFORMAT='%R %U %S'; time dd if='${fdFile}' of=/dev/null bs=1M 2>/dev/null`], { encoding: 'utf8' });
+    const r = spawnSync(
+      'bash',
+      ['-c', `TIMEFORMAT='%R %U %S'; time dd if='${fdFile}' of=/dev/null bs=1M 2>/dev/null`],
+      { encoding: 'utf8' },
+    );
     const m = /^([\d.]+) ([\d.]+) ([\d.]+)\s*$/.exec(r.stderr);
     if (r.status !== 0 || !m) throw new Error(`dd: ${r.stderr}`);
     return { wall: Number(m[1]), cpu: Math.max(Number(m[2]) + Number(m[3]), 0.001) };
@@ -154,7 +201,9 @@ add({
 // ------------------------------------------------------------ run
 
 const median = (xs) => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)];
-log(`vfio-mig-bridge benchmark: ${reps} round-robin rounds of ${cases.length} cases; state sizes ${sizes.join(', ')} MiB, 8-byte cases ${qemuMiB} MiB, fd ${fdMiB} MiB`);
+log(
+  `vfio-mig-bridge benchmark: ${reps} round-robin rounds of ${cases.length} cases; state sizes ${sizes.join(', ')} MiB, 8-byte cases ${qemuMiB} MiB, fd ${fdMiB} MiB`,
+);
 for (let i = 0; i < reps; i++) {
   const t = Date.now();
   // Every other round backwards, so drift within a round bills a case and its raw baseline alike.
@@ -174,7 +223,16 @@ const rawOf = (c) => cases.find((r) => r.group === c.group && r.dir === c.dir &&
 const copyRate = rate(cases[0]);
 const rows = cases.map((c) => {
   const raw = c.group === 'anchor' ? null : rawOf(c);
-  const row = { group: c.group, dir: c.dir, case: c.path, label: LABELS[c.path] ?? c.path, mib: c.mib, rateMiBs: Math.round(rate(c)), wallRateMiBs: Math.round(rate(c, 'wall')), runs: c.secs.length };
+  const row = {
+    group: c.group,
+    dir: c.dir,
+    case: c.path,
+    label: LABELS[c.path] ?? c.path,
+    mib: c.mib,
+    rateMiBs: Math.round(rate(c)),
+    wallRateMiBs: Math.round(rate(c, 'wall')),
+    runs: c.secs.length,
+  };
   if (raw && raw !== c) {
     // Paired: run i of this case against run i of raw, from the same round; the median of those ratios.
     const per = (k) => c.secs.map((s, i) => raw.secs[i][k] / s[k]);
@@ -195,11 +253,19 @@ const memory = [];
 for (const mib of memSizes) {
   const hwm = {};
   for (const path of ['raw', 'bulk', 'mmap', 'mmap4']) {
-    const r = spawnSync(process.execPath, [join(root, 'bench/memory-child.mjs'), path, String(mib)], { encoding: 'utf8' });
+    const r = spawnSync(process.execPath, [join(root, 'bench/memory-child.mjs'), path, String(mib)], {
+      encoding: 'utf8',
+    });
     if (r.status !== 0) throw new Error(`memory child ${path} ${mib}: ${r.stderr}`);
     hwm[path] = JSON.parse(r.stdout).hwmKiB;
   }
-  memory.push({ mib, rawPeakMiB: +(hwm.raw / 1024).toFixed(1), bulkExtraMiB: +((hwm.bulk - hwm.raw) / 1024).toFixed(1), mmapExtraMiB: +((hwm.mmap - hwm.raw) / 1024).toFixed(1), mmap4ExtraMiB: +((hwm.mmap4 - hwm.raw) / 1024).toFixed(1) });
+  memory.push({
+    mib,
+    rawPeakMiB: +(hwm.raw / 1024).toFixed(1),
+    bulkExtraMiB: +((hwm.bulk - hwm.raw) / 1024).toFixed(1),
+    mmapExtraMiB: +((hwm.mmap - hwm.raw) / 1024).toFixed(1),
+    mmap4ExtraMiB: +((hwm.mmap4 - hwm.raw) / 1024).toFixed(1),
+  });
 }
 
 // ------------------------------------------------------------ transitions
@@ -213,18 +279,22 @@ async function transitionPair() {
   const block = 200;
   const t = { direct: [], bridge: [] };
   for (let done = 0; done < TRANS; done += block) {
-    t.direct.push(await timed(async () => {
-      for (let i = 0; i < block / 2; i++) {
-        await direct.setState(MigState.STOP);
-        await direct.setState(MigState.RUNNING);
-      }
-    }));
-    t.bridge.push(await timed(async () => {
-      for (let i = 0; i < block / 2; i++) {
-        await writeU32(bridge, 0, 0); // 001 -> 000: SET_STATE RUNNING -> STOP
-        await writeU32(bridge, 0, 1); // 000 -> 001
-      }
-    }));
+    t.direct.push(
+      await timed(async () => {
+        for (let i = 0; i < block / 2; i++) {
+          await direct.setState(MigState.STOP);
+          await direct.setState(MigState.RUNNING);
+        }
+      }),
+    );
+    t.bridge.push(
+      await timed(async () => {
+        for (let i = 0; i < block / 2; i++) {
+          await writeU32(bridge, 0, 0); // 001 -> 000: SET_STATE RUNNING -> STOP
+          await writeU32(bridge, 0, 1); // 000 -> 001
+        }
+      }),
+    );
   }
   if (viaDev.state !== MigState.RUNNING || bridge.deviceState !== 1) throw new Error('transitions: bridge out of step');
   const us = (xs) => (median(xs.map((x) => x.cpu)) / block) * 1e6;
@@ -259,32 +329,90 @@ const machine = {
 };
 // One memory copy of the state, as a fraction of the raw sim save of the largest default size: what "within one copy" allows.
 const rawSim = rows.find((r) => r.group === 'sim' && r.dir === 'save' && r.case === 'raw' && r.mib === sizes.at(-1));
-const oneCopy = { copyMiBs: Math.round(copyRate), rawSimSaveMiBs: rawSim.rateMiBs, ofRawSim: Number((rawSim.rateMiBs / copyRate).toFixed(3)) };
+const oneCopy = {
+  copyMiBs: Math.round(copyRate),
+  rawSimSaveMiBs: rawSim.rateMiBs,
+  ofRawSim: Number((rawSim.rateMiBs / copyRate).toFixed(3)),
+};
 const result = { machine, reps, oneCopy, rows, memory, transitions, interposer };
 
 if (json) {
   process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
 } else {
   const m = machine;
-  log(`\n${m.cpu}, ${m.cores} cores, ${m.memoryGiB} GiB, Linux ${m.kernel}, node ${m.node}; load average ${m.loadavgBefore[0]} before, ${m.loadavgAfter[0]} after; ${m.wallSeconds} s`);
-  log(`MiB of device state (fd rows: of the file) per CPU second, and per wall second; median of ${reps} round-robin runs`);
-  log('vs raw: median over rounds of the CPU-time ratio to the raw v2 loop of the same group, size and direction in that round (range: lowest-highest round)');
-  log(`+copies: the CPU time over raw, in copies of the same bytes (one copy = ${oneCopy.ofRawSim} of a raw sim save here)`);
-  log('group'.padEnd(7), 'dir'.padEnd(7), 'case'.padEnd(46), 'MiB'.padStart(5), 'MiB/s'.padStart(7), 'vs raw'.padStart(7), 'range'.padStart(10), '+copies'.padStart(8), 'wall'.padStart(7), 'vs raw'.padStart(7));
+  log(
+    `\n${m.cpu}, ${m.cores} cores, ${m.memoryGiB} GiB, Linux ${m.kernel}, node ${m.node}; load average ${m.loadavgBefore[0]} before, ${m.loadavgAfter[0]} after; ${m.wallSeconds} s`,
+  );
+  log(
+    `MiB of device state (fd rows: of the file) per CPU second, and per wall second; median of ${reps} round-robin runs`,
+  );
+  log(
+    'vs raw: median over rounds of the CPU-time ratio to the raw v2 loop of the same group, size and direction in that round (range: lowest-highest round)',
+  );
+  log(
+    `+copies: the CPU time over raw, in copies of the same bytes (one copy = ${oneCopy.ofRawSim} of a raw sim save here)`,
+  );
+  log(
+    'group'.padEnd(7),
+    'dir'.padEnd(7),
+    'case'.padEnd(46),
+    'MiB'.padStart(5),
+    'MiB/s'.padStart(7),
+    'vs raw'.padStart(7),
+    'range'.padStart(10),
+    '+copies'.padStart(8),
+    'wall'.padStart(7),
+    'vs raw'.padStart(7),
+  );
   const f2 = (x) => x?.toFixed(2) ?? '';
   for (const r of rows) {
     const range = r.vsRawRange ? `${f2(r.vsRawRange[0])}-${f2(r.vsRawRange[1])}` : '';
-    log(r.group.padEnd(7), r.dir.padEnd(7), r.label.padEnd(46), String(r.mib).padStart(5), String(r.rateMiBs).padStart(7), f2(r.vsRaw).padStart(7), range.padStart(10), f2(r.extraCopies).padStart(8), String(r.wallRateMiBs).padStart(7), f2(r.vsRawWall).padStart(7));
+    log(
+      r.group.padEnd(7),
+      r.dir.padEnd(7),
+      r.label.padEnd(46),
+      String(r.mib).padStart(5),
+      String(r.rateMiBs).padStart(7),
+      f2(r.vsRaw).padStart(7),
+      range.padStart(10),
+      f2(r.extraCopies).padStart(8),
+      String(r.wallRateMiBs).padStart(7),
+      f2(r.vsRawWall).padStart(7),
+    );
   }
   log('\npeak RSS (VmHWM) of one save in a child process; extra = path minus raw v2');
-  log('state MiB'.padStart(10), 'raw peak MiB'.padStart(13), 'bulk extra'.padStart(11), 'mmap extra'.padStart(11), 'mmap 4 MiB extra'.padStart(17));
-  for (const r of memory) log(String(r.mib).padStart(10), String(r.rawPeakMiB).padStart(13), String(r.bulkExtraMiB).padStart(11), String(r.mmapExtraMiB).padStart(11), String(r.mmap4ExtraMiB).padStart(17));
+  log(
+    'state MiB'.padStart(10),
+    'raw peak MiB'.padStart(13),
+    'bulk extra'.padStart(11),
+    'mmap extra'.padStart(11),
+    'mmap 4 MiB extra'.padStart(17),
+  );
+  for (const r of memory)
+    log(
+      String(r.mib).padStart(10),
+      String(r.rawPeakMiB).padStart(13),
+      String(r.bulkExtraMiB).padStart(11),
+      String(r.mmapExtraMiB).padStart(11),
+      String(r.mmap4ExtraMiB).padStart(17),
+    );
   const t = transitions;
-  log(`\ntransitions (RUNNING <-> STOP, ${t.ops} ops): setState directly ${t.directUs} us/op, v1 device_state write through the bridge ${t.bridgeUs} us/op (${t.ratio}x, +${t.extraUs} us)`);
+  log(
+    `\ntransitions (RUNNING <-> STOP, ${t.ops} ops): setState directly ${t.directUs} us/op, v1 device_state write through the bridge ${t.bridgeUs} us/op (${t.ratio}x, +${t.extraUs} us)`,
+  );
   if (interposer) {
     log('\nsave only, QEMU 7.2 access pattern through the LD_PRELOAD interposer (saved bytes checked against raw v2)');
     log('case'.padEnd(48), 'MiB'.padStart(5), 'MiB/s'.padStart(7), 'vs raw'.padStart(7), 'vs bridge'.padStart(10));
-    for (const r of interposer.rows) log(r.case.padEnd(48), String(r.mib).padStart(5), r.rate.toFixed(0).padStart(7), r.vsRaw.toFixed(2).padStart(7), r.vsBridge.toFixed(2).padStart(10));
-    log(`header accesses over the socket: ${interposer.headerPerMiB.toFixed(2)} per MiB of state (the service default data section, 4 MiB)`);
+    for (const r of interposer.rows)
+      log(
+        r.case.padEnd(48),
+        String(r.mib).padStart(5),
+        r.rate.toFixed(0).padStart(7),
+        r.vsRaw.toFixed(2).padStart(7),
+        r.vsBridge.toFixed(2).padStart(10),
+      );
+    log(
+      `header accesses over the socket: ${interposer.headerPerMiB.toFixed(2)} per MiB of state (the service default data section, 4 MiB)`,
+    );
   }
 }

@@ -45,11 +45,16 @@ int main(void) {
   const dir = mkdtempSync(join(tmpdir(), 'kfsm-'));
   try {
     writeFileSync(join(dir, 'fsm.c'), c);
-    const cc = spawnSync(process.env.CC ?? 'cc', ['-O0', '-o', join(dir, 'fsm'), join(dir, 'fsm.c')], { encoding: 'utf8' });
+    const cc = spawnSync(process.env.CC ?? 'cc', ['-O0', '-o', join(dir, 'fsm'), join(dir, 'fsm.c')], {
+      encoding: 'utf8',
+    });
     if (cc.status !== 0) throw new Error(`compiling vfio_mig_get_next_state failed:\n${cc.stderr}`);
     // A timeout catches a skip loop that never ends (the pre-fix kernel bug).
     const run = spawnSync(join(dir, 'fsm'), { encoding: 'utf8', timeout: 10_000 });
-    if (run.status !== 0) throw new Error(`kernel FSM harness did not finish (${run.signal ?? run.status}); last line: ${run.stdout.trim().split('\n').pop()}`);
+    if (run.status !== 0)
+      throw new Error(
+        `kernel FSM harness did not finish (${run.signal ?? run.status}); last line: ${run.stdout.trim().split('\n').pop()}`,
+      );
     return run.stdout;
   } finally {
     rmSync(dir, { recursive: true, force: true });

@@ -1,9 +1,7 @@
 import { constants } from 'node:os';
 
 const ERRNO = constants.errno as Record<string, number>;
-const NAME_BY_NUMBER = new Map<number, string>(
-  Object.entries(ERRNO).map(([name, num]) => [num, name]),
-);
+const NAME_BY_NUMBER = new Map<number, string>(Object.entries(ERRNO).map(([name, num]) => [num, name]));
 
 /**
  * What a caller can do about an error, as a stable key set where the error
@@ -55,7 +53,12 @@ export class VfioError extends Error {
 
   /** The same error with a hint added (a layer that knows what a lower one's errno means). */
   withHint(hint: ErrorHint): VfioError {
-    return new VfioError(this.code, this.op, this.device, this.reason, { syscall: this.syscall, details: this.details, hint, cause: this });
+    return new VfioError(this.code, this.op, this.device, this.reason, {
+      syscall: this.syscall,
+      details: this.details,
+      hint,
+      cause: this,
+    });
   }
 
   /** From a positive errno returned by a syscall. */

@@ -1,22 +1,31 @@
 export { VfioError, isVfioError, asVfioError, errnoOf, hintOf } from './errors.js';
 export type { VfioErrorOptions, ErrorHint } from './errors.js';
-export {
-  MigState,
-  MigFlag,
-  migStateName,
-  parseMigState,
-  migFlagNames,
-} from './v2/uapi.js';
+export { MigState, MigFlag, migStateName, parseMigState, migFlagNames } from './v2/uapi.js';
 export type { RegionInfo, SparseMmapArea } from './v2/uapi.js';
 export * as uapi from './v2/uapi.js';
-export { nextState, migrationPath, isStateSupported, arcOpensStream, arcEndsStream, isSavingState, holdsSession } from './v2/fsm.js';
+export {
+  nextState,
+  migrationPath,
+  isStateSupported,
+  arcOpensStream,
+  arcEndsStream,
+  isSavingState,
+  holdsSession,
+} from './v2/fsm.js';
 export type { V2Device, DataStream, PrecopyInfo, DeviceKind } from './v2/device.js';
 export { ForwardingDevice } from './v2/forwarding-device.js';
 export { openDevice, deviceKindOf } from './v2/open-device.js';
 export type { DeviceSpec } from './v2/open-device.js';
 export { readSome, writeAll, chunkPipe } from './v2/stream-io.js';
 export { createSimDevice, SimDevice, SIM_ARCS_KEPT, SIM_MAX_STATE_SIZE } from './v2/sim/sim-device.js';
-export type { SimDeviceOptions, SimFaults, SimArcFault, SimIoFault, SimProfile, FrozenFaults } from './v2/sim/sim-device.js';
+export type {
+  SimDeviceOptions,
+  SimFaults,
+  SimArcFault,
+  SimIoFault,
+  SimProfile,
+  FrozenFaults,
+} from './v2/sim/sim-device.js';
 export {
   V1,
   isValidV1,
@@ -48,4 +57,11 @@ export { saveV2, loadV2, drainStream } from './v2/native-caller.js';
 export type { SaveV2Options, SaveV2Result, Sink } from './v2/native-caller.js';
 export { checkConformance } from './conformance/runner.js';
 export { CHECKS as CONFORMANCE_CHECKS } from './conformance/registry.js';
-export type { CheckResult, ConformanceOptions, ConformanceReport, Verdict, CheckGroup, DeviceEnd } from './conformance/types.js';
+export type {
+  CheckResult,
+  ConformanceOptions,
+  ConformanceReport,
+  Verdict,
+  CheckGroup,
+  DeviceEnd,
+} from './conformance/types.js';

@@ -33,11 +33,17 @@ export interface FieldPlace<N extends string = string> {
 }
 
 /** The fields of a layout in table order, each with its byte width. */
-export function fieldPlaces<L extends Record<string, FieldSpec>>(layout: L): ReadonlyArray<FieldPlace<keyof L & string>> {
+export function fieldPlaces<L extends Record<string, FieldSpec>>(
+  layout: L,
+): ReadonlyArray<FieldPlace<keyof L & string>> {
   return Object.entries(layout).map(([name, spec]) => ({ name, offset: spec.offset, width: WIDTH[spec.type] }));
 }
 
-export function defineStruct<L extends Record<string, FieldSpec>>(name: string, size: number, layout: L): StructCodec<L> {
+export function defineStruct<L extends Record<string, FieldSpec>>(
+  name: string,
+  size: number,
+  layout: L,
+): StructCodec<L> {
   for (const [field, spec] of Object.entries(layout)) {
     if (spec.offset + WIDTH[spec.type] > size) throw new RangeError(`${name}.${field} runs past the struct`);
   }
@@ -57,7 +63,8 @@ export function defineStruct<L extends Record<string, FieldSpec>>(name: string, 
       return buf;
     },
     decode(from, at = 0) {
-      if (at + size > from.length) throw new RangeError(`${name}: need ${size} bytes at ${at}, have ${from.length - at}`);
+      if (at + size > from.length)
+        throw new RangeError(`${name}: need ${size} bytes at ${at}, have ${from.length - at}`);
       const dv = new DataView(from.buffer, from.byteOffset + at, size);
       const out: Record<string, number | bigint> = {};
       for (const [field, spec] of entries) out[field] = readField(dv, spec);
@@ -68,21 +75,36 @@ export function defineStruct<L extends Record<string, FieldSpec>>(name: string, 
 
 function writeField(dv: DataView, spec: FieldSpec, v: number | bigint): void {
   switch (spec.type) {
-    case 'u8': dv.setUint8(spec.offset, Number(v)); break;
-    case 'u16': dv.setUint16(spec.offset, Number(v), true); break;
-    case 'u32': dv.setUint32(spec.offset, Number(v), true); break;
-    case 's32': dv.setInt32(spec.offset, Number(v), true); break;
-    case 'u64': dv.setBigUint64(spec.offset, BigInt(v), true); break;
+    case 'u8':
+      dv.setUint8(spec.offset, Number(v));
+      break;
+    case 'u16':
+      dv.setUint16(spec.offset, Number(v), true);
+      break;
+    case 'u32':
+      dv.setUint32(spec.offset, Number(v), true);
+      break;
+    case 's32':
+      dv.setInt32(spec.offset, Number(v), true);
+      break;
+    case 'u64':
+      dv.setBigUint64(spec.offset, BigInt(v), true);
+      break;
   }
 }
 
 function readField(dv: DataView, spec: FieldSpec): number | bigint {
   switch (spec.type) {
-    case 'u8': return dv.getUint8(spec.offset);
-    case 'u16': return dv.getUint16(spec.offset, true);
-    case 'u32': return dv.getUint32(spec.offset, true);
-    case 's32': return dv.getInt32(spec.offset, true);
-    case 'u64': return dv.getBigUint64(spec.offset, true);
+    case 'u8':
+      return dv.getUint8(spec.offset);
+    case 'u16':
+      return dv.getUint16(spec.offset, true);
+    case 'u32':
+      return dv.getUint32(spec.offset, true);
+    case 's32':
+      return dv.getInt32(spec.offset, true);
+    case 'u64':
+      return dv.getBigUint64(spec.offset, true);
   }
 }
 

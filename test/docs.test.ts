@@ -23,7 +23,13 @@ function files(dir: string): string[] {
   });
 }
 
-const sources = [...['src', 'test', 'bench', 'scripts', 'interposer', 'docs', 'examples'].flatMap((d) => files(join(root, d))), join(root, 'README.md'), join(root, 'RELIABILITY.md'), join(root, 'ARCHITECTURE.md'), join(root, 'CONTRIBUTING.md')];
+const sources = [
+  ...['src', 'test', 'bench', 'scripts', 'interposer', 'docs', 'examples'].flatMap((d) => files(join(root, d))),
+  join(root, 'README.md'),
+  join(root, 'RELIABILITY.md'),
+  join(root, 'ARCHITECTURE.md'),
+  join(root, 'CONTRIBUTING.md'),
+];
 const protocol = readFileSync(join(root, 'docs/protocol.md'), 'utf8');
 const anchors = new Set([...protocol.matchAll(/<a id="([^"]+)"><\/a>/g)].map((m) => m[1]));
 
@@ -34,7 +40,7 @@ describe('documentation citations', () => {
     for (const f of sources.filter((x) => !x.endsWith('docs.test.ts'))) {
       for (const m of readFileSync(f, 'utf8').matchAll(/protocol\.md#([a-z0-9-]+)/g)) {
         cited++;
-        if (!anchors.has(m[1]!)) missing.push(`${relative(root, f)}: #${m[1]}`);
+        if (!anchors.has(m[1])) missing.push(`${relative(root, f)}: #${m[1]}`);
       }
     }
     expect(cited).toBeGreaterThan(10);
@@ -43,12 +49,15 @@ describe('documentation citations', () => {
 
   it('nothing cites a document outside the repo', () => {
     // The background notes' names and their rule numbers (X1, Q14, R55 ...).
-    const outside = /DESIGN\.md|seeds?-(digest|00)|qemu-callers|ecosystem\.md|STYLE\.md|\.\.\/shared\/|\b(X[0-9]+b?|Q[0-9]+|R[0-9]+)\b(?![@])/;
+    const outside =
+      /DESIGN\.md|seeds?-(digest|00)|qemu-callers|ecosystem\.md|STYLE\.md|\.\.\/shared\/|\b(X[0-9]+b?|Q[0-9]+|R[0-9]+)\b(?![@])/;
     const hits: string[] = [];
     for (const f of sources.filter((x) => !x.endsWith('docs.test.ts'))) {
-      readFileSync(f, 'utf8').split('\n').forEach((line, i) => {
-        if (outside.test(line)) hits.push(`${relative(root, f)}:${i + 1}: ${line.trim()}`);
-      });
+      readFileSync(f, 'utf8')
+        .split('\n')
+        .forEach((line, i) => {
+          if (outside.test(line)) hits.push(`${relative(root, f)}:${i + 1}: ${line.trim()}`);
+        });
     }
     expect(hits).toEqual([]);
   });
@@ -56,7 +65,13 @@ describe('documentation citations', () => {
 
 /** GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens; plus explicit <a id>s. */
 function anchorsOf(markdown: string): Set<string> {
-  const heads = [...markdown.matchAll(/^#+ +(.+)$/gm)].map((m) => m[1]!.trim().toLowerCase().replace(/[^\p{L}\p{N} _-]/gu, '').replace(/ /g, '-'));
+  const heads = [...markdown.matchAll(/^#+ +(.+)$/gm)].map((m) =>
+    m[1]!
+      .trim()
+      .toLowerCase()
+      .replace(/[^\p{L}\p{N} _-]/gu, '')
+      .replace(/ /g, '-'),
+  );
   return new Set([...heads, ...[...markdown.matchAll(/<a id="([^"]+)"><\/a>/g)].map((m) => m[1]!)]);
 }
 
@@ -91,7 +106,8 @@ describe('the guides name what exists', () => {
         if (/^[a-z]+:/.test(file)) continue; // https: and the like
         const target = join(root, file || doc);
         if (!existsSync(target)) broken.push(`${doc}: ${m[1]}`);
-        else if (anchor && target.endsWith('.md') && !anchorsOf(readFileSync(target, 'utf8')).has(anchor)) broken.push(`${doc}: ${m[1]} (no such heading)`);
+        else if (anchor && target.endsWith('.md') && !anchorsOf(readFileSync(target, 'utf8')).has(anchor))
+          broken.push(`${doc}: ${m[1]} (no such heading)`);
       }
     }
     expect(broken).toEqual([]);

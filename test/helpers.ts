@@ -1,4 +1,13 @@
-import { chunkPipe, drainStream, ForwardingDevice, saveV2 as saveV2Native, loadV2 as loadV2Native, type DataStream, type MigState, type V2Device } from '../src/index.js';
+import {
+  chunkPipe,
+  drainStream,
+  ForwardingDevice,
+  saveV2 as saveV2Native,
+  loadV2 as loadV2Native,
+  type DataStream,
+  type MigState,
+  type V2Device,
+} from '../src/index.js';
 
 /** Reads a saving stream until the temporary end (ENOMSG or 0 in pre-copy) or the real end. */
 export async function drain(stream: DataStream, chunk = 65536): Promise<Buffer> {

@@ -19,5 +19,8 @@ afterAll(() => {
   const left = readdirSync(dir);
   rmSync(dir, { recursive: true, force: true });
   process.env.TMPDIR = base;
-  if (left.length) throw new Error(`this file left ${left.join(', ')} in its TMPDIR: remove what a test creates in afterAll/afterEach`);
+  if (left.length)
+    throw new Error(
+      `this file left ${left.join(', ')} in its TMPDIR: remove what a test creates in afterAll/afterEach`,
+    );
 });

@@ -125,7 +125,11 @@ export class SaveWindow {
 
   async #precopyPending(): Promise<bigint> {
     const stream = this.#session.stream!;
-    const info = await this.#trace.call('VFIO_MIG_GET_PRECOPY_INFO', () => stream.precopyInfo(), (i) => `initial ${i.initialBytes} dirty ${i.dirtyBytes}`);
+    const info = await this.#trace.call(
+      'VFIO_MIG_GET_PRECOPY_INFO',
+      () => stream.precopyInfo(),
+      (i) => `initial ${i.initialBytes} dirty ${i.dirtyBytes}`,
+    );
     const sum = info.initialBytes + info.dirtyBytes;
     // After a temporary end, a driver that still reports the same counts has nothing now.
     if (this.#tempEndInfo === `${info.initialBytes}/${info.dirtyBytes}`) return 0n;
@@ -167,7 +171,11 @@ export class SaveWindow {
     while (n < buf.length && !this.#eof) {
       let got: number;
       try {
-        got = await this.#trace.call(`read(data_fd, ${buf.length - n})`, () => readSome(stream, buf.subarray(n)), String);
+        got = await this.#trace.call(
+          `read(data_fd, ${buf.length - n})`,
+          () => readSome(stream, buf.subarray(n)),
+          String,
+        );
       } catch (e) {
         if (isVfioError(e, 'ENOMSG') && this.#session.v2 !== MigState.STOP_COPY) {
           await this.#noteTemporaryEnd();
@@ -189,7 +197,11 @@ export class SaveWindow {
   async #noteTemporaryEnd(): Promise<void> {
     const stream = this.#session.stream!;
     try {
-      const info = await this.#trace.call('VFIO_MIG_GET_PRECOPY_INFO', () => stream.precopyInfo(), (i) => `initial ${i.initialBytes} dirty ${i.dirtyBytes}`);
+      const info = await this.#trace.call(
+        'VFIO_MIG_GET_PRECOPY_INFO',
+        () => stream.precopyInfo(),
+        (i) => `initial ${i.initialBytes} dirty ${i.dirtyBytes}`,
+      );
       this.#tempEndInfo = `${info.initialBytes}/${info.dirtyBytes}`;
     } catch {
       this.#tempEndInfo = null;
@@ -211,7 +223,8 @@ export class SaveWindow {
     const fromAhead = Math.min(this.#buffered(), this.#section.length);
     if (fromAhead > 0) {
       // In the section the bytes are already in place (read ahead from its start).
-      if (!this.#aheadInSection) this.#section.set(this.#readAhead!.subarray(this.#aheadStart, this.#aheadStart + fromAhead));
+      if (!this.#aheadInSection)
+        this.#section.set(this.#readAhead!.subarray(this.#aheadStart, this.#aheadStart + fromAhead));
       this.#aheadStart += fromAhead;
       n = fromAhead;
     }

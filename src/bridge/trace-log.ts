@@ -46,7 +46,14 @@ export class TraceLog {
    * call() meanwhile. `fn` returns the access's result and the value to
    * report; a failed access reports the value it was given and its errno.
    */
-  async traced<T>(op: 'read' | 'write', field: V1Field, offset: number, length: number, value: number | bigint | undefined, fn: () => Promise<[T, number | bigint]>): Promise<T> {
+  async traced<T>(
+    op: 'read' | 'write',
+    field: V1Field,
+    offset: number,
+    length: number,
+    value: number | bigint | undefined,
+    fn: () => Promise<[T, number | bigint]>,
+  ): Promise<T> {
     if (!this.#hook) return (await fn())[0];
     this.#ops = [];
     try {
@@ -54,7 +61,15 @@ export class TraceLog {
       this.emit({ op, field, offset, length, value: v, v2: this.#ops });
       return out;
     } catch (e) {
-      this.emit({ op, field, offset, length, ...(value !== undefined ? { value } : {}), v2: this.#ops, error: isVfioError(e) ? e.code : 'EIO' });
+      this.emit({
+        op,
+        field,
+        offset,
+        length,
+        ...(value !== undefined ? { value } : {}),
+        v2: this.#ops,
+        error: isVfioError(e) ? e.code : 'EIO',
+      });
       throw e;
     } finally {
       this.#ops = null;

@@ -6,7 +6,17 @@
  * chunk, pending_bytes) is its SaveWindow, and the trace its TraceLog.
  */
 import { VfioError } from '../errors.js';
-import { MIGRATION_INFO as F, MIGRATION_INFO_FIELDS, V1, isErrorV1, isValidV1, setErrorV1, v1StateName, v1TransitionCheckAllows, type V1Region } from '../v1/uapi.js';
+import {
+  MIGRATION_INFO as F,
+  MIGRATION_INFO_FIELDS,
+  V1,
+  isErrorV1,
+  isValidV1,
+  setErrorV1,
+  v1StateName,
+  v1TransitionCheckAllows,
+  type V1Region,
+} from '../v1/uapi.js';
 import type { DataStream, V2Device } from '../v2/device.js';
 import { arcEndsStream, arcOpensStream } from '../v2/fsm.js';
 import { writeAll } from '../v2/stream-io.js';
@@ -77,15 +87,28 @@ export class V1Bridge implements V1Region {
   #tail: Promise<unknown> = Promise.resolve();
 
   constructor(device: V2Device, flags: number, options: V1BridgeOptions = {}) {
-    if (!device || typeof device.setState !== 'function') throw new TypeError('openV1Bridge: device must be a V2Device');
+    if (!device || typeof device.setState !== 'function')
+      throw new TypeError('openV1Bridge: device must be a V2Device');
     const sectionSize = options.section?.length ?? options.sectionSize ?? DEFAULT_SECTION;
     const dataOffset = options.dataOffset ?? PAGE;
     const name = device.name;
-    if (!Number.isSafeInteger(sectionSize) || sectionSize < 1) throw new VfioError('EINVAL', 'openV1Bridge', name, `sectionSize must be a positive byte count (got ${sectionSize})`);
+    if (!Number.isSafeInteger(sectionSize) || sectionSize < 1)
+      throw new VfioError(
+        'EINVAL',
+        'openV1Bridge',
+        name,
+        `sectionSize must be a positive byte count (got ${sectionSize})`,
+      );
     if (!Number.isSafeInteger(dataOffset) || dataOffset < F.SIZE || dataOffset % PAGE !== 0) {
-      throw new VfioError('EINVAL', 'openV1Bridge', name, `dataOffset must be page aligned and at least ${PAGE} (got ${dataOffset})`);
+      throw new VfioError(
+        'EINVAL',
+        'openV1Bridge',
+        name,
+        `dataOffset must be page aligned and at least ${PAGE} (got ${dataOffset})`,
+      );
     }
-    if (options.ndma && !(flags & MigFlag.P2P)) throw new VfioError('EINVAL', 'openV1Bridge', name, 'NDMA needs a device with VFIO_MIGRATION_P2P');
+    if (options.ndma && !(flags & MigFlag.P2P))
+      throw new VfioError('EINVAL', 'openV1Bridge', name, 'NDMA needs a device with VFIO_MIGRATION_P2P');
     this.#dev = device;
     this.#flags = flags;
     this.#opts = options;
@@ -94,16 +117,17 @@ export class V1Bridge implements V1Region {
     this.size = dataOffset + sectionSize;
     this.#section = options.section ?? new Uint8Array(sectionSize);
     this.#trace = new TraceLog(options.trace);
-    const bridge = this;
+    // Read live on each access; arrows keep the bridge's `this` (the getters' own is the literal).
+    const live = { stream: () => this.#stream, v1: () => this.#shadow, v2: () => this.#v2 };
     this.#save = new SaveWindow(this.#section, device, flags, this.#trace, {
       get stream() {
-        return bridge.#stream;
+        return live.stream();
       },
       get v1() {
-        return bridge.#shadow;
+        return live.v1();
       },
       get v2() {
-        return bridge.#v2;
+        return live.v2();
       },
     });
     this.regionInfo = {
@@ -132,7 +156,8 @@ export class V1Bridge implements V1Region {
 
   /** The data section itself, for in-process callers that want mmap semantics (mmap option). */
   dataView(): Uint8Array {
-    if (!this.#opts.mmap) throw new VfioError('EINVAL', 'v1.mmap', this.#dev.name, 'the bridge was opened without the mmap option');
+    if (!this.#opts.mmap)
+      throw new VfioError('EINVAL', 'v1.mmap', this.#dev.name, 'the bridge was opened without the mmap option');
     return this.#section;
   }
 
@@ -204,7 +229,13 @@ export class V1Bridge implements V1Region {
       // While saving the section holds device data the caller is handed; a write would become part of the stream
       // (docs/decisions.md 21). An mmap of the section cannot be refused.
       if (this.#isSaving()) {
-        const e = new VfioError('EINVAL', 'v1.write(data)', this.#dev.name, `the data section is read-only while saving (device_state ${v1StateName(this.#shadow)})`, { details: { offset, length: data.length } });
+        const e = new VfioError(
+          'EINVAL',
+          'v1.write(data)',
+          this.#dev.name,
+          `the data section is read-only while saving (device_state ${v1StateName(this.#shadow)})`,
+          { details: { offset, length: data.length } },
+        );
         this.#trace.emit({ op: 'write', field, offset, length: data.length, v2: [], error: e.code });
         throw e;
       }
@@ -228,13 +259,16 @@ export class V1Bridge implements V1Region {
       throw bad(`invalid access offset ${offset} length ${length}`);
     }
     if (offset >= this.dataOffset) {
-      if (offset + length > this.size) throw bad(`access [${offset}, ${offset + length}) runs past the region end ${this.size}`);
+      if (offset + length > this.size)
+        throw bad(`access [${offset}, ${offset + length}) runs past the region end ${this.size}`);
       return 'data';
     }
     const hit = MIGRATION_INFO_FIELDS.find((h) => h.offset === offset && h.width === length);
-    if (!hit) throw bad(`header fields must be accessed at their own offset and width (offset ${offset}, length ${length})`);
+    if (!hit)
+      throw bad(`header fields must be accessed at their own offset and width (offset ${offset}, length ${length})`);
     const f = hit.name;
-    if (op === 'write' && (f === 'pending_bytes' || f === 'data_offset' || f === 'reserved')) throw bad(`${f} is read-only`);
+    if (op === 'write' && (f === 'pending_bytes' || f === 'data_offset' || f === 'reserved'))
+      throw bad(`${f} is read-only`);
     return f;
   }
 
@@ -254,16 +288,22 @@ export class V1Bridge implements V1Region {
     const name = this.#dev.name;
     const op = `v1.write(device_state) ${v1StateName(old)}->${v1StateName(value)}`;
     const known = V1.MASK | (this.#opts.ndma ? V1_NDMA : 0);
-    const nak = (why: string) => new VfioError('EINVAL', op, name, why, { details: { from: old, to: value }, hint: 'v1-states' });
-    if (value & ~known) throw nak(`unknown bits 0x${((value & ~known) >>> 0).toString(16)}${value & V1_NDMA ? ' (NDMA needs the ndma option)' : ''}`);
+    const nak = (why: string) =>
+      new VfioError('EINVAL', op, name, why, { details: { from: old, to: value }, hint: 'v1-states' });
+    if (value & ~known)
+      throw nak(
+        `unknown bits 0x${((value & ~known) >>> 0).toString(16)}${value & V1_NDMA ? ' (NDMA needs the ndma option)' : ''}`,
+      );
     if (value === old) return; // same-state writes are normal for QEMU: no SET_STATE, stream untouched
     if (isErrorV1(old)) throw nak('device is in the error state; reset it');
     if (!isValidV1(value) || isErrorV1(value)) throw nak(`${v1StateName(value)} is not a state a caller may request`);
     const from = old & V1.MASK;
     const to = value & V1.MASK;
     // v2 blocks STOP_COPY -> PRE_COPY, so v1 010 -> 011 cannot be carried out.
-    if (from === V1.SAVING && to === (V1.SAVING | V1.RUNNING)) throw nak('SAVING -> SAVING|RUNNING has no v2 equivalent (STOP_COPY -> PRE_COPY is blocked)');
-    if (this.#opts.strict && from !== to && !v1TransitionCheckAllows(from, to)) throw nak('not allowed by the v1 transition check (strict mode)');
+    if (from === V1.SAVING && to === (V1.SAVING | V1.RUNNING))
+      throw nak('SAVING -> SAVING|RUNNING has no v2 equivalent (STOP_COPY -> PRE_COPY is blocked)');
+    if (this.#opts.strict && from !== to && !v1TransitionCheckAllows(from, to))
+      throw nak('not allowed by the v1 transition check (strict mode)');
 
     const target = v2TargetFor(value, this.#flags);
     const start = this.#v2;
@@ -274,7 +314,11 @@ export class V1Bridge implements V1Region {
     }
     let stream: DataStream | null;
     try {
-      stream = await this.#trace.call(`SET_STATE ${migStateName(start)}->${migStateName(target)}`, () => this.#dev.setState(target), (s) => (s ? 'data_fd' : 'ok'));
+      stream = await this.#trace.call(
+        `SET_STATE ${migStateName(start)}->${migStateName(target)}`,
+        () => this.#dev.setState(target),
+        (s) => (s ? 'data_fd' : 'ok'),
+      );
     } catch (e) {
       await this.#recover(start, old);
       throw e;
@@ -296,18 +340,34 @@ export class V1Bridge implements V1Region {
    * this bridge's caller was reading or writing is gone; the new one would
    * restart the stream, so it is closed and the region reads 110.
    */
-  async #movedBehindUs(start: MigState, target: MigState, stream: DataStream | null, oldV1: number, op: string): Promise<never> {
+  async #movedBehindUs(
+    start: MigState,
+    target: MigState,
+    stream: DataStream | null,
+    oldV1: number,
+    op: string,
+  ): Promise<never> {
     const name = this.#dev.name;
     if (!stream) {
       this.#v2 = await this.#trace.call('GET_STATE', () => this.#dev.getState(), migStateName).catch(() => target);
       this.#dropSession();
-      throw new VfioError('EBUSY', op, name, `the device was already in ${migStateName(this.#v2)} without a data_fd for this region: another owner holds its data session`);
+      throw new VfioError(
+        'EBUSY',
+        op,
+        name,
+        `the device was already in ${migStateName(this.#v2)} without a data_fd for this region: another owner holds its data session`,
+      );
     }
     void stream.close().catch(() => undefined);
     this.#dropSession();
     this.#v2 = target;
     this.#shadow = setErrorV1(oldV1);
-    throw new VfioError('EBUSY', op, name, `the device was moved outside this region (expected ${migStateName(start)}): its data session is gone; reset the device`);
+    throw new VfioError(
+      'EBUSY',
+      op,
+      name,
+      `the device was moved outside this region (expected ${migStateName(start)}): its data session is gone; reset the device`,
+    );
   }
 
   /** Stream and buffer bookkeeping after the device moved start -> target. */
@@ -339,7 +399,11 @@ export class V1Bridge implements V1Region {
     const known = now > MigState.ERROR && now <= MigState.PRE_COPY_P2P;
     if (known && !arcEndsStream(start, now)) {
       try {
-        const s = await this.#trace.call(`SET_STATE ${migStateName(now)}->${migStateName(start)}`, () => this.#dev.setState(start), (r) => (r ? 'data_fd' : 'ok'));
+        const s = await this.#trace.call(
+          `SET_STATE ${migStateName(now)}->${migStateName(start)}`,
+          () => this.#dev.setState(start),
+          (r) => (r ? 'data_fd' : 'ok'),
+        );
         if (s) void s.close().catch(() => undefined); // a session the caller never asked for
         this.#v2 = start;
         this.#save.forgetPending();
@@ -391,9 +455,21 @@ export class V1Bridge implements V1Region {
    * v1 names; a device mid-session belongs to whoever holds its data_fd.
    */
   adoptState(state: MigState): void {
-    const v1 = state === MigState.STOP ? V1.STOP : state === MigState.ERROR ? V1.ERROR : state === MigState.RUNNING ? V1.RUNNING : null;
+    const v1 =
+      state === MigState.STOP
+        ? V1.STOP
+        : state === MigState.ERROR
+          ? V1.ERROR
+          : state === MigState.RUNNING
+            ? V1.RUNNING
+            : null;
     if (v1 === null) {
-      throw new VfioError('EBUSY', 'openV1Bridge', this.#dev.name, `device is in ${migStateName(state)}, which has no v1 value without its data session; reset it first`);
+      throw new VfioError(
+        'EBUSY',
+        'openV1Bridge',
+        this.#dev.name,
+        `device is in ${migStateName(state)}, which has no v1 value without its data session; reset it first`,
+      );
     }
     this.#dropSession();
     this.#v2 = state;
@@ -410,8 +486,20 @@ export class V1Bridge implements V1Region {
   /** data_size write while resuming (docs/protocol.md#bridge-resume-data): push exactly the n window bytes into the stream before returning. */
   async #writeDataSize(n: bigint): Promise<void> {
     const name = this.#dev.name;
-    if (!this.#isResuming() || !this.#stream) throw new VfioError('EINVAL', 'v1.write(data_size)', name, `data_size is written only while RESUMING (device_state ${v1StateName(this.#shadow)})`);
-    if (n > BigInt(this.sectionSize)) throw new VfioError('EINVAL', 'v1.write(data_size)', name, `data_size ${n} is larger than the data section (${this.sectionSize})`);
+    if (!this.#isResuming() || !this.#stream)
+      throw new VfioError(
+        'EINVAL',
+        'v1.write(data_size)',
+        name,
+        `data_size is written only while RESUMING (device_state ${v1StateName(this.#shadow)})`,
+      );
+    if (n > BigInt(this.sectionSize))
+      throw new VfioError(
+        'EINVAL',
+        'v1.write(data_size)',
+        name,
+        `data_size ${n} is larger than the data section (${this.sectionSize})`,
+      );
     const len = Number(n);
     const stream = this.#stream;
     await this.#trace.call(`write(data_fd, ${len})`, () => writeAll(stream, this.#section.subarray(0, len), name));
@@ -422,7 +510,8 @@ export class V1Bridge implements V1Region {
 /** Opens a v1 migration region over a v2 device. The device must support migration (ENOTTY otherwise). */
 export async function openV1Bridge(device: V2Device, options: V1BridgeOptions = {}): Promise<V1Bridge> {
   const flags = await device.migrationFlags();
-  if (!(flags & MigFlag.STOP_COPY)) throw new VfioError('ENOTTY', 'openV1Bridge', device.name, 'device does not support VFIO_MIGRATION_STOP_COPY');
+  if (!(flags & MigFlag.STOP_COPY))
+    throw new VfioError('ENOTTY', 'openV1Bridge', device.name, 'device does not support VFIO_MIGRATION_STOP_COPY');
   const bridge = new V1Bridge(device, flags, options);
   // The shadow starts at 001 (docs/protocol.md#bridge-states), but a device not in RUNNING must be stated honestly.
   const state = await device.getState();

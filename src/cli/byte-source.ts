@@ -62,7 +62,8 @@ export async function* fileChunks(path: string, chunkSize = 1 << 20): AsyncGener
  * used as it is. Any other path is a listening Unix socket: connected to.
  */
 export async function openSocket(path: string, mode: 'r' | 'w'): Promise<Socket> {
-  const fd = path === '/dev/stdin' ? '0' : path === '/dev/stdout' ? '1' : /^\/(?:dev|proc\/self)\/fd\/(\d+)$/.exec(path)?.[1];
+  const fd =
+    path === '/dev/stdin' ? '0' : path === '/dev/stdout' ? '1' : /^\/(?:dev|proc\/self)\/fd\/(\d+)$/.exec(path)?.[1];
   if (fd !== undefined) return new Socket({ fd: Number(fd), readable: mode === 'r', writable: mode === 'w' });
   const sock = createConnection(path);
   await once(sock, 'connect'); // rejects on 'error'

@@ -13,7 +13,9 @@ const MARK: Record<CheckResult['verdict'], string> = { pass: 'pass', fail: 'FAIL
 /** --help: the checks, and which of them move the device out of RUNNING. */
 export function conformanceHelp(): string {
   const width = Math.max(...CHECK_IDS.map((id) => id.length));
-  const rows = CHECKS.map((c) => `  ${c.id.padEnd(width)}  ${c.changesState ? 'changes state' : 'read-only    '}  ${c.title}`);
+  const rows = CHECKS.map(
+    (c) => `  ${c.id.padEnd(width)}  ${c.changesState ? 'changes state' : 'read-only    '}  ${c.title}`,
+  );
   return [
     '',
     `Checks (--only takes ids or group names: ${CHECK_GROUPS.join(', ')}):`,
@@ -33,10 +35,17 @@ export function conformanceHelp(): string {
 }
 
 export function parseOnly(text: string): string[] {
-  const names = text.split(',').map((s) => s.trim()).filter(Boolean);
+  const names = text
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
   const groups: readonly string[] = CHECK_GROUPS;
   for (const n of names) {
-    if (!CHECK_IDS.includes(n) && !groups.includes(n)) throw new CliError(`vfio-mig: --only: unknown check "${n}" (\`vfio-mig conformance --help\` lists them)`, EXIT.USAGE);
+    if (!CHECK_IDS.includes(n) && !groups.includes(n))
+      throw new CliError(
+        `vfio-mig: --only: unknown check "${n}" (\`vfio-mig conformance --help\` lists them)`,
+        EXIT.USAGE,
+      );
   }
   if (!names.length) throw new CliError('vfio-mig: --only: no check named', EXIT.USAGE);
   return names;
@@ -54,15 +63,26 @@ function table(r: ConformanceReport): string {
     const [first = '', ...rest] = c.findings;
     lines.push(`${c.id.padEnd(width)}  ${MARK[c.verdict].padEnd(6)}  ${first}`);
     // Failures and warnings show every finding; passes only their first note.
-    if (c.verdict === 'fail' || c.verdict === 'warn') for (const f of rest) lines.push(`${''.padEnd(width)}          ${f}`);
+    if (c.verdict === 'fail' || c.verdict === 'warn')
+      for (const f of rest) lines.push(`${''.padEnd(width)}          ${f}`);
   }
   const s = r.summary;
   lines.push('', `${s.pass} passed, ${s.fail} failed, ${s.warn} warned, ${s.skip} skipped`);
-  for (const l of r.left) lines.push(l.state === 'RUNNING' ? `${l.device} left RUNNING` : `${l.device} left in ${l.state ?? 'an unknown state'}: recover with ${l.recover}`);
+  for (const l of r.left)
+    lines.push(
+      l.state === 'RUNNING'
+        ? `${l.device} left RUNNING`
+        : `${l.device} left in ${l.state ?? 'an unknown state'}: recover with ${l.recover}`,
+    );
   return lines.join('\n');
 }
 
-export async function conformanceCommand(ctx: CliContext, dev: V2Device, peer: V2Device | undefined, opts: { json?: boolean; only?: string[]; cycles?: number }): Promise<number> {
+export async function conformanceCommand(
+  ctx: CliContext,
+  dev: V2Device,
+  peer: V2Device | undefined,
+  opts: { json?: boolean; only?: string[]; cycles?: number },
+): Promise<number> {
   const progress = !opts.json && progressEnabled(ctx.stderr);
   let report: ConformanceReport;
   try {
@@ -74,7 +94,8 @@ export async function conformanceCommand(ctx: CliContext, dev: V2Device, peer: V
     });
   } catch (e) {
     // A peer of another model is a bad argument, not a device failure.
-    if (isVfioError(e, 'EINVAL') && e.op === 'checkConformance') throw new CliError(`vfio-mig conformance: ${e.reason}`, EXIT.USAGE, e);
+    if (isVfioError(e, 'EINVAL') && e.op === 'checkConformance')
+      throw new CliError(`vfio-mig conformance: ${e.reason}`, EXIT.USAGE, e);
     throw e;
   }
   if (progress) ctx.stderr.write(`\r${''.padEnd(60)}\r`);

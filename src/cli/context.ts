@@ -152,7 +152,6 @@ export class CliContext {
   }
 
   #interrupted(sig: (typeof INTERRUPT_SIGNALS)[number], exit: (code: number) => void): void {
-    let timer: NodeJS.Timeout | undefined;
     let ended = false;
     const code = 128 + osConstants.signals[sig];
     const done = () => {
@@ -161,7 +160,7 @@ export class CliContext {
       ended = true; // a stand-in exit (tests) returns: end once
     };
     const closing = this.cleanup(); // an interrupted save leaves no file under the target name
-    timer = setTimeout(done, INTERRUPT_GRACE_MS).unref();
+    const timer = setTimeout(done, INTERRUPT_GRACE_MS).unref(); // done runs later (timer or closing), never before this
     closing.then((states) => {
       const message = `interrupted by ${sig}${states.length ? `; ${states.join('; ')}` : ''}`;
       // Under --json, the one error object every failure gives (EINTR, as a syscall cut short by the signal).
@@ -193,7 +192,10 @@ export async function stateDigestOf(dev: V2Device): Promise<string | undefined> 
 
 /** A device the run tracks until it is closed. */
 class TrackedDevice extends ForwardingDevice {
-  constructor(inner: V2Device, readonly tracking: Set<V2Device>) {
+  constructor(
+    inner: V2Device,
+    readonly tracking: Set<V2Device>,
+  ) {
     super(inner);
   }
   override close(): Promise<void> {

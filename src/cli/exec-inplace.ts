@@ -75,7 +75,9 @@ function executable(path: string): 'yes' | 'missing' | 'denied' {
     accessSync(path, fsConstants.X_OK);
     return 'yes';
   } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'ENOENT' || (e as NodeJS.ErrnoException).code === 'ENOTDIR' ? 'missing' : 'denied';
+    return (e as NodeJS.ErrnoException).code === 'ENOENT' || (e as NodeJS.ErrnoException).code === 'ENOTDIR'
+      ? 'missing'
+      : 'denied';
   }
 }
 
@@ -88,7 +90,11 @@ export function resolveCommand(name: string, pathVar: string | undefined): Resol
   if (name === '') return { status: 127, reason: 'No such file or directory' };
   if (name.includes('/')) {
     const x = executable(name);
-    return x === 'yes' ? { path: name } : x === 'missing' ? { status: 127, reason: 'No such file or directory' } : { status: 126, reason: 'Permission denied' };
+    return x === 'yes'
+      ? { path: name }
+      : x === 'missing'
+        ? { status: 127, reason: 'No such file or directory' }
+        : { status: 126, reason: 'Permission denied' };
   }
   let denied = false;
   // glibc's default PATH when none is set.
@@ -107,7 +113,12 @@ export function resolveCommand(name: string, pathVar: string | undefined): Resol
  * flags are put back as COMMAND would have had them without Node in between.
  * Returns only by throwing (the execve's errno).
  */
-export function replaceProcess(n: FdNote, path: string, argv: string[], env: Record<string, string | undefined>): never {
+export function replaceProcess(
+  n: FdNote,
+  path: string,
+  argv: string[],
+  env: Record<string, string | undefined>,
+): never {
   let fds: number[] = [];
   try {
     fds = readdirSync('/proc/self/fd').map(Number);

@@ -37,7 +37,10 @@ async function* named(chunks: AsyncIterable<Uint8Array>, name: string): AsyncGen
 }
 
 /** The header, read from `chunks`, the bytes of the input messages call `name`; on a bad header the input is closed. */
-async function openInput(name: string, chunks: AsyncIterable<Uint8Array>): Promise<{ src: ByteSource; header: StateFileHeader }> {
+async function openInput(
+  name: string,
+  chunks: AsyncIterable<Uint8Array>,
+): Promise<{ src: ByteSource; header: StateFileHeader }> {
   const src = new ByteSource(named(chunks, name));
   try {
     return { src, header: decodeHeader(await src.readUpTo(HEADER_SIZE), name) };
@@ -60,7 +63,10 @@ export async function verifyStateFile(path: string, name = path): Promise<void> 
 export async function loadCommand(ctx: CliContext, devSpec: string, opts: LoadOptions): Promise<void> {
   let chunks: () => AsyncIterable<Uint8Array> = () => ctx.stdin();
   if (opts.input === '-' && ctx.stdinKind === 'terminal') {
-    throw new CliError('vfio-mig: refusing to read binary device state from a terminal: redirect stdin or use -i FILE', EXIT.USAGE);
+    throw new CliError(
+      'vfio-mig: refusing to read binary device state from a terminal: redirect stdin or use -i FILE',
+      EXIT.USAGE,
+    );
   }
   // `-i - < FILE` is a file like any other: checked whole before the device is touched (a reopened
   // /dev/stdin reads it from the start without moving stdin's own offset).
@@ -72,10 +78,15 @@ export async function loadCommand(ctx: CliContext, devSpec: string, opts: LoadOp
     });
     if (!st) throw new VfioError('ENOENT', 'load', opts.input, 'no such file');
     if (st.isDirectory()) throw new VfioError('EISDIR', 'load', opts.input, 'is a directory: give the state file');
-    if (st.isCharacterDevice() && isTerminal(opts.input)) throw new CliError(`vfio-mig: refusing to read binary device state from a terminal (${opts.input})`, EXIT.USAGE);
+    if (st.isCharacterDevice() && isTerminal(opts.input))
+      throw new CliError(`vfio-mig: refusing to read binary device state from a terminal (${opts.input})`, EXIT.USAGE);
     // A FIFO, a character device or a socket can be read only once: checked as it streams, as stdin is.
     if (st.isFile()) await verifyStateFile(opts.input);
-    chunks = st.isSocket() ? () => socketChunks(opts.input) : st.isFIFO() ? () => fifoChunks(opts.input) : () => fileChunks(opts.input);
+    chunks = st.isSocket()
+      ? () => socketChunks(opts.input)
+      : st.isFIFO()
+        ? () => fifoChunks(opts.input)
+        : () => fileChunks(opts.input);
   }
   const name = opts.input === '-' ? 'stdin' : opts.input;
   const { src, header: h } = await openInput(name, chunks());
@@ -87,8 +98,19 @@ export async function loadCommand(ctx: CliContext, devSpec: string, opts: LoadOp
 }
 
 /** The device is opened: from here a failure after the first change abandons the resume and resets it. */
-async function loadInto(ctx: CliContext, dev: V2Device, src: ByteSource, h: StateFileHeader, name: string, opts: LoadOptions): Promise<void> {
-  const progress = progressReporter(ctx.stderr, `load ${dev.name}`, h.byteCount !== null ? { bytes: h.byteCount, estimate: false } : null);
+async function loadInto(
+  ctx: CliContext,
+  dev: V2Device,
+  src: ByteSource,
+  h: StateFileHeader,
+  name: string,
+  opts: LoadOptions,
+): Promise<void> {
+  const progress = progressReporter(
+    ctx.stderr,
+    `load ${dev.name}`,
+    h.byteCount !== null ? { bytes: h.byteCount, estimate: false } : null,
+  );
   const body = checkedStream(src.rest(), h, name);
   let touched = false;
   let flags: number | null = null;
@@ -99,7 +121,13 @@ async function loadInto(ctx: CliContext, dev: V2Device, src: ByteSource, h: Stat
     let bytes: number;
     if (opts.protocol === 'v1') {
       const bridge = await openV1Bridge(dev, { sectionSize: opts.sectionSize });
-      bytes = (await loadV1(bridge, body, { finalState: opts.finalState, device: dev.name, onProgress: (b) => progress('resume', b) })).bytes;
+      bytes = (
+        await loadV1(bridge, body, {
+          finalState: opts.finalState,
+          device: dev.name,
+          onProgress: (b) => progress('resume', b),
+        })
+      ).bytes;
     } else {
       const final = opts.finalState === 'stop' ? MigState.STOP : MigState.RUNNING;
       bytes = (await loadV2(dev, body, { finalState: final, onProgress: (b) => progress('resume', b) })).bytes;
@@ -117,7 +145,11 @@ async function loadInto(ctx: CliContext, dev: V2Device, src: ByteSource, h: Stat
       state,
       ...(dev.stateDigest ? { stateDigest: await stateDigestOf(dev) } : {}),
     };
-    ctx.log(opts.json ? toJson(summary) : `loaded ${bytes} bytes (saved with ${h.protocol}) into ${dev.name} with the ${opts.protocol} protocol; device now ${state}`);
+    ctx.log(
+      opts.json
+        ? toJson(summary)
+        : `loaded ${bytes} bytes (saved with ${h.protocol}) into ${dev.name} with the ${opts.protocol} protocol; device now ${state}`,
+    );
   } catch (e) {
     progress.done();
     const err = asVfioError(e, 'load', dev.name);
@@ -131,7 +163,10 @@ async function loadInto(ctx: CliContext, dev: V2Device, src: ByteSource, h: Stat
       after = `the reset failed too (${errorLine(re)}); the device state is unknown`;
     }
     // Flag sets may differ between compatible devices, so they are not refused up front; but a refusal is likely why.
-    const differ = flags !== null && flags !== h.flags ? ` (the file was saved from a device with migration flags 0x${h.flags.toString(16)}, this one has 0x${flags.toString(16)})` : '';
+    const differ =
+      flags !== null && flags !== h.flags
+        ? ` (the file was saved from a device with migration flags 0x${h.flags.toString(16)}, this one has 0x${flags.toString(16)})`
+        : '';
     throw new CliError(`${errorLine(err)}${differ}; load abandoned: ${after}`, EXIT.DEVICE_LEFT_BAD, err);
   }
 }

@@ -33,7 +33,12 @@ function usage(what: string, why: string): CliError {
 
 const SIZE_SUFFIXES = 'suffixes K, M, G, T, KiB, MiB, GiB, TiB are powers of 1024';
 const DECIMAL_POWER: Record<string, number> = { K: 3, M: 6, G: 9, T: 12 };
-const BINARY_UNITS: ReadonlyArray<[string, number]> = [['TiB', 2 ** 40], ['GiB', 2 ** 30], ['MiB', 2 ** 20], ['KiB', 2 ** 10]];
+const BINARY_UNITS: ReadonlyArray<[string, number]> = [
+  ['TiB', 2 ** 40],
+  ['GiB', 2 ** 30],
+  ['MiB', 2 ** 20],
+  ['KiB', 2 ** 10],
+];
 
 /**
  * Parses `4096`, `4K`, `1M`, `2GiB`: from `min` to `max` bytes. Sizes are
@@ -44,13 +49,17 @@ export function parseSize(text: string, what: string, max = Number.MAX_SAFE_INTE
   if (!m) throw usage(what, `"${text}" is not a size (e.g. 4096, 64K, 1M; ${SIZE_SUFFIXES})`);
   const unit = m[2]?.toUpperCase();
   if (unit && m[3]?.toUpperCase() === 'B') {
-    throw usage(what, `"${text}" is ambiguous (10^${DECIMAL_POWER[unit]} or 2^${DECIMAL_POWER[unit]! * 10 / 3} bytes?): sizes are binary, write ${m[1]}${m[2]} or ${m[1]}${m[2]}iB (${SIZE_SUFFIXES})`);
+    throw usage(
+      what,
+      `"${text}" is ambiguous (10^${DECIMAL_POWER[unit]} or 2^${(DECIMAL_POWER[unit]! * 10) / 3} bytes?): sizes are binary, write ${m[1]}${m[2]} or ${m[1]}${m[2]}iB (${SIZE_SUFFIXES})`,
+    );
   }
   const mult = unit ? 1024 ** ('KMGT'.indexOf(unit) + 1) : 1;
   const n = Number(m[1]) * mult;
   // A limit is named in bytes and, when it is a whole number of one, in the largest binary unit (1 TiB).
   const unitOf = (b: number) => BINARY_UNITS.find(([, u]) => b >= u && b % u === 0);
-  const bytes = (b: number) => `${b} byte${b === 1 ? '' : 's'}${unitOf(b) ? `, ${b / unitOf(b)![1]} ${unitOf(b)![0]}` : ''}`;
+  const bytes = (b: number) =>
+    `${b} byte${b === 1 ? '' : 's'}${unitOf(b) ? `, ${b / unitOf(b)![1]} ${unitOf(b)![0]}` : ''}`;
   if (n > max) throw usage(what, `${text} is more than the largest allowed (${bytes(max)})`);
   if (n < min) throw usage(what, `${text} is less than the smallest allowed (${bytes(min)})`);
   return n;
@@ -68,12 +77,17 @@ export function parseFlags(text: string, what = '--flags'): number {
       flags |= MigFlag[name];
     }
   }
-  if (!isMigFlagSet(flags)) throw usage(what, `"${text}" is not a set of migration flags: STOP_COPY (required), P2P and PRE_COPY, e.g. 7 or STOP_COPY+P2P`);
+  if (!isMigFlagSet(flags))
+    throw usage(
+      what,
+      `"${text}" is not a set of migration flags: STOP_COPY (required), P2P and PRE_COPY, e.g. 7 or STOP_COPY+P2P`,
+    );
   return flags;
 }
 
 export function parseSimSpec(spec: string): SimDeviceOptions {
-  if (spec !== 'sim' && !spec.startsWith('sim:')) throw usage(spec, 'not a simulated device: give sim or sim:key=value,...');
+  if (spec !== 'sim' && !spec.startsWith('sim:'))
+    throw usage(spec, 'not a simulated device: give sim or sim:key=value,...');
   const opts: SimDeviceOptions = { name: spec };
   const rest = spec.slice(4);
   if (!rest) return opts;
@@ -85,7 +99,11 @@ export function parseSimSpec(spec: string): SimDeviceOptions {
     const key = pair.slice(0, eq).trim();
     const value = pair.slice(eq + 1).trim();
     // The last one winning would hide a typo: each key once (several faults go in one fail=, joined by +).
-    if (seen.has(key)) throw usage(spec, `${key} is given more than once${key === 'fail' ? ' (join several faults with +: fail=A:B:EIO+C:D:EIO)' : ''}`);
+    if (seen.has(key))
+      throw usage(
+        spec,
+        `${key} is given more than once${key === 'fail' ? ' (join several faults with +: fail=A:B:EIO+C:D:EIO)' : ''}`,
+      );
     seen.add(key);
     const int = (max = Number.MAX_SAFE_INTEGER) => {
       const n = /^\d+$/.test(value) ? Number(value) : NaN;
@@ -93,9 +111,15 @@ export function parseSimSpec(spec: string): SimDeviceOptions {
       return n;
     };
     switch (key) {
-      case 'flags': opts.flags = parseFlags(value, `${spec}: flags`); break;
-      case 'size': opts.stateSize = parseSize(value, `${spec}: size`, SIM_MAX_STATE_SIZE); break;
-      case 'seed': opts.seed = int(0xffff_ffff); break; // the sim's seed is a u32
+      case 'flags':
+        opts.flags = parseFlags(value, `${spec}: flags`);
+        break;
+      case 'size':
+        opts.stateSize = parseSize(value, `${spec}: size`, SIM_MAX_STATE_SIZE);
+        break;
+      case 'seed':
+        opts.seed = int(0xffff_ffff);
+        break; // the sim's seed is a u32
       case 'ports': {
         const n = int();
         if (n !== 1 && n !== 2) throw usage(spec, `ports must be 1 or 2 (got ${value})`);
@@ -103,12 +127,14 @@ export function parseSimSpec(spec: string): SimDeviceOptions {
         break;
       }
       case 'profile':
-        if (value !== 'mtty' && value !== 'default') throw usage(spec, `profile must be mtty or default (got "${value}")`);
+        if (value !== 'mtty' && value !== 'default')
+          throw usage(spec, `profile must be mtty or default (got "${value}")`);
         opts.profile = value;
         break;
       case 'dirty': {
         const r = Number(value);
-        if (value === '' || !(r >= 0 && r < 1)) throw usage(spec, `dirty must be a ratio in [0, 1) (got "${value}"): at 1 or more pre-copy never converges`);
+        if (value === '' || !(r >= 0 && r < 1))
+          throw usage(spec, `dirty must be a ratio in [0, 1) (got "${value}"): at 1 or more pre-copy never converges`);
         opts.dirtyRatio = r;
         break;
       }
@@ -116,10 +142,18 @@ export function parseSimSpec(spec: string): SimDeviceOptions {
         if (value !== 'stay' && value !== 'error') throw usage(spec, 'resume-failure must be stay or error');
         opts.resumeFailure = value;
         break;
-      case 'short-read': faults.shortRead = int(); break;
-      case 'short-write': faults.shortWrite = int(); break;
-      case 'read-delay-ms': faults.readDelayMs = int(MAX_TIMER_MS); break;
-      case 'write-delay-ms': faults.writeDelayMs = int(MAX_TIMER_MS); break;
+      case 'short-read':
+        faults.shortRead = int();
+        break;
+      case 'short-write':
+        faults.shortWrite = int();
+        break;
+      case 'read-delay-ms':
+        faults.readDelayMs = int(MAX_TIMER_MS);
+        break;
+      case 'write-delay-ms':
+        faults.writeDelayMs = int(MAX_TIMER_MS);
+        break;
       case 'fail':
         faults.failArc = value.split('+').map((f) => parseArcFault(spec, f));
         break;
@@ -136,7 +170,11 @@ export function parseSimSpec(spec: string): SimDeviceOptions {
     } catch {
       // no path at all
     }
-    if (step !== f.to) throw usage(spec, `fail=${migStateName(f.from)}:${migStateName(f.to)} is not one step of the FSM with flags ${flags}, so it would never fire (\`vfio-mig fsm\` shows the steps)`);
+    if (step !== f.to)
+      throw usage(
+        spec,
+        `fail=${migStateName(f.from)}:${migStateName(f.to)} is not one step of the FSM with flags ${flags}, so it would never fire (\`vfio-mig fsm\` shows the steps)`,
+      );
   }
   opts.faults = faults;
   return opts;
@@ -146,7 +184,8 @@ function parseArcFault(spec: string, text: string): SimArcFault {
   const [from, to, errno, leave] = text.split(':');
   const f = parseMigState(from ?? '');
   const t = parseMigState(to ?? '');
-  if (f === undefined || t === undefined || !errno) throw usage(spec, `fail=${text}: expected FROM:TO:ERRNO[:error], e.g. STOP:STOP_COPY:EIO`);
+  if (f === undefined || t === undefined || !errno)
+    throw usage(spec, `fail=${text}: expected FROM:TO:ERRNO[:error], e.g. STOP:STOP_COPY:EIO`);
   if (!(errno in osConstants.errno)) throw usage(spec, `fail=${text}: unknown errno name "${errno}"`);
   if (leave !== undefined && leave !== 'error') throw usage(spec, `fail=${text}: the fourth part can only be "error"`);
   return { from: f, to: t, errno, leave: leave === 'error' ? 'error' : 'stay' };

@@ -22,7 +22,12 @@ const FILE_HINTS: Record<string, string> = {
 };
 
 /** The steps of opening a kernel device: EBUSY there is another process holding it, which no reset undoes. */
-const DEVICE_OPEN_OPS: readonly string[] = ['open', 'VFIO_DEVICE_BIND_IOMMUFD', 'VFIO_GROUP_SET_CONTAINER', 'VFIO_GROUP_GET_DEVICE_FD'];
+const DEVICE_OPEN_OPS: readonly string[] = [
+  'open',
+  'VFIO_DEVICE_BIND_IOMMUFD',
+  'VFIO_GROUP_SET_CONTAINER',
+  'VFIO_GROUP_GET_DEVICE_FD',
+];
 
 const V1_STATES_HINT = `v1 device_state values: ${[V1.STOP, V1.RUNNING, V1.SAVING | V1.RUNNING, V1.SAVING, V1.RESUMING].map(v1StateName).join(', ')}, each reachable from each other except 010 -> 011; 110 is the error state, left by \`vfio-mig state DEVICE --reset\``;
 
@@ -38,11 +43,13 @@ const HINT_TEXT: Record<ErrorHint, string | undefined> = {
 function hintFor(e: VfioError): string | undefined {
   const hint = hintOf(e);
   if (hint) return HINT_TEXT[hint];
-  if (e.code === 'EBUSY' && DEVICE_OPEN_OPS.includes(e.op)) return 'another process holds the device or its VFIO group open (a VMM, `vfio-mig serve`, another vfio-mig): it must close it first';
+  if (e.code === 'EBUSY' && DEVICE_OPEN_OPS.includes(e.op))
+    return 'another process holds the device or its VFIO group open (a VMM, `vfio-mig serve`, another vfio-mig): it must close it first';
   if (e.code === 'EBUSY' && e.op === 'VFIO_GROUP_GET_STATUS') return undefined; // the reason (group not viable) says what to do
   if (e.details?.file !== undefined) return FILE_HINTS[e.code];
   if (e.op === 'qemu-stream') return undefined; // the reason names the offset or what the stream has
-  if (e.op === 'serve' || e.op.endsWith('listen')) return e.code === 'EACCES' ? 'the socket\'s directory is not writable for this user' : undefined;
+  if (e.op === 'serve' || e.op.endsWith('listen'))
+    return e.code === 'EACCES' ? "the socket's directory is not writable for this user" : undefined;
   return e.code === 'EINVAL' ? undefined : HINTS[e.code];
 }
 
@@ -54,10 +61,15 @@ function hintFor(e: VfioError): string | undefined {
  */
 export function fileError(e: unknown, op: string, file: string, doing?: string): VfioError {
   const err = e as NodeJS.ErrnoException;
-  if (isVfioError(e) || !(e instanceof Error) || typeof err.code !== 'string' || typeof err.syscall !== 'string') return asVfioError(e, op, file);
+  if (isVfioError(e) || !(e instanceof Error) || typeof err.code !== 'string' || typeof err.syscall !== 'string')
+    return asVfioError(e, op, file);
   const what = (typeof err.errno === 'number' ? getSystemErrorMap().get(err.errno)?.[1] : undefined) ?? err.code;
   try {
-    return new VfioError(err.code, op, file, doing ? `${what} while ${doing}` : what, { syscall: err.syscall, details: { file: err.path ?? file }, cause: e });
+    return new VfioError(err.code, op, file, doing ? `${what} while ${doing}` : what, {
+      syscall: err.syscall,
+      details: { file: err.path ?? file },
+      cause: e,
+    });
   } catch {
     return asVfioError(e, op, file); // a code that is no errno name
   }
@@ -65,7 +77,11 @@ export function fileError(e: unknown, op: string, file: string, doing?: string):
 
 /** An error that also says which exit code it deserves; `cause` is the device error behind it, if any. */
 export class CliError extends Error {
-  constructor(message: string, readonly exitCode: number, cause?: unknown) {
+  constructor(
+    message: string,
+    readonly exitCode: number,
+    cause?: unknown,
+  ) {
     super(message, cause === undefined ? undefined : { cause });
   }
 }
@@ -94,9 +110,17 @@ export async function failedOn(dev: V2Device, e: unknown, detail = ''): Promise<
   const cause = e instanceof CliError && e.cause !== undefined ? e.cause : e; // the device error, for --json
   try {
     const now = await dev.getState();
-    return new CliError(`${line}; the device is now in ${migStateName(now)}${detail}`, now === MigState.ERROR ? EXIT.DEVICE_LEFT_BAD : exitCodeFor(e), cause);
+    return new CliError(
+      `${line}; the device is now in ${migStateName(now)}${detail}`,
+      now === MigState.ERROR ? EXIT.DEVICE_LEFT_BAD : exitCodeFor(e),
+      cause,
+    );
   } catch (ge) {
-    return new CliError(`${line}; the device's state is unknown (${errorLine(ge).replace(/^vfio-mig: /, '')})${detail}`, exitCodeFor(e), cause);
+    return new CliError(
+      `${line}; the device's state is unknown (${errorLine(ge).replace(/^vfio-mig: /, '')})${detail}`,
+      exitCodeFor(e),
+      cause,
+    );
   }
 }
 
@@ -124,7 +148,7 @@ export function dropOutputOnClosedPipe(stream: NodeJS.EventEmitter): void {
 
 /** JSON with u64 values as decimal strings (JSON has no bigint). */
 export function toJson(value: unknown): string {
-  return JSON.stringify(value, (_k, v) => (typeof v === 'bigint' ? v.toString() : v));
+  return JSON.stringify(value, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v));
 }
 
 /**
@@ -137,7 +161,16 @@ export function errorJson(e: unknown, exit: number): { error: Record<string, unk
   const dev: VfioError | null = isVfioError(e) ? e : e instanceof CliError && isVfioError(e.cause) ? e.cause : null;
   const code = dev?.code ?? (exit === EXIT.USAGE ? 'EINVAL' : 'EIO');
   const message = (e instanceof CliError ? e.message : errorLine(e)).replace(/^vfio-mig( \w+)?: /, '');
-  return { error: { code, errno: dev?.errno ?? errnoOf(code), op: dev?.op ?? null, device: dev?.device ?? null, message, exit } };
+  return {
+    error: {
+      code,
+      errno: dev?.errno ?? errnoOf(code),
+      op: dev?.op ?? null,
+      device: dev?.device ?? null,
+      message,
+      exit,
+    },
+  };
 }
 
 /** Progress goes to stderr whenever stderr is a terminal (curl's rule: `save -o - | ssh ...` shows it too). */
@@ -169,7 +202,11 @@ export function formatBytes(n: number): string {
  * in place of the last estimate and ends the line, `done()` (a failure)
  * only ends it.
  */
-export function progressReporter(stderr: Writable & { isTTY?: boolean }, label: string, total?: { bytes: bigint; estimate: boolean } | null): ((phase: string, bytes: number) => void) & { done(finished?: number): void } {
+export function progressReporter(
+  stderr: Writable & { isTTY?: boolean },
+  label: string,
+  total?: { bytes: bigint; estimate: boolean } | null,
+): ((phase: string, bytes: number) => void) & { done(finished?: number): void } {
   const started = Date.now();
   let last = 0;
   let width = 0;
@@ -190,7 +227,10 @@ export function progressReporter(stderr: Writable & { isTTY?: boolean }, label: 
     done(finished?: number) {
       if (!on || !last) return;
       const now = Date.now();
-      if (finished !== undefined) draw(`${label} done: ${formatBytes(finished)}${total && !total.estimate ? ' (100%)' : ''} in ${((now - started) / 1000).toFixed(1)} s at ${rate(finished, now)}/s`);
+      if (finished !== undefined)
+        draw(
+          `${label} done: ${formatBytes(finished)}${total && !total.estimate ? ' (100%)' : ''} in ${((now - started) / 1000).toFixed(1)} s at ${rate(finished, now)}/s`,
+        );
       stderr.write('\n');
     },
   });
@@ -199,5 +239,7 @@ export function progressReporter(stderr: Writable & { isTTY?: boolean }, label: 
 function percentOf(bytes: number, total?: { bytes: bigint; estimate: boolean } | null): string {
   if (!total || total.bytes <= 0n) return '';
   const pct = Math.floor((bytes * 100) / Number(total.bytes));
-  return total.estimate ? ` (~${Math.min(pct, 99)}% of ~${formatBytes(Number(total.bytes))})` : ` (${Math.min(pct, 100)}%)`;
+  return total.estimate
+    ? ` (~${Math.min(pct, 99)}% of ~${formatBytes(Number(total.bytes))})`
+    : ` (${Math.min(pct, 100)}%)`;
 }

@@ -11,29 +11,59 @@ import { conformanceCommand, conformanceHelp, parseOnly } from './conformance.js
 import type { CliContext } from './context.js';
 import { fsmCommand } from './fsm.js';
 import { infoCommand } from './info.js';
-import { loadCommand } from './load.js';
+import { loadCommand, type LoadOptions } from './load.js';
 import { deviceKindOf } from '../v2/open-device.js';
 import { DEVICE_HELP, parseDeviceArg, parseSize } from './open-device.js';
 import { CliError, errorJson, errorLine, exitCodeFor, toJson } from './output.js';
-import { QEMU_STREAM_HELP, qemuStreamDiff, qemuStreamExtract, qemuStreamList } from './qemu-stream.js';
-import { saveCommand } from './save.js';
-import { EXEC_SERVICE, envCommand, execCommand, execServiceCommand, serveCommand } from './serve.js';
+import {
+  QEMU_STREAM_HELP,
+  qemuStreamDiff,
+  qemuStreamExtract,
+  qemuStreamList,
+  type ExtractOptions,
+} from './qemu-stream.js';
+import { saveCommand, type SaveOptions } from './save.js';
+import {
+  EXEC_SERVICE,
+  envCommand,
+  execCommand,
+  execServiceCommand,
+  serveCommand,
+  type ExecServiceOptions,
+  type ServeCliOptions,
+} from './serve.js';
 import { SERVICE_SECTION_SIZE } from '../service/bridge-service.js';
 import { stateCommand } from './state.js';
 import { traceCommand } from './trace.js';
 
-const version = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+const version = (
+  JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }
+).version;
+
+// What commander parses for each command (it hands the action handlers `any`): the options the command takes.
+type InfoOptions = Parameters<typeof infoCommand>[2];
+type StateOptions = Parameters<typeof stateCommand>[3];
+type FsmOptions = Parameters<typeof fsmCommand>[3];
+type ConformanceOptions = Parameters<typeof conformanceCommand>[3] & { peer?: string };
+type TraceOptions = Parameters<typeof traceCommand>[2];
+type ExecOptions = Parameters<typeof execCommand>[2];
+type EnvOptions = Parameters<typeof envCommand>[1];
+interface JsonOption {
+  json?: boolean;
+}
 
 const sizeOpt = (v: string) => parseSize(v, '--section-size', 1 << 30, 1);
 /** A whole number from `min` to `max` (both safe integers): anything else is a usage error naming the option. */
 const intOpt = (name: string, min: number, max: number) => (v: string) => {
   const n = /^\d+$/.test(v) ? Number(v) : NaN;
-  if (!(n >= min && n <= max)) throw new CliError(`vfio-mig: ${name} takes a whole number from ${min} to ${max} (got "${v}")`, EXIT.USAGE);
+  if (!(n >= min && n <= max))
+    throw new CliError(`vfio-mig: ${name} takes a whole number from ${min} to ${max} (got "${v}")`, EXIT.USAGE);
   return n;
 };
 /** A socket mode in octal (0660, 660): anything else is a usage error. */
 const modeOpt = (v: string) => {
-  if (!/^0?[0-7]{3}$/.test(v)) throw new CliError(`vfio-mig serve: --mode takes permission bits in octal, 000 to 0777 (got "${v}")`, EXIT.USAGE);
+  if (!/^0?[0-7]{3}$/.test(v))
+    throw new CliError(`vfio-mig serve: --mode takes permission bits in octal, 000 to 0777 (got "${v}")`, EXIT.USAGE);
   return parseInt(v, 8);
 };
 /** A group the system knows (looked up as the system does, with getent), by name or number. */
@@ -41,7 +71,8 @@ const groupOpt = (v: string) => {
   const r = spawnSync('getent', ['group', v], { encoding: 'utf8' });
   const gid = r.status === 0 ? Number(r.stdout.split(':')[2]) : NaN;
   // getent reads a number past 32 bits modulo 2^32 (4294967296 is root's group): the gid must be the one asked for.
-  if (!Number.isInteger(gid) || (/^\d+$/.test(v) && Number(v) !== gid)) throw new CliError(`vfio-mig serve: --group ${v}: no such group`, EXIT.USAGE);
+  if (!Number.isInteger(gid) || (/^\d+$/.test(v) && Number(v) !== gid))
+    throw new CliError(`vfio-mig serve: --group ${v}: no such group`, EXIT.USAGE);
   return gid;
 };
 const MAX_ROUNDS = 1_000_000;
@@ -51,23 +82,31 @@ const pathOpt = (name: string) => (v: string) => {
   if (v === '') throw new CliError(`vfio-mig: ${name} needs a file name, or - (got an empty string)`, EXIT.USAGE);
   return v;
 };
-const sectionOption = (bytes = 1 << 20, shown = '1M', what = 'v1 data section size (bridge window)') => new Option('--section-size <bytes>', what).default(bytes, shown).argParser(sizeOpt);
+const sectionOption = (bytes = 1 << 20, shown = '1M', what = 'v1 data section size (bridge window)') =>
+  new Option('--section-size <bytes>', what).default(bytes, shown).argParser(sizeOpt);
 const serviceSectionOption = () => sectionOption(SERVICE_SECTION_SIZE, '4M');
 /** save and load: the section is the bridge's, so it means something only with --protocol v1. */
-const v1SectionOption = () => sectionOption(undefined, undefined, 'v1 data section size (bridge window); only with --protocol v1');
-const DEVICE_ARG = 'sim, sim:key=value,..., /dev/vfio/devices/vfioN or /dev/vfio/N:NAME (vfio-mig --help lists the sim options)';
+const v1SectionOption = () =>
+  sectionOption(undefined, undefined, 'v1 data section size (bridge window); only with --protocol v1');
+const DEVICE_ARG =
+  'sim, sim:key=value,..., /dev/vfio/devices/vfioN or /dev/vfio/N:NAME (vfio-mig --help lists the sim options)';
 
 /** --section-size given with --protocol v2 would be ignored: refuse it instead. */
 function sectionSizeOnlyWithV1(cmd: Command, name: string): void {
   if (cmd.getOptionValue('protocol') !== 'v1' && cmd.getOptionValueSource('sectionSize') === 'cli') {
-    throw new CliError(`vfio-mig ${name}: --section-size applies only to --protocol v1 (the bridge's data section); v2 has none`, EXIT.USAGE);
+    throw new CliError(
+      `vfio-mig ${name}: --section-size applies only to --protocol v1 (the bridge's data section); v2 has none`,
+      EXIT.USAGE,
+    );
   }
 }
 
 /** The command tree for one run: its output, devices and exit code go through `ctx` and `exit`. */
 function buildProgram(ctx: CliContext, exit: (code: number) => void): Command {
   const program = new Command('vfio-mig')
-    .description('Inspect VFIO migration devices, change their state, save and load their state, across the v1 region and v2 FSM protocols.')
+    .description(
+      'Inspect VFIO migration devices, change their state, save and load their state, across the v1 region and v2 FSM protocols.',
+    )
     .version(version)
     .enablePositionalOptions()
     // Under --json the usage error is reported once, as the JSON error object (runCli).
@@ -88,19 +127,30 @@ function buildProgram(ctx: CliContext, exit: (code: number) => void): Command {
     .addOption(sectionOption())
     .option('--digest', 'a simulated device: hash its state (SHA-256) whatever its size, about 1 s per GiB')
     .option('--json', 'machine-readable output (u64 values as decimal strings)')
-    .addHelpText('after', '\nA simulated device\'s state digest is computed when its stop-copy size is at most 256 MiB, above that\nonly with --digest (JSON: stateDigest null).\n\nExample:\n  vfio-mig info sim:profile=mtty\n  vfio-mig info /dev/vfio/devices/vfio0 --json')
-    .action(async (device: string, o) => ctx.withDevice(device, (d) => infoCommand(ctx, d, o)));
+    .addHelpText(
+      'after',
+      "\nA simulated device's state digest is computed when its stop-copy size is at most 256 MiB, above that\nonly with --digest (JSON: stateDigest null).\n\nExample:\n  vfio-mig info sim:profile=mtty\n  vfio-mig info /dev/vfio/devices/vfio0 --json",
+    )
+    .action(async (device: string, o: InfoOptions) => ctx.withDevice(device, (d) => infoCommand(ctx, d, o)));
 
   program
     .command('state')
-    .description('print the state, or set it (v2 names, or v1 bits with --v1 through the bridge); prints the path taken')
+    .description(
+      'print the state, or set it (v2 names, or v1 bits with --v1 through the bridge); prints the path taken',
+    )
     .argument('<device>', DEVICE_ARG)
-    .argument('[state]', 'v2: STOP, RUNNING, STOP_COPY, RESUMING, RUNNING_P2P, PRE_COPY, PRE_COPY_P2P; v1 (--v1): 000..100 or STOP, RUNNING, SAVING, SAVING|RUNNING, RESUMING')
+    .argument(
+      '[state]',
+      'v2: STOP, RUNNING, STOP_COPY, RESUMING, RUNNING_P2P, PRE_COPY, PRE_COPY_P2P; v1 (--v1): 000..100 or STOP, RUNNING, SAVING, SAVING|RUNNING, RESUMING',
+    )
     .option('--v1', 'STATE is a v1 device_state, written through the bridge')
     .option('--reset', 'VFIO_DEVICE_RESET first (the way out of ERROR)')
     .option('--json', 'machine-readable output')
-    .addHelpText('after', '\nExample:\n  vfio-mig state sim STOP_COPY        # RUNNING -> RUNNING_P2P -> STOP -> STOP_COPY\n  vfio-mig state sim --v1 011\n  vfio-mig state /dev/vfio/devices/vfio0 --reset')
-    .action(async (device: string, state: string | undefined, o) => {
+    .addHelpText(
+      'after',
+      '\nExample:\n  vfio-mig state sim STOP_COPY        # RUNNING -> RUNNING_P2P -> STOP -> STOP_COPY\n  vfio-mig state sim --v1 011\n  vfio-mig state /dev/vfio/devices/vfio0 --reset',
+    )
+    .action(async (device: string, state: string | undefined, o: StateOptions) => {
       exit(await ctx.withDevice(device, (d) => stateCommand(ctx, d, state, o)));
     });
 
@@ -109,15 +159,34 @@ function buildProgram(ctx: CliContext, exit: (code: number) => void): Command {
     .description('save the device state to a file or stdout (header, the device stream, SHA-256 trailer)')
     .argument('<device>', DEVICE_ARG)
     .requiredOption('-o, --output <file>', 'target file, or - for stdout (required)', pathOpt('-o/--output'))
-    .addOption(new Option('--protocol <p>', 'v1: the legacy caller through the bridge; v2: native').choices(['v1', 'v2']).default('v2'))
+    .addOption(
+      new Option('--protocol <p>', 'v1: the legacy caller through the bridge; v2: native')
+        .choices(['v1', 'v2'])
+        .default('v2'),
+    )
     .option('--no-precopy', 'skip pre-copy and go straight to stop-copy')
-    .option('--rounds <n>', `at most this many pre-copy rounds (1 to ${MAX_ROUNDS}; --no-precopy for none)`, intOpt('--rounds', 1, MAX_ROUNDS), 100)
+    .option(
+      '--rounds <n>',
+      `at most this many pre-copy rounds (1 to ${MAX_ROUNDS}; --no-precopy for none)`,
+      intOpt('--rounds', 1, MAX_ROUNDS),
+      100,
+    )
     // 0 could never be reached (pending is never below 0): pre-copy would always run out of rounds.
-    .addOption(new Option('--threshold <bytes>', 'leave pre-copy once pending data is below this (at least 1: 1 waits until nothing is pending)').default(1n, '1').argParser((v) => BigInt(parseSize(v, '--threshold', Number.MAX_SAFE_INTEGER, 1))))
+    .addOption(
+      new Option(
+        '--threshold <bytes>',
+        'leave pre-copy once pending data is below this (at least 1: 1 waits until nothing is pending)',
+      )
+        .default(1n, '1')
+        .argParser((v) => BigInt(parseSize(v, '--threshold', Number.MAX_SAFE_INTEGER, 1))),
+    )
     .addOption(v1SectionOption())
     .option('--json', 'summary as JSON (on stderr when the data goes to stdout)')
-    .addHelpText('after', '\nThe device is left in STOP. A file is written as .NAME.PID.tmp, synced and renamed when complete;\na new file is mode 0600, a replaced one keeps its mode (and, as root, its owner). -o - is refused when\nstdout is /dev/null (a closed stdout is reopened there): -o /dev/null discards the state on purpose.\n\nExample:\n  vfio-mig save sim:size=64M -o state.vfio\n  vfio-mig save /dev/vfio/devices/vfio0 -o - | ssh dst vfio-mig load /dev/vfio/devices/vfio0 -i -')
-    .action(async (device: string, o, cmd: Command) => {
+    .addHelpText(
+      'after',
+      '\nThe device is left in STOP. A file is written as .NAME.PID.tmp, synced and renamed when complete;\na new file is mode 0600, a replaced one keeps its mode (and, as root, its owner). -o - is refused when\nstdout is /dev/null (a closed stdout is reopened there): -o /dev/null discards the state on purpose.\n\nExample:\n  vfio-mig save sim:size=64M -o state.vfio\n  vfio-mig save /dev/vfio/devices/vfio0 -o - | ssh dst vfio-mig load /dev/vfio/devices/vfio0 -i -',
+    )
+    .action(async (device: string, o: SaveOptions, cmd: Command) => {
       sectionSizeOnlyWithV1(cmd, 'save');
       await ctx.withDevice(device, (d) => saveCommand(ctx, d, o));
     });
@@ -126,13 +195,24 @@ function buildProgram(ctx: CliContext, exit: (code: number) => void): Command {
     .command('load')
     .description('load device state from a file or stdin; checks header and checksum')
     .argument('<device>', DEVICE_ARG)
-    .requiredOption('-i, --input <file>', 'state file, or - for stdin; a FIFO, device or socket is read as a stream, as stdin is (required)', pathOpt('-i/--input'))
-    .addOption(new Option('--protocol <p>', 'v1: the legacy caller through the bridge; v2: native').choices(['v1', 'v2']).default('v2'))
+    .requiredOption(
+      '-i, --input <file>',
+      'state file, or - for stdin; a FIFO, device or socket is read as a stream, as stdin is (required)',
+      pathOpt('-i/--input'),
+    )
+    .addOption(
+      new Option('--protocol <p>', 'v1: the legacy caller through the bridge; v2: native')
+        .choices(['v1', 'v2'])
+        .default('v2'),
+    )
     .addOption(new Option('--final-state <s>', 'state after the load').choices(['running', 'stop']).default('running'))
     .addOption(v1SectionOption())
     .option('--json', 'machine-readable output')
-    .addHelpText('after', '\nA file is verified whole before the device is touched (header, byte counts, checksum, nothing after\nthe trailer). Stdin, a FIFO, a device or a socket can be read only once: the same checks run as it\nstreams, and on a mismatch the resume is abandoned and the device reset (exit 5).\n\nExample:\n  vfio-mig load sim -i state.vfio\n  vfio-mig load sim --protocol v1 -i state.vfio')
-    .action(async (device: string, o, cmd: Command) => {
+    .addHelpText(
+      'after',
+      '\nA file is verified whole before the device is touched (header, byte counts, checksum, nothing after\nthe trailer). Stdin, a FIFO, a device or a socket can be read only once: the same checks run as it\nstreams, and on a mismatch the resume is abandoned and the device reset (exit 5).\n\nExample:\n  vfio-mig load sim -i state.vfio\n  vfio-mig load sim --protocol v1 -i state.vfio',
+    )
+    .action(async (device: string, o: LoadOptions, cmd: Command) => {
       sectionSizeOnlyWithV1(cmd, 'load');
       await loadCommand(ctx, device, o);
     });
@@ -140,31 +220,47 @@ function buildProgram(ctx: CliContext, exit: (code: number) => void): Command {
   program
     .command('fsm')
     .description('the path a v2 transition takes (vfio_mig_get_next_state), or the whole table')
-    .argument('[from]', 'the v2 state to start from (STOP, RUNNING, STOP_COPY, RESUMING, RUNNING_P2P, PRE_COPY, PRE_COPY_P2P); with neither, the whole table')
+    .argument(
+      '[from]',
+      'the v2 state to start from (STOP, RUNNING, STOP_COPY, RESUMING, RUNNING_P2P, PRE_COPY, PRE_COPY_P2P); with neither, the whole table',
+    )
     .argument('[to]', 'the v2 state to reach')
     .option('--flags <list>', 'migration flags: 1, 3, 5, 7 or STOP_COPY+P2P+PRE_COPY', '7')
     .option('--json', 'machine-readable output')
     .addHelpText('after', '\nExample:\n  vfio-mig fsm RUNNING STOP_COPY\n  vfio-mig fsm --flags STOP_COPY')
-    .action((from: string | undefined, to: string | undefined, o) => {
+    .action((from: string | undefined, to: string | undefined, o: FsmOptions) => {
       exit(fsmCommand(ctx, from, to, o));
     });
 
   program
     .command('conformance')
-    .description('check that a v2 migration driver keeps the uAPI (FSM, data_fd, PRECOPY_INFO, resume, reset) and that v1 callers work on it through the bridge')
+    .description(
+      'check that a v2 migration driver keeps the uAPI (FSM, data_fd, PRECOPY_INFO, resume, reset) and that v1 callers work on it through the bridge',
+    )
     .argument('<device>', DEVICE_ARG)
     .option('--peer <device>', 'a second device of the same model to resume into (default: the device itself)')
     .option('--only <ids>', 'comma-separated check ids or group names', parseOnly)
-    .option('--cycles <n>', `save/resume/reset cycles of stress.cycles (1 to ${MAX_CYCLES})`, intOpt('--cycles', 1, MAX_CYCLES), 20)
+    .option(
+      '--cycles <n>',
+      `save/resume/reset cycles of stress.cycles (1 to ${MAX_CYCLES})`,
+      intOpt('--cycles', 1, MAX_CYCLES),
+      20,
+    )
     .option('--json', 'one object: device, flags, kernel release, every check with its verdict and evidence')
     .addHelpText('after', conformanceHelp())
-    .action(async (device: string, o) => {
+    .action(async (device: string, o: ConformanceOptions) => {
       // A kernel device cannot be opened twice; a second sim of one spec is a second device.
-      if (o.peer === device && deviceKindOf(parseDeviceArg(device)) === 'kernel') throw new CliError(`vfio-mig conformance: --peer ${o.peer} is the device itself (leave --peer out to resume into the device)`, EXIT.USAGE);
-      exit(await ctx.withDevice(device, async (d) => {
-        if (!o.peer) return conformanceCommand(ctx, d, undefined, o);
-        return ctx.withDevice(o.peer, (p) => conformanceCommand(ctx, d, p, o));
-      }));
+      if (o.peer === device && deviceKindOf(parseDeviceArg(device)) === 'kernel')
+        throw new CliError(
+          `vfio-mig conformance: --peer ${o.peer} is the device itself (leave --peer out to resume into the device)`,
+          EXIT.USAGE,
+        );
+      exit(
+        await ctx.withDevice(device, async (d) => {
+          if (!o.peer) return conformanceCommand(ctx, d, undefined, o);
+          return ctx.withDevice(o.peer, (p) => conformanceCommand(ctx, d, p, o));
+        }),
+      );
     });
 
   program
@@ -173,22 +269,34 @@ function buildProgram(ctx: CliContext, exit: (code: number) => void): Command {
     .argument('<device>', DEVICE_ARG)
     .addOption(sectionOption())
     .option('--no-precopy', 'skip pre-copy')
-    .addOption(new Option('--data-access <mode>', 'bulk: one read per chunk; qemu: 8-byte reads as QEMU without mmap').choices(['bulk', 'qemu']).default('bulk'))
+    .addOption(
+      new Option('--data-access <mode>', 'bulk: one read per chunk; qemu: 8-byte reads as QEMU without mmap')
+        .choices(['bulk', 'qemu'])
+        .default('bulk'),
+    )
     .option('--json', 'NDJSON, one object per access, then a summary')
     .addHelpText('after', '\nExample:\n  vfio-mig trace sim:profile=mtty\n  vfio-mig trace sim:size=8K --json')
-    .action(async (device: string, o) => ctx.withDevice(device, (d) => traceCommand(ctx, d, o)));
+    .action(async (device: string, o: TraceOptions) => ctx.withDevice(device, (d) => traceCommand(ctx, d, o)));
 
   program
     .command('exec')
-    .description('run a v1-era VMM (QEMU 5.2-7.2) with the v1 interposer preloaded: every VFIO device it opens that has v2 migration gets a v1 migration region served by the bridge')
+    .description(
+      'run a v1-era VMM (QEMU 5.2-7.2) with the v1 interposer preloaded: every VFIO device it opens that has v2 migration gets a v1 migration region served by the bridge',
+    )
     .argument('<command...>', 'the command and its arguments (after --)')
-    .option('--trace <file>', 'write each v1 access with the v2 operations it caused, and the quiesce group\'s moves (NDJSON)')
+    .option(
+      '--trace <file>',
+      "write each v1 access with the v2 operations it caused, and the quiesce group's moves (NDJSON)",
+    )
     .option('--socket <path>', 'the service socket (default: a private one under $TMPDIR)')
     .addOption(serviceSectionOption())
-    .option('--sim <device>', 'serve every device with a fresh simulated DEVICE instead of the VMM\'s own (testing)')
+    .option('--sim <device>', "serve every device with a fresh simulated DEVICE instead of the VMM's own (testing)")
     .passThroughOptions()
-    .addHelpText('after', '\nexec replaces itself with COMMAND (execve): the process you started is COMMAND, so its signals,\nits exit status and a kill reach COMMAND itself. The bridge service runs beside it in its own\nsession and ends when COMMAND\'s process ends. exec\'s own failures: 125, 127 when COMMAND is not\nfound, 126 when it cannot be run.\n\nExample:\n  vfio-mig exec -- qemu-system-x86_64 -M pc -device vfio-pci,sysfsdev=/sys/bus/mdev/devices/UUID,x-enable-migration=on ...\n  vfio-mig exec --trace mig.ndjson -- qemu-system-x86_64 ...')
-    .action(async (command: string[], o) => {
+    .addHelpText(
+      'after',
+      "\nexec replaces itself with COMMAND (execve): the process you started is COMMAND, so its signals,\nits exit status and a kill reach COMMAND itself. The bridge service runs beside it in its own\nsession and ends when COMMAND's process ends. exec's own failures: 125, 127 when COMMAND is not\nfound, 126 when it cannot be run.\n\nExample:\n  vfio-mig exec -- qemu-system-x86_64 -M pc -device vfio-pci,sysfsdev=/sys/bus/mdev/devices/UUID,x-enable-migration=on ...\n  vfio-mig exec --trace mig.ndjson -- qemu-system-x86_64 ...",
+    )
+    .action(async (command: string[], o: ExecOptions) => {
       exit(await execCommand(ctx, command, o));
     });
 
@@ -198,56 +306,94 @@ function buildProgram(ctx: CliContext, exit: (code: number) => void): Command {
     .requiredOption('--pid <pid>', 'the process to watch', intOpt('--pid', 1, 0x7fffffff))
     .requiredOption('--socket <path>', 'where to listen')
     .option('--given', 'the socket path came from exec --socket')
-    .option('--remove-dir <dir>', 'exec\'s private socket dir, removed at the end')
+    .option('--remove-dir <dir>', "exec's private socket dir, removed at the end")
     .option('--trace <file>', 'NDJSON trace')
     .addOption(serviceSectionOption())
     .option('--sim <device>', 'simulated devices')
-    .action(async (o) => exit(await execServiceCommand(ctx, o)));
+    .action(async (o: ExecServiceOptions) => exit(await execServiceCommand(ctx, o)));
 
   program
     .command('serve')
-    .description('serve the v1 interposer of VMMs started by someone else (libvirt and the like); `vfio-mig env` prints what they need')
+    .description(
+      'serve the v1 interposer of VMMs started by someone else (libvirt and the like); `vfio-mig env` prints what they need',
+    )
     .option('--socket <path>', 'where to listen (a Unix socket; required unless systemd passes one)')
     .option('--mode <octal>', 'permission bits of the socket (default 0600: only its owner may connect)', modeOpt)
-    .option('--group <name>', 'group of the socket, whose VMMs may then connect (mode 0660 unless --mode says otherwise; e.g. kvm)', groupOpt)
+    .option(
+      '--group <name>',
+      'group of the socket, whose VMMs may then connect (mode 0660 unless --mode says otherwise; e.g. kvm)',
+      groupOpt,
+    )
     .option('--trace <file>', 'NDJSON trace of every v1 access and group move')
     .addOption(serviceSectionOption())
     .option('--sim <device>', 'serve every device with a fresh simulated DEVICE (testing)')
-    .addHelpText('after', '\nRuns until SIGINT, SIGTERM or SIGHUP; devices left mid-session are reset to RUNNING. A client is served\nonly devices its own process holds open (docs/interposer.md, "Trust model"). Under systemd socket\nactivation (LISTEN_FDS) the passed socket is used: see contrib/systemd/.\n\nExample:\n  vfio-mig serve --socket /run/vfio-mig.sock &\n  vfio-mig serve --socket /run/vfio-mig/bridge.sock --group kvm &\n  env $(vfio-mig env --socket /run/vfio-mig.sock) qemu-system-x86_64 ...')
-    .action(async (o) => serveCommand(ctx, o));
+    .addHelpText(
+      'after',
+      '\nRuns until SIGINT, SIGTERM or SIGHUP; devices left mid-session are reset to RUNNING. A client is served\nonly devices its own process holds open (docs/interposer.md, "Trust model"). Under systemd socket\nactivation (LISTEN_FDS) the passed socket is used: see contrib/systemd/.\n\nExample:\n  vfio-mig serve --socket /run/vfio-mig.sock &\n  vfio-mig serve --socket /run/vfio-mig/bridge.sock --group kvm &\n  env $(vfio-mig env --socket /run/vfio-mig.sock) qemu-system-x86_64 ...',
+    )
+    .action(async (o: ServeCliOptions) => serveCommand(ctx, o));
 
   program
     .command('env')
     .description('print the environment (LD_PRELOAD, VFIO_MIG_SOCKET) a VMM needs to reach `vfio-mig serve`')
     .requiredOption('--socket <path>', 'the socket `vfio-mig serve` listens on')
-    .addHelpText('after', '\nExample:\n  vfio-mig env --socket /run/vfio-mig.sock\n  env $(vfio-mig env --socket /run/vfio-mig.sock) qemu-system-x86_64 ...\n\nOther variables the interposer reads:\n  VFIO_MIG_REQUIRED=1     a device that cannot be bridged ends the VMM\n  VFIO_MIG_TIMEOUT_MS=N   longest wait for the service to answer one access (default 20000)')
-    .action((o) => envCommand(ctx, o));
+    .addHelpText(
+      'after',
+      '\nExample:\n  vfio-mig env --socket /run/vfio-mig.sock\n  env $(vfio-mig env --socket /run/vfio-mig.sock) qemu-system-x86_64 ...\n\nOther variables the interposer reads:\n  VFIO_MIG_REQUIRED=1     a device that cannot be bridged ends the VMM\n  VFIO_MIG_TIMEOUT_MS=N   longest wait for the service to answer one access (default 20000)',
+    )
+    .action((o: EnvOptions) => envCommand(ctx, o));
   const qs = program
     .command('qemu-stream')
-    .description('QEMU migration stream files: list their sections and VFIO devices, extract a VFIO device\'s state as a state file, compare two')
+    .description(
+      "QEMU migration stream files: list their sections and VFIO devices, extract a VFIO device's state as a state file, compare two",
+    )
     .addHelpText('after', QEMU_STREAM_HELP);
   qs.command('list')
-    .description('sections (type, id, idstr, instance, version, offset, bytes) and, per VFIO device, its config and the state it carried in each phase')
+    .description(
+      'sections (type, id, idstr, instance, version, offset, bytes) and, per VFIO device, its config and the state it carried in each phase',
+    )
     .argument('<file>', 'a migration stream file')
     .option('--json', 'machine-readable output')
     .addHelpText('after', '\nExample:\n  vfio-mig qemu-stream list vm.mig\n  vfio-mig qemu-stream list vm.mig --json')
-    .action(async (file: string, o) => qemuStreamList(ctx, file, o));
+    .action(async (file: string, o: JsonOption) => qemuStreamList(ctx, file, o));
   qs.command('extract')
-    .description('a VFIO device\'s state (its DEV_DATA_STATE payloads: the bytes of its data_fd) as a state file `vfio-mig load` takes')
+    .description(
+      "a VFIO device's state (its DEV_DATA_STATE payloads: the bytes of its data_fd) as a state file `vfio-mig load` takes",
+    )
     .argument('<file>', 'a migration stream file')
-    .requiredOption('--device <idstr>', 'the VFIO device, as `list` names it (0000:00:03.0/vfio) or without /vfio (required)')
-    .requiredOption('-o, --output <file>', 'the state file to write, or - for stdout (required)', pathOpt('-o/--output'))
-    .addOption(new Option('--saved-with <p>', 'the caller that saved it, when the stream does not show it: v1 (QEMU 7.2 through the bridge) or v2 (QEMU 8+)').choices(['v1', 'v2']))
+    .requiredOption(
+      '--device <idstr>',
+      'the VFIO device, as `list` names it (0000:00:03.0/vfio) or without /vfio (required)',
+    )
+    .requiredOption(
+      '-o, --output <file>',
+      'the state file to write, or - for stdout (required)',
+      pathOpt('-o/--output'),
+    )
+    .addOption(
+      new Option(
+        '--saved-with <p>',
+        'the caller that saved it, when the stream does not show it: v1 (QEMU 7.2 through the bridge) or v2 (QEMU 8+)',
+      ).choices(['v1', 'v2']),
+    )
     .option('--json', 'summary as JSON')
-    .addHelpText('after', '\nThe state file records the protocol the stream shows (an empty DEV_DATA_STATE record: QEMU 7.2\'s v1 loop;\nDEV_INIT_DATA_SENT: a v2 caller), else --saved-with, else v2; and as source flags the least the\nstream proves: STOP_COPY, with PRE_COPY when state was sent before the stop. `vfio-mig load` uses neither.\n\nExample:\n  vfio-mig qemu-stream extract vm.mig --device 0000:00:03.0 -o dev.vfio\n  vfio-mig load /dev/vfio/devices/vfio1 -i dev.vfio')
-    .action(async (file: string, o) => qemuStreamExtract(ctx, file, o));
+    .addHelpText(
+      'after',
+      "\nThe state file records the protocol the stream shows (an empty DEV_DATA_STATE record: QEMU 7.2's v1 loop;\nDEV_INIT_DATA_SENT: a v2 caller), else --saved-with, else v2; and as source flags the least the\nstream proves: STOP_COPY, with PRE_COPY when state was sent before the stop. `vfio-mig load` uses neither.\n\nExample:\n  vfio-mig qemu-stream extract vm.mig --device 0000:00:03.0 -o dev.vfio\n  vfio-mig load /dev/vfio/devices/vfio1 -i dev.vfio",
+    )
+    .action(async (file: string, o: ExtractOptions) => qemuStreamExtract(ctx, file, o));
   qs.command('diff')
-    .description('what differs between two streams, device by device: present in one only, version, size, contents; RAMBlocks; a VFIO device\'s per-phase state and config')
+    .description(
+      "what differs between two streams, device by device: present in one only, version, size, contents; RAMBlocks; a VFIO device's per-phase state and config",
+    )
     .argument('<a>', 'a migration stream file')
     .argument('<b>', 'another')
     .option('--json', 'machine-readable output')
-    .addHelpText('after', '\nExit status 0 whether or not they differ (--json: "identical").\n\nExample:\n  vfio-mig qemu-stream diff from-7.2.mig from-10.mig')
-    .action(async (a: string, b: string, o) => qemuStreamDiff(ctx, a, b, o));
+    .addHelpText(
+      'after',
+      '\nExit status 0 whether or not they differ (--json: "identical").\n\nExample:\n  vfio-mig qemu-stream diff from-7.2.mig from-10.mig',
+    )
+    .action(async (a: string, b: string, o: JsonOption) => qemuStreamDiff(ctx, a, b, o));
 
   // After a usage error, one line pointing at the help instead of the whole help (commander adds "Did you mean ...?").
   if (!ctx.json) {
@@ -271,18 +417,29 @@ export async function runCli(argv: readonly string[], ctx: CliContext): Promise<
   const program = buildProgram(ctx, (c) => (code = c));
   // `help NAME` naming no command: commander prints the whole help; report it as `vfio-mig NAME` is, in one line.
   const name = argv[0] === 'help' ? argv[1] : undefined;
-  const args = name && !name.startsWith('-') && name !== 'help' && !program.commands.some((c) => c.name() === name) ? argv.slice(1) : argv;
+  const args =
+    name && !name.startsWith('-') && name !== 'help' && !program.commands.some((c) => c.name() === name)
+      ? argv.slice(1)
+      : argv;
   try {
     await program.parseAsync([...args], { from: 'user' });
   } catch (e) {
     if (e instanceof CommanderError) {
-      code = e.exitCode === 0 || e.code === 'commander.helpDisplayed' || e.code === 'commander.version' ? EXIT.OK : EXIT.USAGE;
-      if (code === EXIT.USAGE && ctx.json) ctx.stderr.write(`${toJson(errorJson(new CliError(e.message.replace(/^error: /, ''), EXIT.USAGE), EXIT.USAGE))}\n`);
+      code =
+        e.exitCode === 0 || e.code === 'commander.helpDisplayed' || e.code === 'commander.version'
+          ? EXIT.OK
+          : EXIT.USAGE;
+      if (code === EXIT.USAGE && ctx.json)
+        ctx.stderr.write(
+          `${toJson(errorJson(new CliError(e.message.replace(/^error: /, ''), EXIT.USAGE), EXIT.USAGE))}\n`,
+        );
     } else {
       code = exitCodeFor(e);
       // Our own usage errors end with the pointer commander's have (showHelpAfterError above).
       const pointer = code === EXIT.USAGE ? `\n${helpPointer(program, argv)}` : '';
-      ctx.stderr.write(`${ctx.json ? toJson(errorJson(e, code)) : `${e instanceof CliError ? e.message : errorLine(e)}${pointer}`}\n`);
+      ctx.stderr.write(
+        `${ctx.json ? toJson(errorJson(e, code)) : `${e instanceof CliError ? e.message : errorLine(e)}${pointer}`}\n`,
+      );
     }
   }
   return code;

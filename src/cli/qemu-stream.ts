@@ -8,7 +8,17 @@
 import { open, readFile, rename, stat, unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { VfioError } from '../errors.js';
-import { diffStreams, findVfioDevice, isSection, savedWith, vfioDevices, vfioPayloads, walkStream, type QemuStream, type VfioDevice } from '../qemu-stream/index.js';
+import {
+  diffStreams,
+  findVfioDevice,
+  isSection,
+  savedWith,
+  vfioDevices,
+  vfioPayloads,
+  walkStream,
+  type QemuStream,
+  type VfioDevice,
+} from '../qemu-stream/index.js';
 import { MigFlag, migFlagNames } from '../v2/uapi.js';
 import type { CliContext } from './context.js';
 import { EXIT } from './exit-codes.js';
@@ -29,7 +39,10 @@ async function load(file: string): Promise<{ s: QemuStream; buf: Buffer }> {
   return { s: walkStream(buf, file), buf };
 }
 
-const pciId = (d: VfioDevice) => (d.config?.pci ? `${d.config.pci.vendorId.toString(16).padStart(4, '0')}:${d.config.pci.deviceId.toString(16).padStart(4, '0')}` : null);
+const pciId = (d: VfioDevice) =>
+  d.config?.pci
+    ? `${d.config.pci.vendorId.toString(16).padStart(4, '0')}:${d.config.pci.deviceId.toString(16).padStart(4, '0')}`
+    : null;
 
 function vfioJson(d: VfioDevice) {
   return { ...d, pciId: pciId(d), savedWith: savedWith(d) };
@@ -41,7 +54,19 @@ function recordJson(r: QemuStream['records'][number]) {
   return {
     ...rest,
     ...(ram ? { ram } : {}),
-    ...(vfio ? { vfio: { end: vfio.end, records: vfio.records.map((x) => ({ marker: x.marker, offset: x.offset, ...(x.bytes !== undefined ? { bytes: x.bytes } : {}) })), ...(vfio.config ? { config: vfio.config } : {}) } } : {}),
+    ...(vfio
+      ? {
+          vfio: {
+            end: vfio.end,
+            records: vfio.records.map((x) => ({
+              marker: x.marker,
+              offset: x.offset,
+              ...(x.bytes !== undefined ? { bytes: x.bytes } : {}),
+            })),
+            ...(vfio.config ? { config: vfio.config } : {}),
+          },
+        }
+      : {}),
   };
 }
 
@@ -49,28 +74,56 @@ export async function qemuStreamList(ctx: CliContext, file: string, opts: { json
   const { s } = await load(file);
   const devices = vfioDevices(s);
   if (opts.json) {
-    ctx.log(toJson({ file, size: s.size, machine: s.machine, capabilities: s.capabilities, pageSize: s.pageSize, records: s.records.map(recordJson), vfio: devices.map(vfioJson) }));
+    ctx.log(
+      toJson({
+        file,
+        size: s.size,
+        machine: s.machine,
+        capabilities: s.capabilities,
+        pageSize: s.pageSize,
+        records: s.records.map(recordJson),
+        vfio: devices.map(vfioJson),
+      }),
+    );
     return;
   }
-  const lines = [`${file}: QEMU migration stream, ${s.size} bytes, machine ${s.machine ?? '(no CONFIGURATION)'}, page size ${s.pageSize}${s.capabilities.length ? `, capabilities ${s.capabilities.join(' ')}` : ''}`];
-  lines.push(`  ${'offset'.padStart(10)}  ${'type'.padEnd(13)}  ${'id'.padStart(4)}  ${'idstr'.padEnd(28)} ${'inst'.padStart(4)} ${'ver'.padStart(4)}  ${'bytes'.padStart(10)}`);
+  const lines = [
+    `${file}: QEMU migration stream, ${s.size} bytes, machine ${s.machine ?? '(no CONFIGURATION)'}, page size ${s.pageSize}${s.capabilities.length ? `, capabilities ${s.capabilities.join(' ')}` : ''}`,
+  ];
+  lines.push(
+    `  ${'offset'.padStart(10)}  ${'type'.padEnd(13)}  ${'id'.padStart(4)}  ${'idstr'.padEnd(28)} ${'inst'.padStart(4)} ${'ver'.padStart(4)}  ${'bytes'.padStart(10)}`,
+  );
   for (const r of s.records) {
     if (!isSection(r)) {
       const note = r.type === 'CONFIGURATION' ? `machine ${r.machine}` : r.type === 'COMMAND' ? `command ${r.cmd}` : '';
-      lines.push(`  ${String(r.offset).padStart(10)}  ${r.type.padEnd(13)}  ${''.padStart(4)}  ${note.padEnd(28)} ${''.padStart(4)} ${''.padStart(4)}  ${String(r.bytes).padStart(10)}`);
+      lines.push(
+        `  ${String(r.offset).padStart(10)}  ${r.type.padEnd(13)}  ${''.padStart(4)}  ${note.padEnd(28)} ${''.padStart(4)} ${''.padStart(4)}  ${String(r.bytes).padStart(10)}`,
+      );
       continue;
     }
     const note = r.ram
       ? `${r.ram.blocks.length ? `${r.ram.blocks.length} RAMBlocks, ` : ''}${r.ram.pages} pages, ${r.ram.zeroPages} zero pages`
       : r.vfio
-        ? r.vfio.records.map((x) => (x.marker === 'DEV_DATA_STATE' ? `DATA ${x.bytes}` : x.marker === 'DEV_CONFIG_STATE' ? `CONFIG ${x.bytes}` : x.marker.replace(/^DEV_/, ''))).concat(r.vfio.end === 'END_OF_STATE' ? [] : [r.vfio.end]).join(', ')
+        ? r.vfio.records
+            .map((x) =>
+              x.marker === 'DEV_DATA_STATE'
+                ? `DATA ${x.bytes}`
+                : x.marker === 'DEV_CONFIG_STATE'
+                  ? `CONFIG ${x.bytes}`
+                  : x.marker.replace(/^DEV_/, ''),
+            )
+            .concat(r.vfio.end === 'END_OF_STATE' ? [] : [r.vfio.end])
+            .join(', ')
         : '';
-    lines.push(`  ${String(r.offset).padStart(10)}  ${r.type.padEnd(13)}  ${String(r.sectionId).padStart(4)}  ${r.idstr.padEnd(28)} ${String(r.instanceId).padStart(4)} ${String(r.versionId).padStart(4)}  ${String(r.bytes).padStart(10)}${note ? `  ${note}` : ''}`);
+    lines.push(
+      `  ${String(r.offset).padStart(10)}  ${r.type.padEnd(13)}  ${String(r.sectionId).padStart(4)}  ${r.idstr.padEnd(28)} ${String(r.instanceId).padStart(4)} ${String(r.versionId).padStart(4)}  ${String(r.bytes).padStart(10)}${note ? `  ${note}` : ''}`,
+    );
   }
   lines.push(devices.length ? 'VFIO devices' : 'no VFIO devices');
   for (const d of devices) {
     const p = d.phases;
-    const phase = (n: keyof typeof p) => `${p[n].bytes} bytes in ${p[n].records} DEV_DATA_STATE record${p[n].records === 1 ? '' : 's'}${p[n].emptyRecords ? ` (${p[n].emptyRecords} empty)` : ''}, ${p[n].sections} section${p[n].sections === 1 ? '' : 's'}`;
+    const phase = (n: keyof typeof p) =>
+      `${p[n].bytes} bytes in ${p[n].records} DEV_DATA_STATE record${p[n].records === 1 ? '' : 's'}${p[n].emptyRecords ? ` (${p[n].emptyRecords} empty)` : ''}, ${p[n].sections} section${p[n].sections === 1 ? '' : 's'}`;
     const sw = savedWith(d);
     lines.push(
       `  ${d.idstr} (instance ${d.instanceId}, version ${d.versionId}, section id ${d.sectionId})`,
@@ -103,17 +156,28 @@ export async function qemuStreamExtract(ctx: CliContext, file: string, opts: Ext
   const chunks = vfioPayloads(s, buf, d);
   const shown = savedWith(d);
   if (shown && opts.savedWith && shown.protocol !== opts.savedWith) {
-    throw new CliError(`vfio-mig qemu-stream extract: --saved-with ${opts.savedWith}, but the stream shows a ${shown.protocol} caller (${shown.why})`, EXIT.USAGE);
+    throw new CliError(
+      `vfio-mig qemu-stream extract: --saved-with ${opts.savedWith}, but the stream shows a ${shown.protocol} caller (${shown.why})`,
+      EXIT.USAGE,
+    );
   }
   const protocol = shown?.protocol ?? opts.savedWith ?? 'v2';
-  const why = shown ? shown.why : opts.savedWith ? '--saved-with' : 'assumed: the stream does not show which caller saved it (--saved-with says)';
+  const why = shown
+    ? shown.why
+    : opts.savedWith
+      ? '--saved-with'
+      : 'assumed: the stream does not show which caller saved it (--saved-with says)';
   const flags = MigFlag.STOP_COPY | (d.phases.setup.bytes + d.phases.iterate.bytes > 0 ? MigFlag.PRE_COPY : 0);
   const count = BigInt(d.dataBytes);
   const hash = newHash();
   for (const c of chunks) hash.update(c);
   const parts = [encodeHeader({ protocol, flags, byteCount: count }), ...chunks, encodeTrailer(count, hash.digest())];
   if (opts.output === '-') {
-    if (ctx.stdout.isTTY) throw new CliError('vfio-mig: refusing to write binary device state to a terminal: redirect stdout or use -o FILE', EXIT.USAGE);
+    if (ctx.stdout.isTTY)
+      throw new CliError(
+        'vfio-mig: refusing to write binary device state to a terminal: redirect stdout or use -o FILE',
+        EXIT.USAGE,
+      );
     for (const p of parts) await new Promise<void>((done, fail) => ctx.stdout.write(p, (e) => (e ? fail(e) : done())));
   } else {
     const tmp = join(dirname(opts.output), `.${basename(opts.output)}.${process.pid}.tmp`);
@@ -134,23 +198,55 @@ export async function qemuStreamExtract(ctx: CliContext, file: string, opts: Ext
       ctx.finished(tmp);
     }
   }
-  const summary = { file, device: d.idstr, instance: d.instanceId, output: opts.output === '-' ? 'stdout' : opts.output, bytes: count, records: d.phases.setup.records + d.phases.iterate.records + d.phases.complete.records, phases: { setup: d.phases.setup.bytes, iterate: d.phases.iterate.bytes, complete: d.phases.complete.bytes }, savedWith: protocol, savedWithWhy: why, flags, flagNames: migFlagNames(flags) };
-  const text = opts.json ? toJson(summary) : `extracted ${count} bytes of ${d.idstr}'s state (setup ${summary.phases.setup}, iterate ${summary.phases.iterate}, complete ${summary.phases.complete}) to ${summary.output}; recorded as saved with ${protocol} (${why}), flags ${summary.flagNames.join(' | ')}`;
+  const summary = {
+    file,
+    device: d.idstr,
+    instance: d.instanceId,
+    output: opts.output === '-' ? 'stdout' : opts.output,
+    bytes: count,
+    records: d.phases.setup.records + d.phases.iterate.records + d.phases.complete.records,
+    phases: { setup: d.phases.setup.bytes, iterate: d.phases.iterate.bytes, complete: d.phases.complete.bytes },
+    savedWith: protocol,
+    savedWithWhy: why,
+    flags,
+    flagNames: migFlagNames(flags),
+  };
+  const text = opts.json
+    ? toJson(summary)
+    : `extracted ${count} bytes of ${d.idstr}'s state (setup ${summary.phases.setup}, iterate ${summary.phases.iterate}, complete ${summary.phases.complete}) to ${summary.output}; recorded as saved with ${protocol} (${why}), flags ${summary.flagNames.join(' | ')}`;
   if (opts.output === '-') ctx.stderr.write(`${text}\n`);
   else ctx.log(text);
 }
 
-export async function qemuStreamDiff(ctx: CliContext, fileA: string, fileB: string, opts: { json?: boolean }): Promise<void> {
+export async function qemuStreamDiff(
+  ctx: CliContext,
+  fileA: string,
+  fileB: string,
+  opts: { json?: boolean },
+): Promise<void> {
   const a = await load(fileA);
   const b = await load(fileB);
   const d = diffStreams(a.s, a.buf, b.s, b.buf);
   if (opts.json) {
-    ctx.log(toJson({ a: { file: fileA, size: a.s.size, machine: a.s.machine }, b: { file: fileB, size: b.s.size, machine: b.s.machine }, ...d }));
+    ctx.log(
+      toJson({
+        a: { file: fileA, size: a.s.size, machine: a.s.machine },
+        b: { file: fileB, size: b.s.size, machine: b.s.machine },
+        ...d,
+      }),
+    );
     return;
   }
-  const lines = [`A ${fileA}: ${a.s.size} bytes, ${a.s.sections.length} sections, machine ${a.s.machine ?? '(none)'}`, `B ${fileB}: ${b.s.size} bytes, ${b.s.sections.length} sections, machine ${b.s.machine ?? '(none)'}`];
+  const lines = [
+    `A ${fileA}: ${a.s.size} bytes, ${a.s.sections.length} sections, machine ${a.s.machine ?? '(none)'}`,
+    `B ${fileB}: ${b.s.size} bytes, ${b.s.sections.length} sections, machine ${b.s.machine ?? '(none)'}`,
+  ];
   for (const x of d.differences) lines.push(`${x.kind.padEnd(12)}  ${x.text}`);
-  lines.push(d.identical ? 'no differences' : `${d.same.length} device${d.same.length === 1 ? '' : 's'} in both with nothing different; ${d.differences.length} difference${d.differences.length === 1 ? '' : 's'}`);
+  lines.push(
+    d.identical
+      ? 'no differences'
+      : `${d.same.length} device${d.same.length === 1 ? '' : 's'} in both with nothing different; ${d.differences.length} difference${d.differences.length === 1 ? '' : 's'}`,
+  );
   ctx.log(lines.join('\n'));
 }
 

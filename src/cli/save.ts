@@ -41,7 +41,17 @@ async function writeStream(out: CliStream, data: Uint8Array): Promise<void> {
  * too) is replaced atomically from a temporary file next to it; a character
  * device, FIFO or socket is written straight through; a directory is refused.
  */
-async function outputTarget(output: string, stdout: CliStream): Promise<{ file: string; atomic: boolean; replaces?: Stats | null; socket?: boolean; fifo?: boolean; stdout?: boolean }> {
+async function outputTarget(
+  output: string,
+  stdout: CliStream,
+): Promise<{
+  file: string;
+  atomic: boolean;
+  replaces?: Stats | null;
+  socket?: boolean;
+  fifo?: boolean;
+  stdout?: boolean;
+}> {
   // Not there yet is fine; not allowed to look is not.
   const absent = (e: NodeJS.ErrnoException) => {
     if (e.code === 'ENOENT') return null;
@@ -54,8 +64,10 @@ async function outputTarget(output: string, stdout: CliStream): Promise<{ file: 
   const link = st ? null : await lstat(output).catch(absent);
   if (link?.isSymbolicLink()) path = resolve(dirname(output), await readlink(output));
   if (st?.isDirectory()) throw new VfioError('EISDIR', 'save', output, 'is a directory: give a file name');
-  if (st?.isCharacterDevice() && isTerminal(path)) throw new CliError(`vfio-mig: refusing to write binary device state to a terminal (${output})`, EXIT.USAGE);
-  if (st && !st.isFile()) return { file: path, atomic: false, socket: st.isSocket(), fifo: st.isFIFO(), stdout: isFileOf(stdout, st) };
+  if (st?.isCharacterDevice() && isTerminal(path))
+    throw new CliError(`vfio-mig: refusing to write binary device state to a terminal (${output})`, EXIT.USAGE);
+  if (st && !st.isFile())
+    return { file: path, atomic: false, socket: st.isSocket(), fifo: st.isFIFO(), stdout: isFileOf(stdout, st) };
   const file = st ? await realpath(path) : resolve(path);
   if (!existsSync(dirname(file))) throw new VfioError('ENOENT', 'save', output, `no directory ${dirname(file)}`);
   if (st) await assertReplaceable(file, st, output);
@@ -72,7 +84,13 @@ async function assertReplaceable(file: string, st: Stats, output: string): Promi
   if (uid === undefined || uid === 0 || uid === st.uid) return;
   const dir = await stat(dirname(file));
   if (dir.mode & 0o1000 /* S_ISVTX */ && uid !== dir.uid) {
-    throw new VfioError('EPERM', 'save', output, `another user's file in a sticky directory (${dirname(file)}) cannot be replaced`, { details: { file } });
+    throw new VfioError(
+      'EPERM',
+      'save',
+      output,
+      `another user's file in a sticky directory (${dirname(file)}) cannot be replaced`,
+      { details: { file } },
+    );
   }
 }
 
@@ -124,13 +142,19 @@ function isDevNull(stream: CliStream): boolean {
 
 export async function saveCommand(ctx: CliContext, dev: V2Device, opts: SaveOptions): Promise<void> {
   if (opts.output === '-' && ctx.stdout.isTTY) {
-    throw new CliError('vfio-mig: refusing to write binary device state to a terminal: redirect stdout or use -o FILE', EXIT.USAGE);
+    throw new CliError(
+      'vfio-mig: refusing to write binary device state to a terminal: redirect stdout or use -o FILE',
+      EXIT.USAGE,
+    );
   }
   // A closed stdout cannot be told from one sent to /dev/null: both would report a save of state that went nowhere.
   // -o /dev/null (not a link to stdout, as /dev/stdout is) says the loss is meant.
   const viaStdout = opts.output === '-' || isLinkTo(opts.output, ctx.stdout);
   if (viaStdout && isDevNull(ctx.stdout)) {
-    throw new CliError('vfio-mig: refusing to save to stdout: it is /dev/null (a closed stdout, >&-, is reopened there), so the state would be lost; -o /dev/null discards it on purpose', EXIT.USAGE);
+    throw new CliError(
+      'vfio-mig: refusing to save to stdout: it is /dev/null (a closed stdout, >&-, is reopened there), so the state would be lost; -o /dev/null discards it on purpose',
+      EXIT.USAGE,
+    );
   }
   const target = opts.output === '-' ? null : await outputTarget(opts.output, ctx.stdout);
   // -o /dev/stdout on a pipe or socket is -o -: the summary must not go into the data.
@@ -138,19 +162,30 @@ export async function saveCommand(ctx: CliContext, dev: V2Device, opts: SaveOpti
   const flags = await dev.migrationFlags();
   const tmp = target?.atomic ? join(dirname(target.file), `.${basename(target.file)}.${process.pid}.tmp`) : null;
   // A stream: stdout, a socket (which open(2) refuses) or a FIFO (see openFifo); else a file handle.
-  const out = toStdout ? ctx.stdout : target.socket || target.fifo ? await (target.socket ? openSocket : openFifo)(target.file, 'w').catch((e) => {
-    throw fileError(e, 'save', opts.output);
-  }) : null;
-  const fh = target && !out ? await open(tmp ?? target.file, tmp ? 'wx' : 'w', NEW_FILE_MODE).catch((e) => {
-    throw fileError(e, 'save', opts.output, tmp ? `creating a file in ${dirname(tmp)}` : undefined);
-  }) : null;
+  const out = toStdout
+    ? ctx.stdout
+    : target.socket || target.fifo
+      ? await (target.socket ? openSocket : openFifo)(target.file, 'w').catch((e) => {
+          throw fileError(e, 'save', opts.output);
+        })
+      : null;
+  const fh =
+    target && !out
+      ? await open(tmp ?? target.file, tmp ? 'wx' : 'w', NEW_FILE_MODE).catch((e) => {
+          throw fileError(e, 'save', opts.output, tmp ? `creating a file in ${dirname(tmp)}` : undefined);
+        })
+      : null;
   const write = (data: Uint8Array) => (fh ? fh.write(data) : writeStream(out!, data));
   if (tmp) ctx.unfinished(tmp); // an interrupt removes it
   const hash = newHash();
   let count = 0n;
   // MIG_DATA_SIZE is an estimate (pre-copy may send more); ENOTTY: no percentage.
   const estimate = progressEnabled(ctx.stderr) ? await dev.stopCopySize().catch(() => null) : null;
-  const progress = progressReporter(ctx.stderr, `save ${dev.name}`, estimate ? { bytes: estimate, estimate: true } : null);
+  const progress = progressReporter(
+    ctx.stderr,
+    `save ${dev.name}`,
+    estimate ? { bytes: estimate, estimate: true } : null,
+  );
   try {
     if (tmp && target?.replaces) await takeOver(fh!, target.replaces);
     const header = encodeHeader({ protocol: opts.protocol, flags, byteCount: null });
@@ -165,9 +200,21 @@ export async function saveCommand(ctx: CliContext, dev: V2Device, opts: SaveOpti
     let result: { bytes: number; precopyBytes: number; rounds: number; converged?: boolean; precopyPending?: bigint };
     if (opts.protocol === 'v1') {
       const bridge = await openV1Bridge(dev, { sectionSize: opts.sectionSize });
-      result = await saveV1(bridge, sink, { precopy: opts.precopy, threshold: opts.threshold, maxRounds: opts.rounds, device: dev.name, onProgress: (p) => progress(p.phase, p.bytes) });
+      result = await saveV1(bridge, sink, {
+        precopy: opts.precopy,
+        threshold: opts.threshold,
+        maxRounds: opts.rounds,
+        device: dev.name,
+        onProgress: (p) => progress(p.phase, p.bytes),
+      });
     } else {
-      result = await saveV2(dev, sink, { precopy: opts.precopy, threshold: opts.threshold, maxRounds: opts.rounds, finalState: MigState.STOP, onProgress: (p) => progress(p.phase, p.bytes) });
+      result = await saveV2(dev, sink, {
+        precopy: opts.precopy,
+        threshold: opts.threshold,
+        maxRounds: opts.rounds,
+        finalState: MigState.STOP,
+        onProgress: (p) => progress(p.phase, p.bytes),
+      });
     }
     const trailer = encodeTrailer(count, hash.digest());
     if (fh) {
@@ -204,7 +251,9 @@ export async function saveCommand(ctx: CliContext, dev: V2Device, opts: SaveOpti
     const text = opts.json
       ? toJson(summary)
       : `saved ${result.bytes} bytes (${result.precopyBytes} in ${countOf(result.rounds, 'pre-copy round')}) from ${dev.name} to ${summary.output} with the ${opts.protocol} protocol; device left in STOP` +
-        (result.converged === false ? `\npre-copy did not converge: ${result.precopyPending} bytes were still pending after ${countOf(result.rounds, 'round')} and went in stop-copy` : '');
+        (result.converged === false
+          ? `\npre-copy did not converge: ${result.precopyPending} bytes were still pending after ${countOf(result.rounds, 'round')} and went in stop-copy`
+          : '');
     if (toStdout) ctx.stderr.write(`${text}\n`);
     else ctx.log(text);
   } catch (e) {

@@ -11,7 +11,12 @@ import type { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { getSystemErrorMap } from 'node:util';
 import { VfioError, asVfioError } from '../errors.js';
-import { MAX_SOCKET_PATH, startBridgeService, type BridgeServiceOptions, type ServiceTraceEvent } from '../service/bridge-service.js';
+import {
+  MAX_SOCKET_PATH,
+  startBridgeService,
+  type BridgeServiceOptions,
+  type ServiceTraceEvent,
+} from '../service/bridge-service.js';
 import { preloadLibrary } from '../service/preload-library.js';
 import { PAGE } from '../v2/uapi.js';
 import type { CliContext, SignalSource } from './context.js';
@@ -37,7 +42,11 @@ export interface ServeCliOptions extends ServiceCliOptions {
 function activationSocket(): number | undefined {
   const { LISTEN_PID, LISTEN_FDS } = process.env;
   if (LISTEN_PID === undefined || Number(LISTEN_PID) !== process.pid) return undefined;
-  if (LISTEN_FDS !== '1') throw new CliError(`vfio-mig serve: systemd passed LISTEN_FDS=${LISTEN_FDS ?? ''}; the service takes exactly one socket`, EXIT.USAGE);
+  if (LISTEN_FDS !== '1')
+    throw new CliError(
+      `vfio-mig serve: systemd passed LISTEN_FDS=${LISTEN_FDS ?? ''}; the service takes exactly one socket`,
+      EXIT.USAGE,
+    );
   // Not for the VMMs or helpers this process starts (sd_listen_fds(1) does the same).
   for (const k of ['LISTEN_PID', 'LISTEN_FDS', 'LISTEN_FDNAMES']) delete process.env[k];
   return 3;
@@ -59,7 +68,12 @@ function serviceLog(ctx: CliContext): (line: string) => void {
 }
 
 /** serve and exec handle these signals themselves, instead of the run's interrupt clean-up. */
-function replaceHandler(signals: SignalSource | null, sig: NodeJS.Signals, how: 'on' | 'once', handler: () => void): void {
+function replaceHandler(
+  signals: SignalSource | null,
+  sig: NodeJS.Signals,
+  how: 'on' | 'once',
+  handler: () => void,
+): void {
   if (!signals) return;
   signals.removeAllListeners(sig);
   signals[how](sig, handler);
@@ -70,7 +84,11 @@ function replaceHandler(signals: SignalSource | null, sig: NodeJS.Signals, how: 
  * before). A write that fails turns tracing off with one message: the VMM's
  * accesses never fail because of the trace.
  */
-function traceWriter(cmd: ServiceCommand, path: string, log: (line: string) => void): { write: (e: ServiceTraceEvent) => void; close: () => void } {
+function traceWriter(
+  cmd: ServiceCommand,
+  path: string,
+  log: (line: string) => void,
+): { write: (e: ServiceTraceEvent) => void; close: () => void } {
   if (!path) throw new CliError(`vfio-mig ${cmd}: --trace needs a file name`, EXIT.USAGE);
   let fd: number;
   try {
@@ -104,10 +122,20 @@ function systemMessage(e: unknown): string | undefined {
 type ServiceCommand = 'serve' | 'exec';
 
 /** `given`: the socket path came from --socket (else it is exec's private one). */
-async function start(ctx: CliContext, cmd: ServiceCommand, socketPath: string, given: boolean, o: ServeCliOptions & { listenFd?: number }): Promise<() => Promise<void>> {
+async function start(
+  ctx: CliContext,
+  cmd: ServiceCommand,
+  socketPath: string,
+  given: boolean,
+  o: ServeCliOptions & { listenFd?: number },
+): Promise<() => Promise<void>> {
   if (o.sim) parseSimSpec(o.sim); // a bad --sim is a usage error now, not at each VMM's first device
   // The VMM maps the section: the interposer refuses one that is not whole pages.
-  if (o.sectionSize % PAGE !== 0) throw new CliError(`vfio-mig ${cmd}: --section-size must be a multiple of ${PAGE} bytes, the page size (got ${o.sectionSize})`, EXIT.USAGE);
+  if (o.sectionSize % PAGE !== 0)
+    throw new CliError(
+      `vfio-mig ${cmd}: --section-size must be a multiple of ${PAGE} bytes, the page size (got ${o.sectionSize})`,
+      EXIT.USAGE,
+    );
   ctx.stderr.on('error', () => undefined);
   const log = serviceLog(ctx);
   const trace = o.trace !== undefined ? traceWriter(cmd, o.trace, log) : null;
@@ -130,7 +158,9 @@ async function start(ctx: CliContext, cmd: ServiceCommand, socketPath: string, g
     trace?.close();
     // Named after the command and the option the path came from, not the library's "serve".
     const err = asVfioError(e, 'listen', socketPath);
-    throw new VfioError(err.code, `${cmd}: listen`, given ? `--socket ${socketPath || "''"}` : socketPath, err.reason, { cause: e });
+    throw new VfioError(err.code, `${cmd}: listen`, given ? `--socket ${socketPath || "''"}` : socketPath, err.reason, {
+      cause: e,
+    });
   }
   return async () => {
     await svc.close();
@@ -157,7 +187,9 @@ export async function serveCommand(ctx: CliContext, o: ServeCliOptions): Promise
   for (const sig of STOP_SIGNALS) {
     replaceHandler(ctx.signals, sig, 'on', () => {
       if (signalled++ === 0) {
-        log(`${sig}: stopping; every session ends and devices left mid-session are reset to RUNNING (a second signal exits at once)`);
+        log(
+          `${sig}: stopping; every session ends and devices left mid-session are reset to RUNNING (a second signal exits at once)`,
+        );
         return stopRequested ? stopRequested() : void (early = true);
       }
       log(`${sig} again: exiting without waiting; a device left mid-session is reset by the next VMM that opens it`);
@@ -166,18 +198,36 @@ export async function serveCommand(ctx: CliContext, o: ServeCliOptions): Promise
   }
   const listenFd = activationSocket();
   if (listenFd !== undefined && (o.mode !== undefined || o.group !== undefined || o.socket !== undefined)) {
-    throw new CliError('vfio-mig serve: --socket, --mode and --group do not apply to a socket systemd passed (set ListenStream=, SocketMode= and SocketGroup= in the .socket unit)', EXIT.USAGE);
+    throw new CliError(
+      'vfio-mig serve: --socket, --mode and --group do not apply to a socket systemd passed (set ListenStream=, SocketMode= and SocketGroup= in the .socket unit)',
+      EXIT.USAGE,
+    );
   }
   const socket = o.socket ?? (listenFd !== undefined ? boundPath(listenFd) : undefined);
-  if (socket === undefined) throw new CliError('vfio-mig serve: --socket PATH is required (unless systemd passes the socket)', EXIT.USAGE);
+  if (socket === undefined)
+    throw new CliError('vfio-mig serve: --socket PATH is required (unless systemd passes the socket)', EXIT.USAGE);
   // A group is given to be let in: without --mode, the group may connect (0660).
   const mode = o.mode ?? (o.group !== undefined ? 0o660 : undefined);
   const env = vmmEnvironment(socket, undefined); // before listening: a missing interposer is an error now
-  const stop = await start(ctx, 'serve', socket, o.socket !== undefined, { ...o, ...(mode !== undefined ? { mode } : {}), ...(listenFd !== undefined ? { listenFd } : {}) });
-  const who = listenFd !== undefined ? 'the socket systemd passed' : `mode 0${(mode ?? 0o600).toString(8)}${o.group !== undefined ? `, group ${o.group}` : ''}`;
-  log(`serving on ${env.VFIO_MIG_SOCKET} (${who}); start the VMM with\n  ${Object.entries(env).map(([k, v]) => `${k}=${v}`).join(' ')}`);
+  const stop = await start(ctx, 'serve', socket, o.socket !== undefined, {
+    ...o,
+    ...(mode !== undefined ? { mode } : {}),
+    ...(listenFd !== undefined ? { listenFd } : {}),
+  });
+  const who =
+    listenFd !== undefined
+      ? 'the socket systemd passed'
+      : `mode 0${(mode ?? 0o600).toString(8)}${o.group !== undefined ? `, group ${o.group}` : ''}`;
+  log(
+    `serving on ${env.VFIO_MIG_SOCKET} (${who}); start the VMM with\n  ${Object.entries(env)
+      .map(([k, v]) => `${k}=${v}`)
+      .join(' ')}`,
+  );
   const hidden = listenFd !== undefined || (mode ?? 0o600) & 0o077 ? unreachableForOthers(env.LD_PRELOAD!) : null;
-  if (hidden) log(`warning: other users cannot read the interposer at ${env.LD_PRELOAD} (${hidden}): their VMMs would run unbridged; install the package where they can read it`);
+  if (hidden)
+    log(
+      `warning: other users cannot read the interposer at ${env.LD_PRELOAD} (${hidden}): their VMMs would run unbridged; install the package where they can read it`,
+    );
   if (!early) await new Promise<void>((done) => (stopRequested = done));
   await stop();
 }
@@ -201,7 +251,11 @@ function boundPath(fd: number): string {
     const path = readlinkSync(`/proc/self/fd/${fd}`);
     // A socket's link says socket:[inode]; its path is in /proc/net/unix.
     const inode = /^socket:\[(\d+)\]$/.exec(path)?.[1];
-    const line = inode ? readFileSync('/proc/net/unix', 'utf8').split('\n').find((l) => l.split(/\s+/)[6] === inode) : undefined;
+    const line = inode
+      ? readFileSync('/proc/net/unix', 'utf8')
+          .split('\n')
+          .find((l) => l.split(/\s+/)[6] === inode)
+      : undefined;
     return line?.split(/\s+/)[7] ?? `fd ${fd}`;
   } catch {
     return `fd ${fd}`;
@@ -216,7 +270,10 @@ function privateSocket(): { dir: string; socket: string } {
     if (Buffer.byteLength(socket) <= MAX_SOCKET_PATH) return { dir, socket };
     rmSync(dir, { recursive: true, force: true });
   }
-  throw new CliError('vfio-mig exec: no temporary directory with a short enough path for a socket: use --socket', EXEC_FAILED);
+  throw new CliError(
+    'vfio-mig exec: no temporary directory with a short enough path for a socket: use --socket',
+    EXEC_FAILED,
+  );
 }
 
 /** The CLI's own entry point, for the service exec starts beside COMMAND (dist/cli/main.js, also when run from src/ in tests). */
@@ -230,8 +287,22 @@ const SERVICE_READY_MS = 30_000;
  * listens. It watches `pid` (this process, COMMAND after the execve) and
  * ends when that ends. Its failure comes back over fd 3 as one JSON line.
  */
-async function startDetachedService(socketPath: string, given: boolean, dir: string | null, o: ServiceCliOptions): Promise<ChildProcess> {
-  const args = [CLI_SCRIPT, EXEC_SERVICE, '--pid', String(process.pid), '--socket', socketPath, '--section-size', String(o.sectionSize)];
+async function startDetachedService(
+  socketPath: string,
+  given: boolean,
+  dir: string | null,
+  o: ServiceCliOptions,
+): Promise<ChildProcess> {
+  const args = [
+    CLI_SCRIPT,
+    EXEC_SERVICE,
+    '--pid',
+    String(process.pid),
+    '--socket',
+    socketPath,
+    '--section-size',
+    String(o.sectionSize),
+  ];
   if (given) args.push('--given');
   if (dir) args.push('--remove-dir', dir);
   if (o.trace !== undefined) args.push('--trace', o.trace);
@@ -241,7 +312,16 @@ async function startDetachedService(socketPath: string, given: boolean, dir: str
   const status = child.stdio[3] as Readable;
   const answer = await new Promise<string>((done) => {
     let text = '';
-    const timer = setTimeout(() => done(JSON.stringify({ error: `vfio-mig: exec: the bridge service did not start within ${SERVICE_READY_MS / 1000} s`, exit: EXEC_FAILED })), SERVICE_READY_MS);
+    const timer = setTimeout(
+      () =>
+        done(
+          JSON.stringify({
+            error: `vfio-mig: exec: the bridge service did not start within ${SERVICE_READY_MS / 1000} s`,
+            exit: EXEC_FAILED,
+          }),
+        ),
+      SERVICE_READY_MS,
+    );
     status.on('data', (d: Buffer) => {
       text += d.toString('utf8');
       if (text.includes('\n')) {
@@ -251,13 +331,18 @@ async function startDetachedService(socketPath: string, given: boolean, dir: str
     });
     const gone = () => {
       clearTimeout(timer);
-      done(text || JSON.stringify({ error: 'vfio-mig: exec: the bridge service exited before it listened', exit: EXEC_FAILED }));
+      done(
+        text ||
+          JSON.stringify({ error: 'vfio-mig: exec: the bridge service exited before it listened', exit: EXEC_FAILED }),
+      );
     };
     status.on('end', gone);
     status.on('error', gone);
     child.on('error', (e) => {
       clearTimeout(timer);
-      done(JSON.stringify({ error: `vfio-mig: exec: cannot start the bridge service: ${e.message}`, exit: EXEC_FAILED }));
+      done(
+        JSON.stringify({ error: `vfio-mig: exec: cannot start the bridge service: ${e.message}`, exit: EXEC_FAILED }),
+      );
     });
   });
   status.destroy();
@@ -283,13 +368,23 @@ async function startDetachedService(socketPath: string, given: boolean, dir: str
  * env(1) when COMMAND is not found or not executable (told before
  * anything starts). The service ends when COMMAND's process ends.
  */
-export async function execCommand(ctx: CliContext, command: string[], o: ServiceCliOptions & { socket?: string }): Promise<number> {
-  if (command.length === 0) throw new CliError('vfio-mig exec: no command given (vfio-mig exec -- COMMAND [ARGS...])', EXIT.USAGE);
+export async function execCommand(
+  ctx: CliContext,
+  command: string[],
+  o: ServiceCliOptions & { socket?: string },
+): Promise<number> {
+  if (command.length === 0)
+    throw new CliError('vfio-mig exec: no command given (vfio-mig exec -- COMMAND [ARGS...])', EXIT.USAGE);
   // A signal before the execve ends exec (and its service); after it, the signal is COMMAND's.
-  let pendingSignal: NodeJS.Signals | null = null;
-  for (const sig of [...STOP_SIGNALS, 'SIGQUIT'] as const) replaceHandler(ctx.signals, sig, 'on', () => void (pendingSignal ??= sig));
+  let pendingSignal = null as NodeJS.Signals | null; // set by the handlers: not narrowed to null below
+  for (const sig of [...STOP_SIGNALS, 'SIGQUIT'] as const)
+    replaceHandler(ctx.signals, sig, 'on', () => void (pendingSignal ??= sig));
   if (o.sim) parseSimSpec(o.sim);
-  if (o.sectionSize % 4096 !== 0) throw new CliError(`vfio-mig exec: --section-size must be a multiple of 4096 bytes, the page size (got ${o.sectionSize})`, EXIT.USAGE);
+  if (o.sectionSize % 4096 !== 0)
+    throw new CliError(
+      `vfio-mig exec: --section-size must be a multiple of 4096 bytes, the page size (got ${o.sectionSize})`,
+      EXIT.USAGE,
+    );
   const found = resolveCommand(command[0]!, process.env.PATH);
   if (!('path' in found)) {
     serviceLog(ctx)(`exec: cannot run ${command[0]}: ${found.reason}`);
@@ -308,7 +403,11 @@ export async function execCommand(ctx: CliContext, command: string[], o: Service
   try {
     service = await startDetachedService(socketPath, o.socket !== undefined, priv?.dir ?? null, o);
     if (pendingSignal) return 128 + osConstants.signals[pendingSignal];
-    if (!ctx.execve) throw new CliError('vfio-mig exec: replaces its own process with COMMAND: run it as the vfio-mig command', EXEC_FAILED);
+    if (!ctx.execve)
+      throw new CliError(
+        'vfio-mig exec: replaces its own process with COMMAND: run it as the vfio-mig command',
+        EXEC_FAILED,
+      );
     // Yama (ptrace_scope 1) lets only ancestors ptrace: the interposer names the service as COMMAND's tracer.
     env.VFIO_MIG_PTRACER = String(service.pid);
     try {
@@ -355,7 +454,8 @@ export async function execServiceCommand(ctx: CliContext, o: ExecServiceOptions)
   };
   let stopRequested: (() => void) | null = null;
   let early = false;
-  for (const sig of STOP_SIGNALS) replaceHandler(ctx.signals, sig, 'once', () => (stopRequested ? stopRequested() : (early = true)));
+  for (const sig of STOP_SIGNALS)
+    replaceHandler(ctx.signals, sig, 'once', () => (stopRequested ? stopRequested() : (early = true)));
   let pidfd: number;
   try {
     // Opened while exec waits for us, so the pid is exec's; execve keeps it.
@@ -369,7 +469,10 @@ export async function execServiceCommand(ctx: CliContext, o: ExecServiceOptions)
     stop = await start(ctx, 'exec', o.socket, o.given === true, o);
   } catch (e) {
     sysClose(pidfd);
-    report({ error: e instanceof CliError ? e.message : errorLine(e), exit: e instanceof CliError ? e.exitCode : EXEC_FAILED });
+    report({
+      error: e instanceof CliError ? e.message : errorLine(e),
+      exit: e instanceof CliError ? e.exitCode : EXEC_FAILED,
+    });
     return EXEC_FAILED;
   }
   report({ ready: true });

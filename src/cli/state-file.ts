@@ -59,22 +59,43 @@ export interface StateFileHeader {
 
 export function encodeHeader(h: { protocol: SavedProtocol; flags: number; byteCount: bigint | null }): Buffer {
   const b = Buffer.alloc(HEADER_SIZE);
-  stateFileHeader.encode({ magic: MAGIC, version: FILE_VERSION, protocol: PROTOCOL[h.protocol], flags: h.flags, byte_count: h.byteCount ?? STREAMED }, b);
+  stateFileHeader.encode(
+    {
+      magic: MAGIC,
+      version: FILE_VERSION,
+      protocol: PROTOCOL[h.protocol],
+      flags: h.flags,
+      byte_count: h.byteCount ?? STREAMED,
+    },
+    b,
+  );
   return b;
 }
 
 /** Checks magic, version and protocol; `file` names the input in errors. */
 export function decodeHeader(b: Uint8Array, file: string): StateFileHeader {
   const bad = (why: string) => new VfioError('EINVAL', 'load', file, why);
-  if (b.length < HEADER_SIZE) throw bad(b.length === 0 ? 'empty input: not a vfio-mig state file' : `truncated: ${b.length} bytes, shorter than the ${HEADER_SIZE}-byte header`);
+  if (b.length < HEADER_SIZE)
+    throw bad(
+      b.length === 0
+        ? 'empty input: not a vfio-mig state file'
+        : `truncated: ${b.length} bytes, shorter than the ${HEADER_SIZE}-byte header`,
+    );
   const h = stateFileHeader.decode(b);
   if (h.magic !== MAGIC) throw bad('wrong magic: not a vfio-mig state file');
-  if (h.version !== FILE_VERSION) throw bad(`unsupported format version ${h.version} (this tool reads ${FILE_VERSION})`);
+  if (h.version !== FILE_VERSION)
+    throw bad(`unsupported format version ${h.version} (this tool reads ${FILE_VERSION})`);
   if (h.protocol !== PROTOCOL.v1 && h.protocol !== PROTOCOL.v2) throw bad(`unknown protocol byte ${h.protocol}`);
-  if (h.reserved0 !== 0 || h.reserved !== 0n) throw bad('reserved header bytes are not zero: not written by this tool, or corrupted');
+  if (h.reserved0 !== 0 || h.reserved !== 0n)
+    throw bad('reserved header bytes are not zero: not written by this tool, or corrupted');
   // The source's flags are informational, but a corrupted value must not pass: STOP_COPY and known bits only.
   if (!isMigFlagSet(h.flags)) throw bad(`source flags 0x${h.flags.toString(16)} are not a VFIO migration flag set`);
-  return { version: h.version, protocol: h.protocol === PROTOCOL.v1 ? 'v1' : 'v2', flags: h.flags, byteCount: h.byte_count === STREAMED ? null : h.byte_count };
+  return {
+    version: h.version,
+    protocol: h.protocol === PROTOCOL.v1 ? 'v1' : 'v2',
+    flags: h.flags,
+    byteCount: h.byte_count === STREAMED ? null : h.byte_count,
+  };
 }
 
 export function encodeTrailer(byteCount: bigint, sha256: Buffer): Buffer {
@@ -108,9 +129,16 @@ const END_BYTES = Buffer.from('VFIOEND\0', 'latin1');
  * ended, before the generator is done, so a resume fed from it is never
  * completed.
  */
-export async function* checkedStream(rest: AsyncIterable<Uint8Array>, h: StateFileHeader, file: string): AsyncGenerator<Uint8Array> {
+export async function* checkedStream(
+  rest: AsyncIterable<Uint8Array>,
+  h: StateFileHeader,
+  file: string,
+): AsyncGenerator<Uint8Array> {
   const bad = (why: string) => new VfioError('EINVAL', 'load', file, why);
-  const extra = (n: bigint) => bad(`${n} extra bytes after the trailer: refused, since a state file with bytes appended is not the file that was saved`);
+  const extra = (n: bigint) =>
+    bad(
+      `${n} extra bytes after the trailer: refused, since a state file with bytes appended is not the file that was saved`,
+    );
   const hash = newHash();
   let sent = 0n; // stream bytes passed on, and hashed
   let received = 0n; // every byte after the header
@@ -124,7 +152,8 @@ export async function* checkedStream(rest: AsyncIterable<Uint8Array>, h: StateFi
     if (h.byteCount !== null) {
       const room = h.byteCount - sent;
       const take = room >= BigInt(c.length) ? c.length : Number(room);
-      if (held.length < TRAILER_SIZE && take < c.length) held = Buffer.concat([held, c.subarray(take, take + TRAILER_SIZE - held.length)]);
+      if (held.length < TRAILER_SIZE && take < c.length)
+        held = Buffer.concat([held, c.subarray(take, take + TRAILER_SIZE - held.length)]);
       if (take === 0) continue;
       const body = c.subarray(0, take);
       hash.update(body);
@@ -134,7 +163,11 @@ export async function* checkedStream(rest: AsyncIterable<Uint8Array>, h: StateFi
     }
     const buf = held.length ? Buffer.concat([held, c]) : Buffer.from(c);
     // buf starts at stream offset `sent`; look for a trailer that says where it is.
-    for (let i = buf.indexOf(END_BYTES, Number(scanned - sent)); candidate === null && i >= 0 && i + 16 <= buf.length; i = buf.indexOf(END_BYTES, i + 1)) {
+    for (
+      let i = buf.indexOf(END_BYTES, Number(scanned - sent));
+      candidate === null && i >= 0 && i + 16 <= buf.length;
+      i = buf.indexOf(END_BYTES, i + 1)
+    ) {
       if (buf.readBigUInt64LE(i + 8) === sent + BigInt(i)) candidate = sent + BigInt(i);
     }
     scanned = sent + BigInt(Math.max(0, buf.length - 15));
@@ -158,13 +191,20 @@ export async function* checkedStream(rest: AsyncIterable<Uint8Array>, h: StateFi
     const H = h.byteCount;
     const atH = trailerCount(held);
     if (atH === null) {
-      if (atEnd !== null) throw bad(`the header says ${H} stream bytes, received ${received - T}, the trailer says ${atEnd}`);
-      if (received < H + T) throw bad(`truncated: the header says ${H} stream bytes (${H + T} with the trailer), received ${received}`);
+      if (atEnd !== null)
+        throw bad(`the header says ${H} stream bytes, received ${received - T}, the trailer says ${atEnd}`);
+      if (received < H + T)
+        throw bad(`truncated: the header says ${H} stream bytes (${H + T} with the trailer), received ${received}`);
       throw bad(`no trailer after the ${H} stream bytes the header says (received ${received} bytes after the header)`);
     }
     if (atH !== H) throw bad(`the header says ${H} stream bytes, the trailer says ${atH}`);
   }
-  if (!hash.digest().equals(h.byteCount === null ? last.subarray(stateFileTrailer.size) : held.subarray(stateFileTrailer.size))) throw bad('checksum mismatch: the state data is corrupted');
+  if (
+    !hash
+      .digest()
+      .equals(h.byteCount === null ? last.subarray(stateFileTrailer.size) : held.subarray(stateFileTrailer.size))
+  )
+    throw bad('checksum mismatch: the state data is corrupted');
   if (h.byteCount !== null && received > h.byteCount + T) throw extra(received - h.byteCount - T);
 }
 

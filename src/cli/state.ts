@@ -11,20 +11,37 @@ import { EXIT } from './exit-codes.js';
 import { parseStateArg, pathText } from './fsm.js';
 import { CliError, failedOn, toJson } from './output.js';
 
-const V1_NAMES: Record<string, number> = { STOP: V1.STOP, RUNNING: V1.RUNNING, SAVING: V1.SAVING, 'SAVING|RUNNING': V1.SAVING | V1.RUNNING, PRECOPY: V1.SAVING | V1.RUNNING, RESUMING: V1.RESUMING };
+const V1_NAMES: Record<string, number> = {
+  STOP: V1.STOP,
+  RUNNING: V1.RUNNING,
+  SAVING: V1.SAVING,
+  'SAVING|RUNNING': V1.SAVING | V1.RUNNING,
+  PRECOPY: V1.SAVING | V1.RUNNING,
+  RESUMING: V1.RESUMING,
+};
 
 function parseV1(text: string): number {
   const t = text.trim().toUpperCase();
   if (/^[01]{3}$/.test(t)) return parseInt(t, 2);
   if (/^\d$/.test(t)) return Number(t);
   const v = V1_NAMES[t];
-  if (v === undefined) throw new CliError(`vfio-mig: unknown v1 state "${text}" (000..111 bits, or STOP, RUNNING, SAVING, SAVING|RUNNING, RESUMING)`, EXIT.USAGE);
+  if (v === undefined)
+    throw new CliError(
+      `vfio-mig: unknown v1 state "${text}" (000..111 bits, or STOP, RUNNING, SAVING, SAVING|RUNNING, RESUMING)`,
+      EXIT.USAGE,
+    );
   return v;
 }
 
-export async function stateCommand(ctx: CliContext, dev: V2Device, target: string | undefined, opts: { v1?: boolean; reset?: boolean; json?: boolean }): Promise<number> {
+export async function stateCommand(
+  ctx: CliContext,
+  dev: V2Device,
+  target: string | undefined,
+  opts: { v1?: boolean; reset?: boolean; json?: boolean },
+): Promise<number> {
   // --json is one object per run: with a STATE too, the reset is a field of the transition's object.
-  const out = (obj: Record<string, unknown>, text: string) => ctx.log(opts.json ? toJson(opts.reset ? { device: obj.device, reset: true, ...obj } : obj) : text);
+  const out = (obj: Record<string, unknown>, text: string) =>
+    ctx.log(opts.json ? toJson(opts.reset ? { device: obj.device, reset: true, ...obj } : obj) : text);
   if (opts.reset) {
     await dev.reset();
     const after = migStateName(await dev.getState());
@@ -39,7 +56,9 @@ export async function stateCommand(ctx: CliContext, dev: V2Device, target: strin
     out({ device: dev.name, state: migStateName(cur) }, migStateName(cur));
     if (holdsSession(cur)) {
       // We could open it, so nobody holds it: its data session died with the process that had it.
-      ctx.stderr.write(`vfio-mig: ${dev.name} is in ${migStateName(cur)} with no process holding its data session; closing it now resets it to RUNNING\n`);
+      ctx.stderr.write(
+        `vfio-mig: ${dev.name} is in ${migStateName(cur)} with no process holding its data session; closing it now resets it to RUNNING\n`,
+      );
     }
     return EXIT.OK;
   }
@@ -54,7 +73,16 @@ export async function stateCommand(ctx: CliContext, dev: V2Device, target: strin
       const now = await readU32(traced, MIGRATION_INFO.DEVICE_STATE);
       throw await failedOn(dev, e, ` (device_state ${v1StateName(now)}${ops.length ? `; v2: ${ops.join(', ')}` : ''})`);
     }
-    out({ device: dev.name, from: v1StateName(from), to: v1StateName(to), v2: ops, state: migStateName(await dev.getState()) }, `${v1StateName(from)} -> ${v1StateName(to)}${ops.length ? `: ${ops.join(', ')}` : ' (no v2 operation)'}`);
+    out(
+      {
+        device: dev.name,
+        from: v1StateName(from),
+        to: v1StateName(to),
+        v2: ops,
+        state: migStateName(await dev.getState()),
+      },
+      `${v1StateName(from)} -> ${v1StateName(to)}${ops.length ? `: ${ops.join(', ')}` : ' (no v2 operation)'}`,
+    );
     return EXIT.OK;
   }
   const want = parseStateArg(target, true);
@@ -65,7 +93,10 @@ export async function stateCommand(ctx: CliContext, dev: V2Device, target: strin
   } catch (e) {
     // Refused before the device is asked, as the kernel would refuse it.
     if (!isVfioError(e)) throw e;
-    throw new VfioError('EINVAL', `SET_STATE ${migStateName(cur)}->${migStateName(want)}`, dev.name, e.reason, { cause: e, hint: 'fsm-path' });
+    throw new VfioError('EINVAL', `SET_STATE ${migStateName(cur)}->${migStateName(want)}`, dev.name, e.reason, {
+      cause: e,
+      hint: 'fsm-path',
+    });
   }
   let stream;
   try {
@@ -75,6 +106,14 @@ export async function stateCommand(ctx: CliContext, dev: V2Device, target: strin
   }
   // The session's data is not wanted here: closing the fd ends the transfer side only.
   await stream?.close();
-  out({ device: dev.name, path: path.map(migStateName), dataFd: stream !== null, state: migStateName(await dev.getState()) }, `${pathText(path)}${stream ? ' (a data_fd was opened and closed)' : ''}`);
+  out(
+    {
+      device: dev.name,
+      path: path.map(migStateName),
+      dataFd: stream !== null,
+      state: migStateName(await dev.getState()),
+    },
+    `${pathText(path)}${stream ? ' (a data_fd was opened and closed)' : ''}`,
+  );
   return EXIT.OK;
 }

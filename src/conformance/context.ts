@@ -58,7 +58,11 @@ async function logged<T>(ctx: CheckContext, call: string, fn: () => Promise<T>, 
 
 /** A data stream whose every call is logged. */
 class LoggedStream implements DataStream {
-  constructor(readonly inner: DataStream, readonly label: string, readonly ctx: CheckContext) {}
+  constructor(
+    readonly inner: DataStream,
+    readonly label: string,
+    readonly ctx: CheckContext,
+  ) {}
   get closed(): boolean {
     return this.inner.closed;
   }
@@ -72,10 +76,18 @@ class LoggedStream implements DataStream {
     return this.#log(`write(${from.length})`, () => this.inner.write(from), String);
   }
   precopyInfo(): Promise<PrecopyInfo> {
-    return this.#log('PRECOPY_INFO', () => this.inner.precopyInfo(), (i) => `initial ${i.initialBytes} dirty ${i.dirtyBytes}`);
+    return this.#log(
+      'PRECOPY_INFO',
+      () => this.inner.precopyInfo(),
+      (i) => `initial ${i.initialBytes} dirty ${i.dirtyBytes}`,
+    );
   }
   close(): Promise<void> {
-    return this.#log('close', () => this.inner.close(), () => 'ok');
+    return this.#log(
+      'close',
+      () => this.inner.close(),
+      () => 'ok',
+    );
   }
 }
 
@@ -83,25 +95,37 @@ class LoggedStream implements DataStream {
 export class LoggedDevice extends ForwardingDevice {
   #fds = 0;
   readonly open = new Set<DataStream>();
-  constructor(inner: V2Device, readonly label: string, readonly ctx: CheckContext) {
+  constructor(
+    inner: V2Device,
+    readonly label: string,
+    readonly ctx: CheckContext,
+  ) {
     super(inner);
   }
   #log<T>(call: string, fn: () => Promise<T>, show: (v: T) => string): Promise<T> {
     return logged(this.ctx, `${this.label} ${call}`, fn, show);
   }
   override migrationFlags(): Promise<number> {
-    return this.#log('FEATURE_MIGRATION', () => this.inner.migrationFlags(), (f) => `flags ${f}`);
+    return this.#log(
+      'FEATURE_MIGRATION',
+      () => this.inner.migrationFlags(),
+      (f) => `flags ${f}`,
+    );
   }
   override getState(): Promise<MigState> {
     return this.#log('GET_STATE', () => this.inner.getState(), migStateName);
   }
   override async setState(state: MigState): Promise<DataStream | null> {
     let label = '';
-    const s = await this.#log(`SET_STATE ${migStateName(state)}`, async () => {
-      const r = await this.inner.setState(state);
-      if (r) label = `fd${++this.#fds}`;
-      return r;
-    }, (r) => (r ? `data_fd ${label}` : 'no data_fd'));
+    const s = await this.#log(
+      `SET_STATE ${migStateName(state)}`,
+      async () => {
+        const r = await this.inner.setState(state);
+        if (r) label = `fd${++this.#fds}`;
+        return r;
+      },
+      (r) => (r ? `data_fd ${label}` : 'no data_fd'),
+    );
     if (!s) return null;
     const wrapped = new LoggedStream(s, `${this.label}.${label}`, this.ctx);
     this.open.add(wrapped);
@@ -111,7 +135,11 @@ export class LoggedDevice extends ForwardingDevice {
     return this.#log('MIG_DATA_SIZE', () => this.inner.stopCopySize(), String);
   }
   override reset(): Promise<void> {
-    return this.#log('RESET', () => this.inner.reset(), () => 'ok');
+    return this.#log(
+      'RESET',
+      () => this.inner.reset(),
+      () => 'ok',
+    );
   }
   /** Closes every stream a check left open (a check's fds never outlive it). */
   async closeStreams(): Promise<void> {
@@ -139,7 +167,12 @@ export class CheckContext {
   readonly anomalies: Anomalies = { enomsgInStopCopy: [] };
   readonly memo = new Map<string, unknown>();
 
-  constructor(device: V2Device, peer: V2Device | undefined, readonly cycles: number, readonly debugfsState: string | null) {
+  constructor(
+    device: V2Device,
+    peer: V2Device | undefined,
+    readonly cycles: number,
+    readonly debugfsState: string | null,
+  ) {
     this.dev = new LoggedDevice(device, 'dev', this);
     this.peer = peer && peer !== device ? new LoggedDevice(peer, 'peer', this) : this.dev;
   }
@@ -180,7 +213,10 @@ export class CheckContext {
     await dev.closeStreams();
     let s = await dev.getState();
     if (s !== S.RUNNING && s !== S.ERROR) {
-      await dev.setState(S.RUNNING).then((r) => r?.close()).catch(() => undefined);
+      await dev
+        .setState(S.RUNNING)
+        .then((r) => r?.close())
+        .catch(() => undefined);
       s = await dev.getState();
     }
     if (s !== S.RUNNING) throw new Unsettled(dev.name, s);
@@ -220,7 +256,10 @@ export class CheckContext {
         n = await stream.read(buf);
       } catch (e) {
         if (isVfioError(e, 'EINTR') || isVfioError(e, 'EAGAIN') || isVfioError(e, 'ENOMSG')) {
-          if (isVfioError(e, 'ENOMSG')) this.anomalies.enomsgInStopCopy.push(`${dev.name}: read at byte ${total} of a STOP_COPY stream returned ENOMSG`);
+          if (isVfioError(e, 'ENOMSG'))
+            this.anomalies.enomsgInStopCopy.push(
+              `${dev.name}: read at byte ${total} of a STOP_COPY stream returned ENOMSG`,
+            );
           if (++retries > 1000) throw e;
           continue;
         }
@@ -252,7 +291,8 @@ export class CheckContext {
     const s = await dev.setState(S.RESUMING);
     if (!s) throw new VfioError('EINVAL', 'SET_STATE RESUMING', dev.name, 'no data_fd returned on entering RESUMING');
     try {
-      for (let off = 0; off < data.length; off += Math.max(1, piece)) await writeAll(s, data.subarray(off, off + Math.max(1, piece)), dev.name);
+      for (let off = 0; off < data.length; off += Math.max(1, piece))
+        await writeAll(s, data.subarray(off, off + Math.max(1, piece)), dev.name);
       await dev.setState(final);
     } finally {
       await s.close();
@@ -273,7 +313,10 @@ export class CheckContext {
 
 /** The device could not be brought back to RUNNING: the run stops there. */
 export class Unsettled extends Error {
-  constructor(readonly device: string, readonly state: MigState) {
+  constructor(
+    readonly device: string,
+    readonly state: MigState,
+  ) {
     super(`${device} could not be returned to RUNNING (it is in ${migStateName(state)})`);
   }
 }

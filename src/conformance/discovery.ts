@@ -39,14 +39,19 @@ export const discoveryChecks: Check[] = [
         visited++;
         try {
           const size = await ctx.dev.stopCopySize();
-          if (typeof size !== 'bigint' || size < 0n) ctx.fail(`${migStateName(state)}: MIG_DATA_SIZE returned ${String(size)}, not a u64`);
+          if (typeof size !== 'bigint' || size < 0n)
+            ctx.fail(`${migStateName(state)}: MIG_DATA_SIZE returned ${String(size)}, not a u64`);
           answers.push(`${migStateName(state)} ${size}`);
         } catch (e) {
           if (isVfioError(e, 'ENOTTY')) enotty++;
-          else ctx.fail(`${migStateName(state)}: MIG_DATA_SIZE failed with ${errText(e)} (expected a size, or ENOTTY when the feature is absent)`);
+          else
+            ctx.fail(
+              `${migStateName(state)}: MIG_DATA_SIZE failed with ${errText(e)} (expected a size, or ENOTTY when the feature is absent)`,
+            );
         }
       }
-      if (enotty && enotty !== visited) ctx.fail(`MIG_DATA_SIZE is ENOTTY in some states only (${enotty} of ${visited})`);
+      if (enotty && enotty !== visited)
+        ctx.fail(`MIG_DATA_SIZE is ENOTTY in some states only (${enotty} of ${visited})`);
       else if (enotty) ctx.info('MIG_DATA_SIZE is not implemented (ENOTTY in every state)');
       else ctx.info(`sizes: ${answers.join(', ')}`);
     },

@@ -24,9 +24,16 @@ export const fsmChecks: Check[] = [
     async run(ctx) {
       const valid = (await matrix(ctx)).filter((t) => t.path);
       for (const t of valid) {
+        const target: MigState = t.target; // a state: it has a path
         ctx.note(describeTransition(t));
-        if (t.error) ctx.fail(`${label(t)}: failed with ${t.error}; the kernel's path is ${t.path!.map(migStateName).join(' > ')}`);
-        else if (t.after !== t.target) ctx.fail(`${label(t)}: SET_STATE succeeded but GET says ${t.after === null ? 'nothing (GET failed)' : migStateName(t.after)}`);
+        if (t.error)
+          ctx.fail(
+            `${label(t)}: failed with ${t.error}; the kernel's path is ${t.path!.map(migStateName).join(' > ')}`,
+          );
+        else if (t.after !== target)
+          ctx.fail(
+            `${label(t)}: SET_STATE succeeded but GET says ${t.after === null ? 'nothing (GET failed)' : migStateName(t.after)}`,
+          );
       }
       ctx.info(`${valid.length} transitions with a path`);
     },
@@ -42,7 +49,10 @@ export const fsmChecks: Check[] = [
       const refused = (await matrix(ctx)).filter((t) => !t.path);
       for (const t of refused) {
         ctx.note(describeTransition(t));
-        if (!t.error) ctx.fail(`${label(t)}: accepted (${t.stream ? 'with a data_fd' : 'no data_fd'}); there is no such transition`);
+        if (!t.error)
+          ctx.fail(
+            `${label(t)}: accepted (${t.stream ? 'with a data_fd' : 'no data_fd'}); there is no such transition`,
+          );
         else if (t.error !== 'EINVAL') ctx.fail(`${label(t)}: refused with ${t.error}, not EINVAL`);
       }
       ctx.info(`${refused.length} transitions without a path`);
@@ -56,15 +66,21 @@ export const fsmChecks: Check[] = [
     source: `${VFIO_H}, enum vfio_device_mig_state`,
     changesState: true,
     async run(ctx) {
-      const combined = (await matrix(ctx)).filter((t) => t.path && t.path.length > 2 && !arcOpensStream(t.path.at(-2)!, t.path.at(-1)!));
+      const combined = (await matrix(ctx)).filter(
+        (t) => t.path && t.path.length > 2 && !arcOpensStream(t.path.at(-2)!, t.path.at(-1)!),
+      );
       for (const t of combined) {
         ctx.note(describeTransition(t));
         // Moves inside the saving group (PRE_COPY > PRE_COPY_P2P > STOP_COPY) stay in it by definition.
         const inGroup = isSavingState(t.from) && isSavingState(t.target);
         const interior = inGroup ? [] : t.path!.slice(1, -1).filter(isSavingState);
         // The table itself, for these flags (the kernel's, so this holds unless src/v2/fsm.ts drifted).
-        if (interior.length) ctx.fail(`${label(t)}: the predicted path passes through ${interior.map(migStateName).join(', ')}`);
-        if (t.stream) ctx.fail(`${label(t)}: returned a data_fd although the transition opens no session; the driver went through a saving state`);
+        if (interior.length)
+          ctx.fail(`${label(t)}: the predicted path passes through ${interior.map(migStateName).join(', ')}`);
+        if (t.stream)
+          ctx.fail(
+            `${label(t)}: returned a data_fd although the transition opens no session; the driver went through a saving state`,
+          );
       }
       ctx.info(`${combined.length} combined transitions opening no session`);
     },
@@ -81,7 +97,10 @@ export const fsmChecks: Check[] = [
       const judge = (what: string, path: MigState[], after: MigState | null) => {
         const allowed = path.length > 1 ? path.slice(0, -1) : path;
         if (after === null) ctx.fail(`${what}: GET_STATE failed after the failure`);
-        else if (after !== S.ERROR && !allowed.includes(after)) ctx.fail(`${what}: the device is in ${migStateName(after)}, which is not on the path ${path.map(migStateName).join(' > ')} (before the target) nor ERROR`);
+        else if (after !== S.ERROR && !allowed.includes(after))
+          ctx.fail(
+            `${what}: the device is in ${migStateName(after)}, which is not on the path ${path.map(migStateName).join(' > ')} (before the target) nor ERROR`,
+          );
       };
       for (const t of failed) {
         ctx.note(describeTransition(t));
@@ -96,8 +115,16 @@ export const fsmChecks: Check[] = [
         let failedTo = false;
         await ctx.dev.setState(target).catch(() => (failedTo = true));
         const after = await ctx.dev.getState().catch(() => null);
-        if (failedTo) judge(`RESUMING->${migStateName(target)} with a truncated stream`, migrationPath(S.RESUMING, target, ctx.flags), after);
-        else ctx.info(`RESUMING->${migStateName(target)} with a truncated stream was accepted (resume.bad-streams judges that)`);
+        if (failedTo)
+          judge(
+            `RESUMING->${migStateName(target)} with a truncated stream`,
+            migrationPath(S.RESUMING, target, ctx.flags),
+            after,
+          );
+        else
+          ctx.info(
+            `RESUMING->${migStateName(target)} with a truncated stream was accepted (resume.bad-streams judges that)`,
+          );
       }
       ctx.info(`${failed.length} failed transitions in the matrix, and leaving RESUMING with a truncated stream`);
     },

@@ -31,7 +31,7 @@ export function matrix(ctx: CheckContext): Promise<Transition[]> {
   return ctx.once('matrix', async () => {
     const { data } = await ctx.reference();
     const out: Transition[] = [];
-    for (let from = S.STOP; from < MIG_STATE_COUNT; from++) {
+    for (let from = S.STOP; Number(from) < MIG_STATE_COUNT; from++) {
       if (!isStateSupported(from, ctx.flags)) continue;
       for (let target = 0; target <= MIG_STATE_COUNT; target++) {
         await ctx.settle();

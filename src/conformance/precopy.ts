@@ -26,7 +26,10 @@ export const precopyChecks: Check[] = [
         } catch (e) {
           const code = errText(e);
           if (code === 'EINVAL') return;
-          if (alsoOk.includes(code)) ctx.warn(`${what}: PRECOPY_INFO is ${code}, not EINVAL (a data_fd with no ioctl at all; mtty's resuming fd)`);
+          if (alsoOk.includes(code))
+            ctx.warn(
+              `${what}: PRECOPY_INFO is ${code}, not EINVAL (a data_fd with no ioctl at all; mtty's resuming fd)`,
+            );
           else ctx.fail(`${what}: PRECOPY_INFO failed with ${code}, not EINVAL`);
         }
       };
@@ -45,7 +48,8 @@ export const precopyChecks: Check[] = [
       const r = await ctx.dev.setState(S.RESUMING);
       // A resuming fd has no PRE_COPY meaning; ENOTTY from an fd without ioctls is a deviation, not a failure.
       if (r) await expect('RESUMING data_fd', () => r.precopyInfo(), ['ENOTTY']);
-      if (!ctx.fails.length && !ctx.warns.length) ctx.info(`EINVAL on ${pre ? 'a pre-copy data_fd in STOP_COPY, ' : ''}a STOP_COPY and a RESUMING data_fd`);
+      if (!ctx.fails.length && !ctx.warns.length)
+        ctx.info(`EINVAL on ${pre ? 'a pre-copy data_fd in STOP_COPY, ' : ''}a STOP_COPY and a RESUMING data_fd`);
     },
   },
   {
@@ -68,7 +72,10 @@ export const precopyChecks: Check[] = [
         try {
           const info = await s.precopyInfo();
           ctx.info(`${MigState[state]}: initial ${info.initialBytes}, dirty ${info.dirtyBytes}`);
-          if (info.initialBytes === 0n) ctx.warn(`${MigState[state]}: initial_bytes is 0 on a fresh session ("should have a non-zero initial value")`);
+          if (info.initialBytes === 0n)
+            ctx.warn(
+              `${MigState[state]}: initial_bytes is 0 on a fresh session ("should have a non-zero initial value")`,
+            );
         } catch (e) {
           ctx.fail(`${MigState[state]}: PRECOPY_INFO failed with ${errText(e)}`);
         }

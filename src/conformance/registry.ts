@@ -31,7 +31,10 @@ export function selectChecks(only: readonly string[] | undefined): Check[] {
   if (!only || only.length === 0) return [...CHECKS];
   const groups: readonly string[] = CHECK_GROUPS;
   for (const name of only) {
-    if (!CHECK_IDS.includes(name) && !groups.includes(name)) throw new RangeError(`unknown check "${name}" (known: ${CHECK_IDS.join(', ')}; or a group: ${groups.join(', ')})`);
+    if (!CHECK_IDS.includes(name) && !groups.includes(name))
+      throw new RangeError(
+        `unknown check "${name}" (known: ${CHECK_IDS.join(', ')}; or a group: ${groups.join(', ')})`,
+      );
   }
   return CHECKS.filter((c) => only.includes(c.id) || only.includes(c.group));
 }

@@ -10,14 +10,24 @@ import { VFIO_H, type Check } from './check.js';
 const S = MigState;
 
 /** Compares a stream saved after a resume with the one resumed: bytes where the device is deterministic, else sizes. */
-export function compareSaves(ctx: CheckContext, what: string, first: Buffer, second: Buffer, deterministic: boolean): void {
+export function compareSaves(
+  ctx: CheckContext,
+  what: string,
+  first: Buffer,
+  second: Buffer,
+  deterministic: boolean,
+): void {
   if (deterministic) {
     if (!first.equals(second)) {
       const at = first.findIndex((b, i) => second[i] !== b);
-      ctx.fail(`${what}: the second save differs from the first (${first.length} and ${second.length} bytes, first difference at byte ${at < 0 ? Math.min(first.length, second.length) : at}) although the device saves one state the same way twice`);
+      ctx.fail(
+        `${what}: the second save differs from the first (${first.length} and ${second.length} bytes, first difference at byte ${at < 0 ? Math.min(first.length, second.length) : at}) although the device saves one state the same way twice`,
+      );
     }
   } else if (first.length !== second.length) {
-    ctx.warn(`${what}: the device is not deterministic (two saves of one state differ), and the second save is ${second.length} bytes against ${first.length}`);
+    ctx.warn(
+      `${what}: the device is not deterministic (two saves of one state differ), and the second save is ${second.length} bytes against ${first.length}`,
+    );
   } else {
     ctx.info(`${what}: not deterministic (two saves of one state differ): sizes compared, both ${first.length} bytes`);
   }
@@ -72,9 +82,16 @@ export const resumeChecks: Check[] = [
       await ctx.settleAll();
       await ctx.resume(ctx.peer, data);
       const state = await ctx.peer.getState();
-      if (state !== S.RUNNING) ctx.fail(`after the resume the ${ctx.samePeer ? 'device' : 'peer'} is in ${migStateName(state)}, not RUNNING`);
+      if (state !== S.RUNNING)
+        ctx.fail(`after the resume the ${ctx.samePeer ? 'device' : 'peer'} is in ${migStateName(state)}, not RUNNING`);
       const again = await ctx.saveStopCopy(ctx.peer);
-      compareSaves(ctx, ctx.samePeer ? 'resumed into the device itself' : 'resumed into the peer', data, again, deterministic);
+      compareSaves(
+        ctx,
+        ctx.samePeer ? 'resumed into the device itself' : 'resumed into the peer',
+        data,
+        again,
+        deterministic,
+      );
       ctx.info(`${data.length} bytes; ${deterministic ? 'deterministic device: bytes compared' : 'sizes compared'}`);
     },
   },
@@ -92,17 +109,20 @@ export const resumeChecks: Check[] = [
         ['truncated by 1 byte', data.subarray(0, data.length - 1)],
         ['truncated to half', data.subarray(0, data.length >> 1)],
         ['empty', new Uint8Array(0)],
-        ['foreign (another model\'s stream)', await foreignStream(ctx, data)],
+        ["foreign (another model's stream)", await foreignStream(ctx, data)],
       ];
       const refused: string[] = [];
       for (const [what, bytes] of cases) {
         await ctx.settle(ctx.peer);
         const why = await tryResume(ctx.peer, bytes);
         const name = what.replace(/ \(.*\)$/, '');
-        if (why.leave) refused.push(`${name} on leaving RESUMING (${why.leave}${why.write ? `, and write() ${why.write}` : ''})`);
+        if (why.leave)
+          refused.push(`${name} on leaving RESUMING (${why.leave}${why.write ? `, and write() ${why.write}` : ''})`);
         else if (why.write) {
           // Refused, but only where the caller looked: one that goes on anyway runs the device on this data.
-          ctx.warn(`${what}: write() refused it (${why.write}), but leaving RESUMING afterwards succeeded and the device runs on it`);
+          ctx.warn(
+            `${what}: write() refused it (${why.write}), but leaving RESUMING afterwards succeeded and the device runs on it`,
+          );
         } else ctx.fail(`${what} (${bytes.length} bytes): accepted, the device is RUNNING on it`);
       }
       if (refused.length) ctx.info(`refused: ${refused.join('; ')}`);
@@ -137,7 +157,9 @@ export const resumeChecks: Check[] = [
         }
         await ctx.peer.setState(S.RUNNING);
       } catch (e) {
-        ctx.fail(`the stream written in ${writes} pieces (1, 7 and 4093 bytes) was refused at byte ${off}: ${errText(e)}`);
+        ctx.fail(
+          `the stream written in ${writes} pieces (1, 7 and 4093 bytes) was refused at byte ${off}: ${errText(e)}`,
+        );
         return;
       }
       ctx.info(`${data.length} bytes in ${writes} writes accepted`);
@@ -155,11 +177,16 @@ export const resumeChecks: Check[] = [
       const afterReset = async (what: string, old: DataStream | null, op: 'read' | 'write') => {
         await ctx.dev.reset();
         const state = await ctx.dev.getState();
-        if (state !== S.RUNNING) ctx.fail(`${what}: after VFIO_DEVICE_RESET the device is in ${migStateName(state)}, not RUNNING`);
+        if (state !== S.RUNNING)
+          ctx.fail(`${what}: after VFIO_DEVICE_RESET the device is in ${migStateName(state)}, not RUNNING`);
         if (old) {
           try {
-            const n = op === 'read' ? await old.read(new Uint8Array(READ_CHUNK)) : await old.write(data.subarray(0, Math.min(16, data.length)));
-            if (n > 0) ctx.fail(`${what}: the old data_fd still ${op === 'read' ? 'gave' : 'took'} ${n} bytes after the reset`);
+            const n =
+              op === 'read'
+                ? await old.read(new Uint8Array(READ_CHUNK))
+                : await old.write(data.subarray(0, Math.min(16, data.length)));
+            if (n > 0)
+              ctx.fail(`${what}: the old data_fd still ${op === 'read' ? 'gave' : 'took'} ${n} bytes after the reset`);
           } catch {
             // the session is gone, as it must be
           }
@@ -189,7 +216,9 @@ export const resumeChecks: Check[] = [
       else {
         await e?.close();
         // Not a pass: half the rule went unchecked (docs/conformance.md, verdicts).
-        ctx.warn('recovery from ERROR not exercised: a refused resume leaves this device out of ERROR, and nothing else the checker may do puts it there (reset from an abandoned RESUMING and STOP_COPY was checked)');
+        ctx.warn(
+          'recovery from ERROR not exercised: a refused resume leaves this device out of ERROR, and nothing else the checker may do puts it there (reset from an abandoned RESUMING and STOP_COPY was checked)',
+        );
       }
     },
   },

@@ -22,7 +22,13 @@ export async function checkConformance(device: V2Device, options: ConformanceOpt
     throw new VfioError('EINVAL', 'checkConformance', device.name, (e as Error).message);
   }
   const cycles = options.cycles ?? DEFAULT_CYCLES;
-  if (!Number.isSafeInteger(cycles) || cycles < 1) throw new VfioError('EINVAL', 'checkConformance', device.name, `cycles must be a whole number of at least 1 (got ${cycles})`);
+  if (!Number.isSafeInteger(cycles) || cycles < 1)
+    throw new VfioError(
+      'EINVAL',
+      'checkConformance',
+      device.name,
+      `cycles must be a whole number of at least 1 (got ${cycles})`,
+    );
   const debugfs = options.debugfsState ?? (device.kind === 'kernel' ? debugfsStatePath(device.name) : null);
   const ctx = new CheckContext(device, options.peer, cycles, debugfs);
 
@@ -33,11 +39,23 @@ export async function checkConformance(device: V2Device, options: ConformanceOpt
   const usable = (ctx.flags & MigFlag.STOP_COPY) !== 0 && isMigFlagSet(ctx.flags);
   if (!ctx.samePeer) {
     const peerFlags = await options.peer!.migrationFlags();
-    if ((peerFlags & MIG_FLAGS_ALL) !== ctx.flags) throw new VfioError('EINVAL', 'checkConformance', options.peer!.name, `the peer's migration flags (${peerFlags}) differ from the device's (${rawFlags}): a peer must be of the same model`);
+    if ((peerFlags & MIG_FLAGS_ALL) !== ctx.flags)
+      throw new VfioError(
+        'EINVAL',
+        'checkConformance',
+        options.peer!.name,
+        `the peer's migration flags (${peerFlags}) differ from the device's (${rawFlags}): a peer must be of the same model`,
+      );
   }
   for (const d of ctx.samePeer ? [device] : [device, options.peer!]) {
     const s = await d.getState();
-    if (s !== MigState.RUNNING) throw new VfioError('EBUSY', 'checkConformance', d.name, `device is in ${migStateName(s)}: the checker starts from RUNNING (reset it: \`vfio-mig state DEVICE --reset\`)`);
+    if (s !== MigState.RUNNING)
+      throw new VfioError(
+        'EBUSY',
+        'checkConformance',
+        d.name,
+        `device is in ${migStateName(s)}: the checker starts from RUNNING (reset it: \`vfio-mig state DEVICE --reset\`)`,
+      );
   }
 
   const results: CheckResult[] = [];
@@ -70,7 +88,10 @@ export async function checkConformance(device: V2Device, options: ConformanceOpt
           findings = [...ctx.fails, e.message];
         } else {
           verdict = 'fail';
-          findings = [...ctx.fails, `the check could not finish: ${errText(e)}${e instanceof VfioError ? ` (${e.message})` : ''}`];
+          findings = [
+            ...ctx.fails,
+            `the check could not finish: ${errText(e)}${e instanceof VfioError ? ` (${e.message})` : ''}`,
+          ];
         }
       }
       // Every check starts from RUNNING; one that cannot get back there stops the run.
@@ -100,7 +121,8 @@ export async function checkConformance(device: V2Device, options: ConformanceOpt
   for (const d of ctx.samePeer ? [device] : [device, options.peer!]) {
     const state = await d.getState().catch(() => null);
     const end: DeviceEnd = { device: d.name, state: state === null ? null : migStateName(state) };
-    if (state !== MigState.RUNNING) end.recover = `VFIO_DEVICE_RESET (\`vfio-mig state ${d.name} --reset\`)${d.kind === 'kernel' ? ', or unbind and rebind its driver' : ''}`;
+    if (state !== MigState.RUNNING)
+      end.recover = `VFIO_DEVICE_RESET (\`vfio-mig state ${d.name} --reset\`)${d.kind === 'kernel' ? ', or unbind and rebind its driver' : ''}`;
     left.push(end);
   }
   const summary = { pass: 0, fail: 0, warn: 0, skip: 0 };

@@ -13,7 +13,12 @@ import type { DataStream } from '../v2/device.js';
 const S = MigState;
 
 /** Reads in pre-copy until the temporary end: what the end looked like, and the bytes read. */
-export async function readToTemporaryEnd(ctx: CheckContext, s: DataStream, limit: number, chunk = READ_CHUNK): Promise<{ end: 'ENOMSG' | 'zero' | 'none'; bytes: number }> {
+export async function readToTemporaryEnd(
+  ctx: CheckContext,
+  s: DataStream,
+  limit: number,
+  chunk = READ_CHUNK,
+): Promise<{ end: 'ENOMSG' | 'zero' | 'none'; bytes: number }> {
   let bytes = 0;
   while (bytes <= limit) {
     let n: number;
@@ -46,7 +51,9 @@ export const streamChecks: Check[] = [
     changesState: true,
     async run(ctx) {
       // Single arcs, and combined ones whose last arc opens the session (the others are fsm.no-unasked-saving's).
-      const judged = (await matrix(ctx)).filter((t) => t.path && !t.error && (t.path.length <= 2 || arcOpensStream(t.path.at(-2)!, t.path.at(-1)!)));
+      const judged = (await matrix(ctx)).filter(
+        (t) => t.path && !t.error && (t.path.length <= 2 || arcOpensStream(t.path.at(-2)!, t.path.at(-1)!)),
+      );
       for (const t of judged) {
         ctx.note(describeTransition(t));
         const opens = t.path!.length > 1 && arcOpensStream(t.path!.at(-2)!, t.path!.at(-1)!);
@@ -73,8 +80,12 @@ export const streamChecks: Check[] = [
         ctx.fail(`a pre-copy read failed with ${errText(e)} before any temporary end`);
         return;
       }
-      if (end.end === 'zero') ctx.warn(`read() returned 0 at the temporary end after ${end.bytes} bytes, not ENOMSG (a caller cannot tell it from the end of the stream; mtty does this)`);
-      else if (end.end === 'none') ctx.warn(`no temporary end within ${end.bytes} bytes (the device dirties its state as fast as it is read)`);
+      if (end.end === 'zero')
+        ctx.warn(
+          `read() returned 0 at the temporary end after ${end.bytes} bytes, not ENOMSG (a caller cannot tell it from the end of the stream; mtty does this)`,
+        );
+      else if (end.end === 'none')
+        ctx.warn(`no temporary end within ${end.bytes} bytes (the device dirties its state as fast as it is read)`);
       else ctx.info(`ENOMSG after ${end.bytes} bytes`);
       const state = await ctx.dev.getState();
       if (state !== S.PRE_COPY) ctx.fail(`reading to the temporary end moved the device to ${migStateName(state)}`);
@@ -92,7 +103,10 @@ export const streamChecks: Check[] = [
       const moves = ctx.has(MigFlag.P2P) ? [S.PRE_COPY_P2P, S.STOP_COPY] : [S.STOP_COPY];
       let bytes = 0;
       for (const m of moves) {
-        const first = await s.read(new Uint8Array(64)).catch((e) => (isVfioError(e, 'ENOMSG') ? 0 : Promise.reject(e)));
+        const first = await s.read(new Uint8Array(64)).catch((e: unknown) => {
+          if (isVfioError(e, 'ENOMSG')) return 0;
+          throw e;
+        });
         bytes += first;
         const again = await ctx.dev.setState(m);
         if (again) ctx.fail(`->${migStateName(m)} inside the saving group returned a new data_fd`);
@@ -148,7 +162,16 @@ export const streamChecks: Check[] = [
         s = (await ctx.dev.setState(S.STOP_COPY)) ?? s;
         if (!s) throw new Skip('no data_fd in STOP_COPY (streams.data-fd judges that)');
         await ctx.readToEnd(s, ctx.dev, 512);
-        for (let i = 0; i < 2; i++) await s.read(new Uint8Array(512)).catch((e) => (isVfioError(e, 'ENOMSG') ? ctx.anomalies.enomsgInStopCopy.push(`${ctx.dev.name}: read after the end of a STOP_COPY stream returned ENOMSG`) : undefined));
+        for (let i = 0; i < 2; i++)
+          await s
+            .read(new Uint8Array(512))
+            .catch((e) =>
+              isVfioError(e, 'ENOMSG')
+                ? ctx.anomalies.enomsgInStopCopy.push(
+                    `${ctx.dev.name}: read after the end of a STOP_COPY stream returned ENOMSG`,
+                  )
+                : undefined,
+            );
       }
       // Other checks' reads count too: they retried the ENOMSG and left the verdict here.
       for (const a of ctx.anomalies.enomsgInStopCopy.slice(0, 5)) ctx.fail(a);
@@ -200,7 +223,10 @@ export const streamChecks: Check[] = [
           // refused: the session is gone
         }
       }
-      if (!ctx.fails.length) ctx.info(`old data_fds carry nothing after STOP_COPY->STOP${ctx.has(MigFlag.PRE_COPY) ? ', PRE_COPY->RUNNING' : ''} and RESUMING->STOP`);
+      if (!ctx.fails.length)
+        ctx.info(
+          `old data_fds carry nothing after STOP_COPY->STOP${ctx.has(MigFlag.PRE_COPY) ? ', PRE_COPY->RUNNING' : ''} and RESUMING->STOP`,
+        );
     },
   },
 ];

@@ -37,14 +37,19 @@ export const stressChecks: Check[] = [
           await s.close();
           if (!precopy) {
             if (size === null) size = data.length;
-            else if (deterministic && data.length !== size) fail(c, `stop-copy save of ${data.length} bytes, the first was ${size}`);
+            else if (deterministic && data.length !== size)
+              fail(c, `stop-copy save of ${data.length} bytes, the first was ${size}`);
             await ctx.resume(ctx.peer, data);
           }
           const src = await ctx.dev.getState();
-          if (src !== S.STOP && !(ctx.samePeer && !precopy)) fail(c, `source in ${migStateName(src)} after the save, not STOP`);
+          if (src !== S.STOP && !(ctx.samePeer && !precopy))
+            fail(c, `source in ${migStateName(src)} after the save, not STOP`);
           const dst = await ctx.peer.getState();
-          if (!precopy && dst !== S.RUNNING) fail(c, `${ctx.samePeer ? 'device' : 'peer'} in ${migStateName(dst)} after the resume, not RUNNING`);
-          ctx.note(`cycle ${c}: ${precopy ? `pre-copy ${head} + ` : ''}${data.length} bytes${precopy ? '' : ', resumed'}`);
+          if (!precopy && dst !== S.RUNNING)
+            fail(c, `${ctx.samePeer ? 'device' : 'peer'} in ${migStateName(dst)} after the resume, not RUNNING`);
+          ctx.note(
+            `cycle ${c}: ${precopy ? `pre-copy ${head} + ` : ''}${data.length} bytes${precopy ? '' : ', resumed'}`,
+          );
           await ctx.dev.reset();
           if ((await ctx.dev.getState()) !== S.RUNNING) fail(c, 'not RUNNING after VFIO_DEVICE_RESET');
           await ctx.settleAll();
@@ -55,10 +60,13 @@ export const stressChecks: Check[] = [
         // A simulated device never waits on I/O: give signal handlers (Ctrl-C) their turn.
         await new Promise((r) => setImmediate(r));
         const now = openFdCount();
-        if (fds !== null && now !== null && now > fds) fail(c, `${now - fds} more fds open than before the first cycle`);
+        if (fds !== null && now !== null && now > fds)
+          fail(c, `${now - fds} more fds open than before the first cycle`);
       }
       if (failures > 5) ctx.fail(`... ${failures - 5} more failures`);
-      ctx.info(`${ctx.cycles} cycles${fds === null ? ' (fd count not available here)' : `, open fds stayed at ${fds}`}`);
+      ctx.info(
+        `${ctx.cycles} cycles${fds === null ? ' (fd count not available here)' : `, open fds stayed at ${fds}`}`,
+      );
     },
   },
 ];

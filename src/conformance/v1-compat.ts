@@ -18,7 +18,12 @@ export const v1Checks: Check[] = [
     changesState: true,
     async run(ctx) {
       const { deterministic } = await ctx.reference();
-      const combos: Array<[boolean, DataAccess]> = [[false, 'bulk'], [false, 'qemu'], [true, 'bulk'], [true, 'qemu']];
+      const combos: Array<[boolean, DataAccess]> = [
+        [false, 'bulk'],
+        [false, 'qemu'],
+        [true, 'bulk'],
+        [true, 'qemu'],
+      ];
       for (const [strict, access] of combos) {
         const what = `${strict ? 'strict' : 'default'} mode, ${access === 'qemu' ? '8-byte' : 'bulk'} access`;
         await ctx.settleAll();
@@ -27,7 +32,10 @@ export const v1Checks: Check[] = [
         try {
           const chunks: Uint8Array[] = [];
           const src = await openV1Bridge(ctx.dev, { strict, sectionSize });
-          const saved = await saveV1(src, (c) => void chunks.push(Uint8Array.from(c)), { dataAccess: access, device: ctx.dev.name });
+          const saved = await saveV1(src, (c) => void chunks.push(Uint8Array.from(c)), {
+            dataAccess: access,
+            device: ctx.dev.name,
+          });
           await src.close();
           if (saved.finalState !== 0) ctx.fail(`${what}: save ended in v1 state ${saved.finalState}, not 000`);
           const dst = await openV1Bridge(ctx.peer, { strict, sectionSize });
@@ -36,10 +44,15 @@ export const v1Checks: Check[] = [
           if (loaded.finalState !== 1) ctx.fail(`${what}: load ended in v1 state ${loaded.finalState}, not 001`);
           if (loaded.bytes !== saved.bytes) ctx.fail(`${what}: loaded ${loaded.bytes} of ${saved.bytes} bytes`);
           const state = await ctx.peer.getState();
-          if (state !== S.RUNNING) ctx.fail(`${what}: after the load the device is in ${migStateName(state)}, not RUNNING`);
-          ctx.note(`${what}: saved ${saved.bytes} bytes (${saved.precopyBytes} in pre-copy, ${saved.rounds} rounds), loaded`);
+          if (state !== S.RUNNING)
+            ctx.fail(`${what}: after the load the device is in ${migStateName(state)}, not RUNNING`);
+          ctx.note(
+            `${what}: saved ${saved.bytes} bytes (${saved.precopyBytes} in pre-copy, ${saved.rounds} rounds), loaded`,
+          );
         } catch (e) {
-          ctx.fail(`${what}: ${errText(e)}${e instanceof Error && 'reason' in e ? ` (${String((e as { reason?: string }).reason)})` : ''}`);
+          ctx.fail(
+            `${what}: ${errText(e)}${e instanceof Error && 'reason' in e ? ` (${String((e as { reason?: string }).reason)})` : ''}`,
+          );
         }
       }
       // Without pre-copy the v1 stream is the stop-copy stream: byte for byte where the device is deterministic.
@@ -52,9 +65,18 @@ export const v1Checks: Check[] = [
       await saveV1(src, (c) => void chunks.push(Uint8Array.from(c)), { precopy: false, dataAccess: 'qemu' });
       await src.close();
       const v1 = Buffer.concat(chunks);
-      if (deterministic && !v1.equals(data)) ctx.fail(`v1 save without pre-copy: ${v1.length} bytes that differ from the native stop-copy save (${data.length} bytes)`);
-      else if (deterministic) ctx.info(`4 saves and loads through the bridge; without pre-copy the v1 stream equals the native one (${v1.length} bytes)`);
-      if (!deterministic && v1.length !== data.length) ctx.warn(`v1 save without pre-copy: ${v1.length} bytes, the native save ${data.length} (device not deterministic)`);
+      if (deterministic && !v1.equals(data))
+        ctx.fail(
+          `v1 save without pre-copy: ${v1.length} bytes that differ from the native stop-copy save (${data.length} bytes)`,
+        );
+      else if (deterministic)
+        ctx.info(
+          `4 saves and loads through the bridge; without pre-copy the v1 stream equals the native one (${v1.length} bytes)`,
+        );
+      if (!deterministic && v1.length !== data.length)
+        ctx.warn(
+          `v1 save without pre-copy: ${v1.length} bytes, the native save ${data.length} (device not deterministic)`,
+        );
     },
   },
 ];

@@ -11,7 +11,12 @@ import type { RamBlock } from './ram.js';
 import type { VfioPciConfig, VfioPhase } from './vfio.js';
 import { isVfioIdstr, type QemuStream, type Section } from './walk.js';
 
-export const PHASE_OF: Record<Section['type'], VfioPhase> = { START: 'setup', PART: 'iterate', END: 'complete', FULL: 'config' };
+export const PHASE_OF: Record<Section['type'], VfioPhase> = {
+  START: 'setup',
+  PART: 'iterate',
+  END: 'complete',
+  FULL: 'config',
+};
 
 export interface PhaseStats {
   sections: number;
@@ -43,7 +48,16 @@ export function vfioDevices(s: QemuStream): VfioDevice[] {
     const key = `${sec.idstr}\0${sec.instanceId}`;
     let d = byKey.get(key);
     if (!d) {
-      d = { idstr: sec.idstr, instanceId: sec.instanceId, versionId: sec.versionId, sectionId: sec.sectionId, config: null, phases: { setup: emptyPhase(), iterate: emptyPhase(), complete: emptyPhase() }, dataBytes: 0, initDataSent: false };
+      d = {
+        idstr: sec.idstr,
+        instanceId: sec.instanceId,
+        versionId: sec.versionId,
+        sectionId: sec.sectionId,
+        config: null,
+        phases: { setup: emptyPhase(), iterate: emptyPhase(), complete: emptyPhase() },
+        dataBytes: 0,
+        initDataSent: false,
+      };
       byKey.set(key, d);
     }
     if (sec.vfio.config) d.config = sec.vfio.config;
@@ -69,7 +83,13 @@ export function findVfioDevice(s: QemuStream, name: string): VfioDevice {
   const hit = all.filter((d) => d.idstr === name || d.idstr === `${name}/vfio`);
   if (hit.length === 1) return hit[0]!;
   const there = all.length ? `the stream has ${all.map((d) => d.idstr).join(', ')}` : 'the stream has no VFIO device';
-  if (hit.length > 1) throw new VfioError('EINVAL', OP, s.file, `${name} names ${hit.length} VFIO devices (instances ${hit.map((d) => d.instanceId).join(', ')})`);
+  if (hit.length > 1)
+    throw new VfioError(
+      'EINVAL',
+      OP,
+      s.file,
+      `${name} names ${hit.length} VFIO devices (instances ${hit.map((d) => d.instanceId).join(', ')})`,
+    );
   throw new VfioError('ENOENT', OP, s.file, `no VFIO device ${name} in the stream: ${there}`);
 }
 
@@ -78,7 +98,9 @@ export function vfioPayloads(s: QemuStream, buf: Buffer, d: VfioDevice): Buffer[
   const out: Buffer[] = [];
   for (const sec of s.sections) {
     if (sec.idstr !== d.idstr || sec.instanceId !== d.instanceId || !sec.vfio) continue;
-    for (const rec of sec.vfio.records) if (rec.marker === 'DEV_DATA_STATE' && rec.bytes) out.push(buf.subarray(rec.dataOffset!, rec.dataOffset! + rec.bytes));
+    for (const rec of sec.vfio.records)
+      if (rec.marker === 'DEV_DATA_STATE' && rec.bytes)
+        out.push(buf.subarray(rec.dataOffset, rec.dataOffset! + rec.bytes));
   }
   return out;
 }
@@ -91,7 +113,8 @@ export function vfioPayloads(s: QemuStream, buf: Buffer, d: VfioDevice): Buffer[
  */
 export function savedWith(d: VfioDevice): { protocol: 'v1' | 'v2'; why: string } | null {
   const empty = d.phases.setup.emptyRecords + d.phases.iterate.emptyRecords + d.phases.complete.emptyRecords;
-  if (empty > 0 && !d.initDataSent) return { protocol: 'v1', why: `${empty} empty DEV_DATA_STATE record(s): QEMU 7.2's v1 save loop` };
+  if (empty > 0 && !d.initDataSent)
+    return { protocol: 'v1', why: `${empty} empty DEV_DATA_STATE record(s): QEMU 7.2's v1 save loop` };
   if (d.initDataSent && empty === 0) return { protocol: 'v2', why: 'DEV_INIT_DATA_SENT: QEMU 8.1+, a v2 caller' };
   return null;
 }
@@ -119,7 +142,18 @@ export function deviceSummaries(s: QemuStream, buf: Buffer): DeviceSummary[] {
     const key = `${sec.idstr}#${sec.instanceId}`;
     let e = out.get(key);
     if (!e) {
-      e = { d: { key, idstr: sec.idstr, instanceId: sec.instanceId, versionId: sec.versionId, kinds: [], dataBytes: 0, sha256: '' }, hash: createHash('sha256') };
+      e = {
+        d: {
+          key,
+          idstr: sec.idstr,
+          instanceId: sec.instanceId,
+          versionId: sec.versionId,
+          kinds: [],
+          dataBytes: 0,
+          sha256: '',
+        },
+        hash: createHash('sha256'),
+      };
       out.set(key, e);
     }
     e.d.kinds.push(sec.type);

@@ -77,14 +77,28 @@ function layout<T>(name: string, parser: Parser, rest?: { head: number; more: (h
   return { name, parser, head: rest ? rest.head : parser.sizeOf(), rest: rest?.more };
 }
 
-export const fileHeader = layout<{ magic: number; version: number }>('file header', new Parser().uint32be('magic').uint32be('version'));
+export const fileHeader = layout<{ magic: number; version: number }>(
+  'file header',
+  new Parser().uint32be('magic').uint32be('version'),
+);
 
 export const sectionType = layout<{ type: number }>('section type', new Parser().uint8('type'));
 
 /** QEMU_VM_SECTION_START / _FULL after the type byte: section_id, idstr (u8 length + bytes), instance_id, version_id. */
-export const sectionHeaderFull = layout<{ section_id: number; idlen: number; idstr: string; instance_id: number; version_id: number }>(
+export const sectionHeaderFull = layout<{
+  section_id: number;
+  idlen: number;
+  idstr: string;
+  instance_id: number;
+  version_id: number;
+}>(
   'section header',
-  new Parser().uint32be('section_id').uint8('idlen').string('idstr', { length: 'idlen', encoding: 'latin1' }).uint32be('instance_id').uint32be('version_id'),
+  new Parser()
+    .uint32be('section_id')
+    .uint8('idlen')
+    .string('idstr', { length: 'idlen', encoding: 'latin1' })
+    .uint32be('instance_id')
+    .uint32be('version_id'),
   { head: 5, more: (h) => h[4]! + 8 },
 );
 
@@ -92,7 +106,10 @@ export const sectionHeaderFull = layout<{ section_id: number; idlen: number; ids
 export const sectionId = layout<{ section_id: number }>('section id', new Parser().uint32be('section_id'));
 
 /** QEMU_VM_COMMAND after the type byte: the command and its payload's length. */
-export const command = layout<{ cmd: number; len: number }>('command header', new Parser().uint16be('cmd').uint16be('len'));
+export const command = layout<{ cmd: number; len: number }>(
+  'command header',
+  new Parser().uint16be('cmd').uint16be('len'),
+);
 
 /** QEMU_VM_VMDESCRIPTION after the type byte: the JSON's length (the JSON follows). */
 export const vmdescription = layout<{ len: number }>('VMDESCRIPTION length', new Parser().uint32be('len'));
@@ -112,7 +129,11 @@ export const subsectionHeader = layout<{ len: number; name: string; version: num
 );
 
 /** A u8-length-prefixed string (RAMBlock idstr, a capability name). */
-export const shortString = layout<{ len: number; text: string }>('string', new Parser().uint8('len').string('text', { length: 'len', encoding: 'latin1' }), { head: 1, more: (h) => h[0]! });
+export const shortString = layout<{ len: number; text: string }>(
+  'string',
+  new Parser().uint8('len').string('text', { length: 'len', encoding: 'latin1' }),
+  { head: 1, more: (h) => h[0]! },
+);
 
 export const be32 = layout<{ value: number }>('be32', new Parser().uint32be('value'));
 export const be64 = layout<{ value: bigint }>('be64', new Parser().uint64be('value'));
@@ -132,7 +153,22 @@ export const vfioDataSize = layout<{ size: bigint }>('DEV_DATA_STATE size', new 
  * whose first field is the PCIDevice's version_id (be32) and then its config
  * space (256 bytes, 4096 on PCIe) with vendor and device ids little-endian.
  */
-export const vfioPciConfigHead = layout<{ pci_version: number; vendor_id: number; device_id: number; command: number; status: number; revision: number; class_code: number }>(
+export const vfioPciConfigHead = layout<{
+  pci_version: number;
+  vendor_id: number;
+  device_id: number;
+  command: number;
+  status: number;
+  revision: number;
+  class_code: number;
+}>(
   'vfio-pci config',
-  new Parser().uint32be('pci_version').uint16le('vendor_id').uint16le('device_id').uint16le('command').uint16le('status').uint8('revision').uint32le('class_code', { formatter: (v: number) => v & 0xffffff }),
+  new Parser()
+    .uint32be('pci_version')
+    .uint16le('vendor_id')
+    .uint16le('device_id')
+    .uint16le('command')
+    .uint16le('status')
+    .uint8('revision')
+    .uint32le('class_code', { formatter: (v: number) => v & 0xffffff }),
 );

@@ -37,8 +37,18 @@ export function walkRamSection(r: StreamReader, opts: RamOptions): RamWalk {
     const flags = Number(word & mask);
     const addr = word & ~mask;
     if (flags & ~KNOWN) {
-      const what = flags & RamFlag.XBZRLE ? 'XBZRLE' : flags & RamFlag.COMPRESS_PAGE ? 'compressed page' : flags & RamFlag.HOOK ? 'RDMA hook' : 'unknown';
-      throw r.fail(`ram record flags ${hex(flags)} (${what}) are not supported: migrate without compression, XBZRLE or RDMA`, offset);
+      const what =
+        flags & RamFlag.XBZRLE
+          ? 'XBZRLE'
+          : flags & RamFlag.COMPRESS_PAGE
+            ? 'compressed page'
+            : flags & RamFlag.HOOK
+              ? 'RDMA hook'
+              : 'unknown';
+      throw r.fail(
+        `ram record flags ${hex(flags)} (${what}) are not supported: migrate without compression, XBZRLE or RDMA`,
+        offset,
+      );
     }
     if (flags & RamFlag.MEM_SIZE) {
       // The RAMBlock list: entries until their lengths add up to the total in the address word.
@@ -46,7 +56,11 @@ export function walkRamSection(r: StreamReader, opts: RamOptions): RamWalk {
       while (total > 0n) {
         const at = r.pos;
         const b = r.read(ramBlock, 'RAMBlock entry');
-        if (b.length > total) throw r.fail(`RAMBlock ${b.idstr} is ${b.length} bytes, more than the ${total} the MEM_SIZE record has left`, at);
+        if (b.length > total)
+          throw r.fail(
+            `RAMBlock ${b.idstr} is ${b.length} bytes, more than the ${total} the MEM_SIZE record has left`,
+            at,
+          );
         total -= b.length;
         out.blocks.push({ idstr: b.idstr, length: Number(b.length) });
         if (opts.ignoreShared) r.read(be64, `memory region address of RAMBlock ${b.idstr}`);

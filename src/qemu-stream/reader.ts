@@ -33,7 +33,10 @@ export class StreamReader {
   /** `n` more bytes must be there for `what`, which starts at `start`. */
   need(n: number, what: string, start = this.pos): void {
     if (this.pos + n > this.buf.length) {
-      throw this.fail(`truncated: ${what} needs ${this.pos + n - start} bytes, the file has ${this.buf.length - start} left`, start);
+      throw this.fail(
+        `truncated: ${what} needs ${this.pos + n - start} bytes, the file has ${this.buf.length - start} left`,
+        start,
+      );
     }
   }
 

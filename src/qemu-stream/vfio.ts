@@ -51,7 +51,11 @@ export function walkVfioSection(r: StreamReader, idstr: string): VfioSectionWalk
     const offset = r.pos;
     const marker = r.read(be64, `VFIO marker of ${idstr}`).value;
     const name = vfioMarkerName(marker);
-    if (name === undefined) throw r.fail(`unknown VFIO marker ${hex(marker, 16)} in ${idstr} (known: 0xffffffffef100001 to 0xffffffffef100006)`, offset);
+    if (name === undefined)
+      throw r.fail(
+        `unknown VFIO marker ${hex(marker, 16)} in ${idstr} (known: 0xffffffffef100001 to 0xffffffffef100006)`,
+        offset,
+      );
     switch (marker) {
       case VfioMarker.END_OF_STATE:
       case VfioMarker.DEV_INIT_DATA_SENT:
@@ -62,7 +66,11 @@ export function walkVfioSection(r: StreamReader, idstr: string): VfioSectionWalk
         break;
       case VfioMarker.DEV_DATA_STATE: {
         const size = r.read(vfioDataSize, `DEV_DATA_STATE size of ${idstr}`).size;
-        if (size > BigInt(r.left)) throw r.fail(`VFIO DEV_DATA_STATE record of ${idstr} cut short: it says ${size} bytes of device state, the file has ${r.left} left`, offset);
+        if (size > BigInt(r.left))
+          throw r.fail(
+            `VFIO DEV_DATA_STATE record of ${idstr} cut short: it says ${size} bytes of device state, the file has ${r.left} left`,
+            offset,
+          );
         records.push({ marker: name, offset, bytes: Number(size), dataOffset: r.pos });
         r.pos += Number(size);
         break;
@@ -71,7 +79,8 @@ export function walkVfioSection(r: StreamReader, idstr: string): VfioSectionWalk
         // Not length-prefixed: vfio-pci's config vmstate runs to the END_OF_STATE that closes it.
         const start = r.pos;
         const end = r.buf.indexOf(END_BYTES, start);
-        if (end < 0) throw r.fail(`VFIO DEV_CONFIG_STATE record of ${idstr} cut short: no END_OF_STATE marker follows it`, offset);
+        if (end < 0)
+          throw r.fail(`VFIO DEV_CONFIG_STATE record of ${idstr} cut short: no END_OF_STATE marker follows it`, offset);
         const bytes = end - start;
         config = { bytes, offset: start, ...(bytes >= PCI_MIN ? { pci: decodePci(r.buf.subarray(start, end)) } : {}) };
         records.push({ marker: name, offset, bytes, dataOffset: start });
@@ -83,6 +92,18 @@ export function walkVfioSection(r: StreamReader, idstr: string): VfioSectionWalk
 }
 
 function decodePci(b: Buffer): VfioPciConfig['pci'] {
-  const h = vfioPciConfigHead.parser.parse(b) as { pci_version: number; vendor_id: number; device_id: number; revision: number; class_code: number };
-  return { version: h.pci_version, vendorId: h.vendor_id, deviceId: h.device_id, classCode: h.class_code, revision: h.revision };
+  const h = vfioPciConfigHead.parser.parse(b) as {
+    pci_version: number;
+    vendor_id: number;
+    device_id: number;
+    revision: number;
+    class_code: number;
+  };
+  return {
+    version: h.pci_version,
+    vendorId: h.vendor_id,
+    deviceId: h.device_id,
+    classCode: h.class_code,
+    revision: h.revision,
+  };
 }

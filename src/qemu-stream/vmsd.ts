@@ -39,7 +39,8 @@ export interface VmDescription {
 export function findDescription(buf: Buffer): { offset: number; json: Buffer } | null {
   const nul = buf.lastIndexOf(0);
   for (let j = buf.indexOf(0x7b, Math.max(5, nul - 3)); j >= 5; j = buf.indexOf(0x7b, j + 1)) {
-    if (buf[j - 5] === SectionType.VMDESCRIPTION && buf.readUInt32BE(j - 4) === buf.length - j) return { offset: j - 5, json: buf.subarray(j) };
+    if (buf[j - 5] === SectionType.VMDESCRIPTION && buf.readUInt32BE(j - 4) === buf.length - j)
+      return { offset: j - 5, json: buf.subarray(j) };
   }
   return null;
 }
@@ -52,10 +53,14 @@ export function walkVmsd(r: StreamReader, desc: VmsdDesc, what: string): void {
   }
   for (const sub of desc.subsections ?? []) {
     const at = r.pos;
-    if (r.peek() !== SectionType.SUBSECTION) throw r.fail(`subsection ${sub.vmsd_name} of ${what} expected (byte 0x05), found ${r.peek() === undefined ? 'the end of the file' : `0x${r.peek()!.toString(16)}`}`);
+    if (r.peek() !== SectionType.SUBSECTION)
+      throw r.fail(
+        `subsection ${sub.vmsd_name} of ${what} expected (byte 0x05), found ${r.peek() === undefined ? 'the end of the file' : `0x${r.peek()!.toString(16)}`}`,
+      );
     r.pos++;
     const h = r.read(subsectionHeader, `subsection header in ${what}`);
-    if (sub.vmsd_name !== undefined && h.name !== sub.vmsd_name) throw r.fail(`subsection ${h.name} where the VMDESCRIPTION has ${sub.vmsd_name} (in ${what})`, at);
+    if (sub.vmsd_name !== undefined && h.name !== sub.vmsd_name)
+      throw r.fail(`subsection ${h.name} where the VMDESCRIPTION has ${sub.vmsd_name} (in ${what})`, at);
     walkVmsd(r, sub, `${what}/${h.name}`);
   }
 }

@@ -6,7 +6,22 @@
  * the end; a VFIO device's config), each followed by a footer. What is
  * found is returned as plain data; anything malformed is refused (reader.ts).
  */
-import { QEMU_VM_FILE_MAGIC, QEMU_VM_FILE_VERSION, SectionType, be32, command, configurationName, fileHeader, sectionHeaderFull, sectionId, sectionType, sectionTypeName, shortString, subsectionHeader, vmdescription } from './framing.js';
+import {
+  QEMU_VM_FILE_MAGIC,
+  QEMU_VM_FILE_VERSION,
+  SectionType,
+  be32,
+  command,
+  configurationName,
+  fileHeader,
+  sectionHeaderFull,
+  sectionId,
+  sectionType,
+  sectionTypeName,
+  shortString,
+  subsectionHeader,
+  vmdescription,
+} from './framing.js';
 import { walkRamSection, type RamWalk } from './ram.js';
 import { StreamReader, hex } from './reader.js';
 import { walkVfioSection, type VfioSectionWalk } from './vfio.js';
@@ -77,15 +92,31 @@ const KIND: Record<number, SectionKind> = {
 export function walkStream(buf: Buffer, file: string): QemuStream {
   const r = new StreamReader(buf, file);
   if (buf.length === 0) throw r.fail('empty file: not a QEMU migration stream', 0, 'EINVAL');
-  if (buf.length < fileHeader.head) throw r.fail(`truncated: ${buf.length} bytes, shorter than the 8-byte file header`, 0, 'EINVAL');
+  if (buf.length < fileHeader.head)
+    throw r.fail(`truncated: ${buf.length} bytes, shorter than the 8-byte file header`, 0, 'EINVAL');
   const h = r.read(fileHeader);
-  if (h.magic !== QEMU_VM_FILE_MAGIC) throw r.fail(`bad magic ${hex(h.magic, 8)}: not a QEMU migration stream (expected 0x5145564d, "QEVM")`, 0, 'EINVAL');
-  if (h.version !== QEMU_VM_FILE_VERSION) throw r.fail(`file version ${h.version}: this tool reads version ${QEMU_VM_FILE_VERSION}`, 4, 'EINVAL');
+  if (h.magic !== QEMU_VM_FILE_MAGIC)
+    throw r.fail(
+      `bad magic ${hex(h.magic, 8)}: not a QEMU migration stream (expected 0x5145564d, "QEVM")`,
+      0,
+      'EINVAL',
+    );
+  if (h.version !== QEMU_VM_FILE_VERSION)
+    throw r.fail(`file version ${h.version}: this tool reads version ${QEMU_VM_FILE_VERSION}`, 4, 'EINVAL');
 
   const desc = readDescription(r);
   const devices = new Map<string, VmsdDesc>();
   for (const d of desc?.devices ?? []) devices.set(`${d.name}\0${d.instance_id}`, d);
-  const out: QemuStream = { file, size: buf.length, machine: null, capabilities: [], pageSize: desc?.page_size ?? 4096, records: [], sections: [], description: desc };
+  const out: QemuStream = {
+    file,
+    size: buf.length,
+    machine: null,
+    capabilities: [],
+    pageSize: desc?.page_size ?? 4096,
+    records: [],
+    sections: [],
+    description: desc,
+  };
   const live = new Map<number, { idstr: string; instanceId: number; versionId: number }>();
   let last: Section | null = null;
 
@@ -108,14 +139,27 @@ export function walkStream(buf: Buffer, file: string): QemuStream {
         if (!started) throw r.fail(`SECTION_${kind} for section id ${id}, which no SECTION_START began`, offset);
         head = started;
       }
-      const s: Section = { type: kind, sectionId: id, ...head, offset, bytes: 0, dataOffset: r.pos, dataBytes: 0, footer: false };
+      const s: Section = {
+        type: kind,
+        sectionId: id,
+        ...head,
+        offset,
+        bytes: 0,
+        dataOffset: r.pos,
+        dataBytes: 0,
+        footer: false,
+      };
       walkSectionData(r, s, out, devices);
       s.dataBytes = r.pos - s.dataOffset;
       if (r.peek() === SectionType.SECTION_FOOTER) {
         const at = r.pos;
         r.pos++;
         const f = r.read(sectionId, 'section footer').section_id;
-        if (f !== id) throw r.fail(`section footer for id ${f} after section ${id} (${s.idstr}): the section's data is not what its header says`, at);
+        if (f !== id)
+          throw r.fail(
+            `section footer for id ${f} after section ${id} (${s.idstr}): the section's data is not what its header says`,
+            at,
+          );
         s.footer = true;
       }
       s.bytes = r.pos - offset;
@@ -144,9 +188,17 @@ export function walkStream(buf: Buffer, file: string): QemuStream {
         break;
       }
       case SectionType.SECTION_FOOTER:
-        throw r.fail(last ? `a second section footer after section ${last.sectionId} (${last.idstr})` : 'section footer with no section before it', offset);
+        throw r.fail(
+          last
+            ? `a second section footer after section ${last.sectionId} (${last.idstr})`
+            : 'section footer with no section before it',
+          offset,
+        );
       default:
-        throw r.fail(`unknown section type ${sectionTypeName(type)}${type === SectionType.VMDESCRIPTION || type === SectionType.SUBSECTION ? ' here' : ''}${last ? ` after section ${last.sectionId} (${last.idstr}, ${last.type})` : ''}`, offset);
+        throw r.fail(
+          `unknown section type ${sectionTypeName(type)}${type === SectionType.VMDESCRIPTION || type === SectionType.SUBSECTION ? ' here' : ''}${last ? ` after section ${last.sectionId} (${last.idstr}, ${last.type})` : ''}`,
+          offset,
+        );
     }
   }
 }
@@ -154,7 +206,8 @@ export function walkStream(buf: Buffer, file: string): QemuStream {
 /** The section's data, by the framing its device has. */
 function walkSectionData(r: StreamReader, s: Section, out: QemuStream, devices: Map<string, VmsdDesc>): void {
   if (s.idstr === 'ram' && s.type !== 'FULL') {
-    if (out.capabilities.includes('mapped-ram')) throw r.fail('the stream uses mapped-ram, whose pages are not in the stream: not supported');
+    if (out.capabilities.includes('mapped-ram'))
+      throw r.fail('the stream uses mapped-ram, whose pages are not in the stream: not supported');
     s.ram = walkRamSection(r, { pageSize: out.pageSize, ignoreShared: out.capabilities.includes('x-ignore-shared') });
     return;
   }
@@ -163,8 +216,16 @@ function walkSectionData(r: StreamReader, s: Section, out: QemuStream, devices: 
     return;
   }
   const what = `${s.idstr} (instance ${s.instanceId})`;
-  if (s.type !== 'FULL') throw r.fail(`live section ${what} has a framing this tool does not know (it reads "ram" and VFIO devices)`, s.offset);
-  if (!out.description) throw r.fail(`section ${what} is not length-prefixed and the stream has no VMDESCRIPTION to walk it by (QEMU writes it last: is the file cut short?)`, s.offset);
+  if (s.type !== 'FULL')
+    throw r.fail(
+      `live section ${what} has a framing this tool does not know (it reads "ram" and VFIO devices)`,
+      s.offset,
+    );
+  if (!out.description)
+    throw r.fail(
+      `section ${what} is not length-prefixed and the stream has no VMDESCRIPTION to walk it by (QEMU writes it last: is the file cut short?)`,
+      s.offset,
+    );
   const d = devices.get(`${s.idstr}\0${s.instanceId}`);
   if (!d) throw r.fail(`section ${what} is not in the stream's VMDESCRIPTION: its extent is unknown`, s.offset);
   s.vmsdName = d.vmsd_name;
@@ -187,7 +248,8 @@ function readDescription(r: StreamReader): VmDescription | null {
 function readTail(r: StreamReader, out: QemuStream): void {
   if (r.left === 0) return;
   const offset = r.pos;
-  if (r.peek() !== SectionType.VMDESCRIPTION) throw r.fail(`${r.left} bytes after QEMU_VM_EOF that are no VMDESCRIPTION`);
+  if (r.peek() !== SectionType.VMDESCRIPTION)
+    throw r.fail(`${r.left} bytes after QEMU_VM_EOF that are no VMDESCRIPTION`);
   r.pos++;
   const len = r.read(vmdescription).len;
   r.bytes(len, 'VMDESCRIPTION');

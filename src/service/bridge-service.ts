@@ -16,12 +16,30 @@ import type { V2Device } from '../v2/device.js';
 import { openKernelDevice } from '../v2/kernel/kernel-device.js';
 import { holdsSession } from '../v2/fsm.js';
 import { linuxPeerSys, type PeerSysCalls, type SharedMapping } from '../v2/kernel/sys.js';
-import { MigState, PAGE, VFIO_REGION_SUBTYPE_MIGRATION_DEPRECATED, VFIO_REGION_TYPE_MIGRATION_DEPRECATED, encodeRegionInfo, migStateName } from '../v2/uapi.js';
+import {
+  MigState,
+  PAGE,
+  VFIO_REGION_SUBTYPE_MIGRATION_DEPRECATED,
+  VFIO_REGION_TYPE_MIGRATION_DEPRECATED,
+  encodeRegionInfo,
+  migStateName,
+} from '../v2/uapi.js';
 import { listenUnix } from './listen.js';
 import { ConnectionCount, DEFAULT_LIMITS, escapeForLog, limitedLog, sharedLog, type ServiceLimits } from './limits.js';
 import { Peer } from './peer.js';
 import { GroupMember, QuiesceGroup, type GroupEvent } from './quiesce-group.js';
-import { MAX_REQUEST_PAYLOAD, RequestReader, WireOp, encodeReply, vmw_bye, vmw_hello, vmw_hello_reply, vmw_region, vmw_request, type WireRequest } from './wire.js';
+import {
+  MAX_REQUEST_PAYLOAD,
+  RequestReader,
+  WireOp,
+  encodeReply,
+  vmw_bye,
+  vmw_hello,
+  vmw_hello_reply,
+  vmw_region,
+  vmw_request,
+  type WireRequest,
+} from './wire.js';
 
 /** What a VMM said about the device fd it wants bridged. */
 export interface DeviceHello {
@@ -35,8 +53,7 @@ export interface DeviceHello {
 }
 
 export type ServiceTraceEvent =
-  | ({ kind: 'access'; vmm: number; device: string } & V1TraceEvent)
-  | ({ kind: 'group'; vmm: number } & GroupEvent);
+  ({ kind: 'access'; vmm: number; device: string } & V1TraceEvent) | ({ kind: 'group'; vmm: number } & GroupEvent);
 
 export interface BridgeServiceOptions {
   socketPath: string;
@@ -88,7 +105,8 @@ const regionOffset = (index: number) => BigInt(index) << 40n;
 /** The descriptor under a connected Node socket (Unix sockets on Linux always have one). */
 function socketFd(sock: Socket): number {
   const fd = (sock as unknown as { _handle?: { fd?: number } })._handle?.fd;
-  if (typeof fd !== 'number' || fd < 0) throw new VfioError('EBADF', 'serve: connect', 'socket', 'the connection has no descriptor');
+  if (typeof fd !== 'number' || fd < 0)
+    throw new VfioError('EBADF', 'serve: connect', 'socket', 'the connection has no descriptor');
   return fd;
 }
 
@@ -212,7 +230,10 @@ class DeviceSession {
     this.#opts = opts;
     this.#limits = limits;
     this.#bridgedLog = limitedLog(opts.log, limits.logLinesPerConnection, () => this.#who);
-    this.#helloTimer = setTimeout(() => void this.end(`not bridged within ${limits.helloTimeoutMs} ms`), limits.helloTimeoutMs);
+    this.#helloTimer = setTimeout(
+      () => void this.end(`not bridged within ${limits.helloTimeoutMs} ms`),
+      limits.helloTimeoutMs,
+    );
     sock.on('data', (d) => this.#received(d));
     sock.on('drain', () => this.#pump());
     sock.on('close', () => void this.end('the VMM closed the connection'));
@@ -254,7 +275,12 @@ class DeviceSession {
    * client can make the service hold is bounded.
    */
   #pump(): void {
-    while (!this.#ended && !this.#readError && this.#queued < this.#limits.maxQueuedRequests && this.#sock.writableLength <= this.#limits.maxUnsentBytes) {
+    while (
+      !this.#ended &&
+      !this.#readError &&
+      this.#queued < this.#limits.maxQueuedRequests &&
+      this.#sock.writableLength <= this.#limits.maxUnsentBytes
+    ) {
       let rq: WireRequest | null;
       try {
         rq = this.#reader.next();
@@ -268,7 +294,10 @@ class DeviceSession {
       this.#enqueue(() => this.#handle(request));
     }
     if (this.#ended) return;
-    const full = this.#reader.buffered > MAX_UNPARSED || this.#queued >= this.#limits.maxQueuedRequests || this.#sock.writableLength > this.#limits.maxUnsentBytes;
+    const full =
+      this.#reader.buffered > MAX_UNPARSED ||
+      this.#queued >= this.#limits.maxQueuedRequests ||
+      this.#sock.writableLength > this.#limits.maxUnsentBytes;
     if (full && !this.#sock.isPaused()) this.#sock.pause();
     else if (!full && this.#sock.isPaused()) this.#sock.resume();
   }
@@ -306,23 +335,53 @@ class DeviceSession {
         case WireOp.READ:
         case WireOp.WRITE: {
           const bridge = this.#bridge;
-          if (!bridge) throw new ProtocolError('EPROTO', 'serve', this.#name, 'region access before the device was bridged');
+          if (!bridge)
+            throw new ProtocolError('EPROTO', 'serve', this.#name, 'region access before the device was bridged');
           this.stats!.headerAccesses++;
           // Region offsets are at most the region's size: a larger one is refused exactly, not rounded to a double.
-          if (offset > BigInt(Number.MAX_SAFE_INTEGER)) throw new VfioError('EINVAL', `serve: ${op === WireOp.READ ? 'READ' : 'WRITE'}`, this.#name, `offset ${offset} is past the region`);
+          if (offset > BigInt(Number.MAX_SAFE_INTEGER))
+            throw new VfioError(
+              'EINVAL',
+              `serve: ${op === WireOp.READ ? 'READ' : 'WRITE'}`,
+              this.#name,
+              `offset ${offset} is past the region`,
+            );
           if (op === WireOp.READ) {
-            if (length > MAX_REQUEST_PAYLOAD) throw new VfioError('EINVAL', 'serve: READ', this.#name, `a read of ${length} bytes (the socket carries header accesses, at most ${MAX_REQUEST_PAYLOAD})`);
+            if (length > MAX_REQUEST_PAYLOAD)
+              throw new VfioError(
+                'EINVAL',
+                'serve: READ',
+                this.#name,
+                `a read of ${length} bytes (the socket carries header accesses, at most ${MAX_REQUEST_PAYLOAD})`,
+              );
             return this.#reply(0, await bridge.read(Number(offset), length));
           }
-          if (length !== payload.length) throw new ProtocolError('EPROTO', 'serve: WRITE', this.#name, `a write of ${length} bytes carries ${payload.length}`);
+          if (length !== payload.length)
+            throw new ProtocolError(
+              'EPROTO',
+              'serve: WRITE',
+              this.#name,
+              `a write of ${length} bytes carries ${payload.length}`,
+            );
           await bridge.write(Number(offset), payload);
           return this.#reply(0);
         }
         case WireOp.BYE: {
           if (!this.#hello) throw new ProtocolError('EPROTO', 'serve: BYE', this.#name, 'BYE before HELLO');
-          if (payload.length < vmw_bye.size) throw new ProtocolError('EPROTO', 'serve: BYE', this.#name, `BYE of ${payload.length} bytes (${vmw_bye.size} expected)`);
+          if (payload.length < vmw_bye.size)
+            throw new ProtocolError(
+              'EPROTO',
+              'serve: BYE',
+              this.#name,
+              `BYE of ${payload.length} bytes (${vmw_bye.size} expected)`,
+            );
           const bye = vmw_bye.decode(payload);
-          if (this.stats) Object.assign(this.stats, { dataReads: bye.data_reads, dataWrites: bye.data_writes, dataMmaps: bye.data_mmaps });
+          if (this.stats)
+            Object.assign(this.stats, {
+              dataReads: bye.data_reads,
+              dataWrites: bye.data_writes,
+              dataMmaps: bye.data_mmaps,
+            });
           this.#reply(0);
           void this.end('the VMM closed the device'); // runs once this request is off the queue
           return;
@@ -342,13 +401,31 @@ class DeviceSession {
   }
 
   async #onHello(payload: Uint8Array): Promise<void> {
-    if (this.#hello) throw new ProtocolError('EPROTO', 'serve: HELLO', this.#name, 'a second HELLO on one connection (one connection serves one device)');
-    if (payload.length < vmw_hello.size) throw new ProtocolError('EPROTO', 'serve: HELLO', this.#name, `HELLO of ${payload.length} bytes (at least ${vmw_hello.size})`);
+    if (this.#hello)
+      throw new ProtocolError(
+        'EPROTO',
+        'serve: HELLO',
+        this.#name,
+        'a second HELLO on one connection (one connection serves one device)',
+      );
+    if (payload.length < vmw_hello.size)
+      throw new ProtocolError(
+        'EPROTO',
+        'serve: HELLO',
+        this.#name,
+        `HELLO of ${payload.length} bytes (at least ${vmw_hello.size})`,
+      );
     const h = vmw_hello.decode(payload);
     const name = escapeForLog(new TextDecoder().decode(payload.subarray(vmw_hello.size))) || `device fd ${h.fd}`;
     const hello: DeviceHello = { pid: this.#peer.pid, fd: h.fd, numRegions: h.num_regions, name };
     this.#hello = hello;
-    if (h.pid !== this.#peer.pid) throw new ProtocolError('EPERM', 'serve: HELLO', name, `HELLO names process ${h.pid}, but the connected process is ${this.#peer.pid}: a client is served only its own devices`);
+    if (h.pid !== this.#peer.pid)
+      throw new ProtocolError(
+        'EPERM',
+        'serve: HELLO',
+        name,
+        `HELLO names process ${h.pid}, but the connected process is ${this.#peer.pid}: a client is served only its own devices`,
+      );
     const refuse = (why: string) => {
       this.#log(`${this.#who} is not bridged: ${why}`);
       this.#reply(0, Buffer.concat([vmw_hello_reply.encode({ bridged: 0 }), Buffer.from(why)]));
@@ -363,7 +440,13 @@ class DeviceSession {
     }
     this.#device = dev;
     const regions = dev.regions ? await dev.regions().catch(() => []) : [];
-    if (regions.some((r) => r.type?.type === VFIO_REGION_TYPE_MIGRATION_DEPRECATED && r.type.subtype === VFIO_REGION_SUBTYPE_MIGRATION_DEPRECATED)) {
+    if (
+      regions.some(
+        (r) =>
+          r.type?.type === VFIO_REGION_TYPE_MIGRATION_DEPRECATED &&
+          r.type.subtype === VFIO_REGION_SUBTYPE_MIGRATION_DEPRECATED,
+      )
+    ) {
       await this.#closeDevice();
       return refuse('it already has a v1 migration region');
     }
@@ -381,7 +464,9 @@ class DeviceSession {
     const state = await dev.getState();
     if (holdsSession(state)) {
       await dev.reset();
-      this.#log(`${this.#who}: found in ${migStateName(state)} with no session holder (a service that died mid-migration?): reset to RUNNING`);
+      this.#log(
+        `${this.#who}: found in ${migStateName(state)} with no session holder (a service that died mid-migration?): reset to RUNNING`,
+      );
     } else if (state === MigState.RUNNING_P2P) {
       await dev.setState(MigState.RUNNING);
       this.#log(`${this.#who}: found in RUNNING_P2P, left there by a service that died: moved to RUNNING`);
@@ -391,8 +476,15 @@ class DeviceSession {
   async #onSection(payload: Uint8Array): Promise<void> {
     const hello = this.#hello;
     const dev = this.#device;
-    if (!hello || !dev || this.#bridge) throw new ProtocolError('EPROTO', 'serve: SECTION', this.#name, 'SECTION out of order');
-    if (payload.length < 4) throw new ProtocolError('EPROTO', 'serve: SECTION', this.#name, `SECTION of ${payload.length} bytes (4 expected)`);
+    if (!hello || !dev || this.#bridge)
+      throw new ProtocolError('EPROTO', 'serve: SECTION', this.#name, 'SECTION out of order');
+    if (payload.length < 4)
+      throw new ProtocolError(
+        'EPROTO',
+        'serve: SECTION',
+        this.#name,
+        `SECTION of ${payload.length} bytes (4 expected)`,
+      );
     const memfd = new DataView(payload.buffer, payload.byteOffset, 4).getInt32(0, true);
     this.#mapping = this.#peer.mapSection(memfd, this.#sectionSize, dev.name);
     const flags = await dev.migrationFlags();
@@ -405,7 +497,9 @@ class DeviceSession {
       dataOffset: PAGE,
       mmap: true,
       regionIndex: hello.numRegions,
-      ...(trace ? { trace: (e: V1TraceEvent) => trace({ kind: 'access', vmm: hello.pid, device: dev.name, ...e }) } : {}),
+      ...(trace
+        ? { trace: (e: V1TraceEvent) => trace({ kind: 'access', vmm: hello.pid, device: dev.name, ...e }) }
+        : {}),
     });
     const info = encodeRegionInfo({ ...this.#bridge.regionInfo, offset: regionOffset(hello.numRegions) });
     this.stats = { device: dev.name, vmm: hello.pid, headerAccesses: 0, dataReads: 0n, dataWrites: 0n, dataMmaps: 0n };
@@ -425,7 +519,9 @@ class DeviceSession {
     );
     if (this.#helloTimer) clearTimeout(this.#helloTimer);
     this.#helloTimer = null;
-    this.#log(`${this.#who} bridged: v1 region ${hello.numRegions}, data section ${this.#bridge.sectionSize} bytes in shared memory`);
+    this.#log(
+      `${this.#who} bridged: v1 region ${hello.numRegions}, data section ${this.#bridge.sectionSize} bytes in shared memory`,
+    );
   }
 
   /**
@@ -451,7 +547,9 @@ class DeviceSession {
             await this.#device.setState(MigState.RUNNING); // only the quiesce group put it there
           }
         } catch (e) {
-          this.#log(`${this.#name}: ${why}; could not return the device to RUNNING: ${asVfioError(e, 'serve', this.#name).message}`);
+          this.#log(
+            `${this.#name}: ${why}; could not return the device to RUNNING: ${asVfioError(e, 'serve', this.#name).message}`,
+          );
         }
         if (this.#member && this.#group) await this.#group.remove(this.#member);
         await this.#closeDevice();
@@ -462,7 +560,9 @@ class DeviceSession {
       this.#sock.destroy(); // a peer that does not read its last reply keeps no descriptor here
       if (this.stats) {
         const s = this.stats;
-        this.#log(`${s.device} (VMM pid ${s.vmm}) done: ${why}; ${s.headerAccesses} header accesses over the socket, ${s.dataReads} data reads, ${s.dataWrites} data writes and ${s.dataMmaps} mmaps from shared memory`);
+        this.#log(
+          `${s.device} (VMM pid ${s.vmm}) done: ${why}; ${s.headerAccesses} header accesses over the socket, ${s.dataReads} data reads, ${s.dataWrites} data writes and ${s.dataMmaps} mmaps from shared memory`,
+        );
       }
       this.#svc.ended(this, this.#group, this.#peer);
     })();

@@ -36,14 +36,19 @@ export class ConnectionCount {
   readonly #perUid = new Map<number, number>();
   readonly #perProcess = new Map<string, number>();
   #total = 0;
-  constructor(readonly limits: Pick<ServiceLimits, 'maxConnections' | 'maxConnectionsPerUid' | 'maxConnectionsPerProcess'>) {}
+  constructor(
+    readonly limits: Pick<ServiceLimits, 'maxConnections' | 'maxConnectionsPerUid' | 'maxConnectionsPerProcess'>,
+  ) {}
 
   admit(uid: number, process: string): string | null {
-    if (this.#total >= this.limits.maxConnections) return `${this.#total} connections are open (at most ${this.limits.maxConnections})`;
+    if (this.#total >= this.limits.maxConnections)
+      return `${this.#total} connections are open (at most ${this.limits.maxConnections})`;
     const u = this.#perUid.get(uid) ?? 0;
-    if (u >= this.limits.maxConnectionsPerUid) return `uid ${uid} has ${u} connections open (at most ${this.limits.maxConnectionsPerUid})`;
+    if (u >= this.limits.maxConnectionsPerUid)
+      return `uid ${uid} has ${u} connections open (at most ${this.limits.maxConnectionsPerUid})`;
     const p = this.#perProcess.get(process) ?? 0;
-    if (p >= this.limits.maxConnectionsPerProcess) return `the process has ${p} connections open (at most ${this.limits.maxConnectionsPerProcess})`;
+    if (p >= this.limits.maxConnectionsPerProcess)
+      return `the process has ${p} connections open (at most ${this.limits.maxConnectionsPerProcess})`;
     this.#perUid.set(uid, u + 1);
     this.#perProcess.set(process, p + 1);
     this.#total++;
@@ -51,7 +56,10 @@ export class ConnectionCount {
   }
 
   release(uid: number, process: string): void {
-    for (const [map, key] of [[this.#perUid, uid], [this.#perProcess, process]] as const) {
+    for (const [map, key] of [
+      [this.#perUid, uid],
+      [this.#perProcess, process],
+    ] as const) {
       const n = ((map as Map<unknown, number>).get(key) ?? 0) - 1;
       if (n > 0) (map as Map<unknown, number>).set(key, n);
       else (map as Map<unknown, number>).delete(key);
@@ -76,7 +84,11 @@ export function escapeForLog(text: string): string {
 }
 
 /** A log for one connection that writes at most `budget` lines, then says once that it stops. */
-export function limitedLog(log: ((line: string) => void) | undefined, budget: number, who: () => string): (line: string) => void {
+export function limitedLog(
+  log: ((line: string) => void) | undefined,
+  budget: number,
+  who: () => string,
+): (line: string) => void {
   let left = budget;
   return (line) => {
     if (!log || left < 0) return;
@@ -90,7 +102,11 @@ export function limitedLog(log: ((line: string) => void) | undefined, budget: nu
  * `burst` lines, then one a second, and the count of those dropped, so no
  * flood of connections can flood the log.
  */
-export function sharedLog(log: ((line: string) => void) | undefined, burst = 10, now: () => number = Date.now): (line: string) => void {
+export function sharedLog(
+  log: ((line: string) => void) | undefined,
+  burst = 10,
+  now: () => number = Date.now,
+): (line: string) => void {
   let tokens = burst;
   let last = now();
   let dropped = 0;

@@ -34,7 +34,9 @@ function answers(path: string): Promise<boolean> {
 
 function listening(server: Server, what: string, target: string | { fd: number }): Promise<void> {
   return new Promise<void>((resolve, reject) => {
-    server.once('error', (e: NodeJS.ErrnoException) => reject(new VfioError(e.code ?? 'EIO', 'listen', what, e.message, { cause: e })));
+    server.once('error', (e: NodeJS.ErrnoException) =>
+      reject(new VfioError(e.code ?? 'EIO', 'listen', what, e.message, { cause: e })),
+    );
     server.listen(target, () => {
       server.removeAllListeners('error');
       resolve();
@@ -50,13 +52,17 @@ export async function listenUnix(opts: ListenOptions): Promise<Server> {
   }
   const path = opts.socketPath;
   if (!path) throw new VfioError('EINVAL', 'serve', '(empty)', 'the socket path is empty');
-  if (Buffer.byteLength(path) > MAX_SOCKET_PATH) throw new VfioError('ENAMETOOLONG', 'serve', path, `a Unix socket path holds at most ${MAX_SOCKET_PATH} bytes`);
+  if (Buffer.byteLength(path) > MAX_SOCKET_PATH)
+    throw new VfioError('ENAMETOOLONG', 'serve', path, `a Unix socket path holds at most ${MAX_SOCKET_PATH} bytes`);
   const mode = opts.socketMode ?? 0o600;
-  if (!Number.isInteger(mode) || mode < 0 || mode > 0o777) throw new VfioError('EINVAL', 'serve', path, `socket mode ${mode} is not a permission mode (0 to 0777)`);
+  if (!Number.isInteger(mode) || mode < 0 || mode > 0o777)
+    throw new VfioError('EINVAL', 'serve', path, `socket mode ${mode} is not a permission mode (0 to 0777)`);
   const old = lstatSync(path, { throwIfNoEntry: false });
   if (old && !old.isSocket()) throw new VfioError('EEXIST', 'serve', path, 'exists and is not a socket');
-  if (old && (await answers(path))) throw new VfioError('EADDRINUSE', 'serve', path, 'another service is listening there');
-  if (!old && !existsSync(dirname(resolvePath(path)))) throw new VfioError('ENOENT', 'serve', path, `no directory ${dirname(resolvePath(path))}`);
+  if (old && (await answers(path)))
+    throw new VfioError('EADDRINUSE', 'serve', path, 'another service is listening there');
+  if (!old && !existsSync(dirname(resolvePath(path))))
+    throw new VfioError('ENOENT', 'serve', path, `no directory ${dirname(resolvePath(path))}`);
   if (old) rmSync(path);
   const umask = process.umask(0o177);
   try {
@@ -71,7 +77,13 @@ export async function listenUnix(opts: ListenOptions): Promise<Server> {
     server.close();
     rmSync(path, { force: true });
     const err = e as NodeJS.ErrnoException;
-    throw new VfioError(err.code ?? 'EIO', 'serve', path, `cannot set the socket's ${err.syscall === 'chown' ? `group to ${opts.socketGid}` : `mode to 0${mode.toString(8)}`}: ${err.message}`, { cause: e });
+    throw new VfioError(
+      err.code ?? 'EIO',
+      'serve',
+      path,
+      `cannot set the socket's ${err.syscall === 'chown' ? `group to ${opts.socketGid}` : `mode to 0${mode.toString(8)}`}: ${err.message}`,
+      { cause: e },
+    );
   }
   return server;
 }

@@ -31,7 +31,8 @@ function startTime(pid: number): string | null {
 function credentialsOf(pid: number): { uids: number[]; gids: number[] } | null {
   try {
     const status = readFileSync(`/proc/${pid}/status`, 'utf8');
-    const ids = (key: string) => (new RegExp(`^${key}:\\s+(.*)$`, 'm').exec(status)?.[1] ?? '').trim().split(/\s+/).map(Number);
+    const ids = (key: string) =>
+      (new RegExp(`^${key}:\\s+(.*)$`, 'm').exec(status)?.[1] ?? '').trim().split(/\s+/).map(Number);
     return { uids: ids('Uid'), gids: ids('Gid') };
   } catch {
     return null;
@@ -90,13 +91,24 @@ export class Peer {
     const now = credentialsOf(this.creds.pid);
     if (!this.alive()) throw new VfioError('ESRCH', op, device, `process ${this.creds.pid} has exited`);
     if (!now || now.uids.some((u) => u !== this.creds.uid) || now.gids.some((g) => g !== this.creds.gid)) {
-      throw new VfioError('EPERM', op, device, `process ${this.creds.pid} no longer runs as uid ${this.creds.uid} gid ${this.creds.gid}, as it connected`);
+      throw new VfioError(
+        'EPERM',
+        op,
+        device,
+        `process ${this.creds.pid} no longer runs as uid ${this.creds.uid} gid ${this.creds.gid}, as it connected`,
+      );
     }
     try {
       return this.#sys.pidfdGetfd(this.#pidfd, fd, op, device);
     } catch (e) {
       if (!(e instanceof VfioError) || (e.code !== 'EPERM' && e.code !== 'EACCES')) throw e;
-      throw new VfioError(e.code, op, device, `${e.reason ?? ''}: the service needs ptrace access to the VMM (run it as root, or let vfio-mig exec start it beside the VMM)`, { cause: e });
+      throw new VfioError(
+        e.code,
+        op,
+        device,
+        `${e.reason ?? ''}: the service needs ptrace access to the VMM (run it as root, or let vfio-mig exec start it beside the VMM)`,
+        { cause: e },
+      );
     }
   }
 
@@ -124,10 +136,23 @@ export class Peer {
       const what = fdTarget(own);
       if (!what.startsWith('/memfd:')) throw new VfioError('EINVAL', op, device, `fd ${fd} is ${what}, not a memfd`);
       const seals = this.#sys.getSeals(own, op, device);
-      if ((seals & REQUIRED_SEALS) !== REQUIRED_SEALS) throw new VfioError('EPERM', op, device, `the memfd is not sealed against shrinking and growing (seals 0x${seals.toString(16)})`);
-      if (seals & (F_SEAL_WRITE | F_SEAL_FUTURE_WRITE)) throw new VfioError('EPERM', op, device, `the memfd is sealed against writing (seals 0x${seals.toString(16)}): the section is written both ways`);
+      if ((seals & REQUIRED_SEALS) !== REQUIRED_SEALS)
+        throw new VfioError(
+          'EPERM',
+          op,
+          device,
+          `the memfd is not sealed against shrinking and growing (seals 0x${seals.toString(16)})`,
+        );
+      if (seals & (F_SEAL_WRITE | F_SEAL_FUTURE_WRITE))
+        throw new VfioError(
+          'EPERM',
+          op,
+          device,
+          `the memfd is sealed against writing (seals 0x${seals.toString(16)}): the section is written both ways`,
+        );
       const bytes = fstatSync(own).size;
-      if (bytes < size) throw new VfioError('EINVAL', op, device, `the memfd holds ${bytes} bytes, the section needs ${size}`);
+      if (bytes < size)
+        throw new VfioError('EINVAL', op, device, `the memfd holds ${bytes} bytes, the section needs ${size}`);
       return this.#sys.mapShared(own, size, op, device);
     } finally {
       this.#sys.close(own); // the mapping keeps the memory
@@ -161,8 +186,8 @@ export function checkVfioDeviceFd(fd: number, op: string, device: string): void 
   if (what === 'anon_inode:[vfio-device]') return;
   const st = fstatSync(fd, { bigint: true });
   if (st.isCharacterDevice()) {
-    const major = st.rdev >> 8n & 0xfffn;
-    const minor = (st.rdev & 0xffn) | (st.rdev >> 12n & ~0xffn);
+    const major = (st.rdev >> 8n) & 0xfffn;
+    const minor = (st.rdev & 0xffn) | ((st.rdev >> 12n) & ~0xffn);
     const sys = realpathOrNull(`/sys/dev/char/${major}:${minor}`);
     if (sys && /\/vfio-dev\/vfio\d+$/.test(sys)) return;
   }

@@ -17,13 +17,21 @@ const packageRoot = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 /** Compiles the interposer into `out` (the cc command line is the one `npm run build` uses). */
 export function buildPreloadLibrary(out: string): void {
   const src = join(packageRoot, 'interposer', 'vfio-mig-preload.c');
-  if (!existsSync(src)) throw new VfioError('ENOENT', 'build interposer', src, 'the interposer source is missing from the package');
+  if (!existsSync(src))
+    throw new VfioError('ENOENT', 'build interposer', src, 'the interposer source is missing from the package');
   mkdirSync(dirname(out), { recursive: true });
   const tmp = `${out}.${process.pid}.tmp`;
   const cc = process.env.CC || 'cc';
-  const r = spawnSync(cc, ['-O2', '-Wall', '-shared', '-fPIC', '-o', tmp, src, '-ldl', '-lpthread'], { encoding: 'utf8' });
+  const r = spawnSync(cc, ['-O2', '-Wall', '-shared', '-fPIC', '-o', tmp, src, '-ldl', '-lpthread'], {
+    encoding: 'utf8',
+  });
   if (r.error || r.status !== 0) {
-    throw new VfioError('ENOEXEC', 'build interposer', src, `${cc} failed: ${r.error?.message ?? r.stderr.trim()} (install gcc and libc6-dev, or set CC)`);
+    throw new VfioError(
+      'ENOEXEC',
+      'build interposer',
+      src,
+      `${cc} failed: ${r.error?.message ?? r.stderr.trim()} (install gcc and libc6-dev, or set CC)`,
+    );
   }
   renameSync(tmp, out);
 }

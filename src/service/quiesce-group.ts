@@ -31,8 +31,14 @@ export interface GroupEvent {
 
 const runs = (s: MigState) => s === MigState.RUNNING || s === MigState.PRE_COPY;
 const stopped = (s: MigState) => s === MigState.STOP || s === MigState.STOP_COPY || s === MigState.RESUMING;
-const P2P_FORM: Partial<Record<MigState, MigState>> = { [MigState.RUNNING]: MigState.RUNNING_P2P, [MigState.PRE_COPY]: MigState.PRE_COPY_P2P };
-const RUN_FORM: Partial<Record<MigState, MigState>> = { [MigState.RUNNING_P2P]: MigState.RUNNING, [MigState.PRE_COPY_P2P]: MigState.PRE_COPY };
+const P2P_FORM: Partial<Record<MigState, MigState>> = {
+  [MigState.RUNNING]: MigState.RUNNING_P2P,
+  [MigState.PRE_COPY]: MigState.PRE_COPY_P2P,
+};
+const RUN_FORM: Partial<Record<MigState, MigState>> = {
+  [MigState.RUNNING_P2P]: MigState.RUNNING,
+  [MigState.PRE_COPY_P2P]: MigState.PRE_COPY,
+};
 
 export class QuiesceGroup {
   readonly #members = new Set<GroupMember>();
@@ -75,7 +81,12 @@ export class QuiesceGroup {
       const park = m.p2p && runs(target) && !runs(from) && others.length > 0;
       const realFrom = m.real;
       const stream = await m.move(park ? P2P_FORM[target]! : target, park);
-      if (park) this.onEvent?.({ device: m.name, cause: m.name, v2: [`SET_STATE ${migStateName(realFrom)}->${migStateName(m.real)} (held until every device is up)`] });
+      if (park)
+        this.onEvent?.({
+          device: m.name,
+          cause: m.name,
+          v2: [`SET_STATE ${migStateName(realFrom)}->${migStateName(m.real)} (held until every device is up)`],
+        });
       if (runs(target)) await this.#release(m.name);
       return stream;
     });
@@ -107,7 +118,12 @@ export class GroupMember extends ForwardingDevice {
   #parked = false;
   readonly p2p: boolean;
 
-  constructor(readonly group: QuiesceGroup, inner: V2Device, readonly flags: number, state: MigState) {
+  constructor(
+    readonly group: QuiesceGroup,
+    inner: V2Device,
+    readonly flags: number,
+    state: MigState,
+  ) {
     super(inner);
     this.#real = state;
     this.p2p = (flags & MigFlag.P2P) !== 0;

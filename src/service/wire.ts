@@ -80,7 +80,8 @@ export class RequestReader {
     if (this.#bytes < vmw_request.size) return null;
     const head = this.#peek(vmw_request.size);
     const h = vmw_request.decode(head);
-    if (h.payload_len > MAX_REQUEST_PAYLOAD) throw new RangeError(`request payload of ${h.payload_len} bytes (at most ${MAX_REQUEST_PAYLOAD})`);
+    if (h.payload_len > MAX_REQUEST_PAYLOAD)
+      throw new RangeError(`request payload of ${h.payload_len} bytes (at most ${MAX_REQUEST_PAYLOAD})`);
     const end = vmw_request.size + h.payload_len;
     if (this.#bytes < end) return null;
     const all = this.#peek(end);

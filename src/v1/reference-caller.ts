@@ -66,7 +66,13 @@ export type ChunkSink = Sink;
 export async function setStateV1(region: V1Region, mask: number, value: number, device = 'v1 region'): Promise<number> {
   const old = await readU32(region, F.DEVICE_STATE);
   const next = ((old & mask) | value) >>> 0;
-  if (!isValidV1(next)) throw new VfioError('EINVAL', `v1 set_state ${v1StateName(old)}->${v1StateName(next)}`, device, 'invalid v1 state, not written');
+  if (!isValidV1(next))
+    throw new VfioError(
+      'EINVAL',
+      `v1 set_state ${v1StateName(old)}->${v1StateName(next)}`,
+      device,
+      'invalid v1 state, not written',
+    );
   try {
     await writeU32(region, F.DEVICE_STATE, next);
   } catch (e) {
@@ -77,18 +83,35 @@ export async function setStateV1(region: V1Region, mask: number, value: number, 
       // keep 'unreadable'
     }
     const code = e instanceof VfioError ? e.code : 'EIO';
-    throw new VfioError(code, `v1 set_state ${v1StateName(old)}->${v1StateName(next)}`, device, `device_state now ${now}`, { cause: e, details: { deviceState: now } });
+    throw new VfioError(
+      code,
+      `v1 set_state ${v1StateName(old)}->${v1StateName(next)}`,
+      device,
+      `device_state now ${now}`,
+      { cause: e, details: { deviceState: now } },
+    );
   }
   return next;
 }
 
 /** One chunk (vfio_save_buffer): data_offset, then data_size, then the data. */
-async function saveBuffer(region: V1Region, sink: Sink, mode: DataAccess, device: string, buffer?: Uint8Array): Promise<number> {
+async function saveBuffer(
+  region: V1Region,
+  sink: Sink,
+  mode: DataAccess,
+  device: string,
+  buffer?: Uint8Array,
+): Promise<number> {
   const dataOffset = await readU64(region, F.DATA_OFFSET);
   const dataSize = await readU64(region, F.DATA_SIZE);
   if (dataOffset < BigInt(F.SIZE) || dataOffset > BigInt(region.size) || dataSize > BigInt(region.size) - dataOffset) {
     // QEMU would loop forever on a data_size past the region end; say so instead.
-    throw new VfioError('EINVAL', 'v1 save', device, `data_offset ${dataOffset} + data_size ${dataSize} runs past the region (${region.size} bytes)`);
+    throw new VfioError(
+      'EINVAL',
+      'v1 save',
+      device,
+      `data_offset ${dataOffset} + data_size ${dataSize} runs past the region (${region.size} bytes)`,
+    );
   }
   const n = Number(dataSize);
   if (n > 0) await sink(await readData(region, Number(dataOffset), n, mode, buffer));
@@ -108,7 +131,8 @@ export async function saveV1(region: V1Region, sink: Sink, options: SaveV1Option
     return await saveV1Steps(region, taker.sink, options, state);
   } catch (e) {
     // The taker failed, not the device: clear SAVING back to where the save began (QEMU's notifier on a failed migration).
-    if (taker.failed) await setStateV1(region, ~(V1.SAVING | V1.RESUMING), state & V1.RUNNING, device).catch(() => undefined);
+    if (taker.failed)
+      await setStateV1(region, ~(V1.SAVING | V1.RESUMING), state & V1.RUNNING, device).catch(() => undefined);
     throw e;
   }
 }
@@ -170,7 +194,11 @@ async function saveV1Steps(region: V1Region, sink: Sink, options: SaveV1Options,
  * Loads state into the device behind a v1 region: -> 100, for each piece
  * data_offset, the data, data_size (re-chunked to the window), -> 001.
  */
-export async function loadV1(region: V1Region, source: AsyncIterable<Uint8Array> | Iterable<Uint8Array>, options: LoadV1Options = {}): Promise<{ bytes: number; finalState: number }> {
+export async function loadV1(
+  region: V1Region,
+  source: AsyncIterable<Uint8Array> | Iterable<Uint8Array>,
+  options: LoadV1Options = {},
+): Promise<{ bytes: number; finalState: number }> {
   const device = options.device ?? 'v1 region';
   const mode = options.dataAccess ?? 'bulk';
   let bytes = 0;
@@ -179,7 +207,8 @@ export async function loadV1(region: V1Region, source: AsyncIterable<Uint8Array>
     let done = 0;
     while (done < record.length) {
       const dataOffset = Number(await readU64(region, F.DATA_OFFSET));
-      if (dataOffset < F.SIZE || dataOffset >= region.size) throw new VfioError('EINVAL', 'v1 load', device, `data_offset ${dataOffset} is outside the region`);
+      if (dataOffset < F.SIZE || dataOffset >= region.size)
+        throw new VfioError('EINVAL', 'v1 load', device, `data_offset ${dataOffset} is outside the region`);
       const piece = Math.min(record.length - done, region.size - dataOffset);
       await writeData(region, dataOffset, record.subarray(done, done + piece), mode);
       await writeU64(region, F.DATA_SIZE, BigInt(piece));

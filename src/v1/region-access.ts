@@ -13,7 +13,10 @@ export type DataAccess = 'bulk' | 'qemu';
 /** A region that answers with fewer bytes than asked: EIO, as a short pread of a header field would be. */
 async function readField(region: V1Region, offset: number, width: number): Promise<Uint8Array> {
   const b = await region.read(offset, width);
-  if (b.length < width) throw new VfioError('EIO', `v1.read(${offset})`, 'v1 region', `short read: ${b.length} of ${width} bytes`, { details: { offset, length: b.length } });
+  if (b.length < width)
+    throw new VfioError('EIO', `v1.read(${offset})`, 'v1 region', `short read: ${b.length} of ${width} bytes`, {
+      details: { offset, length: b.length },
+    });
   return b;
 }
 
@@ -51,7 +54,13 @@ function pieceSize(offset: number, remaining: number): number {
  * into it, with readInto() where the region has it, and the result is a view
  * of it.
  */
-export async function readData(region: V1Region, offset: number, length: number, mode: DataAccess, buffer?: Uint8Array): Promise<Uint8Array> {
+export async function readData(
+  region: V1Region,
+  offset: number,
+  length: number,
+  mode: DataAccess,
+  buffer?: Uint8Array,
+): Promise<Uint8Array> {
   const into = buffer ? buffer.subarray(0, length) : null;
   if (mode === 'bulk') {
     if (into && region.readInto) {
@@ -64,7 +73,7 @@ export async function readData(region: V1Region, offset: number, length: number,
 }
 
 async function readPieces(region: V1Region, offset: number, into: Uint8Array): Promise<Uint8Array> {
-  for (let done = 0; done < into.length; ) {
+  for (let done = 0; done < into.length;) {
     const n = pieceSize(offset + done, into.length - done);
     if (region.readInto) await region.readInto(offset + done, into.subarray(done, done + n));
     else into.set(await region.read(offset + done, n), done);
@@ -78,10 +87,9 @@ export async function writeData(region: V1Region, offset: number, data: Uint8Arr
     if (data.length) await region.write(offset, data);
     return;
   }
-  for (let done = 0; done < data.length; ) {
+  for (let done = 0; done < data.length;) {
     const n = pieceSize(offset + done, data.length - done);
     await region.write(offset + done, data.subarray(done, done + n));
     done += n;
   }
 }
-

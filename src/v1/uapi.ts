@@ -102,7 +102,9 @@ export const vfio_device_migration_info = defineStruct('vfio_device_migration_in
 export type V1HeaderField = keyof typeof vfio_device_migration_info.layout;
 
 /** The header fields with offset and width, in layout order: the only header accesses a v1 region allows. */
-export const MIGRATION_INFO_FIELDS: ReadonlyArray<FieldPlace<V1HeaderField>> = fieldPlaces(vfio_device_migration_info.layout);
+export const MIGRATION_INFO_FIELDS: ReadonlyArray<FieldPlace<V1HeaderField>> = fieldPlaces(
+  vfio_device_migration_info.layout,
+);
 
 const L = vfio_device_migration_info.layout;
 

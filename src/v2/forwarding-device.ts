@@ -14,7 +14,8 @@ export class ForwardingDevice implements V2Device {
     // Own properties, set only when the inner device has the capability and a
     // subclass did not define it (its method is already on the prototype chain).
     if (inner.regions && !('regions' in this)) this.regions = () => this.inner.regions!();
-    if (inner.stateDigest && !('stateDigest' in this)) this.stateDigest = (...pause) => this.inner.stateDigest!(...pause);
+    if (inner.stateDigest && !('stateDigest' in this))
+      this.stateDigest = (...pause) => this.inner.stateDigest!(...pause);
   }
 
   get name(): string {

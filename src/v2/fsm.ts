@@ -14,17 +14,82 @@ const { STOP, RUNNING, STOP_COPY, RESUMING, RUNNING_P2P, PRE_COPY, PRE_COPY_P2P,
  * PRE_COPY, PRE_COPY_P2P).
  */
 const FROM_FSM_TABLE: readonly (readonly MigState[])[] = (() => {
-  const t: MigState[][] = Array.from({ length: MIG_STATE_COUNT }, () => new Array<MigState>(MIG_STATE_COUNT).fill(ERROR));
+  const t: MigState[][] = Array.from({ length: MIG_STATE_COUNT }, () =>
+    new Array<MigState>(MIG_STATE_COUNT).fill(ERROR),
+  );
   const row = (cur: MigState, next: Partial<Record<MigState, MigState>>) => {
     for (const [target, step] of Object.entries(next)) t[cur]![Number(target)] = step;
   };
-  row(STOP, { [STOP]: STOP, [RUNNING]: RUNNING_P2P, [PRE_COPY]: RUNNING_P2P, [PRE_COPY_P2P]: RUNNING_P2P, [STOP_COPY]: STOP_COPY, [RESUMING]: RESUMING, [RUNNING_P2P]: RUNNING_P2P, [ERROR]: ERROR });
-  row(RUNNING, { [STOP]: RUNNING_P2P, [RUNNING]: RUNNING, [PRE_COPY]: PRE_COPY, [PRE_COPY_P2P]: RUNNING_P2P, [STOP_COPY]: RUNNING_P2P, [RESUMING]: RUNNING_P2P, [RUNNING_P2P]: RUNNING_P2P, [ERROR]: ERROR });
-  row(PRE_COPY, { [STOP]: RUNNING, [RUNNING]: RUNNING, [PRE_COPY]: PRE_COPY, [PRE_COPY_P2P]: PRE_COPY_P2P, [STOP_COPY]: PRE_COPY_P2P, [RESUMING]: RUNNING, [RUNNING_P2P]: RUNNING, [ERROR]: ERROR });
-  row(PRE_COPY_P2P, { [STOP]: RUNNING_P2P, [RUNNING]: RUNNING_P2P, [PRE_COPY]: PRE_COPY, [PRE_COPY_P2P]: PRE_COPY_P2P, [STOP_COPY]: STOP_COPY, [RESUMING]: RUNNING_P2P, [RUNNING_P2P]: RUNNING_P2P, [ERROR]: ERROR });
-  row(STOP_COPY, { [STOP]: STOP, [RUNNING]: STOP, [PRE_COPY]: ERROR, [PRE_COPY_P2P]: ERROR, [STOP_COPY]: STOP_COPY, [RESUMING]: STOP, [RUNNING_P2P]: STOP, [ERROR]: ERROR });
-  row(RESUMING, { [STOP]: STOP, [RUNNING]: STOP, [PRE_COPY]: STOP, [PRE_COPY_P2P]: STOP, [STOP_COPY]: STOP, [RESUMING]: RESUMING, [RUNNING_P2P]: STOP, [ERROR]: ERROR });
-  row(RUNNING_P2P, { [STOP]: STOP, [RUNNING]: RUNNING, [PRE_COPY]: RUNNING, [PRE_COPY_P2P]: PRE_COPY_P2P, [STOP_COPY]: STOP, [RESUMING]: STOP, [RUNNING_P2P]: RUNNING_P2P, [ERROR]: ERROR });
+  row(STOP, {
+    [STOP]: STOP,
+    [RUNNING]: RUNNING_P2P,
+    [PRE_COPY]: RUNNING_P2P,
+    [PRE_COPY_P2P]: RUNNING_P2P,
+    [STOP_COPY]: STOP_COPY,
+    [RESUMING]: RESUMING,
+    [RUNNING_P2P]: RUNNING_P2P,
+    [ERROR]: ERROR,
+  });
+  row(RUNNING, {
+    [STOP]: RUNNING_P2P,
+    [RUNNING]: RUNNING,
+    [PRE_COPY]: PRE_COPY,
+    [PRE_COPY_P2P]: RUNNING_P2P,
+    [STOP_COPY]: RUNNING_P2P,
+    [RESUMING]: RUNNING_P2P,
+    [RUNNING_P2P]: RUNNING_P2P,
+    [ERROR]: ERROR,
+  });
+  row(PRE_COPY, {
+    [STOP]: RUNNING,
+    [RUNNING]: RUNNING,
+    [PRE_COPY]: PRE_COPY,
+    [PRE_COPY_P2P]: PRE_COPY_P2P,
+    [STOP_COPY]: PRE_COPY_P2P,
+    [RESUMING]: RUNNING,
+    [RUNNING_P2P]: RUNNING,
+    [ERROR]: ERROR,
+  });
+  row(PRE_COPY_P2P, {
+    [STOP]: RUNNING_P2P,
+    [RUNNING]: RUNNING_P2P,
+    [PRE_COPY]: PRE_COPY,
+    [PRE_COPY_P2P]: PRE_COPY_P2P,
+    [STOP_COPY]: STOP_COPY,
+    [RESUMING]: RUNNING_P2P,
+    [RUNNING_P2P]: RUNNING_P2P,
+    [ERROR]: ERROR,
+  });
+  row(STOP_COPY, {
+    [STOP]: STOP,
+    [RUNNING]: STOP,
+    [PRE_COPY]: ERROR,
+    [PRE_COPY_P2P]: ERROR,
+    [STOP_COPY]: STOP_COPY,
+    [RESUMING]: STOP,
+    [RUNNING_P2P]: STOP,
+    [ERROR]: ERROR,
+  });
+  row(RESUMING, {
+    [STOP]: STOP,
+    [RUNNING]: STOP,
+    [PRE_COPY]: STOP,
+    [PRE_COPY_P2P]: STOP,
+    [STOP_COPY]: STOP,
+    [RESUMING]: RESUMING,
+    [RUNNING_P2P]: STOP,
+    [ERROR]: ERROR,
+  });
+  row(RUNNING_P2P, {
+    [STOP]: STOP,
+    [RUNNING]: RUNNING,
+    [PRE_COPY]: RUNNING,
+    [PRE_COPY_P2P]: PRE_COPY_P2P,
+    [STOP_COPY]: STOP,
+    [RESUMING]: STOP,
+    [RUNNING_P2P]: RUNNING_P2P,
+    [ERROR]: ERROR,
+  });
   // The ERROR row stays all ERROR.
   return t;
 })();
@@ -47,14 +112,20 @@ const STATE_FLAGS_TABLE: readonly number[] = (() => {
 export function isStateSupported(state: number, flags: number): boolean {
   if (!Number.isInteger(state) || state < 0 || state >= MIG_STATE_COUNT) return false;
   const need = STATE_FLAGS_TABLE[state]!;
-  return ((need & flags) >>> 0) === need >>> 0;
+  return (need & flags) >>> 0 === need >>> 0;
 }
 
 function fsmError(cur: number, target: number, reason: string): VfioError {
-  return new VfioError('EINVAL', `vfio_mig_get_next_state ${migStateName(cur)}->${migStateName(target)}`, 'fsm', reason, {
-    details: { cur, target },
-    hint: 'fsm-path',
-  });
+  return new VfioError(
+    'EINVAL',
+    `vfio_mig_get_next_state ${migStateName(cur)}->${migStateName(target)}`,
+    'fsm',
+    reason,
+    {
+      details: { cur, target },
+      hint: 'fsm-path',
+    },
+  );
 }
 
 /**
@@ -64,8 +135,10 @@ function fsmError(cur: number, target: number, reason: string): VfioError {
  * through unsupported optional states are skipped. cur == target returns cur.
  */
 export function nextState(cur: MigState, target: MigState, flags: number): MigState {
-  if (!isStateSupported(cur, flags)) throw fsmError(cur, target, `current state not supported by flags 0x${flags.toString(16)}`);
-  if (!isStateSupported(target, flags)) throw fsmError(cur, target, `target state not supported by flags 0x${flags.toString(16)}`);
+  if (!isStateSupported(cur, flags))
+    throw fsmError(cur, target, `current state not supported by flags 0x${flags.toString(16)}`);
+  if (!isStateSupported(target, flags))
+    throw fsmError(cur, target, `target state not supported by flags 0x${flags.toString(16)}`);
   let next = FROM_FSM_TABLE[cur]![target]!;
   // Arcs touching optional and unsupported states are skipped over; the
   // ERROR sentinel stops the loop (the 6.12 stable fix for the blocked

@@ -53,8 +53,15 @@ export type { Sink };
  * it (the sink must be done with a chunk when its promise resolves); else
  * each chunk gets a buffer of its own.
  */
-export async function drainStream(stream: DataStream, sink: Sink, chunkSize = 1 << 20, onBytes: (n: number) => void = () => undefined, limit = Infinity, buffer?: Uint8Array): Promise<void> {
-  for (let left = limit; left > 0; ) {
+export async function drainStream(
+  stream: DataStream,
+  sink: Sink,
+  chunkSize = 1 << 20,
+  onBytes: (n: number) => void = () => undefined,
+  limit = Infinity,
+  buffer?: Uint8Array,
+): Promise<void> {
+  for (let left = limit; left > 0;) {
     const size = Math.min(buffer?.length ?? chunkSize, left);
     const buf = buffer ? buffer.subarray(0, size) : new Uint8Array(size);
     let n: number;
@@ -79,7 +86,12 @@ export async function drainStream(stream: DataStream, sink: Sink, chunkSize = 1 
 export async function assertNoSession(device: V2Device, op: string): Promise<MigState> {
   const state = await device.getState();
   if (holdsSession(state)) {
-    throw new VfioError('EBUSY', op, device.name, `device is in ${migStateName(state)}: another process holds its data session, or one died holding it (VFIO_DEVICE_RESET ends it: \`vfio-mig state DEVICE --reset\`)`);
+    throw new VfioError(
+      'EBUSY',
+      op,
+      device.name,
+      `device is in ${migStateName(state)}: another process holds its data session, or one died holding it (VFIO_DEVICE_RESET ends it: \`vfio-mig state DEVICE --reset\`)`,
+    );
   }
   return state;
 }
@@ -112,10 +124,17 @@ export async function saveV2(device: V2Device, sink: Sink, options: SaveV2Option
           break;
         }
         // Read what was pending when the round began, no more: a device that dirties as fast as it is read never reaches its temporary end.
-        await drainStream(stream!, sink, chunkSize, (n) => {
-          bytes += n;
-          options.onProgress?.({ phase: 'precopy', bytes, rounds });
-        }, Number(pending), buffer);
+        await drainStream(
+          stream!,
+          sink,
+          chunkSize,
+          (n) => {
+            bytes += n;
+            options.onProgress?.({ phase: 'precopy', bytes, rounds });
+          },
+          Number(pending),
+          buffer,
+        );
         rounds++;
         const before = pending;
         pending = await pendingNow();
@@ -127,23 +146,38 @@ export async function saveV2(device: V2Device, sink: Sink, options: SaveV2Option
     }
     const precopyBytes = bytes;
     stream = (await device.setState(MigState.STOP_COPY)) ?? stream;
-    await drainStream(stream!, sink, chunkSize, (n) => {
-      bytes += n;
-      options.onProgress?.({ phase: 'stopcopy', bytes, rounds });
-    }, Infinity, buffer);
+    await drainStream(
+      stream!,
+      sink,
+      chunkSize,
+      (n) => {
+        bytes += n;
+        options.onProgress?.({ phase: 'stopcopy', bytes, rounds });
+      },
+      Infinity,
+      buffer,
+    );
     await device.setState(options.finalState ?? MigState.STOP);
     return { bytes, precopyBytes, rounds, converged, precopyPending: pending };
   } catch (e) {
     // The taker failed (a closed pipe, a full disk), not the device: end the session while its
     // data_fd is still open, back where the save began, as QEMU does on a failed migration.
-    if (taker.failed) await device.setState(startState).then((s) => s?.close(), () => undefined);
+    if (taker.failed)
+      await device.setState(startState).then(
+        (s) => s?.close(),
+        () => undefined,
+      );
     throw e;
   } finally {
     await stream?.close();
   }
 }
 
-export async function loadV2(device: V2Device, source: AsyncIterable<Uint8Array> | Iterable<Uint8Array>, options: { finalState?: MigState; onProgress?: (bytes: number) => void } = {}): Promise<{ bytes: number }> {
+export async function loadV2(
+  device: V2Device,
+  source: AsyncIterable<Uint8Array> | Iterable<Uint8Array>,
+  options: { finalState?: MigState; onProgress?: (bytes: number) => void } = {},
+): Promise<{ bytes: number }> {
   await assertNoSession(device, 'loadV2');
   const stream = await device.setState(MigState.RESUMING);
   let bytes = 0;

@@ -38,7 +38,8 @@ export async function writeAll(stream: DataStream, data: Uint8Array, device: str
     const n = await retrying(() => stream.write(data.subarray(done)));
     if (n <= 0) {
       // A write that takes nothing and reports no error: do not spin forever.
-      if (++stalls > 1000) throw new VfioError('EIO', 'data_fd.write', device, `device accepted no bytes at offset ${done}`);
+      if (++stalls > 1000)
+        throw new VfioError('EIO', 'data_fd.write', device, `device accepted no bytes at offset ${done}`);
       continue;
     }
     stalls = 0;
@@ -51,7 +52,11 @@ export async function writeAll(stream: DataStream, data: Uint8Array, device: str
  * iterable, so a save and a load run interleaved in one process, like a
  * pipe between hosts, holding at most one chunk.
  */
-export function chunkPipe(): { sink: (c: Uint8Array) => Promise<void>; end: () => void; source: AsyncIterable<Uint8Array> } {
+export function chunkPipe(): {
+  sink: (c: Uint8Array) => Promise<void>;
+  end: () => void;
+  source: AsyncIterable<Uint8Array>;
+} {
   let slot: Uint8Array | null = null;
   let done = false;
   let wakeConsumer: (() => void) | null = null;

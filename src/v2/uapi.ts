@@ -99,10 +99,10 @@ export function parseMigState(text: string): MigState | undefined {
   const t = text.trim().toUpperCase().replace(/-/g, '_');
   if (/^\d+$/.test(t)) {
     const n = Number(t);
-    return n < MIG_STATE_COUNT ? (n as MigState) : undefined;
+    return n < MIG_STATE_COUNT ? n : undefined;
   }
   const v = (MigState as unknown as Record<string, number>)[t];
-  return typeof v === 'number' ? (v as MigState) : undefined;
+  return typeof v === 'number' ? v : undefined;
 }
 
 export function migFlagNames(flags: number): string[] {
@@ -250,9 +250,15 @@ sparseMmapCapParser.compile();
  * (`details.offset`): the buffer, not the device, is at fault, and a caller
  * of the V2Device contract only ever sees VfioErrors.
  */
-export function decodeRegionInfo(buf: Uint8Array, device = 'vfio_region_info', op = 'VFIO_DEVICE_GET_REGION_INFO'): RegionInfo {
-  const malformed = (offset: number, why: string) => new VfioError('EINVAL', op, device, `vfio_region_info: ${why}`, { details: { offset } });
-  if (buf.length < vfio_region_info.size) throw malformed(0, `${buf.length} bytes, shorter than the struct (${vfio_region_info.size})`);
+export function decodeRegionInfo(
+  buf: Uint8Array,
+  device = 'vfio_region_info',
+  op = 'VFIO_DEVICE_GET_REGION_INFO',
+): RegionInfo {
+  const malformed = (offset: number, why: string) =>
+    new VfioError('EINVAL', op, device, `vfio_region_info: ${why}`, { details: { offset } });
+  if (buf.length < vfio_region_info.size)
+    throw malformed(0, `${buf.length} bytes, shorter than the struct (${vfio_region_info.size})`);
   const info = vfio_region_info.decode(buf);
   const out: RegionInfo = { index: info.index, flags: info.flags, size: info.size, offset: info.offset };
   if (!(info.flags & VFIO_REGION_INFO_FLAG_CAPS)) return out;
@@ -268,9 +274,13 @@ export function decodeRegionInfo(buf: Uint8Array, device = 'vfio_region_info', o
     if (hdr.id === VFIO_REGION_INFO_CAP_TYPE && off + vfio_region_info_cap_type.size <= limit) {
       const cap = vfio_region_info_cap_type.decode(buf, off);
       out.type = { type: cap.type, subtype: cap.subtype };
-    } else if (hdr.id === VFIO_REGION_INFO_CAP_SPARSE_MMAP && off + vfio_region_info_cap_sparse_mmap_header.size <= limit) {
+    } else if (
+      hdr.id === VFIO_REGION_INFO_CAP_SPARSE_MMAP &&
+      off + vfio_region_info_cap_sparse_mmap_header.size <= limit
+    ) {
       const cap = vfio_region_info_cap_sparse_mmap_header.decode(buf, off);
-      const areasEnd = off + vfio_region_info_cap_sparse_mmap_header.size + vfio_region_sparse_mmap_area.size * cap.nr_areas;
+      const areasEnd =
+        off + vfio_region_info_cap_sparse_mmap_header.size + vfio_region_sparse_mmap_area.size * cap.nr_areas;
       if (areasEnd > limit) throw malformed(off, `sparse mmap areas run past argsz (${areasEnd} > ${limit})`);
       const parsed = sparseMmapCapParser.parse(Buffer.from(buf.buffer, buf.byteOffset + off, areasEnd - off)) as {
         areas: SparseMmapArea[];
@@ -285,12 +295,16 @@ export function decodeRegionInfo(buf: Uint8Array, device = 'vfio_region_info', o
 /** Encodes a region info with a CAP_TYPE (and optional sparse mmap) chain, as a driver would. */
 export function encodeRegionInfo(info: RegionInfo): Uint8Array {
   const caps: Uint8Array[] = [];
-  if (info.type) caps.push(vfio_region_info_cap_type.encode({ id: VFIO_REGION_INFO_CAP_TYPE, version: 1, ...info.type }));
+  if (info.type)
+    caps.push(vfio_region_info_cap_type.encode({ id: VFIO_REGION_INFO_CAP_TYPE, version: 1, ...info.type }));
   if (info.sparseMmap) {
     const areas = info.sparseMmap;
     const head = vfio_region_info_cap_sparse_mmap_header.size;
     const cap = new Uint8Array(head + vfio_region_sparse_mmap_area.size * areas.length);
-    vfio_region_info_cap_sparse_mmap_header.encode({ id: VFIO_REGION_INFO_CAP_SPARSE_MMAP, version: 1, nr_areas: areas.length }, cap);
+    vfio_region_info_cap_sparse_mmap_header.encode(
+      { id: VFIO_REGION_INFO_CAP_SPARSE_MMAP, version: 1, nr_areas: areas.length },
+      cap,
+    );
     areas.forEach((a, i) => vfio_region_sparse_mmap_area.encode(a, cap, head + vfio_region_sparse_mmap_area.size * i));
     caps.push(cap);
   }
@@ -298,7 +312,10 @@ export function encodeRegionInfo(info: RegionInfo): Uint8Array {
   const buf = new Uint8Array(total);
   let off = vfio_region_info.size;
   const flags = info.flags | (caps.length ? VFIO_REGION_INFO_FLAG_CAPS : 0);
-  vfio_region_info.encode({ argsz: total, flags, index: info.index, cap_offset: caps.length ? off : 0, size: info.size, offset: info.offset }, buf);
+  vfio_region_info.encode(
+    { argsz: total, flags, index: info.index, cap_offset: caps.length ? off : 0, size: info.size, offset: info.offset },
+    buf,
+  );
   caps.forEach((cap, i) => {
     const next = i + 1 < caps.length ? off + cap.length : 0;
     new DataView(cap.buffer).setUint32(vfio_info_cap_header.layout.next.offset, next, true);

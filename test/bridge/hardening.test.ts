@@ -3,11 +3,22 @@
  * naks that were not naks, and overlapping accesses. Each test failed before its fix.
  */
 import { describe, expect, it } from 'vitest';
-import { createSimDevice, MigState, openV1Bridge, type DataStream, type SimDeviceOptions, type V1Bridge, type V1TraceEvent } from '../../src/index.js';
+import {
+  createSimDevice,
+  MigState,
+  openV1Bridge,
+  type DataStream,
+  type SimDeviceOptions,
+  type V1Bridge,
+  type V1TraceEvent,
+} from '../../src/index.js';
 import { readU32, readU64, writeU32, writeU64 } from '../../src/v1/region-access.js';
 import { saveV2 } from '../helpers.js';
 
-const STATE = 0, PENDING = 8, OFFSET = 16, SIZE = 24;
+const STATE = 0,
+  PENDING = 8,
+  OFFSET = 16,
+  SIZE = 24;
 const SECTION = 64 * 1024;
 
 /** A v1 stop-copy save that, as QEMU 7.2 does, treats a failed pending_bytes read as "ask again". */
@@ -44,7 +55,10 @@ describe('a failed read-ahead never hands out old bytes again', () => {
     const model: SimDeviceOptions = { flags: 1, stateSize: 300_000, seed: 6 };
     const expected = await saveV2(createSimDevice(model), false);
     // Short reads make one chunk several reads; the error lands in the middle of one.
-    const dev = createSimDevice({ ...model, faults: { shortRead: 10_000, readErrors: [{ errno: 'EIO', after: 9, count: 1 }] } });
+    const dev = createSimDevice({
+      ...model,
+      faults: { shortRead: 10_000, readErrors: [{ errno: 'EIO', after: 9, count: 1 }] },
+    });
     const br = await openV1Bridge(dev, { sectionSize: SECTION });
     await writeU32(br, STATE, 2);
     const got = await saveTolerant(br);
@@ -56,7 +70,11 @@ describe('an unwind that cost the session is not a nak', () => {
   it('resume: 100 -> 001 fails at STOP -> RUNNING; the loaded data is gone, so 110, not 100', async () => {
     const model: SimDeviceOptions = { flags: 1, stateSize: 50_000, seed: 8 };
     const stream = await saveV2(createSimDevice(model), false);
-    const dev = createSimDevice({ ...model, seed: 9, faults: { failArc: [{ from: MigState.STOP, to: MigState.RUNNING, errno: 'EIO', count: 1 }] } });
+    const dev = createSimDevice({
+      ...model,
+      seed: 9,
+      faults: { failArc: [{ from: MigState.STOP, to: MigState.RUNNING, errno: 'EIO', count: 1 }] },
+    });
     const br = await openV1Bridge(dev, { sectionSize: SECTION });
     await writeU32(br, STATE, 4);
     await br.write(br.dataOffset, stream);
@@ -73,7 +91,11 @@ describe('an unwind that cost the session is not a nak', () => {
   });
 
   it('save: 010 -> 001 fails at STOP -> RUNNING after one chunk; the stream would restart, so 110', async () => {
-    const dev = createSimDevice({ flags: 1, stateSize: 300_000, faults: { failArc: [{ from: MigState.STOP, to: MigState.RUNNING, errno: 'EIO', count: 1 }] } });
+    const dev = createSimDevice({
+      flags: 1,
+      stateSize: 300_000,
+      faults: { failArc: [{ from: MigState.STOP, to: MigState.RUNNING, errno: 'EIO', count: 1 }] },
+    });
     const br = await openV1Bridge(dev, { sectionSize: SECTION });
     await writeU32(br, STATE, 2);
     await readU64(br, PENDING);
@@ -85,7 +107,11 @@ describe('an unwind that cost the session is not a nak', () => {
   });
 
   it('a failure that left the device where it started is still a nak', async () => {
-    const dev = createSimDevice({ flags: 1, stateSize: 50_000, faults: { failArc: [{ from: MigState.RUNNING, to: MigState.STOP, errno: 'EIO', count: 1 }] } });
+    const dev = createSimDevice({
+      flags: 1,
+      stateSize: 50_000,
+      faults: { failArc: [{ from: MigState.RUNNING, to: MigState.STOP, errno: 'EIO', count: 1 }] },
+    });
     const br = await openV1Bridge(dev, { sectionSize: SECTION });
     await expect(writeU32(br, STATE, 2)).rejects.toMatchObject({ code: 'EIO' });
     expect(await readU32(br, STATE)).toBe(1);
@@ -95,7 +121,12 @@ describe('an unwind that cost the session is not a nak', () => {
 });
 
 describe('overlapping accesses are serialized in order', () => {
-  const slow: SimDeviceOptions = { flags: 1, stateSize: 300_000, seed: 3, faults: { readDelayMs: 2, shortRead: 20_000 } };
+  const slow: SimDeviceOptions = {
+    flags: 1,
+    stateSize: 300_000,
+    seed: 3,
+    faults: { readDelayMs: 2, shortRead: 20_000 },
+  };
 
   it('two overlapping data_offset reads in 010 see one chunk, and nothing is lost', async () => {
     const expected = await saveV2(createSimDevice({ ...slow, faults: {} }), false);
@@ -154,7 +185,9 @@ describe('overlapping accesses are serialized in order', () => {
     expect(events.map((e) => e.field)).toEqual(['device_state', 'pending_bytes', 'data_offset', 'data_size']);
     for (const e of events) expect(Array.isArray(e.v2)).toBe(true);
     expect(events[0]!.v2[0]).toMatch(/^SET_STATE RUNNING->STOP_COPY/);
-    expect(events[1]!.v2.every((op) => op.startsWith('read(data_fd') || op.startsWith('FEATURE_MIG_DATA_SIZE'))).toBe(true);
+    expect(events[1]!.v2.every((op) => op.startsWith('read(data_fd') || op.startsWith('FEATURE_MIG_DATA_SIZE'))).toBe(
+      true,
+    );
     expect(events[3]!.v2).toEqual([]);
   });
 });

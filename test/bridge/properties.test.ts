@@ -30,14 +30,18 @@ describe('bridge properties (fast-check)', () => {
 
   it('the bridge hands out the device stream byte for byte, whatever the short-read pattern', async () => {
     await fc.assert(
-      fc.asyncProperty(fc.integer({ min: 1, max: 30_000 }), fc.integer({ min: 1, max: 5000 }), async (stateSize, shortRead) => {
-        const model = { stateSize, flags: 3, dirtyRatio: 0 };
-        const reference = await saveV2(createSimDevice(model), false);
-        const dev = createSimDevice({ ...model, faults: { shortRead } });
-        const parts: Uint8Array[] = [];
-        await saveV1(await openV1Bridge(dev, { sectionSize: 4096 }), (c) => void parts.push(c));
-        expect(Buffer.concat(parts)).toEqual(reference);
-      }),
+      fc.asyncProperty(
+        fc.integer({ min: 1, max: 30_000 }),
+        fc.integer({ min: 1, max: 5000 }),
+        async (stateSize, shortRead) => {
+          const model = { stateSize, flags: 3, dirtyRatio: 0 };
+          const reference = await saveV2(createSimDevice(model), false);
+          const dev = createSimDevice({ ...model, faults: { shortRead } });
+          const parts: Uint8Array[] = [];
+          await saveV1(await openV1Bridge(dev, { sectionSize: 4096 }), (c) => void parts.push(c));
+          expect(Buffer.concat(parts)).toEqual(reference);
+        },
+      ),
       { numRuns: 40 },
     );
   });

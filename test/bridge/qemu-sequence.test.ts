@@ -7,7 +7,10 @@ import { describe, expect, it } from 'vitest';
 import { createSimDevice, openV1Bridge, type V1Bridge } from '../../src/index.js';
 import { readU32, readU64, writeU32, writeU64 } from '../../src/v1/region-access.js';
 
-const MASK = 7, RUNNING = 1, SAVING = 2, RESUMING = 4;
+const MASK = 7,
+  RUNNING = 1,
+  SAVING = 2,
+  RESUMING = 4;
 
 /** vfio_migration_set_state(mask, value): read, (old & mask) | value, write. */
 async function setState(r: V1Bridge, mask: number, value: number): Promise<void> {
@@ -23,7 +26,7 @@ async function saveBuffer(r: V1Bridge, out: number[]): Promise<number> {
   const off = Number(await readU64(r, 16));
   const size = Number(await readU64(r, 24));
   const sec = Math.min(size, r.size - off); // get_data_section_size
-  for (let i = 0; i < sec; ) {
+  for (let i = 0; i < sec;) {
     const n = pieceSize(sec - i);
     out.push(...(await r.read(off + i, n)));
     i += n;
@@ -59,7 +62,7 @@ async function qemuDestination(r: V1Bridge, records: Buffer[]): Promise<void> {
     while (done < rec.length) {
       const off = Number(await readU64(r, 16)); // re-read before every piece
       const piece = Math.min(rec.length - done, r.size - off);
-      for (let i = 0; i < piece; ) {
+      for (let i = 0; i < piece;) {
         const n = pieceSize(piece - i);
         await r.write(off + i, rec.subarray(done + i, done + i + n));
         i += n;
@@ -72,17 +75,20 @@ async function qemuDestination(r: V1Bridge, records: Buffer[]): Promise<void> {
 }
 
 describe('QEMU 7.2 v1 access sequences on the bridge', () => {
-  it.each([7, 3, 1])('live migration with flags %i (pre-copy real or virtual), records re-chunked on the destination', async (flags) => {
-    const a = createSimDevice({ flags, stateSize: 50_000, seed: 1 });
-    const b = createSimDevice({ flags, stateSize: 50_000, seed: 2 });
-    const data = await qemuLiveMigrationSource(await openV1Bridge(a, { sectionSize: 8192 }), 1n);
-    expect(await a.getState()).toBe(1); // v2 STOP: the source stays at 000
-    // The destination's window is smaller than the source's records (QEMU re-chunks).
-    const records: Buffer[] = [];
-    for (let i = 0; i < data.length; i += 8192) records.push(data.subarray(i, i + 8192));
-    await qemuDestination(await openV1Bridge(b, { sectionSize: 4096 }), records);
-    expect(b.stateDigest()).toBe(a.stateDigest());
-  });
+  it.each([7, 3, 1])(
+    'live migration with flags %i (pre-copy real or virtual), records re-chunked on the destination',
+    async (flags) => {
+      const a = createSimDevice({ flags, stateSize: 50_000, seed: 1 });
+      const b = createSimDevice({ flags, stateSize: 50_000, seed: 2 });
+      const data = await qemuLiveMigrationSource(await openV1Bridge(a, { sectionSize: 8192 }), 1n);
+      expect(await a.getState()).toBe(1); // v2 STOP: the source stays at 000
+      // The destination's window is smaller than the source's records (QEMU re-chunks).
+      const records: Buffer[] = [];
+      for (let i = 0; i < data.length; i += 8192) records.push(data.subarray(i, i + 8192));
+      await qemuDestination(await openV1Bridge(b, { sectionSize: 4096 }), records);
+      expect(b.stateDigest()).toBe(a.stateDigest());
+    },
+  );
 
   it('savevm of a paused VM: 001 -> 010 by the VM-change handler, 010 -> 010 by save_setup, iterate until pending is 0', async () => {
     const a = createSimDevice({ stateSize: 20_000, seed: 3 });

@@ -11,16 +11,30 @@
  */
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { createSimDevice, isVfioError, loadV1, openV1Bridge, type SimDeviceOptions, type V1Bridge, type V1TraceEvent } from '../../src/index.js';
+import {
+  createSimDevice,
+  isVfioError,
+  loadV1,
+  openV1Bridge,
+  type SimDeviceOptions,
+  type V1Bridge,
+  type V1TraceEvent,
+} from '../../src/index.js';
 import { readU32, readU64, writeU32 } from '../../src/v1/region-access.js';
 import { OFFSET, PENDING, SIZE, STATE, opArb, runOp, type Op } from './v1-ops.js';
 
 const RUNS = process.env.VFIO_MIG_LONG ? 1000 : 60;
 const SECTION = 4096;
-const RACE_OPS = opArb({ states: fc.constantFrom(0, 1, 2, 3, 4), section: SECTION, maxSize: SECTION, registerWeight: 6 });
+const RACE_OPS = opArb({
+  states: fc.constantFrom(0, 1, 2, 3, 4),
+  section: SECTION,
+  maxSize: SECTION,
+  registerWeight: 6,
+});
 
 /** What an access came to: its value, or its errno name. */
-const outcome = (r: PromiseSettledResult<unknown>) => (r.status === 'fulfilled' ? { ok: r.value } : { error: isVfioError(r.reason) ? r.reason.code : String(r.reason) });
+const outcome = (r: PromiseSettledResult<unknown>) =>
+  r.status === 'fulfilled' ? { ok: r.value } : { error: isVfioError(r.reason) ? r.reason.code : String(r.reason) };
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
@@ -34,7 +48,13 @@ describe('random races on one bridge', () => {
         fc.array(fc.integer({ min: 0, max: 3 }), { minLength: 50, maxLength: 50 }),
         async (flags, opsA, opsB, pauses) => {
           // Slow, short reads and writes: one access spans several timer ticks.
-          const model: SimDeviceOptions = { stateSize: 30_000, flags, seed: 9, dirtyRatio: 0.1, faults: { readDelayMs: 1, writeDelayMs: 1, shortRead: 1500, shortWrite: 1500 } };
+          const model: SimDeviceOptions = {
+            stateSize: 30_000,
+            flags,
+            seed: 9,
+            dirtyRatio: 0.1,
+            faults: { readDelayMs: 1, writeDelayMs: 1, shortRead: 1500, shortWrite: 1500 },
+          };
           const raced = createSimDevice(model);
           const racedEvents: V1TraceEvent[] = [];
           const br = await openV1Bridge(raced, { sectionSize: SECTION, trace: (e) => racedEvents.push(e) });
@@ -46,7 +66,12 @@ describe('random races on one bridge', () => {
             for (const o of ops) {
               await sleep(pauses[p++ % pauses.length]!);
               issued.push(o);
-              settled.push(runOp(br, o).then((value) => ({ status: 'fulfilled' as const, value }), (reason) => ({ status: 'rejected' as const, reason })));
+              settled.push(
+                runOp(br, o).then(
+                  (value) => ({ status: 'fulfilled' as const, value }),
+                  (reason: unknown) => ({ status: 'rejected' as const, reason }),
+                ),
+              );
             }
           };
           await Promise.all([caller(opsA), caller(opsB)]);
@@ -56,7 +81,15 @@ describe('random races on one bridge', () => {
           const serialEvents: V1TraceEvent[] = [];
           const ref = await openV1Bridge(serial, { sectionSize: SECTION, trace: (e) => serialEvents.push(e) });
           const serialOutcomes = [];
-          for (const o of issued) serialOutcomes.push(outcome(await runOp(ref, o).then((value) => ({ status: 'fulfilled' as const, value }), (reason) => ({ status: 'rejected' as const, reason }))));
+          for (const o of issued)
+            serialOutcomes.push(
+              outcome(
+                await runOp(ref, o).then(
+                  (value) => ({ status: 'fulfilled' as const, value }),
+                  (reason: unknown) => ({ status: 'rejected' as const, reason }),
+                ),
+              ),
+            );
 
           expect(racedOutcomes).toEqual(serialOutcomes);
           expect(racedEvents).toEqual(serialEvents);
@@ -96,7 +129,12 @@ describe('two bridges on one device', () => {
         fc.array(fc.integer({ min: 0, max: 3 }), { minLength: 20, maxLength: 20 }),
         fc.array(fc.constantFrom('save', 'reset', 'stop', 'run'), { minLength: 1, maxLength: 4 }),
         async (flags, pauses, other) => {
-          const model: SimDeviceOptions = { stateSize: 40_000, flags, seed: 12, faults: { readDelayMs: 1, shortRead: 3000 } };
+          const model: SimDeviceOptions = {
+            stateSize: 40_000,
+            flags,
+            seed: 12,
+            faults: { readDelayMs: 1, shortRead: 3000 },
+          };
           const dev = createSimDevice(model);
           const a = await openV1Bridge(dev, { sectionSize: SECTION });
           const b = await openV1Bridge(dev, { sectionSize: SECTION });
@@ -115,7 +153,8 @@ describe('two bridges on one device', () => {
               return null;
             })(),
           ]);
-          for (const r of results) if (r.status === 'rejected') expect(isVfioError(r.reason), String(r.reason)).toBe(true);
+          for (const r of results)
+            if (r.status === 'rejected') expect(isVfioError(r.reason), String(r.reason)).toBe(true);
           // A completed save, by either bridge, is a whole stream of the device (which never runs in between here).
           for (const saved of saves) {
             const dst = createSimDevice({ stateSize: 40_000, flags, seed: 13 });

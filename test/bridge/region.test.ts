@@ -1,11 +1,27 @@
 import { describe, expect, it } from 'vitest';
-import { createSimDevice, migrationPath, MigState, openV1Bridge, saveV1, loadV1, V1_NDMA, type V1Bridge, type SimDeviceOptions, type V1TraceEvent, type SimArcFault } from '../../src/index.js';
+import {
+  createSimDevice,
+  migrationPath,
+  MigState,
+  openV1Bridge,
+  saveV1,
+  loadV1,
+  V1_NDMA,
+  type V1Bridge,
+  type SimDeviceOptions,
+  type V1TraceEvent,
+  type SimArcFault,
+} from '../../src/index.js';
 import { readU32, readU64, writeU32, writeU64 } from '../../src/v1/region-access.js';
 import { v2TargetFor } from '../../src/bridge/state-map.js';
 import { saveV2 } from '../helpers.js';
 
 const S = MigState;
-const STATE = 0, RESERVED = 4, PENDING = 8, OFFSET = 16, SIZE = 24;
+const STATE = 0,
+  RESERVED = 4,
+  PENDING = 8,
+  OFFSET = 16,
+  SIZE = 24;
 
 async function bridgeFor(model: SimDeviceOptions = {}, opts = {}) {
   const dev = createSimDevice({ stateSize: 10_000, ...model });
@@ -21,7 +37,12 @@ async function nextChunk(br: V1Bridge): Promise<bigint> {
 }
 
 /** Puts a fresh bridge into v1 state `v` (000, 001, 010, 011, 100 or 110). */
-async function reach(v: number, opts: { strict?: boolean; resetOnError?: boolean } = {}, failArc: SimArcFault[] = [], flags = 7) {
+async function reach(
+  v: number,
+  opts: { strict?: boolean; resetOnError?: boolean } = {},
+  failArc: SimArcFault[] = [],
+  flags = 7,
+) {
   const errorArc = v === 6 ? [{ from: S.STOP, to: S.STOP_COPY, errno: 'EIO', leave: 'error' as const, count: 1 }] : [];
   const { dev, br } = await bridgeFor({ flags, faults: { failArc: [...errorArc, ...failArc] } }, opts);
   if (v === 6) {
@@ -62,10 +83,20 @@ const STRICT_TABLE: Record<number, string> = {
   4: 'Y Y n n = n n n',
   6: 'n n n n n n = n',
 };
-const V2_FOR: Record<number, MigState> = { 0: S.STOP, 1: S.RUNNING, 2: S.STOP_COPY, 3: S.PRE_COPY, 4: S.RESUMING, 6: S.ERROR };
+const V2_FOR: Record<number, MigState> = {
+  0: S.STOP,
+  1: S.RUNNING,
+  2: S.STOP_COPY,
+  3: S.PRE_COPY,
+  4: S.RESUMING,
+  6: S.ERROR,
+};
 
 describe('device_state transitions: every (from, to) pair', () => {
-  for (const [mode, table] of [['default', DEFAULT_TABLE], ['strict', STRICT_TABLE]] as const) {
+  for (const [mode, table] of [
+    ['default', DEFAULT_TABLE],
+    ['strict', STRICT_TABLE],
+  ] as const) {
     for (const [fromText, row] of Object.entries(table)) {
       const from = Number(fromText);
       it(`${mode}: from ${from.toString(2).padStart(3, '0')}`, async () => {
@@ -133,10 +164,13 @@ describe('access rules', () => {
     ['negative offset', (br) => br.read(-8, 8)],
     ['data_size write while saving', (br) => writeU64(br, SIZE, 1n)],
     ['data section write while saving', (br) => br.write(br.dataOffset, new Uint8Array(8).fill(0xee))],
-    ['data_size larger than the window', async (br) => {
-      await writeU32(br, STATE, 4);
-      return writeU64(br, SIZE, BigInt(br.sectionSize + 1));
-    }],
+    [
+      'data_size larger than the window',
+      async (br) => {
+        await writeU32(br, STATE, 4);
+        return writeU64(br, SIZE, BigInt(br.sectionSize + 1));
+      },
+    ],
     ['SAVING|RESUMING', (br) => writeU32(br, STATE, 6)],
     ['RESUMING|RUNNING', (br) => writeU32(br, STATE, 5)],
     ['unknown bit 4', (br) => writeU32(br, STATE, 0x11)],
@@ -309,35 +343,41 @@ describe('failure handling', () => {
     expect(new Set(arcs.map(([f, , , a, b]) => `${f}:${a}>${b}`)).size).toBeGreaterThan(30);
   });
   for (const [leave, opts, expected] of outcomes) {
-    it.each(arcs)(`leave=${leave}${'resetOnError' in opts ? ', resetOnError' : ''}: flags %i, v1 %i -> %i, fault on arc %i->%i gives ${expected}`, async (flags, from, to, a, b) => {
-      const fault = { from: a, to: b, errno: 'EIO', leave, count: 1 };
-      // Reach `from` first without the fault, then arm it for this transition (every count fresh).
-      const { dev, br } = await reach(from, opts, [], flags);
-      dev.setFaults({ failArc: [...(dev.faults.failArc ?? []), fault] });
-      expect(await readU32(br, STATE)).toBe(from);
-      const err = await writeU32(br, STATE, to).then(() => null, (e) => e);
-      expect(err).toMatchObject({ code: 'EIO', errno: 5, details: { from: a, to: b } });
-      const now = await readU32(br, STATE);
-      if (expected === 'nak' && costsSession(v2TargetFor(from, flags), a)) {
-        expect(now).toBe(6); // an unwind would open a new session: not a nak (decisions #13)
-      } else if (expected === 'nak') {
-        expect(now).toBe(from);
-        expect(dev.state).toBe(v2TargetFor(from, flags)); // unwound: the device is where v1 says
-      }
-      if (expected === '110') expect(now).toBe(6);
-      if (expected === '001') {
-        expect(now).toBe(1);
-        expect(dev.state).toBe(S.RUNNING); // really reset, not only reported so
-      }
-      // The device is usable again after a reset through the bridge.
-      await br.reset();
-      expect(await readU32(br, STATE)).toBe(1);
-      const chunks: Uint8Array[] = [];
-      await saveV1(br, (c) => void chunks.push(c));
-      const dst = createSimDevice({ stateSize: 10_000, seed: 9, flags });
-      await loadV1(await openV1Bridge(dst, { sectionSize: 4096 }), chunks);
-      expect(dst.stateDigest()).toBe(dev.stateDigest());
-    });
+    it.each(arcs)(
+      `leave=${leave}${'resetOnError' in opts ? ', resetOnError' : ''}: flags %i, v1 %i -> %i, fault on arc %i->%i gives ${expected}`,
+      async (flags, from, to, a, b) => {
+        const fault = { from: a, to: b, errno: 'EIO', leave, count: 1 };
+        // Reach `from` first without the fault, then arm it for this transition (every count fresh).
+        const { dev, br } = await reach(from, opts, [], flags);
+        dev.setFaults({ failArc: [...(dev.faults.failArc ?? []), fault] });
+        expect(await readU32(br, STATE)).toBe(from);
+        const err = await writeU32(br, STATE, to).then(
+          () => null,
+          (e: unknown) => e,
+        );
+        expect(err).toMatchObject({ code: 'EIO', errno: 5, details: { from: a, to: b } });
+        const now = await readU32(br, STATE);
+        if (expected === 'nak' && costsSession(v2TargetFor(from, flags), a)) {
+          expect(now).toBe(6); // an unwind would open a new session: not a nak (decisions #13)
+        } else if (expected === 'nak') {
+          expect(now).toBe(from);
+          expect(dev.state).toBe(v2TargetFor(from, flags)); // unwound: the device is where v1 says
+        }
+        if (expected === '110') expect(now).toBe(6);
+        if (expected === '001') {
+          expect(now).toBe(1);
+          expect(dev.state).toBe(S.RUNNING); // really reset, not only reported so
+        }
+        // The device is usable again after a reset through the bridge.
+        await br.reset();
+        expect(await readU32(br, STATE)).toBe(1);
+        const chunks: Uint8Array[] = [];
+        await saveV1(br, (c) => void chunks.push(c));
+        const dst = createSimDevice({ stateSize: 10_000, seed: 9, flags });
+        await loadV1(await openV1Bridge(dst, { sectionSize: 4096 }), chunks);
+        expect(dst.stateDigest()).toBe(dev.stateDigest());
+      },
+    );
   }
 
   it('a stream error while preparing a chunk fails the read and leaves the state alone', async () => {
@@ -396,7 +436,12 @@ describe('NDMA extension and trace', () => {
     await readU64(br, PENDING);
     await readU64(br, OFFSET);
     await writeU32(br, STATE, 6).catch(() => undefined);
-    expect(events[0]).toMatchObject({ op: 'write', field: 'device_state', value: 2, v2: ['SET_STATE RUNNING->STOP_COPY = data_fd'] });
+    expect(events[0]).toMatchObject({
+      op: 'write',
+      field: 'device_state',
+      value: 2,
+      v2: ['SET_STATE RUNNING->STOP_COPY = data_fd'],
+    });
     expect(events[1]!.field).toBe('pending_bytes');
     // pending_bytes in stop-copy reads ahead until the end of stream is known.
     expect(events[1]!.v2).toEqual(['read(data_fd, 4096) = 164', 'read(data_fd, 3932) = 0']);

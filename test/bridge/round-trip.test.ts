@@ -6,14 +6,20 @@ import { createSimDevice, loadV1, openV1Bridge, saveV1, type SimDeviceOptions } 
 
 const WINDOW = 64 * 1024;
 
-async function roundTrip(model: SimDeviceOptions, opts: { precopy?: boolean; dataAccess?: 'bulk' | 'qemu'; sectionSize?: number; resumeChunk?: number } = {}) {
+async function roundTrip(
+  model: SimDeviceOptions,
+  opts: { precopy?: boolean; dataAccess?: 'bulk' | 'qemu'; sectionSize?: number; resumeChunk?: number } = {},
+) {
   const a = createSimDevice({ ...model, seed: 101 });
   const b = createSimDevice({ ...model, seed: 202 });
   const sectionSize = opts.sectionSize ?? WINDOW;
   const src = await openV1Bridge(a, { sectionSize });
   const dst = await openV1Bridge(b, { sectionSize });
   const chunks: Uint8Array[] = [];
-  const saved = await saveV1(src, (c) => void chunks.push(c), { precopy: opts.precopy ?? true, dataAccess: opts.dataAccess ?? 'bulk' });
+  const saved = await saveV1(src, (c) => void chunks.push(c), {
+    precopy: opts.precopy ?? true,
+    dataAccess: opts.dataAccess ?? 'bulk',
+  });
   let source: Uint8Array[] = chunks;
   if (opts.resumeChunk) {
     const all = Buffer.concat(chunks);
@@ -69,40 +75,41 @@ describe('bridge round trip between two simulated devices', () => {
 
   // A memory bound, not a logic check: under mutation testing (instrumented
   // code, one run per mutant) it would take minutes and kill nothing new.
-  it.skipIf(process.env.VFIO_MIG_MUTATION === '1')('streams 256 MiB with bounded heap', async () => {
-    const stateSize = 256 * 1024 * 1024;
-    const a = createSimDevice({ stateSize, seed: 1, dirtyRatio: 1 / 64 });
-    const b = createSimDevice({ stateSize, seed: 2, dirtyRatio: 1 / 64 });
-    const src = await openV1Bridge(a);
-    const dst = await openV1Bridge(b);
-    const pipe = chunkPipe();
-    v8.setFlagsFromString('--expose-gc');
-    const gc = vm.runInNewContext('gc') as () => void;
-    gc();
-    const base = process.memoryUsage().arrayBuffers;
-    let peak = 0;
-    let chunks = 0;
-    let held = 0;
-    const sink = async (c: Uint8Array) => {
-      await pipe.sink(c);
-      if (++chunks % 16 === 0) {
-        gc(); // measure what is retained, not garbage awaiting collection
-        peak = Math.max(peak, process.memoryUsage().arrayBuffers - base);
-        held = Math.max(held, src.heldBytes(), dst.heldBytes());
-      }
-    };
-    const [saved, loaded] = await Promise.all([
-      saveV1(src, sink).finally(pipe.end),
-      loadV1(dst, pipe.source),
-    ]);
-    expect(saved.bytes).toBeGreaterThan(stateSize);
-    expect(loaded.bytes).toBe(saved.bytes);
-    expect(b.stateDigest()).toBe(a.stateDigest());
-    // Each bridge holds its 1 MiB section and at most one 1 MiB read-ahead.
-    expect(chunks).toBeGreaterThan(200);
-    expect(held).toBeLessThanOrEqual(2 * src.sectionSize);
-    // Everything alive (V8 frees array buffers lazily, so allow slack):
-    // far below the 256 MiB a whole-state buffer would take.
-    expect(peak).toBeLessThan(64 * 1024 * 1024);
-  }, 120_000);
+  it.skipIf(process.env.VFIO_MIG_MUTATION === '1')(
+    'streams 256 MiB with bounded heap',
+    async () => {
+      const stateSize = 256 * 1024 * 1024;
+      const a = createSimDevice({ stateSize, seed: 1, dirtyRatio: 1 / 64 });
+      const b = createSimDevice({ stateSize, seed: 2, dirtyRatio: 1 / 64 });
+      const src = await openV1Bridge(a);
+      const dst = await openV1Bridge(b);
+      const pipe = chunkPipe();
+      v8.setFlagsFromString('--expose-gc');
+      const gc = vm.runInNewContext('gc') as () => void;
+      gc();
+      const base = process.memoryUsage().arrayBuffers;
+      let peak = 0;
+      let chunks = 0;
+      let held = 0;
+      const sink = async (c: Uint8Array) => {
+        await pipe.sink(c);
+        if (++chunks % 16 === 0) {
+          gc(); // measure what is retained, not garbage awaiting collection
+          peak = Math.max(peak, process.memoryUsage().arrayBuffers - base);
+          held = Math.max(held, src.heldBytes(), dst.heldBytes());
+        }
+      };
+      const [saved, loaded] = await Promise.all([saveV1(src, sink).finally(pipe.end), loadV1(dst, pipe.source)]);
+      expect(saved.bytes).toBeGreaterThan(stateSize);
+      expect(loaded.bytes).toBe(saved.bytes);
+      expect(b.stateDigest()).toBe(a.stateDigest());
+      // Each bridge holds its 1 MiB section and at most one 1 MiB read-ahead.
+      expect(chunks).toBeGreaterThan(200);
+      expect(held).toBeLessThanOrEqual(2 * src.sectionSize);
+      // Everything alive (V8 frees array buffers lazily, so allow slack):
+      // far below the 256 MiB a whole-state buffer would take.
+      expect(peak).toBeLessThan(64 * 1024 * 1024);
+    },
+    120_000,
+  );
 });

@@ -8,7 +8,14 @@
  */
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { createSimDevice, isVfioError, loadV1, openV1Bridge, type SimDeviceOptions, type V1Bridge } from '../../src/index.js';
+import {
+  createSimDevice,
+  isVfioError,
+  loadV1,
+  openV1Bridge,
+  type SimDeviceOptions,
+  type V1Bridge,
+} from '../../src/index.js';
 import { readU64, writeU32 } from '../../src/v1/region-access.js';
 import { saveV2 } from '../helpers.js';
 import { OFFSET, PENDING, SIZE, STATE } from './v1-ops.js';
@@ -16,8 +23,17 @@ import { OFFSET, PENDING, SIZE, STATE } from './v1-ops.js';
 const RUNS = process.env.VFIO_MIG_LONG ? 1500 : 120;
 
 type Access = 'pending' | 'offset' | 'size' | 'data' | 'wdata';
-const accessArb = fc.array(fc.constantFrom<Access>('pending', 'offset', 'size', 'size', 'data', 'wdata'), { maxLength: 60 });
-const faultsArb = fc.array(fc.record({ errno: fc.constantFrom('EIO', 'EFAULT'), after: fc.integer({ min: 0, max: 20 }), count: fc.integer({ min: 1, max: 3 }) }), { maxLength: 3 });
+const accessArb = fc.array(fc.constantFrom<Access>('pending', 'offset', 'size', 'size', 'data', 'wdata'), {
+  maxLength: 60,
+});
+const faultsArb = fc.array(
+  fc.record({
+    errno: fc.constantFrom('EIO', 'EFAULT'),
+    after: fc.integer({ min: 0, max: 20 }),
+    count: fc.integer({ min: 1, max: 3 }),
+  }),
+  { maxLength: 3 },
+);
 
 /**
  * A v1 caller in any order of accesses: it takes a chunk (data_size bytes of
@@ -99,7 +115,11 @@ describe('save window: random access orders and read faults', () => {
           for (const a of accesses) {
             const pending = await caller.run(a);
             expect(reference.subarray(0, caller.taken).equals(caller.stream), 'a prefix of the stream').toBe(true);
-            if (pending !== undefined) expect(pending === 0n, `pending_bytes ${pending} with ${caller.taken} of ${reference.length} handed out`).toBe(caller.taken === reference.length);
+            if (pending !== undefined)
+              expect(
+                pending === 0n,
+                `pending_bytes ${pending} with ${caller.taken} of ${reference.length} handed out`,
+              ).toBe(caller.taken === reference.length);
           }
           await caller.drain();
           expect(caller.stream.length).toBe(reference.length);

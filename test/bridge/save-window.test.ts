@@ -9,7 +9,10 @@ import { createSimDevice, openV1Bridge, type SimDeviceOptions } from '../../src/
 import { readU32, readU64, writeU32 } from '../../src/v1/region-access.js';
 import { saveV2 } from '../helpers.js';
 
-const STATE = 0, PENDING = 8, OFFSET = 16, SIZE = 24;
+const STATE = 0,
+  PENDING = 8,
+  OFFSET = 16,
+  SIZE = 24;
 const model: SimDeviceOptions = { flags: 1, stateSize: 4097, pageSize: 4096, seed: 1 };
 
 describe('read-ahead bytes are handed out, whatever fails after them', () => {
@@ -50,7 +53,10 @@ describe('read-ahead bytes are handed out, whatever fails after them', () => {
     for (let after = 0; after < 30; after++) {
       // Short reads make a chunk several reads; data_offset before pending_bytes keeps a chunk in the
       // section, so the read-ahead goes into the bridge's own buffer.
-      const dev = createSimDevice({ ...big, faults: { shortRead: 1000, readErrors: [{ errno: 'EIO', after, count: 2 }] } });
+      const dev = createSimDevice({
+        ...big,
+        faults: { shortRead: 1000, readErrors: [{ errno: 'EIO', after, count: 2 }] },
+      });
       const br = await openV1Bridge(dev, { sectionSize: 4096 });
       await writeU32(br, STATE, 2);
       const parts: Buffer[] = [];
@@ -113,7 +119,10 @@ describe('a data section write while saving', () => {
     const size = Number(await readU64(br, SIZE));
     expect(size).toBeGreaterThan(0);
     const before = Buffer.from(await br.read(br.dataOffset, size));
-    await expect(br.write(br.dataOffset, new Uint8Array(16).fill(0xee))).rejects.toMatchObject({ code: 'EINVAL', errno: 22 });
+    await expect(br.write(br.dataOffset, new Uint8Array(16).fill(0xee))).rejects.toMatchObject({
+      code: 'EINVAL',
+      errno: 22,
+    });
     expect(Buffer.from(await br.read(br.dataOffset, size))).toEqual(before);
     if (state === 2) expect(before.equals(expected.subarray(0, size))).toBe(true);
   });

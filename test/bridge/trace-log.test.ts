@@ -10,12 +10,25 @@ describe('TraceLog', () => {
     const log = new TraceLog((e) => events.push(e));
     await log.call('GET_STATE', async () => 2, String); // outside an access: not recorded anywhere
     const out = await log.traced('read', 'pending_bytes', 8, 8, undefined, async () => {
-      await log.call('VFIO_MIG_GET_PRECOPY_INFO', async () => ({ i: 3 }), (r) => `initial ${r.i}`);
+      await log.call(
+        'VFIO_MIG_GET_PRECOPY_INFO',
+        async () => ({ i: 3 }),
+        (r) => `initial ${r.i}`,
+      );
       await log.call('VFIO_DEVICE_RESET', async () => undefined);
       return ['result', 42n];
     });
     expect(out).toBe('result');
-    expect(events).toEqual([{ op: 'read', field: 'pending_bytes', offset: 8, length: 8, value: 42n, v2: ['VFIO_MIG_GET_PRECOPY_INFO = initial 3', 'VFIO_DEVICE_RESET'] }]);
+    expect(events).toEqual([
+      {
+        op: 'read',
+        field: 'pending_bytes',
+        offset: 8,
+        length: 8,
+        value: 42n,
+        v2: ['VFIO_MIG_GET_PRECOPY_INFO = initial 3', 'VFIO_DEVICE_RESET'],
+      },
+    ]);
   });
 
   it('reports a failed access with the value it was given, the failed operation and its errno, and rethrows', async () => {
@@ -30,9 +43,21 @@ describe('TraceLog', () => {
         return [undefined, 3];
       }),
     ).rejects.toBe(fail);
-    expect(events).toEqual([{ op: 'write', field: 'device_state', offset: 0, length: 4, value: 3, v2: ['SET_STATE RUNNING->PRE_COPY ! EIO'], error: 'EIO' }]);
+    expect(events).toEqual([
+      {
+        op: 'write',
+        field: 'device_state',
+        offset: 0,
+        length: 4,
+        value: 3,
+        v2: ['SET_STATE RUNNING->PRE_COPY ! EIO'],
+        error: 'EIO',
+      },
+    ]);
     // A non-VfioError reads as EIO, and an access without a value reports none.
-    await expect(log.traced('read', 'data_size', 24, 8, undefined, async () => Promise.reject(new Error('boom')))).rejects.toThrow('boom');
+    await expect(
+      log.traced('read', 'data_size', 24, 8, undefined, async () => Promise.reject(new Error('boom'))),
+    ).rejects.toThrow('boom');
     expect(events[1]).toEqual({ op: 'read', field: 'data_size', offset: 24, length: 8, v2: [], error: 'EIO' });
   });
 

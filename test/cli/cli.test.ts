@@ -13,7 +13,7 @@ import { spawnCli, waitFor } from './spawn-cli.js';
  */
 const dir = mkdtempSync(join(tmpdir(), 'vfio-mig-cli-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
-const json = (s: string) => JSON.parse(s.trim().split('\n').at(-1)!);
+const json = (s: string) => JSON.parse(s.trim().split('\n').at(-1)!) as Record<string, unknown>;
 
 describe('the built binary gives what an in-process run gives, byte for byte', () => {
   const saved = join(dir, 'e2e.vfio');
@@ -60,7 +60,9 @@ describe('vfio-mig fsm', () => {
     const r = await runInProcess(['fsm', 'RUNNING', 'STOP_COPY']);
     expect(r.code).toBe(0);
     expect(r.stdout.trim()).toBe('RUNNING -> RUNNING_P2P -> STOP -> STOP_COPY');
-    expect((await runInProcess(['fsm', '--flags', 'STOP_COPY', 'running', 'stop-copy'])).stdout.trim()).toBe('RUNNING -> STOP -> STOP_COPY');
+    expect((await runInProcess(['fsm', '--flags', 'STOP_COPY', 'running', 'stop-copy'])).stdout.trim()).toBe(
+      'RUNNING -> STOP -> STOP_COPY',
+    );
   });
   it('prints the whole table as JSON, and fails an impossible transition with exit 1', async () => {
     const t = json((await runInProcess(['fsm', '--flags', '5', '--json'])).stdout);
@@ -78,8 +80,14 @@ describe('vfio-mig info and state', () => {
     const r = await runInProcess(['info', 'sim:profile=mtty']);
     expect(r.code).toBe(0);
     expect(r.stdout).toMatch(/migration\s+STOP_COPY \| P2P \| PRE_COPY \(0x7\)/);
-    const j = json((await runInProcess(['info', 'sim:flags=STOP_COPY,size=64K', '--json', '--section-size', '64K'])).stdout);
-    expect(j).toMatchObject({ flags: 1, state: 'RUNNING', v1Region: { sectionSize: 65536, type: { type: 3, subtype: 1 } } });
+    const j = json(
+      (await runInProcess(['info', 'sim:flags=STOP_COPY,size=64K', '--json', '--section-size', '64K'])).stdout,
+    );
+    expect(j).toMatchObject({
+      flags: 1,
+      state: 'RUNNING',
+      v1Region: { sectionSize: 65536, type: { type: 3, subtype: 1 } },
+    });
     expect(typeof j.stopCopySize).toBe('string');
     // The simulated device offers the stateDigest capability; the CLI shows it.
     expect(j.stateDigest).toMatch(/^[0-9a-f]{64}$/);
@@ -87,7 +95,11 @@ describe('vfio-mig info and state', () => {
   });
   it('state gets, sets by v2 name with the path, and sets v1 bits through the bridge', async () => {
     expect((await runInProcess(['state', 'sim'])).stdout.trim()).toBe('RUNNING');
-    expect(json((await runInProcess(['state', 'sim', 'RESUMING', '--json'])).stdout)).toMatchObject({ path: ['RUNNING', 'RUNNING_P2P', 'STOP', 'RESUMING'], dataFd: true, state: 'RESUMING' });
+    expect(json((await runInProcess(['state', 'sim', 'RESUMING', '--json'])).stdout)).toMatchObject({
+      path: ['RUNNING', 'RUNNING_P2P', 'STOP', 'RESUMING'],
+      dataFd: true,
+      state: 'RESUMING',
+    });
     const v1 = await runInProcess(['state', 'sim', '--v1', '011']);
     expect(v1.stdout.trim()).toBe('001 RUNNING -> 011 SAVING|RUNNING: SET_STATE RUNNING->PRE_COPY = data_fd');
   });
@@ -107,7 +119,12 @@ describe('vfio-mig info and state', () => {
 
 describe('vfio-mig save and load', () => {
   const model = 'size=300K';
-  for (const [saveP, loadP] of [['v2', 'v2'], ['v1', 'v1'], ['v1', 'v2'], ['v2', 'v1']]) {
+  for (const [saveP, loadP] of [
+    ['v2', 'v2'],
+    ['v1', 'v1'],
+    ['v1', 'v2'],
+    ['v2', 'v1'],
+  ]) {
     it(`round-trips through a file: saved with ${saveP}, loaded with ${loadP}`, async () => {
       const file = join(dir, `rt-${saveP}-${loadP}.vfio`);
       const s = await runInProcess(['save', `sim:${model},seed=1`, '-o', file, '--protocol', saveP!, '--json']);
@@ -123,7 +140,10 @@ describe('vfio-mig save and load', () => {
   }
 
   it('save -o - | load -i - works across two processes', async () => {
-    const [s, l] = await pipeCli(['save', `sim:${model},seed=7`, '-o', '-', '--json'], ['load', `sim:${model},seed=8`, '-i', '-', '--json']);
+    const [s, l] = await pipeCli(
+      ['save', `sim:${model},seed=7`, '-o', '-', '--json'],
+      ['load', `sim:${model},seed=8`, '-i', '-', '--json'],
+    );
     expect(s.code, s.stderr).toBe(0);
     expect(l.code, l.stderr).toBe(0);
     expect(json(l.stdout).stateDigest).toBe(json(s.stderr).stateDigest);
@@ -152,8 +172,24 @@ describe('vfio-mig save and load', () => {
       ['wrong magic', (b) => Buffer.concat([Buffer.from('NOTMAGIC'), b.subarray(8)]), /wrong magic/],
       ['truncated', (b) => b.subarray(0, b.length - 1000), /truncated/],
       ['truncated header', (b) => b.subarray(0, 20), /truncated/],
-      ['corrupted', (b) => { const c = Buffer.from(b); c[5000] = c[5000]! ^ 1; return c; }, /checksum mismatch/],
-      ['corrupted trailer', (b) => { const c = Buffer.from(b); c[c.length - 1] = c[c.length - 1]! ^ 1; return c; }, /checksum mismatch/],
+      [
+        'corrupted',
+        (b) => {
+          const c = Buffer.from(b);
+          c[5000] = c[5000]! ^ 1;
+          return c;
+        },
+        /checksum mismatch/,
+      ],
+      [
+        'corrupted trailer',
+        (b) => {
+          const c = Buffer.from(b);
+          c[c.length - 1] = c[c.length - 1]! ^ 1;
+          return c;
+        },
+        /checksum mismatch/,
+      ],
     ];
     it.each(cases)('%s', async (_name, mutate, why) => {
       if (!existsSync(good)) expect((await runInProcess(['save', `sim:${model}`, '-o', good])).code).toBe(0);
@@ -169,7 +205,10 @@ describe('vfio-mig save and load', () => {
     it('from stdin: a bad header is refused before the device; a bad checksum abandons the resume (exit 5)', async () => {
       if (!existsSync(good)) expect((await runInProcess(['save', `sim:${model}`, '-o', good])).code).toBe(0);
       const g = readFileSync(good);
-      const r1 = await runInProcess(['load', tripwire, '-i', '-'], Buffer.from('garbage that is long enough to be a header....'));
+      const r1 = await runInProcess(
+        ['load', tripwire, '-i', '-'],
+        Buffer.from('garbage that is long enough to be a header....'),
+      );
       expect(r1.code).toBe(1);
       expect(r1.stderr).toMatch(/wrong magic/);
       const corrupt = Buffer.from(g);
@@ -209,7 +248,10 @@ describe('vfio-mig trace', () => {
     expect(r.stdout).toMatch(/W4@0\s+device_state := 010 SAVING\s+->\s+SET_STATE RUNNING->STOP_COPY = data_fd/);
   });
   it('--json is NDJSON that parses line by line, summary last', async () => {
-    const lines = (await runInProcess(['trace', 'sim:profile=mtty', '--json'])).stdout.trim().split('\n').map((l) => JSON.parse(l));
+    const lines = (await runInProcess(['trace', 'sim:profile=mtty', '--json'])).stdout
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as { field?: string });
     expect(lines.at(-1)).toMatchObject({ event: 'summary', finalState: '000 STOP' });
     expect(lines.filter((l) => l.field === 'pending_bytes').length).toBeGreaterThan(1);
   });
@@ -245,13 +287,29 @@ describe('usage errors exit 2', () => {
 describe('progress', () => {
   it('shows bytes, rate and phase on a terminal, and nothing when output is piped', () => {
     const file = join(dir, 'progress.vfio');
-    const tty = spawnSync('script', ['-qec', `${process.execPath} ${CLI} save sim:size=8M,read-delay-ms=1 -o ${file}`, '/dev/null'], { encoding: 'utf8' });
+    const tty = spawnSync(
+      'script',
+      ['-qec', `${process.execPath} ${CLI} save sim:size=8M,read-delay-ms=1 -o ${file}`, '/dev/null'],
+      { encoding: 'utf8' },
+    );
     expect(tty.status).toBe(0);
-    expect(tty.stdout).toMatch(/\rsave sim:size=8M,read-delay-ms=1 (precopy|stopcopy): [\d.]+ (KiB|MiB) \(~\d+% of ~8\.0 MiB\) at [\d.]+ (B|KiB|MiB|GiB)\/s/);
+    expect(tty.stdout).toMatch(
+      /\rsave sim:size=8M,read-delay-ms=1 (precopy|stopcopy): [\d.]+ (KiB|MiB) \(~\d+% of ~8\.0 MiB\) at [\d.]+ (B|KiB|MiB|GiB)\/s/,
+    );
     // A state file says its size: an exact percentage, 100 at the end.
-    const load = spawnSync('script', ['-qec', `${process.execPath} ${CLI} load sim:size=8M,write-delay-ms=1,short-write=65536 -i ${file}`, '/dev/null'], { encoding: 'utf8' });
+    const load = spawnSync(
+      'script',
+      [
+        '-qec',
+        `${process.execPath} ${CLI} load sim:size=8M,write-delay-ms=1,short-write=65536 -i ${file}`,
+        '/dev/null',
+      ],
+      { encoding: 'utf8' },
+    );
     expect(load.status).toBe(0);
-    const shown = [...load.stdout.matchAll(/\rload sim:\S+ resume: [\d.]+ (?:KiB|MiB) \((\d+)%\) at /g)].map((m) => Number(m[1]));
+    const shown = [...load.stdout.matchAll(/\rload sim:\S+ resume: [\d.]+ (?:KiB|MiB) \((\d+)%\) at /g)].map((m) =>
+      Number(m[1]),
+    );
     expect(shown.length).toBeGreaterThan(1);
     expect(shown).toEqual([...shown].sort((a, b) => a - b));
     expect(shown.every((p) => p >= 0 && p <= 100)).toBe(true);

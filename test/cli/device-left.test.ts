@@ -10,6 +10,7 @@ import { existsSync, mkdtempSync, openSync, readdirSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { stringMatching } from '../matchers.js';
 import { CLI, bufferContext, runInProcess } from './run-cli.js';
 import { spawnCli, textOf, waitFor } from './spawn-cli.js';
 import { conformanceCommand } from '../../src/cli/conformance.js';
@@ -17,7 +18,9 @@ import { checkConformance, createSimDevice, MigState, SIM_MAX_STATE_SIZE, VfioEr
 
 const dir = mkdtempSync(join(tmpdir(), 'vfio-mig-left-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
-const json = (s: string) => JSON.parse(s.trim().split('\n').at(-1)!);
+/** The last line of a --json output: the fields these tests read. */
+const json = (s: string) =>
+  JSON.parse(s.trim().split('\n').at(-1)!) as { error: { message: string }; stateDigest: string | null };
 
 /** The built CLI as a process killed after `ms`: what used to run for hours fails here instead of hanging the suite. */
 function runBounded(args: string[], ms = 10_000) {
@@ -61,11 +64,16 @@ describe('a command that leaves the device in ERROR exits 5 and says so', () => 
   it('state (v2 names) as before: the path and the state, exit 5', async () => {
     const r = await runInProcess(['state', 'sim:fail=STOP:STOP_COPY:EIO:error', 'STOP_COPY']);
     expect(r.code).toBe(5);
-    expect(r.stderr).toMatch(/; the device is now in ERROR \(path was RUNNING -> RUNNING_P2P -> STOP -> STOP_COPY\)\n$/);
+    expect(r.stderr).toMatch(
+      /; the device is now in ERROR \(path was RUNNING -> RUNNING_P2P -> STOP -> STOP_COPY\)\n$/,
+    );
   });
 
   it('conformance: a device the checker could not bring back from ERROR', async () => {
-    const dev = createSimDevice({ stateSize: 8192, faults: { failArc: [{ from: MigState.STOP, to: MigState.STOP_COPY, errno: 'EIO', leave: 'error' }] } });
+    const dev = createSimDevice({
+      stateSize: 8192,
+      faults: { failArc: [{ from: MigState.STOP, to: MigState.STOP_COPY, errno: 'EIO', leave: 'error' }] },
+    });
     dev.reset = async () => {
       throw new VfioError('EIO', 'VFIO_DEVICE_RESET', dev.name, 'reset refused');
     };
@@ -80,23 +88,29 @@ describe('info and trace take a signal mid-run on a large simulated device', () 
   it.each([
     ['info --digest', 'SIGTERM', 143, ['info', 'sim:size=100G', '--digest'], 'left in RUNNING'],
     ['trace', 'SIGINT', 130, ['trace', 'sim:size=8G'], 'reset to RUNNING'],
-  ] as const)('%s: %s ends it mid-run, naming where the device was left', async (_, sig, code, args, where) => {
-    const cli = spawnCli(args, { stdout: openSync('/dev/null', 'w'), probe: true });
-    // Mid-run: hashing the state (info), holding a data session (trace).
-    await waitFor(cli.probe!, args[0] === 'info' ? /^stateDigest$/m : /^setState (PRE_COPY|STOP_COPY)$/m);
-    // The interrupt gives the devices 2 s to close, and its message comes only once they are:
-    // an exit on the signal with the message shows it was taken mid-run, not after the work.
-    cli.kill(sig);
-    expect(await cli.exited, textOf(cli.stderr)).toEqual({ code, signal: null });
-    expect(textOf(cli.stderr)).toBe(`vfio-mig: interrupted by ${sig}; ${args[1]} ${where}\n`);
-  }, 30_000);
+  ] as const)(
+    '%s: %s ends it mid-run, naming where the device was left',
+    async (_, sig, code, args, where) => {
+      const cli = spawnCli(args, { stdout: openSync('/dev/null', 'w'), probe: true });
+      // Mid-run: hashing the state (info), holding a data session (trace).
+      await waitFor(cli.probe!, args[0] === 'info' ? /^stateDigest$/m : /^setState (PRE_COPY|STOP_COPY)$/m);
+      // The interrupt gives the devices 2 s to close, and its message comes only once they are:
+      // an exit on the signal with the message shows it was taken mid-run, not after the work.
+      cli.kill(sig);
+      expect(await cli.exited, textOf(cli.stderr)).toEqual({ code, signal: null });
+      expect(textOf(cli.stderr)).toBe(`vfio-mig: interrupted by ${sig}; ${args[1]} ${where}\n`);
+    },
+    30_000,
+  );
 });
 
 describe('info stays quick: the state digest only up to 256 MiB of stop-copy size, or with --digest', () => {
   it('above the limit: not computed, said so (JSON: null)', async () => {
     const r = await runInProcess(['info', 'sim:size=300M']);
     expect(r.code).toBe(0);
-    expect(r.stdout).toMatch(/^state digest {2}not computed: stop-copy size over 256\.0 MiB \(--digest hashes the state/m);
+    expect(r.stdout).toMatch(
+      /^state digest {2}not computed: stop-copy size over 256\.0 MiB \(--digest hashes the state/m,
+    );
     expect(json((await runInProcess(['info', 'sim:size=300M', '--json'])).stdout).stateDigest).toBeNull();
   });
   it('--digest computes it whatever the size; below the limit it is computed anyway', async () => {
@@ -107,7 +121,10 @@ describe('info stays quick: the state digest only up to 256 MiB of stop-copy siz
   it('the largest simulated device answers at once', () => {
     const r = runBounded(['info', 'sim:size=1024G', '--json'], 5000);
     expect(r.code, r.stderr).toBe(0);
-    expect(json(r.stdout)).toMatchObject({ stateDigest: null, stopCopySize: String((2 ** 40 / 4096) * 16 + 2 ** 40 + 32 + 16) });
+    expect(json(r.stdout)).toMatchObject({
+      stateDigest: null,
+      stopCopySize: String((2 ** 40 / 4096) * 16 + 2 ** 40 + 32 + 16),
+    });
   });
 });
 
@@ -115,12 +132,16 @@ describe('sim:size has a limit', () => {
   it.each(['9999999999999', '1025G', '2T', '2TiB'])('sim:size=%s is a usage error naming the limit', async (size) => {
     const r = runBounded(['info', `sim:size=${size}`]);
     expect(r.code).toBe(2);
-    expect(r.stderr).toBe(`vfio-mig: sim:size=${size}: size: ${size} is more than the largest allowed (1099511627776 bytes, 1 TiB)\n(see vfio-mig info --help)\n`);
+    expect(r.stderr).toBe(
+      `vfio-mig: sim:size=${size}: size: ${size} is more than the largest allowed (1099511627776 bytes, 1 TiB)\n(see vfio-mig info --help)\n`,
+    );
     expect((await runInProcess(['--help'])).stdout).toMatch(/size=4M \(.*at most 1T\)/);
   });
   it('and so has the library', () => {
     expect(SIM_MAX_STATE_SIZE).toBe(2 ** 40);
-    expect(() => createSimDevice({ stateSize: SIM_MAX_STATE_SIZE + 1 })).toThrow(expect.objectContaining({ code: 'EINVAL', reason: expect.stringMatching(/at most 1099511627776/) }));
+    expect(() => createSimDevice({ stateSize: SIM_MAX_STATE_SIZE + 1 })).toThrow(
+      expect.objectContaining({ code: 'EINVAL', reason: stringMatching(/at most 1099511627776/) }),
+    );
     expect(createSimDevice({ stateSize: SIM_MAX_STATE_SIZE }).stateSize).toBe(SIM_MAX_STATE_SIZE);
   });
 });
@@ -138,7 +159,9 @@ describe('conformance --cycles', () => {
   it('0 is a usage error naming --cycles', async () => {
     const r = await runInProcess(['conformance', 'sim:size=8K', '--only', 'stress.cycles', '--cycles', '0']);
     expect(r.code).toBe(2);
-    expect(r.stderr).toBe('vfio-mig: --cycles takes a whole number from 1 to 1000000000 (got "0")\n(see vfio-mig conformance --help)\n');
+    expect(r.stderr).toBe(
+      'vfio-mig: --cycles takes a whole number from 1 to 1000000000 (got "0")\n(see vfio-mig conformance --help)\n',
+    );
     expect(r.stdout).toBe('');
   });
   it('1 runs one cycle', async () => {
@@ -147,6 +170,9 @@ describe('conformance --cycles', () => {
     expect(r.stdout).toMatch(/stress\.cycles\s+pass\s+1 cycles/);
   });
   it('the library refuses 0 cycles too', async () => {
-    await expect(checkConformance(createSimDevice({ stateSize: 8192 }), { cycles: 0 })).rejects.toMatchObject({ code: 'EINVAL', reason: expect.stringMatching(/at least 1/) });
+    await expect(checkConformance(createSimDevice({ stateSize: 8192 }), { cycles: 0 })).rejects.toMatchObject({
+      code: 'EINVAL',
+      reason: stringMatching(/at least 1/),
+    });
   });
 });

@@ -5,12 +5,22 @@
  * The VMM is test/interposer/qemu72-client.c on a simulated device.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  readdirSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CLI, runCli, runInProcess } from './run-cli.js';
 import { spawnCli, waitFor } from './spawn-cli.js';
+import { stringContaining, stringMatching } from '../matchers.js';
 
 const root = resolve(import.meta.dirname, '../..');
 const dir = mkdtempSync(join(tmpdir(), 'vfio-mig-exec-'));
@@ -34,13 +44,19 @@ function alive(pid: number): boolean {
 }
 
 /** `vfio-mig exec -- ARGS` as a caller (libvirt, a shell) starts it: its output so far, and how it ended. */
-function execProcess(args: string[], env: Record<string, string> = {}, stdio: ('pipe' | 'ignore')[] = ['ignore', 'pipe', 'pipe']) {
+function execProcess(
+  args: string[],
+  env: Record<string, string> = {},
+  stdio: ('pipe' | 'ignore')[] = ['ignore', 'pipe', 'pipe'],
+) {
   const p = spawn(process.execPath, [CLI, 'exec', ...args], { stdio, env: { ...process.env, ...env } });
   let out = '';
   let err = '';
   p.stdout?.on('data', (d) => (out += d));
   p.stderr?.on('data', (d) => (err += d));
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) => p.on('exit', (code, signal) => r({ code, signal })));
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) =>
+    p.on('exit', (code, signal) => r({ code, signal })),
+  );
   const closed = new Promise((r) => p.on('close', r)); // every holder of its stdout and stderr (the service too) is gone
   return { p, exited, closed, out: () => out, err: () => err };
 }
@@ -50,14 +66,22 @@ beforeAll(() => {
 });
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-const startServe = (socket: string, extra: string[] = []) => spawnCli(['serve', '--socket', socket, ...extra], { stdout: 'ignore' });
+const startServe = (socket: string, extra: string[] = []) =>
+  spawnCli(['serve', '--socket', socket, ...extra], { stdout: 'ignore' });
 
 describe('vfio-mig serve', () => {
-  it('SIGTERM with a VMM mid-migration: exits at once, the VMM\'s next access fails, the socket is removed', async () => {
+  it("SIGTERM with a VMM mid-migration: exits at once, the VMM's next access fails, the socket is removed", async () => {
     const sock = join(dir, 'term.sock');
     const svc = startServe(sock, ['--sim', 'sim:size=64M,read-delay-ms=20']);
     await waitFor(svc.stderr, /serving on/);
-    const vmm = spawn(client, ['/dev/null', 'save', join(dir, 'x.bin'), 'mmap'], { env: { ...process.env, ...TEST_DEVICE, LD_PRELOAD: join(root, 'dist/interposer/libvfio-mig-preload.so'), VFIO_MIG_SOCKET: sock } });
+    const vmm = spawn(client, ['/dev/null', 'save', join(dir, 'x.bin'), 'mmap'], {
+      env: {
+        ...process.env,
+        ...TEST_DEVICE,
+        LD_PRELOAD: join(root, 'dist/interposer/libvfio-mig-preload.so'),
+        VFIO_MIG_SOCKET: sock,
+      },
+    });
     const vmmExit = new Promise<number | null>((r) => vmm.on('close', r));
     await waitFor(svc.stderr, /bridged/);
     // A service that waited for the migration to end would be killed after 20 s (SIGKILL).
@@ -82,11 +106,21 @@ describe('vfio-mig serve', () => {
   });
 
   it('bad socket paths and sizes are refused before anything listens', async () => {
-    expect(await runInProcess(['serve', '--socket', join(dir, 'a'.repeat(110))])).toMatchObject({ code: 1, stderr: expect.stringMatching(/ENAMETOOLONG/) });
-    expect(await runInProcess(['serve', '--socket', ''])).toMatchObject({ code: 1, stderr: expect.stringMatching(/socket path is empty/) });
-    for (const size of ['0', '8G', 'abc']) expect((await runInProcess(['serve', '--socket', join(dir, 's.sock'), '--section-size', size])).code).toBe(2);
+    expect(await runInProcess(['serve', '--socket', join(dir, 'a'.repeat(110))])).toMatchObject({
+      code: 1,
+      stderr: stringMatching(/ENAMETOOLONG/),
+    });
+    expect(await runInProcess(['serve', '--socket', ''])).toMatchObject({
+      code: 1,
+      stderr: stringMatching(/socket path is empty/),
+    });
+    for (const size of ['0', '8G', 'abc'])
+      expect((await runInProcess(['serve', '--socket', join(dir, 's.sock'), '--section-size', size])).code).toBe(2);
     for (const spec of ['bogus', 's', '/dev/null']) {
-      expect(await runInProcess(['serve', '--socket', join(dir, 's.sock'), '--sim', spec])).toMatchObject({ code: 2, stderr: expect.stringContaining(`${spec}: not a simulated device`) });
+      expect(await runInProcess(['serve', '--socket', join(dir, 's.sock'), '--sim', spec])).toMatchObject({
+        code: 2,
+        stderr: stringContaining(`${spec}: not a simulated device`),
+      });
     }
   });
 });
@@ -95,13 +129,28 @@ describe('vfio-mig exec', () => {
   const save = (out: string) => ['--', client, '/dev/null', 'save', out, 'mmap', 'precopy'];
 
   it('a trace file that fails to write stops tracing, not the migration', () => {
-    const r = runCli(['exec', '--sim', 'sim:size=2M', '--trace', '/dev/full', ...save(join(dir, 'full.bin'))], undefined, TEST_DEVICE);
+    const r = runCli(
+      ['exec', '--sim', 'sim:size=2M', '--trace', '/dev/full', ...save(join(dir, 'full.bin'))],
+      undefined,
+      TEST_DEVICE,
+    );
     expect(r.code, r.stderr).toBe(0);
     expect(r.stderr).toMatch(/trace \/dev\/full: .*tracing stopped/);
   });
 
   it('a stderr nobody reads any more does not take the service down', async () => {
-    const cli = spawnCli(['exec', '--sim', 'sim:size=8M', '--', 'sh', '-c', `sleep 0.5; exec ${client} /dev/null save ${join(dir, 'pipe.bin')} mmap precopy`], { stdout: 'ignore', env: TEST_DEVICE });
+    const cli = spawnCli(
+      [
+        'exec',
+        '--sim',
+        'sim:size=8M',
+        '--',
+        'sh',
+        '-c',
+        `sleep 0.5; exec ${client} /dev/null save ${join(dir, 'pipe.bin')} mmap precopy`,
+      ],
+      { stdout: 'ignore', env: TEST_DEVICE },
+    );
     cli.stderr.destroy(); // the reading end goes away, as with `2>&1 | head`
     expect(await cli.exited).toEqual({ code: 0, signal: null });
   });
@@ -119,14 +168,17 @@ describe('vfio-mig exec', () => {
   it('a $TMPDIR too long for a socket path falls back to /tmp', () => {
     const long = join(dir, 'd'.repeat(100));
     mkdirSync(long);
-    const r = runCli(['exec', '--sim', 'sim:size=1M', ...save(join(dir, 'long.bin'))], undefined, { ...TEST_DEVICE, TMPDIR: long });
+    const r = runCli(['exec', '--sim', 'sim:size=1M', ...save(join(dir, 'long.bin'))], undefined, {
+      ...TEST_DEVICE,
+      TMPDIR: long,
+    });
     expect(r.code, r.stderr).toBe(0);
     expect(r.stderr).not.toMatch(/not bridged/);
   });
 });
 
 describe('vfio-mig exec becomes COMMAND (execve in place)', () => {
-  it('the pid the caller started is COMMAND\'s own, with the service and its socket beside it', async () => {
+  it("the pid the caller started is COMMAND's own, with the service and its socket beside it", async () => {
     const x = execProcess(['--', 'sh', '-c', 'echo $$ $PPID $VFIO_MIG_PTRACER $VFIO_MIG_SOCKET']);
     expect(await x.exited).toEqual({ code: 0, signal: null });
     const [pid, ppid, service, socket] = x.out().trim().split(' ');
@@ -140,9 +192,25 @@ describe('vfio-mig exec becomes COMMAND (execve in place)', () => {
 
   it('SIGKILL of that pid mid-migration: the service resets the device, exits and removes its socket dir', async () => {
     const trace = join(dir, 'killed.ndjson');
-    const x = execProcess(['--sim', 'sim:size=64M,read-delay-ms=200', '--trace', trace, '--', 'sh', '-c', `echo $VFIO_MIG_PTRACER $VFIO_MIG_SOCKET; exec ${client} /dev/null save ${join(dir, 'killed.bin')} mmap`], TEST_DEVICE);
+    const x = execProcess(
+      [
+        '--sim',
+        'sim:size=64M,read-delay-ms=200',
+        '--trace',
+        trace,
+        '--',
+        'sh',
+        '-c',
+        `echo $VFIO_MIG_PTRACER $VFIO_MIG_SOCKET; exec ${client} /dev/null save ${join(dir, 'killed.bin')} mmap`,
+      ],
+      TEST_DEVICE,
+    );
     // The detached service writes the trace: the VMM is in stop-copy once it wrote 010.
-    await until('the VMM to reach stop-copy', () => existsSync(trace) && /"op":"write","field":"device_state"[^\n]*"value":2\b/.test(readFileSync(trace, 'utf8')));
+    await until(
+      'the VMM to reach stop-copy',
+      () =>
+        existsSync(trace) && /"op":"write","field":"device_state"[^\n]*"value":2\b/.test(readFileSync(trace, 'utf8')),
+    );
     const [service, socket] = x.out().trim().split(' ');
     expect(alive(Number(service))).toBe(true);
     x.p.kill('SIGKILL');
@@ -154,7 +222,12 @@ describe('vfio-mig exec becomes COMMAND (execve in place)', () => {
   });
 
   it('SIGTERM reaches COMMAND itself: its own handler runs and the status is its own', async () => {
-    const x = execProcess(['--', 'sh', '-c', 'trap "echo got TERM; exit 7" TERM; echo ready; while :; do sleep 0.05; done']);
+    const x = execProcess([
+      '--',
+      'sh',
+      '-c',
+      'trap "echo got TERM; exit 7" TERM; echo ready; while :; do sleep 0.05; done',
+    ]);
     await until('COMMAND to start', () => x.out().includes('ready'));
     x.p.kill('SIGTERM');
     expect(await x.exited).toEqual({ code: 7, signal: null });
@@ -211,14 +284,20 @@ describe('vfio-mig exec becomes COMMAND (execve in place)', () => {
   });
 });
 
-describe('the interposer\'s environment', () => {
+describe("the interposer's environment", () => {
   it('VFIO_MIG_TIMEOUT_MS that is not a number of milliseconds: said once, the default used', async () => {
     const sock = join(dir, 'tmo.sock');
     const svc = startServe(sock, ['--sim', 'sim:size=1M']);
     await waitFor(svc.stderr, /serving on/);
     const r = spawnSync(client, ['/dev/null', 'save', join(dir, 't.bin'), 'mmap'], {
       encoding: 'utf8',
-      env: { ...process.env, ...TEST_DEVICE, LD_PRELOAD: join(root, 'dist/interposer/libvfio-mig-preload.so'), VFIO_MIG_SOCKET: sock, VFIO_MIG_TIMEOUT_MS: '5s' },
+      env: {
+        ...process.env,
+        ...TEST_DEVICE,
+        LD_PRELOAD: join(root, 'dist/interposer/libvfio-mig-preload.so'),
+        VFIO_MIG_SOCKET: sock,
+        VFIO_MIG_TIMEOUT_MS: '5s',
+      },
     });
     svc.kill('SIGTERM');
     await svc.exited;
@@ -226,7 +305,7 @@ describe('the interposer\'s environment', () => {
     expect(r.stderr.match(/VFIO_MIG_TIMEOUT_MS=5s is not a whole number of milliseconds/g)).toHaveLength(1);
   });
 
-  it('env prints the VMM\'s environment, whatever LD_PRELOAD the shell running it has', () => {
+  it("env prints the VMM's environment, whatever LD_PRELOAD the shell running it has", () => {
     const r = runCli(['env', '--socket', 'x.sock'], undefined, { LD_PRELOAD: '' });
     const with_ = runCli(['env', '--socket', 'x.sock'], undefined, { LD_PRELOAD: '/lib/x86_64-linux-gnu/libc.so.6' });
     expect(with_.stdout).toBe(r.stdout);

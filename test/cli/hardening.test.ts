@@ -4,7 +4,19 @@
  * terminals, --json errors. Each test failed before its fix.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, lstatSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import {
+  existsSync,
+  lstatSync,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -33,7 +45,7 @@ describe('save -o never replaces what is not a regular file', () => {
     expect(spawnSync('mkfifo', [fifo]).status).toBe(0);
     const reader = spawn('cat', [fifo]);
     const chunks: Buffer[] = [];
-    reader.stdout.on('data', (d) => chunks.push(d));
+    reader.stdout.on('data', (d: Buffer) => chunks.push(d));
     const closed = new Promise((r) => reader.on('close', r));
     const r = await runInProcess(['save', 'sim:size=64K', '-o', fifo]);
     const killer = setTimeout(() => reader.kill(), 3000); // a save that never opened the FIFO leaves cat waiting
@@ -88,7 +100,11 @@ describe('save -o never replaces what is not a regular file', () => {
 });
 
 describe('SIGTERM and SIGHUP clean up like SIGINT', () => {
-  for (const [sig, code] of [['SIGTERM', 143], ['SIGHUP', 129], ['SIGINT', 130]] as const) {
+  for (const [sig, code] of [
+    ['SIGTERM', 143],
+    ['SIGHUP', 129],
+    ['SIGINT', 130],
+  ] as const) {
     it(`${sig} mid-save: exit ${code}, no temporary file, the device's state named`, async () => {
       const out = join(dir, `${sig}.vfio`);
       const cli = spawnCli(['save', 'sim:size=64M,read-delay-ms=50', '-o', out], { probe: true });
@@ -99,7 +115,9 @@ describe('SIGTERM and SIGHUP clean up like SIGINT', () => {
       expect(exit, stderr).toBe(code);
       expect(readdirSync(dir).filter((f) => f.startsWith(`.${sig}.vfio`))).toEqual([]);
       expect(existsSync(out)).toBe(false);
-      expect(stderr).toMatch(new RegExp(`interrupted by ${sig}; sim:size=64M,read-delay-ms=50 (reset to RUNNING|left in \\w+)`));
+      expect(stderr).toMatch(
+        new RegExp(`interrupted by ${sig}; sim:size=64M,read-delay-ms=50 (reset to RUNNING|left in \\w+)`),
+      );
     });
   }
 
@@ -107,42 +125,50 @@ describe('SIGTERM and SIGHUP clean up like SIGINT', () => {
   it.each([
     ['conformance', 'SIGINT', 130, ['conformance', 'sim:size=64K', '--only', 'stress.cycles', '--cycles', '99999999']],
     ['save to /dev/null, stdout on it too', 'SIGTERM', 143, ['save', 'sim:size=2G', '--no-precopy', '-o', '/dev/null']],
-  ] as const)('%s on a device that never waits: %s is taken mid-run', async (_, sig, code, args) => {
-    // stdout on /dev/null: writes to it complete at once (-o - there is refused: it cannot be told from a closed stdout).
-    const cli = spawnCli(args, { stdout: openSync('/dev/null', 'w'), probe: true });
-    // Mid-run: cycling (a reset ends each cycle), or streaming the stop-copy data.
-    await waitFor(cli.probe!, args[0] === 'conformance' ? /^reset$/m : /^setState STOP_COPY$/m);
-    cli.kill(sig); // a run deaf to it is killed after 20 s: exit null
-    const { code: exit } = await cli.exited;
-    const stderr = textOf(cli.stderr);
-    expect(exit, stderr).toBe(code);
-    expect(stderr).toMatch(new RegExp(`interrupted by ${sig}`));
-    expect(stderr).not.toMatch(/^saved /m); // never success and interruption in one run
-  }, 30_000);
+  ] as const)(
+    '%s on a device that never waits: %s is taken mid-run',
+    async (_, sig, code, args) => {
+      // stdout on /dev/null: writes to it complete at once (-o - there is refused: it cannot be told from a closed stdout).
+      const cli = spawnCli(args, { stdout: openSync('/dev/null', 'w'), probe: true });
+      // Mid-run: cycling (a reset ends each cycle), or streaming the stop-copy data.
+      await waitFor(cli.probe!, args[0] === 'conformance' ? /^reset$/m : /^setState STOP_COPY$/m);
+      cli.kill(sig); // a run deaf to it is killed after 20 s: exit null
+      const { code: exit } = await cli.exited;
+      const stderr = textOf(cli.stderr);
+      expect(exit, stderr).toBe(code);
+      expect(stderr).toMatch(new RegExp(`interrupted by ${sig}`));
+      expect(stderr).not.toMatch(/^saved /m); // never success and interruption in one run
+    },
+    30_000,
+  );
 
   // A FIFO whose other end never comes: a blocking open(2) of it held a libuv thread that process.exit waited for, forever.
   it.each([
     ['load from a FIFO with no writer', 'SIGINT', 130, 'load'],
     ['save to a FIFO with no reader', 'SIGTERM', 143, 'save'],
-  ] as const)('%s: %s ends the run at once', async (_, sig, code, cmd) => {
-    const sub = mkdtempSync(join(dir, 'fifo-sig-'));
-    try {
-      const fifo = join(sub, 'state.fifo');
-      expect(spawnSync('mkfifo', [fifo]).status).toBe(0);
-      const cli = spawnCli([cmd, 'sim:size=64K', cmd === 'load' ? '-i' : '-o', fifo], { probe: true });
-      await waitFor(cli.probe!, /^open .*state\.fifo$/m);
-      // An exit hung on the open is killed after 20 s (exit null); the interrupt's own grace is 2 s.
-      cli.kill(sig);
-      const { code: exit } = await cli.exited;
-      const stderr = textOf(cli.stderr);
-      expect(exit, stderr).toBe(code);
-      expect(stderr).toMatch(new RegExp(`^vfio-mig: interrupted by ${sig}`, 'm'));
-      expect(readdirSync(sub)).toEqual(['state.fifo']); // nothing written beside it, the FIFO still a FIFO
-      expect(lstatSync(fifo).isFIFO()).toBe(true);
-    } finally {
-      rmSync(sub, { recursive: true, force: true });
-    }
-  }, 30_000);
+  ] as const)(
+    '%s: %s ends the run at once',
+    async (_, sig, code, cmd) => {
+      const sub = mkdtempSync(join(dir, 'fifo-sig-'));
+      try {
+        const fifo = join(sub, 'state.fifo');
+        expect(spawnSync('mkfifo', [fifo]).status).toBe(0);
+        const cli = spawnCli([cmd, 'sim:size=64K', cmd === 'load' ? '-i' : '-o', fifo], { probe: true });
+        await waitFor(cli.probe!, /^open .*state\.fifo$/m);
+        // An exit hung on the open is killed after 20 s (exit null); the interrupt's own grace is 2 s.
+        cli.kill(sig);
+        const { code: exit } = await cli.exited;
+        const stderr = textOf(cli.stderr);
+        expect(exit, stderr).toBe(code);
+        expect(stderr).toMatch(new RegExp(`^vfio-mig: interrupted by ${sig}`, 'm'));
+        expect(readdirSync(sub)).toEqual(['state.fifo']); // nothing written beside it, the FIFO still a FIFO
+        expect(lstatSync(fifo).isFIFO()).toBe(true);
+      } finally {
+        rmSync(sub, { recursive: true, force: true });
+      }
+    },
+    30_000,
+  );
 
   // The same clean-up in-process, through the run's context: what the process does before it exits.
   it('in-process: SIGINT mid-save removes the temporary file, resets the device and ends with 130', async () => {
@@ -161,7 +187,9 @@ describe('SIGTERM and SIGHUP clean up like SIGINT', () => {
     expect(tmp()).toEqual([]); // removed before anything is awaited
     for (let i = 0; i < 200 && exits.length === 0; i++) await new Promise((r) => setTimeout(r, 10));
     expect(exits).toEqual([130]);
-    expect(stderr.bytes().toString()).toMatch(/^vfio-mig: interrupted by SIGINT; sim:size=64M,read-delay-ms=5 reset to RUNNING\n/);
+    expect(stderr.bytes().toString()).toMatch(
+      /^vfio-mig: interrupted by SIGINT; sim:size=64M,read-delay-ms=5 reset to RUNNING\n/,
+    );
     // A stand-in exit returns: the save then fails on its closed device, and still leaves no file.
     expect(await run).not.toBe(0);
     expect(existsSync(out)).toBe(false);
@@ -192,7 +220,14 @@ describe('SIGTERM and SIGHUP clean up like SIGINT', () => {
     for (let i = 0; i < 200 && exits.length === 0; i++) await new Promise((r) => setTimeout(r, 10));
     expect(exits).toEqual([130]);
     expect(JSON.parse(stderr.bytes().toString())).toEqual({
-      error: { code: 'EINTR', errno: 4, op: 'interrupted', device: null, message: 'interrupted by SIGINT; sim:size=4K reset to RUNNING', exit: 130 },
+      error: {
+        code: 'EINTR',
+        errno: 4,
+        op: 'interrupted',
+        device: null,
+        message: 'interrupted by SIGINT; sim:size=4K reset to RUNNING',
+        exit: 130,
+      },
     });
   });
 });
@@ -209,7 +244,7 @@ describe('errors name what the user gave', () => {
     });
   }
 
-  it('load -i a missing file names it, without Node\'s raw message', async () => {
+  it("load -i a missing file names it, without Node's raw message", async () => {
     const r = await runInProcess(['load', 'sim', '-i', join(dir, 'missing.vfio')]);
     expect(r.code).toBe(1);
     expect(r.stderr).toContain(`${join(dir, 'missing.vfio')}: ENOENT (2): no such file`);
@@ -218,7 +253,15 @@ describe('errors name what the user gave', () => {
 });
 
 describe('bad values are usage errors (exit 2), never silently changed', () => {
-  for (const spec of ['sim:foo=1', 'sim:size=abc', 'simx', 'sim:ports=7', 'sim:dirty=2', 'sim:fail=STOP:STOP_COPY:EFOO', 'sim:fail=RUNNING:STOP_COPY:EIO']) {
+  for (const spec of [
+    'sim:foo=1',
+    'sim:size=abc',
+    'simx',
+    'sim:ports=7',
+    'sim:dirty=2',
+    'sim:fail=STOP:STOP_COPY:EFOO',
+    'sim:fail=RUNNING:STOP_COPY:EIO',
+  ]) {
     it(`info ${spec}`, async () => {
       const r = await runInProcess(['info', spec]);
       expect(r.code, r.stderr).toBe(2);
@@ -245,7 +288,7 @@ describe('a stdout read late', () => {
     p.stdout.pause();
     await new Promise((r) => setTimeout(r, 1500));
     let bytes = 0;
-    p.stdout.on('data', (d) => (bytes += d.length));
+    p.stdout.on('data', (d: Buffer) => (bytes += d.length));
     p.stdout.resume();
     expect(await new Promise((r) => p.on('close', r))).toBe(0);
     expect(bytes).toBeGreaterThan(32 << 20);
@@ -256,14 +299,18 @@ describe('a stdout read late', () => {
 describe('binary state never goes to a terminal', () => {
   const hasScript = spawnSync('script', ['--version']).status === 0;
   it.runIf(hasScript)('save -o - on a terminal is refused (exit 2), as gzip does', () => {
-    const r = spawnSync('script', ['-qec', `${process.execPath} ${CLI} save sim:size=64K -o -`, '/dev/null'], { encoding: 'utf8' });
+    const r = spawnSync('script', ['-qec', `${process.execPath} ${CLI} save sim:size=64K -o -`, '/dev/null'], {
+      encoding: 'utf8',
+    });
     expect(r.status).toBe(2);
     expect(r.stdout).toMatch(/refusing to write binary device state to a terminal/);
     expect(r.stdout).not.toMatch(/VFIOMIG/);
   });
 
   it.runIf(hasScript)('nor -o /dev/tty (or any terminal named as the output file)', () => {
-    const r = spawnSync('script', ['-qec', `${process.execPath} ${CLI} save sim:size=64K -o /dev/tty`, '/dev/null'], { encoding: 'utf8' });
+    const r = spawnSync('script', ['-qec', `${process.execPath} ${CLI} save sim:size=64K -o /dev/tty`, '/dev/null'], {
+      encoding: 'utf8',
+    });
     expect(r.status).toBe(2);
     expect(r.stdout).toMatch(/refusing to write binary device state to a terminal \(\/dev\/tty\)/);
     expect(r.stdout).not.toMatch(/VFIOMIG/);
@@ -271,8 +318,14 @@ describe('binary state never goes to a terminal', () => {
 
   it.runIf(hasScript)('and load does not read state from a terminal: -i - on a terminal stdin, or -i /dev/tty', () => {
     // Without the refusal the load would wait for typed input: the timeout ends such a run (a failure, not a hang).
-    for (const [input, named] of [['-', /redirect stdin or use -i FILE/], ['/dev/tty', /from a terminal \(\/dev\/tty\)/]] as const) {
-      const r = spawnSync('script', ['-qec', `${process.execPath} ${CLI} load sim -i ${input}`, '/dev/null'], { encoding: 'utf8', timeout: 20_000 });
+    for (const [input, named] of [
+      ['-', /redirect stdin or use -i FILE/],
+      ['/dev/tty', /from a terminal \(\/dev\/tty\)/],
+    ] as const) {
+      const r = spawnSync('script', ['-qec', `${process.execPath} ${CLI} load sim -i ${input}`, '/dev/null'], {
+        encoding: 'utf8',
+        timeout: 20_000,
+      });
       expect(r.status, `${input}: ${r.stdout}`).toBe(2);
       expect(r.stdout).toMatch(/refusing to read binary device state from a terminal/);
       expect(r.stdout).toMatch(named);
@@ -280,13 +333,11 @@ describe('binary state never goes to a terminal', () => {
   });
 });
 
-
-
 describe('--json errors have one shape, alone on stderr', () => {
   const one = (stderr: string) => {
     const lines = stderr.trim().split('\n');
     expect(lines).toHaveLength(1);
-    return JSON.parse(lines[0]!).error as Record<string, unknown>;
+    return (JSON.parse(lines[0]!) as { error: Record<string, unknown> }).error;
   };
   const cases: Array<[string[], number, string]> = [
     [['info', '/etc/passwd', '--json'], 2, 'ENOTTY'],
@@ -310,7 +361,7 @@ describe('--json errors have one shape, alone on stderr', () => {
   it('save --json gives byte counts as decimal strings', async () => {
     const r = await runInProcess(['save', 'sim:size=64K', '-o', join(dir, 'j.vfio'), '--json']);
     expect(r.code).toBe(0);
-    const j = JSON.parse(r.stdout.trim());
+    const j = JSON.parse(r.stdout.trim()) as Record<string, unknown>;
     expect(typeof j.bytes).toBe('string');
     expect(typeof j.precopyBytes).toBe('string');
   });
@@ -318,7 +369,14 @@ describe('--json errors have one shape, alone on stderr', () => {
 
 describe('a save whose reader goes away', () => {
   it.each(['v2', 'v1'])('--protocol %s: EPIPE, and the device is back in RUNNING, not left mid-session', (protocol) => {
-    const r = spawnSync('bash', ['-c', `"${process.execPath}" "${CLI}" save sim:size=16M --protocol ${protocol} -o - | head -c 10 >/dev/null; exit \${PIPESTATUS[0]}`], { encoding: 'utf8' });
+    const r = spawnSync(
+      'bash',
+      [
+        '-c',
+        `"${process.execPath}" "${CLI}" save sim:size=16M --protocol ${protocol} -o - | head -c 10 >/dev/null; exit \${PIPESTATUS[0]}`,
+      ],
+      { encoding: 'utf8' },
+    );
     expect(r.status).toBe(1);
     expect(r.stderr).toMatch(/^vfio-mig: save on stdout: EPIPE \(32\).*; the device is now in RUNNING$/m);
   });

@@ -28,7 +28,8 @@ function busyKernel(where: 'bind' | 'group-open' | 'get-device-fd'): SysCalls {
     ioctl(_fd, request, arg, op, device) {
       if (where === 'bind' && request === uapi.VFIO_DEVICE_BIND_IOMMUFD) throw busy(op, device, 'ioctl');
       if (where === 'get-device-fd' && request === uapi.VFIO_GROUP_GET_DEVICE_FD) throw busy(op, device, 'ioctl');
-      if (request === uapi.VFIO_GROUP_GET_STATUS) new DataView(arg!.buffer, arg!.byteOffset).setUint32(4, uapi.VFIO_GROUP_FLAGS_VIABLE, true);
+      if (request === uapi.VFIO_GROUP_GET_STATUS)
+        new DataView(arg!.buffer, arg!.byteOffset).setUint32(4, uapi.VFIO_GROUP_FLAGS_VIABLE, true);
       return 0;
     },
     ioctlInt: () => 1,
@@ -58,7 +59,12 @@ describe('EBUSY opening a device another process holds', () => {
   });
 
   it('EBUSY from a device mid-migration still points at the reset', () => {
-    const e = new VfioError('EBUSY', 'openV1Bridge', 'sim', 'device is in STOP_COPY, which has no v1 value without its data session; reset it first');
+    const e = new VfioError(
+      'EBUSY',
+      'openV1Bridge',
+      'sim',
+      'device is in STOP_COPY, which has no v1 value without its data session; reset it first',
+    );
     expect(errorLine(e)).toContain('vfio-mig state DEVICE --reset');
   });
 });
@@ -77,15 +83,26 @@ describe('progress rates are rounded', () => {
     progress('stopcopy', 720); // 464.516... B/s
     vi.setSystemTime(1_000_000 + 3100);
     progress.done(1440);
-    const lines = stderr.bytes().toString().split(/[\r\n]/).map((l) => l.trim()).filter(Boolean);
+    const lines = stderr
+      .bytes()
+      .toString()
+      .split(/[\r\n]/)
+      .map((l) => l.trim())
+      .filter(Boolean);
     expect(lines).toEqual(['save sim stopcopy: 720 B at 465 B/s', 'save sim done: 1.4 KiB in 3.1 s at 465 B/s']);
   });
 });
 
 describe('state --reset STATE --json', () => {
   it.each([
-    [['state', 'sim', '--reset', 'STOP', '--json'], { device: 'sim', reset: true, path: ['RUNNING', 'RUNNING_P2P', 'STOP'], dataFd: false, state: 'STOP' }],
-    [['state', 'sim', '--reset', '--v1', '010', '--json'], { device: 'sim', reset: true, from: '001 RUNNING', to: '010 SAVING', state: 'STOP_COPY' }],
+    [
+      ['state', 'sim', '--reset', 'STOP', '--json'],
+      { device: 'sim', reset: true, path: ['RUNNING', 'RUNNING_P2P', 'STOP'], dataFd: false, state: 'STOP' },
+    ],
+    [
+      ['state', 'sim', '--reset', '--v1', '010', '--json'],
+      { device: 'sim', reset: true, from: '001 RUNNING', to: '010 SAVING', state: 'STOP_COPY' },
+    ],
     [['state', 'sim', '--reset', '--json'], { device: 'sim', reset: true, state: 'RUNNING' }],
   ])('%j prints one JSON object', async (args, want) => {
     const r = await runInProcess(args);
@@ -100,10 +117,13 @@ describe('state --reset STATE --json', () => {
   });
 });
 
-describe('our own usage errors point at --help, as commander\'s do', () => {
+describe("our own usage errors point at --help, as commander's do", () => {
   it.each([
     [['fsm', 'RUNNING'], 'vfio-mig: fsm takes both FROM and TO, or neither\n(see vfio-mig fsm --help)\n'],
-    [['state', 'sim', '--v1', 'BOGUS'], 'vfio-mig: unknown v1 state "BOGUS" (000..111 bits, or STOP, RUNNING, SAVING, SAVING|RUNNING, RESUMING)\n(see vfio-mig state --help)\n'],
+    [
+      ['state', 'sim', '--v1', 'BOGUS'],
+      'vfio-mig: unknown v1 state "BOGUS" (000..111 bits, or STOP, RUNNING, SAVING, SAVING|RUNNING, RESUMING)\n(see vfio-mig state --help)\n',
+    ],
     [['info', 'sim:ports=7'], 'vfio-mig: sim:ports=7: ports must be 1 or 2 (got 7)\n(see vfio-mig info --help)\n'],
   ])('%j', async (args, stderr) => {
     const r = await runInProcess(args);
@@ -113,7 +133,9 @@ describe('our own usage errors point at --help, as commander\'s do', () => {
   it('under --json the one error object, without the pointer', async () => {
     const r = await runInProcess(['fsm', 'RUNNING', '--json']);
     expect(r.code).toBe(2);
-    expect(JSON.parse(r.stderr)).toMatchObject({ error: { code: 'EINVAL', exit: 2, message: 'fsm takes both FROM and TO, or neither' } });
+    expect(JSON.parse(r.stderr)).toMatchObject({
+      error: { code: 'EINVAL', exit: 2, message: 'fsm takes both FROM and TO, or neither' },
+    });
   });
 
   it('a failure that is not a usage error has no pointer', async () => {
@@ -127,14 +149,36 @@ describe('a path that is not a VFIO device is a usage error, not "no migration s
   it.each(['/etc/passwd', '/dev/null', '/tmp'])('info %s: exit 2 with the help pointer', async (path) => {
     const r = await runInProcess(['info', path]);
     expect(r.code).toBe(2);
-    expect(r.stderr).toMatch(new RegExp(`^vfio-mig: open on ${path}: ENOTTY \\(25\\): not a VFIO device: .*\\n\\(see vfio-mig info --help\\)\\n$`));
+    expect(r.stderr).toMatch(
+      new RegExp(
+        `^vfio-mig: open on ${path}: ENOTTY \\(25\\): not a VFIO device: .*\\n\\(see vfio-mig info --help\\)\\n$`,
+      ),
+    );
   });
 
   it('a VFIO device without v2 migration is still exit 3', () => {
-    expect(exitCodeFor(new VfioError('ENOTTY', 'FEATURE_MIGRATION', '/dev/vfio/devices/vfio0', 'device does not support v2 migration'))).toBe(3);
-    expect(exitCodeFor(new VfioError('ENOTTY', 'VFIO_DEVICE_BIND_IOMMUFD', '/dev/vfio/devices/vfio0', 'not a VFIO device (cdev) node', { hint: 'not-a-device' }))).toBe(2);
+    expect(
+      exitCodeFor(
+        new VfioError('ENOTTY', 'FEATURE_MIGRATION', '/dev/vfio/devices/vfio0', 'device does not support v2 migration'),
+      ),
+    ).toBe(3);
+    expect(
+      exitCodeFor(
+        new VfioError(
+          'ENOTTY',
+          'VFIO_DEVICE_BIND_IOMMUFD',
+          '/dev/vfio/devices/vfio0',
+          'not a VFIO device (cdev) node',
+          { hint: 'not-a-device' },
+        ),
+      ),
+    ).toBe(2);
     // The hint decides, not the words: the same reason without it is a device without migration.
-    expect(exitCodeFor(new VfioError('ENOTTY', 'VFIO_DEVICE_BIND_IOMMUFD', '/dev/vfio/devices/vfio0', 'not a VFIO device (cdev) node'))).toBe(3);
+    expect(
+      exitCodeFor(
+        new VfioError('ENOTTY', 'VFIO_DEVICE_BIND_IOMMUFD', '/dev/vfio/devices/vfio0', 'not a VFIO device (cdev) node'),
+      ),
+    ).toBe(3);
   });
 });
 
@@ -142,8 +186,12 @@ describe('sizes take T and TiB, so a size over the 1 TiB cap is named as such', 
   it('1T and 1TiB are 2^40 bytes; 2T is over the cap, which the error names', () => {
     expect(parseSize('1T', 'size', 2 ** 40)).toBe(2 ** 40);
     expect(parseSize('1TiB', 'size', 2 ** 40)).toBe(2 ** 40);
-    expect(() => parseSize('2T', 'size', 2 ** 40)).toThrow('size: 2T is more than the largest allowed (1099511627776 bytes, 1 TiB)');
-    expect(() => parseSize('2G', '--section-size', 2 ** 30)).toThrow('--section-size: 2G is more than the largest allowed (1073741824 bytes, 1 GiB)');
+    expect(() => parseSize('2T', 'size', 2 ** 40)).toThrow(
+      'size: 2T is more than the largest allowed (1099511627776 bytes, 1 TiB)',
+    );
+    expect(() => parseSize('2G', '--section-size', 2 ** 30)).toThrow(
+      '--section-size: 2G is more than the largest allowed (1073741824 bytes, 1 GiB)',
+    );
   });
 });
 
@@ -151,12 +199,16 @@ describe('state lists only the states it can set', () => {
   it('state sim BOGUS: the list has no ERROR', async () => {
     const r = await runInProcess(['state', 'sim', 'BOGUS']);
     expect(r.code).toBe(2);
-    expect(r.stderr).toBe('vfio-mig: unknown v2 state "BOGUS" (STOP, RUNNING, STOP_COPY, RESUMING, RUNNING_P2P, PRE_COPY, PRE_COPY_P2P)\n(see vfio-mig state --help)\n');
+    expect(r.stderr).toBe(
+      'vfio-mig: unknown v2 state "BOGUS" (STOP, RUNNING, STOP_COPY, RESUMING, RUNNING_P2P, PRE_COPY, PRE_COPY_P2P)\n(see vfio-mig state --help)\n',
+    );
   });
   it('state sim ERROR: a usage error saying why', async () => {
     const r = await runInProcess(['state', 'sim', 'ERROR']);
     expect(r.code).toBe(2);
-    expect(r.stderr).toMatch(/^vfio-mig: ERROR cannot be set: a device enters it when a transition fails and leaves it by --reset/);
+    expect(r.stderr).toMatch(
+      /^vfio-mig: ERROR cannot be set: a device enters it when a transition fails and leaves it by --reset/,
+    );
   });
   it('fsm still takes ERROR (the table has its row)', async () => {
     const r = await runInProcess(['fsm', 'ERROR', 'STOP']);
@@ -186,7 +238,8 @@ describe('save -o - into a stdout that is /dev/null (a closed stdout is reopened
     stdout === 'closed'
       ? spawnSync('sh', ['-c', `exec "$0" "$@" >&-`, process.execPath, CLI, ...args], { encoding: 'utf8' })
       : spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', stdio: ['ignore', stdout, 'pipe'] });
-  const refused = /^vfio-mig: refusing to save to stdout: it is \/dev\/null \(a closed stdout, >&-, is reopened there\), so the state would be lost; -o \/dev\/null discards it on purpose\n\(see vfio-mig save --help\)\n$/;
+  const refused =
+    /^vfio-mig: refusing to save to stdout: it is \/dev\/null \(a closed stdout, >&-, is reopened there\), so the state would be lost; -o \/dev\/null discards it on purpose\n\(see vfio-mig save --help\)\n$/;
 
   it.each([['-'], ['/dev/stdout']])('-o %s with stdout closed (>&-): exit 2, not "saved"', (output) => {
     const r = run(['save', 'sim:size=4K', '-o', output], 'closed');
@@ -220,6 +273,8 @@ describe('save -o - into a stdout that is /dev/null (a closed stdout is reopened
 
   it('--help and the README say so', async () => {
     expect((await runInProcess(['save', '--help'])).stdout).toMatch(/-o - is refused when\s+stdout is \/dev\/null/);
-    expect(readFileSync(join(__dirname, '../../README.md'), 'utf8')).toMatch(/`-o -` \(or `-o \/dev\/stdout`\) is refused, exit 2, when\s+stdout is `\/dev\/null`/);
+    expect(readFileSync(join(__dirname, '../../README.md'), 'utf8')).toMatch(
+      /`-o -` \(or `-o \/dev\/stdout`\) is refused, exit 2, when\s+stdout is `\/dev\/null`/,
+    );
   });
 });

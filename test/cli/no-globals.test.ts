@@ -13,7 +13,11 @@ describe('src/cli holds no module-level mutable state', () => {
   for (const file of readdirSync(cliDir).filter((f) => f.endsWith('.ts'))) {
     it(file, () => {
       // Tables (`as const`, Record literals) are data, not state; a collection or a variable is state.
-      const topLevel = readFileSync(join(cliDir, file), 'utf8').split('\n').filter((l) => /^(export )?(let|var) |^(export )?const \w+(: [^=]+)? = (new (Set|Map|WeakMap|WeakSet|Array)\b|\[\])/.test(l));
+      const topLevel = readFileSync(join(cliDir, file), 'utf8')
+        .split('\n')
+        .filter((l) =>
+          /^(export )?(let|var) |^(export )?const \w+(: [^=]+)? = (new (Set|Map|WeakMap|WeakSet|Array)\b|\[\])/.test(l),
+        );
       expect(topLevel).toEqual([]);
     });
   }

@@ -23,11 +23,14 @@ export function cliCopyIn(dir: string): string {
   // The runtime dependencies, with their own and the optional ones installed here (koffi's native
   // module is one). node_modules may be a link (a worktree's): the copy holds real files.
   const deps = (dir: string) => {
-    const pkg = JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8')) as Record<string, Record<string, string> | undefined>;
+    const pkg = JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8')) as Record<
+      string,
+      Record<string, string> | undefined
+    >;
     return [...Object.keys(pkg.dependencies ?? {}), ...Object.keys(pkg.optionalDependencies ?? {})];
   };
   const todo = deps(root);
-  for (const seen = new Set<string>(); todo.length; ) {
+  for (const seen = new Set<string>(); todo.length;) {
     const name = todo.pop()!;
     const from = join(root, 'node_modules', name);
     if (seen.has(name) || !existsSync(from)) continue; // an optional dependency for another platform
@@ -46,7 +49,12 @@ export interface CliResult {
 
 /** Runs the built CLI as a process (npm test builds first): for signals, terminals, pipes and the binary's own exit. */
 export function runCli(args: string[], input?: Buffer | string, env: Record<string, string> = {}): CliResult {
-  const r = spawnSync(process.execPath, [CLI, ...args], { input, encoding: 'utf8', env: { ...process.env, NO_COLOR: '1', ...env }, maxBuffer: 1 << 28 });
+  const r = spawnSync(process.execPath, [CLI, ...args], {
+    input,
+    encoding: 'utf8',
+    env: { ...process.env, NO_COLOR: '1', ...env },
+    maxBuffer: 1 << 28,
+  });
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
@@ -66,7 +74,12 @@ export function sink(): Writable & { bytes(): Buffer } {
 export function bufferContext(args: string[], input?: Buffer | string, more: Partial<CliIo> = {}) {
   const stdout = sink();
   const stderr = sink();
-  const io: CliIo = { stdout, stderr, stdin: () => Readable.from(input === undefined ? [] : [Buffer.from(input)]), ...more };
+  const io: CliIo = {
+    stdout,
+    stderr,
+    stdin: () => Readable.from(input === undefined ? [] : [Buffer.from(input)]),
+    ...more,
+  };
   return { ctx: new CliContext(io, args), stdout, stderr };
 }
 
@@ -78,7 +91,12 @@ export interface InProcessResult extends CliResult {
 export async function runInProcess(args: string[], input?: Buffer | string): Promise<InProcessResult> {
   const { ctx, stdout, stderr } = bufferContext(args, input);
   const code = await runCommandLine(args, ctx);
-  return { code, stdout: stdout.bytes().toString('utf8'), stderr: stderr.bytes().toString('utf8'), stdoutBytes: stdout.bytes() };
+  return {
+    code,
+    stdout: stdout.bytes().toString('utf8'),
+    stderr: stderr.bytes().toString('utf8'),
+    stdoutBytes: stdout.bytes(),
+  };
 }
 
 /** A stand-in for the process's signals. */
@@ -90,7 +108,10 @@ export function pipeCli(a: string[], b: string[]): Promise<[CliResult, CliResult
     const pa = spawn(process.execPath, [CLI, ...a], { stdio: ['ignore', 'pipe', 'pipe'] });
     const pb = spawn(process.execPath, [CLI, ...b], { stdio: ['pipe', 'pipe', 'pipe'] });
     pa.stdout.pipe(pb.stdin);
-    const out = [{ code: null, stdout: '', stderr: '' }, { code: null, stdout: '', stderr: '' }] as [CliResult, CliResult];
+    const out = [
+      { code: null, stdout: '', stderr: '' },
+      { code: null, stdout: '', stderr: '' },
+    ] as [CliResult, CliResult];
     pa.stderr.on('data', (d) => (out[0].stderr += d));
     pb.stdout.on('data', (d) => (out[1].stdout += d));
     pb.stderr.on('data', (d) => (out[1].stderr += d));

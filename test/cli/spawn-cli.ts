@@ -95,7 +95,12 @@ export interface SpawnedCli {
 export function spawnCli(args: readonly string[], options: SpawnCliOptions = {}): SpawnedCli {
   const node = options.probe ? [process.execPath, '--import', PROBE] : [process.execPath];
   const argv = [...(options.via ?? []), ...node, CLI, ...args];
-  const stdio: StdioOptions = [options.stdin ?? 'ignore', options.stdout ?? 'pipe', 'pipe', ...(options.probe ? ['pipe' as const] : (options.extraFds ?? []))];
+  const stdio: StdioOptions = [
+    options.stdin ?? 'ignore',
+    options.stdout ?? 'pipe',
+    'pipe',
+    ...(options.probe ? ['pipe' as const] : (options.extraFds ?? [])),
+  ];
   const p = spawn(argv[0]!, argv.slice(1), { stdio, env: { ...process.env, NO_COLOR: '1', ...options.env } });
   const stdout = p.stdout;
   const probe = options.probe ? (p.stdio[3] as Readable) : null;

@@ -12,7 +12,14 @@ import { join } from 'node:path';
 import fc from 'fast-check';
 import { afterAll, describe, expect, it } from 'vitest';
 import { verifyStateFile } from '../../src/cli/load.js';
-import { HEADER_SIZE, checkedStream, decodeHeader, encodeHeader, encodeTrailer, newHash } from '../../src/cli/state-file.js';
+import {
+  HEADER_SIZE,
+  checkedStream,
+  decodeHeader,
+  encodeHeader,
+  encodeTrailer,
+  newHash,
+} from '../../src/cli/state-file.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'vfio-mig-fuzz-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -21,7 +28,11 @@ const RUNS = Number(process.env.VFIO_MIG_FUZZ_RUNS ?? 300);
 /** `streamed`: as saved to a pipe, the header without the byte count. */
 function stateFile(stream: Buffer, streamed = false): Buffer {
   const hash = newHash().update(stream).digest();
-  return Buffer.concat([encodeHeader({ protocol: 'v2', flags: 7, byteCount: streamed ? null : BigInt(stream.length) }), stream, encodeTrailer(BigInt(stream.length), hash)]);
+  return Buffer.concat([
+    encodeHeader({ protocol: 'v2', flags: 7, byteCount: streamed ? null : BigInt(stream.length) }),
+    stream,
+    encodeTrailer(BigInt(stream.length), hash),
+  ]);
 }
 
 /** What the loader makes of `file` read in pieces cut at `cuts`: the stream it passes on, or its error. */
@@ -32,14 +43,25 @@ async function verdict(file: Buffer, cuts: number[]): Promise<{ stream?: Buffer;
     const at = [...new Set(cuts.map((c) => c % (rest.length + 1)))].sort((a, b) => a - b);
     const pieces = [0, ...at, rest.length].slice(1).map((end, i, ends) => rest.subarray(i ? ends[i - 1] : 0, end));
     const out: Buffer[] = [];
-    for await (const c of checkedStream((async function* () { yield* pieces; })(), h, 'f')) out.push(Buffer.from(c));
+    for await (const c of checkedStream(
+      (async function* () {
+        yield* pieces;
+      })(),
+      h,
+      'f',
+    ))
+      out.push(Buffer.from(c));
     return { stream: Buffer.concat(out) };
   } catch (e) {
     return { error: (e as Error).message };
   }
 }
 
-type Damage = { kind: 'truncate'; at: number } | { kind: 'flip'; at: number; xor: number } | { kind: 'append'; bytes: Uint8Array } | { kind: 'cut'; at: number; n: number };
+type Damage =
+  | { kind: 'truncate'; at: number }
+  | { kind: 'flip'; at: number; xor: number }
+  | { kind: 'append'; bytes: Uint8Array }
+  | { kind: 'cut'; at: number; n: number };
 
 const damage: fc.Arbitrary<Damage> = fc.oneof(
   fc.record({ kind: fc.constant('truncate' as const), at: fc.nat() }),
@@ -79,7 +101,13 @@ describe('state file loader, fuzzed', () => {
       for (let bit = 0; bit < 8; bit++) {
         const file = join(dir, `h${at}-${bit}.vfio`);
         writeFileSync(file, apply(good, { kind: 'flip', at, xor: 1 << bit }));
-        if (await verifyStateFile(file).then(() => true, () => false)) passed.push(`${at}:${bit}`);
+        if (
+          await verifyStateFile(file).then(
+            () => true,
+            () => false,
+          )
+        )
+          passed.push(`${at}:${bit}`);
       }
     }
     // Flags 7 becomes 5 or 3: still a valid flag set. Every other bit of the header, reserved bytes included, is refused.
@@ -93,7 +121,10 @@ describe('state file loader, fuzzed', () => {
         const file = join(dir, `f${n++}.vfio`);
         const intact = stateFile(Buffer.from(bytes));
         writeFileSync(file, apply(intact, d));
-        const err = await verifyStateFile(file).then(() => null, (e) => e);
+        const err = await verifyStateFile(file).then(
+          () => null,
+          (e: unknown) => e,
+        );
         if (err === null) expect(informational(d, intact.length)).toBe(true);
         else expect(err).toMatchObject({ code: 'EINVAL', device: file });
       }),
@@ -103,16 +134,22 @@ describe('state file loader, fuzzed', () => {
 
   it(`a file and a pipe get one verdict however the input is cut into reads, either header kind (${RUNS} runs)`, async () => {
     await fc.assert(
-      fc.asyncProperty(fc.uint8Array({ minLength: 0, maxLength: 2048 }), fc.boolean(), fc.option(damage, { nil: undefined }), fc.array(fc.nat(), { maxLength: 12 }), async (bytes, streamed, d, cuts) => {
-        const intact = stateFile(Buffer.from(bytes), streamed);
-        const file = d ? apply(intact, d) : intact;
-        const whole = await verdict(file, []);
-        expect(await verdict(file, cuts)).toEqual(whole);
-        if (whole.error === undefined) {
-          expect(d === undefined || informational(d, intact.length)).toBe(true);
-          expect(whole.stream!.equals(Buffer.from(bytes))).toBe(true);
-        }
-      }),
+      fc.asyncProperty(
+        fc.uint8Array({ minLength: 0, maxLength: 2048 }),
+        fc.boolean(),
+        fc.option(damage, { nil: undefined }),
+        fc.array(fc.nat(), { maxLength: 12 }),
+        async (bytes, streamed, d, cuts) => {
+          const intact = stateFile(Buffer.from(bytes), streamed);
+          const file = d ? apply(intact, d) : intact;
+          const whole = await verdict(file, []);
+          expect(await verdict(file, cuts)).toEqual(whole);
+          if (whole.error === undefined) {
+            expect(d === undefined || informational(d, intact.length)).toBe(true);
+            expect(whole.stream!.equals(Buffer.from(bytes))).toBe(true);
+          }
+        },
+      ),
       { numRuns: RUNS },
     );
   });

@@ -3,7 +3,17 @@
  * change what any call does. The bugs the sim's own fault options cannot
  * express live here, one per conformance rule.
  */
-import { VfioError, MigState, createSimDevice, ForwardingDevice, type DataStream, type DeviceKind, type PrecopyInfo, type SimDevice, type SimDeviceOptions } from '../../src/index.js';
+import {
+  VfioError,
+  MigState,
+  createSimDevice,
+  ForwardingDevice,
+  type DataStream,
+  type DeviceKind,
+  type PrecopyInfo,
+  type SimDevice,
+  type SimDeviceOptions,
+} from '../../src/index.js';
 
 export class MutantStream implements DataStream {
   reads = 0;
@@ -11,22 +21,31 @@ export class MutantStream implements DataStream {
   /** Set when a reset (not a state change) ended the session. */
   endedByReset = false;
   torn = false;
-  constructor(readonly inner: DataStream, readonly dev: Mutant) {}
+  constructor(
+    readonly inner: DataStream,
+    readonly dev: Mutant,
+  ) {}
   get closed(): boolean {
     return this.inner.closed;
   }
   async read(into: Uint8Array): Promise<number> {
     if (this.torn) throw new VfioError('ENODEV', 'data_fd.read', this.dev.name, 'torn by the mutant');
-    const n = this.dev.hooks.read ? await this.dev.hooks.read(this, into, () => this.inner.read(into)) : await this.inner.read(into);
+    const n = this.dev.hooks.read
+      ? await this.dev.hooks.read(this, into, () => this.inner.read(into))
+      : await this.inner.read(into);
     this.reads++;
     if (n === 0) this.zeroSeen = true;
     return n;
   }
   write(from: Uint8Array): Promise<number> {
-    return this.dev.hooks.write ? this.dev.hooks.write(this, from, () => this.inner.write(from)) : this.inner.write(from);
+    return this.dev.hooks.write
+      ? this.dev.hooks.write(this, from, () => this.inner.write(from))
+      : this.inner.write(from);
   }
   precopyInfo(): Promise<PrecopyInfo> {
-    return this.dev.hooks.precopyInfo ? this.dev.hooks.precopyInfo(this, () => this.inner.precopyInfo()) : this.inner.precopyInfo();
+    return this.dev.hooks.precopyInfo
+      ? this.dev.hooks.precopyInfo(this, () => this.inner.precopyInfo())
+      : this.inner.precopyInfo();
   }
   close(): Promise<void> {
     return this.inner.close();
@@ -52,7 +71,10 @@ export class Mutant extends ForwardingDevice {
   readonly streams: MutantStream[] = [];
   /** Per-mutant counters the hooks keep. */
   count = 0;
-  constructor(readonly hooks: Hooks, options: SimDeviceOptions = {}) {
+  constructor(
+    readonly hooks: Hooks,
+    options: SimDeviceOptions = {},
+  ) {
     super(createSimDevice(options));
   }
   override get name(): string {
@@ -84,7 +106,9 @@ export class Mutant extends ForwardingDevice {
     }
   }
   override stopCopySize(): Promise<bigint> {
-    return this.hooks.stopCopySize ? this.hooks.stopCopySize(this, () => this.inner.stopCopySize()) : this.inner.stopCopySize();
+    return this.hooks.stopCopySize
+      ? this.hooks.stopCopySize(this, () => this.inner.stopCopySize())
+      : this.inner.stopCopySize();
   }
   override async reset(): Promise<void> {
     for (const s of this.streams) s.endedByReset = true;

@@ -7,7 +7,15 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { release, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { CONFORMANCE_CHECKS, MigState, VfioError, checkConformance, createSimDevice, migStateName, type V2Device } from '../../src/index.js';
+import {
+  CONFORMANCE_CHECKS,
+  MigState,
+  VfioError,
+  checkConformance,
+  createSimDevice,
+  migStateName,
+  type V2Device,
+} from '../../src/index.js';
 import { Mutant, spuriousStream, type Hooks } from './mutant.js';
 
 const S = MigState;
@@ -15,7 +23,11 @@ const SIZE = 64 * 1024; // small states keep the 8-byte v1 access quick
 const dir = mkdtempSync(join(tmpdir(), 'conformance-')); // the fake debugfs files
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-async function failing(dev: V2Device, peer?: V2Device, extra: { cycles?: number; debugfsState?: string } = {}): Promise<string[]> {
+async function failing(
+  dev: V2Device,
+  peer?: V2Device,
+  extra: { cycles?: number; debugfsState?: string } = {},
+): Promise<string[]> {
   const r = await checkConformance(dev, { peer, cycles: extra.cycles ?? 6, debugfsState: extra.debugfsState });
   return r.checks.filter((c) => c.verdict === 'fail').map((c) => `${c.id}: ${c.findings[0]}`);
 }
@@ -24,15 +36,23 @@ const ids = (lines: string[]) => lines.map((l) => l.split(':')[0]);
 
 /** One entry per check id: the bug, and (optionally) how to run it. */
 // self: the mutant is its own peer (the bug is on the resuming side).
-const MUTANTS: Record<string, { bug: string; hooks: Hooks; cycles?: number; debugfs?: boolean; options?: object; self?: boolean }> = {
+const MUTANTS: Record<
+  string,
+  { bug: string; hooks: Hooks; cycles?: number; debugfs?: boolean; options?: object; self?: boolean }
+> = {
   'discovery.flags': { bug: 'reports an undefined flag bit (8)', hooks: { flags: (f) => f | 8 } },
   'discovery.data-size': {
     bug: 'MIG_DATA_SIZE fails with EINVAL in STOP',
-    hooks: { stopCopySize: async (m, next) => (m.state === S.STOP ? Promise.reject(new VfioError('EINVAL', 'MIG_DATA_SIZE', m.name, 'mutant')) : next()) },
+    hooks: {
+      stopCopySize: async (m, next) =>
+        m.state === S.STOP ? Promise.reject(new VfioError('EINVAL', 'MIG_DATA_SIZE', m.name, 'mutant')) : next(),
+    },
   },
   'fsm.paths': {
     bug: 'STOP->RUNNING stops at RUNNING_P2P',
-    hooks: { setState: (m, t, next) => (m.state === S.STOP && t === S.RUNNING ? m.inner.setState(S.RUNNING_P2P) : next()) },
+    hooks: {
+      setState: (m, t, next) => (m.state === S.STOP && t === S.RUNNING ? m.inner.setState(S.RUNNING_P2P) : next()),
+    },
   },
   'fsm.einval': {
     bug: 'accepts STOP_COPY->PRE_COPY (by starting a new pre-copy session)',
@@ -100,13 +120,19 @@ const MUTANTS: Record<string, { bug: string; hooks: Hooks; cycles?: number; debu
   'streams.stop-copy-end': {
     bug: 'a read after the end of a STOP_COPY stream fails with EIO',
     hooks: {
-      read: (s, _into, next) => (s.zeroSeen && s.dev.state === S.STOP_COPY ? Promise.reject(new VfioError('EIO', 'data_fd.read', s.dev.name, 'mutant')) : next()),
+      read: (s, _into, next) =>
+        s.zeroSeen && s.dev.state === S.STOP_COPY
+          ? Promise.reject(new VfioError('EIO', 'data_fd.read', s.dev.name, 'mutant'))
+          : next(),
     },
   },
   'streams.no-enomsg-stop-copy': {
     bug: 'the first STOP_COPY read of the device is ENOMSG',
     hooks: {
-      read: (s, _into, next) => (s.dev.state === S.STOP_COPY && s.dev.count++ === 0 ? Promise.reject(new VfioError('ENOMSG', 'data_fd.read', s.dev.name, 'mutant')) : next()),
+      read: (s, _into, next) =>
+        s.dev.state === S.STOP_COPY && s.dev.count++ === 0
+          ? Promise.reject(new VfioError('ENOMSG', 'data_fd.read', s.dev.name, 'mutant'))
+          : next(),
     },
   },
   'streams.dead-after-end': {
@@ -125,11 +151,19 @@ const MUTANTS: Record<string, { bug: string; hooks: Hooks; cycles?: number; debu
   },
   'precopy.info-einval': {
     bug: 'PRECOPY_INFO answers in STOP_COPY',
-    hooks: { precopyInfo: (s, next) => (s.dev.state === S.STOP_COPY ? Promise.resolve({ initialBytes: 0n, dirtyBytes: 0n }) : next()) },
+    hooks: {
+      precopyInfo: (s, next) =>
+        s.dev.state === S.STOP_COPY ? Promise.resolve({ initialBytes: 0n, dirtyBytes: 0n }) : next(),
+    },
   },
   'precopy.info-mandatory': {
     bug: 'PRECOPY_INFO is ENOTTY in PRE_COPY_P2P',
-    hooks: { precopyInfo: (s, next) => (s.dev.state === S.PRE_COPY_P2P ? Promise.reject(new VfioError('ENOTTY', 'PRECOPY_INFO', s.dev.name, 'mutant')) : next()) },
+    hooks: {
+      precopyInfo: (s, next) =>
+        s.dev.state === S.PRE_COPY_P2P
+          ? Promise.reject(new VfioError('ENOTTY', 'PRECOPY_INFO', s.dev.name, 'mutant'))
+          : next(),
+    },
   },
   'precopy.initial-no-grow': {
     bug: 'initial_bytes jumps up by 1 MB after the second read',
@@ -189,7 +223,7 @@ const MUTANTS: Record<string, { bug: string; hooks: Hooks; cycles?: number; debu
   },
   'stress.cycles': {
     self: true,
-    bug: 'resumes 20 to 24 of the device\'s life fail with EIO (it wears out)',
+    bug: "resumes 20 to 24 of the device's life fail with EIO (it wears out)",
     cycles: 40,
     hooks: {
       setState: async (m, t, next) => {
@@ -203,7 +237,12 @@ const MUTANTS: Record<string, { bug: string; hooks: Hooks; cycles?: number; debu
   'v1.bridge': {
     bug: 'reads of more than 60000 bytes fail with EINVAL (the bridge reads a whole 1 MiB section at once)',
     options: { stateSize: 1 << 20 },
-    hooks: { read: (s, into, next) => (into.length > 60000 ? Promise.reject(new VfioError('EINVAL', 'data_fd.read', s.dev.name, 'mutant: read too large')) : next()) },
+    hooks: {
+      read: (s, into, next) =>
+        into.length > 60000
+          ? Promise.reject(new VfioError('EINVAL', 'data_fd.read', s.dev.name, 'mutant: read too large'))
+          : next(),
+    },
   },
   'debugfs.state': {
     bug: 'its (fake) debugfs file says RUNNING while the device is in STOP',
@@ -213,24 +252,43 @@ const MUTANTS: Record<string, { bug: string; hooks: Hooks; cycles?: number; debu
 };
 
 describe('conformance checker: clean simulated devices', () => {
-  it.each([1, 3, 5, 7])('flags %i: nothing fails; only recovery from ERROR, which this device never enters, warns as not exercised', async (flags) => {
-    const r = await checkConformance(createSimDevice({ flags, stateSize: SIZE }), { peer: createSimDevice({ flags, stateSize: SIZE, seed: 7 }), cycles: 6 });
-    const bad = r.checks.filter((c) => c.verdict === 'fail' || c.verdict === 'warn');
-    expect(bad.map((c) => `${c.id}: ${c.findings.join('; ')}`)).toEqual([expect.stringMatching(/^resume\.reset-recovers: recovery from ERROR not exercised: /)]);
-    expect(r.ok).toBe(true);
-    expect(r.left.map((l) => l.state)).toEqual(['RUNNING', 'RUNNING']);
-    // Only what needs a PRE_COPY device or a kernel device is skipped.
-    const skipped = r.checks.filter((c) => c.verdict === 'skip').map((c) => c.id);
-    expect(skipped).toEqual(['streams.precopy-end', 'streams.saving-group', 'precopy.info-mandatory', 'precopy.initial-no-grow', 'debugfs.state'].filter((id) => !(flags & 4) || id === 'debugfs.state'));
-  });
+  it.each([1, 3, 5, 7])(
+    'flags %i: nothing fails; only recovery from ERROR, which this device never enters, warns as not exercised',
+    async (flags) => {
+      const r = await checkConformance(createSimDevice({ flags, stateSize: SIZE }), {
+        peer: createSimDevice({ flags, stateSize: SIZE, seed: 7 }),
+        cycles: 6,
+      });
+      const bad = r.checks.filter((c) => c.verdict === 'fail' || c.verdict === 'warn');
+      expect(bad.map((c) => `${c.id}: ${c.findings.join('; ')}`)).toEqual([
+        expect.stringMatching(/^resume\.reset-recovers: recovery from ERROR not exercised: /),
+      ]);
+      expect(r.ok).toBe(true);
+      expect(r.left.map((l) => l.state)).toEqual(['RUNNING', 'RUNNING']);
+      // Only what needs a PRE_COPY device or a kernel device is skipped.
+      const skipped = r.checks.filter((c) => c.verdict === 'skip').map((c) => c.id);
+      expect(skipped).toEqual(
+        [
+          'streams.precopy-end',
+          'streams.saving-group',
+          'precopy.info-mandatory',
+          'precopy.initial-no-grow',
+          'debugfs.state',
+        ].filter((id) => !(flags & 4) || id === 'debugfs.state'),
+      );
+    },
+  );
 
   it('the mtty profile, on itself (no peer): nothing fails; its 0 at the temporary end warns, and recovery from ERROR is not exercised', async () => {
     const r = await checkConformance(createSimDevice({ profile: 'mtty' }), { cycles: 6 });
     expect(r.checks.filter((c) => c.verdict === 'fail').map((c) => c.findings)).toEqual([]);
-    expect(r.checks.filter((c) => c.verdict === 'warn').map((c) => c.id)).toEqual(['streams.precopy-end', 'resume.reset-recovers']);
+    expect(r.checks.filter((c) => c.verdict === 'warn').map((c) => c.id)).toEqual([
+      'streams.precopy-end',
+      'resume.reset-recovers',
+    ]);
   });
 
-  it('a device whose reset keeps its state (as mtty\'s does), resuming into itself: nothing fails', async () => {
+  it("a device whose reset keeps its state (as mtty's does), resuming into itself: nothing fails", async () => {
     // Loads change what the device holds for the rest of the run: no check may compare with a stale save.
     const dev = createSimDevice({ stateSize: SIZE, resetKeepsState: true });
     const r = await checkConformance(dev, { cycles: 4 });
@@ -258,7 +316,8 @@ describe('conformance checker: one broken rule fails exactly its check', () => {
       const hooks: Hooks = { ...m.hooks };
       if (m.debugfs) {
         debugfsState = join(mkdtempSync(join(dir, 'debugfs-')), 'state');
-        hooks.changed = (d) => writeFileSync(debugfsState!, `${d.state === S.STOP ? 'RUNNING' : migStateName(d.state)}\n`);
+        hooks.changed = (d) =>
+          writeFileSync(debugfsState!, `${d.state === S.STOP ? 'RUNNING' : migStateName(d.state)}\n`);
         writeFileSync(debugfsState, 'RUNNING\n');
       }
       const options = { stateSize: SIZE, ...m.options };
@@ -269,35 +328,51 @@ describe('conformance checker: one broken rule fails exactly its check', () => {
     });
   }
 
-  it('mtty\'s deviations warn, not fail: 0 at the temporary end, ENOTTY from a resuming fd, a bad header refused only by write()', async () => {
+  it("mtty's deviations warn, not fail: 0 at the temporary end, ENOTTY from a resuming fd, a bad header refused only by write()", async () => {
     // As mtty does: its resuming fd has no ioctl; a write whose header is bad is EFAULT, yet leaving RESUMING then succeeds.
-    const dev = new Mutant({
-      precopyInfo: (s, next) => (s.dev.state === S.RESUMING ? Promise.reject(new VfioError('ENOTTY', 'PRECOPY_INFO', s.dev.name, 'mutant')) : next()),
-      write: async (s, from, next) => {
-        try {
-          return await next();
-        } catch (e) {
-          s.dev.count = 1; // the bytes were taken all the same
-          throw e;
-        }
+    const dev = new Mutant(
+      {
+        precopyInfo: (s, next) =>
+          s.dev.state === S.RESUMING
+            ? Promise.reject(new VfioError('ENOTTY', 'PRECOPY_INFO', s.dev.name, 'mutant'))
+            : next(),
+        write: async (s, from, next) => {
+          try {
+            return await next();
+          } catch (e) {
+            s.dev.count = 1; // the bytes were taken all the same
+            throw e;
+          }
+        },
+        setState: async (m, t, next) => {
+          if (t === S.RESUMING) m.count = 0;
+          if (m.state !== S.RESUMING || t === S.RESUMING || m.count === 0) return next();
+          await m.inner.reset();
+          return null;
+        },
       },
-      setState: async (m, t, next) => {
-        if (t === S.RESUMING) m.count = 0;
-        if (m.state !== S.RESUMING || t === S.RESUMING || m.count === 0) return next();
-        await m.inner.reset();
-        return null;
-      },
-    }, { profile: 'mtty' });
+      { profile: 'mtty' },
+    );
     const r = await checkConformance(dev, { cycles: 2 });
     expect(r.checks.filter((c) => c.verdict === 'fail').map((c) => c.id)).toEqual([]);
     // The mtty profile adds its 0 at the temporary end: this is the set real mtty gets (docs/conformance.md).
-    expect(r.checks.filter((c) => c.verdict === 'warn').map((c) => c.id)).toEqual(['streams.precopy-end', 'precopy.info-einval', 'resume.bad-streams', 'resume.reset-recovers']);
-    expect(r.checks.find((c) => c.id === 'resume.bad-streams')!.findings[0]).toMatch(/write\(\) refused it .* but leaving RESUMING afterwards succeeded/);
+    expect(r.checks.filter((c) => c.verdict === 'warn').map((c) => c.id)).toEqual([
+      'streams.precopy-end',
+      'precopy.info-einval',
+      'resume.bad-streams',
+      'resume.reset-recovers',
+    ]);
+    expect(r.checks.find((c) => c.id === 'resume.bad-streams')!.findings[0]).toMatch(
+      /write\(\) refused it .* but leaving RESUMING afterwards succeeded/,
+    );
   });
 
   it('a device that cannot be returned to RUNNING stops the run and the report says how to recover', async () => {
     // Reset does nothing, and the way out of STOP (STOP -> RUNNING_P2P) fails.
-    const dev = new Mutant({ reset: async () => undefined }, { stateSize: SIZE, faults: { failArc: [{ from: S.STOP, to: S.RUNNING_P2P, errno: 'EIO' }] } });
+    const dev = new Mutant(
+      { reset: async () => undefined },
+      { stateSize: SIZE, faults: { failArc: [{ from: S.STOP, to: S.RUNNING_P2P, errno: 'EIO' }] } },
+    );
     const r = await checkConformance(dev, { cycles: 2 });
     const dataSize = r.checks.find((c) => c.id === 'discovery.data-size')!;
     expect(dataSize.verdict).toBe('fail');
@@ -306,19 +381,29 @@ describe('conformance checker: one broken rule fails exactly its check', () => {
     expect(new Set(later.map((c) => c.verdict))).toEqual(new Set(['skip']));
     expect(later[0]!.findings[0]).toMatch(/^not run: .* after discovery\.data-size/);
     expect(r.ok).toBe(false);
-    expect(r.left).toEqual([{ device: dev.name, state: 'STOP', recover: `VFIO_DEVICE_RESET (\`vfio-mig state ${dev.name} --reset\`)` }]);
+    expect(r.left).toEqual([
+      { device: dev.name, state: 'STOP', recover: `VFIO_DEVICE_RESET (\`vfio-mig state ${dev.name} --reset\`)` },
+    ]);
   });
 
-  it('the device\'s kind, not its name, picks the kernel-only parts: release, debugfs, rebinding', async () => {
+  it("the device's kind, not its name, picks the kernel-only parts: release, debugfs, rebinding", async () => {
     const stuck = { reset: async () => undefined };
     const faults = { failArc: [{ from: S.STOP, to: S.RUNNING_P2P, errno: 'EIO' }] };
     // A sim named like a kernel node is still a sim.
-    const sim = await checkConformance(new Mutant(stuck, { stateSize: SIZE, name: '/dev/vfio/devices/vfio0', faults }), { only: ['debugfs', 'discovery'], cycles: 1 });
+    const sim = await checkConformance(
+      new Mutant(stuck, { stateSize: SIZE, name: '/dev/vfio/devices/vfio0', faults }),
+      { only: ['debugfs', 'discovery'], cycles: 1 },
+    );
     expect(sim.kernel).toBeNull();
-    expect(sim.checks.find((c) => c.id === 'debugfs.state')!.findings).toEqual([expect.stringMatching(/^not a kernel device|^not run/)]);
+    expect(sim.checks.find((c) => c.id === 'debugfs.state')!.findings).toEqual([
+      expect.stringMatching(/^not a kernel device|^not run/),
+    ]);
     expect(sim.left[0]!.recover).not.toMatch(/rebind/);
     // A device that says it is a kernel one gets them whatever it is called.
-    const kernel = await checkConformance(new Mutant({ ...stuck, kind: 'kernel' }, { stateSize: SIZE, faults }), { only: ['discovery'], cycles: 1 });
+    const kernel = await checkConformance(new Mutant({ ...stuck, kind: 'kernel' }, { stateSize: SIZE, faults }), {
+      only: ['discovery'],
+      cycles: 1,
+    });
     expect(kernel.kernel).toBe(release());
     expect(kernel.left[0]!.recover).toMatch(/, or unbind and rebind its driver$/);
   });

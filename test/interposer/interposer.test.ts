@@ -11,7 +11,15 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createSimDevice, loadV2, MigState, VfioError, type SimDevice, type SimDeviceOptions, type V2Device } from '../../src/index.js';
+import {
+  createSimDevice,
+  loadV2,
+  MigState,
+  VfioError,
+  type SimDevice,
+  type SimDeviceOptions,
+  type V2Device,
+} from '../../src/index.js';
 import { startBridgeService, type BridgeService } from '../../src/service/bridge-service.js';
 import { saveV2 } from '../helpers.js';
 import { spawnCli, waitFor } from '../cli/spawn-cli.js';
@@ -24,7 +32,9 @@ let client: string;
 beforeAll(() => {
   dir = mkdtempSync(join(tmpdir(), 'vfio-mig-interposer-'));
   client = join(dir, 'qemu72-client');
-  const cc = spawnSync('cc', ['-O2', '-o', client, join(root, 'test/interposer/qemu72-client.c')], { encoding: 'utf8' });
+  const cc = spawnSync('cc', ['-O2', '-o', client, join(root, 'test/interposer/qemu72-client.c')], {
+    encoding: 'utf8',
+  });
   expect(cc.status, cc.stderr).toBe(0);
 });
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -37,7 +47,9 @@ interface Run {
 
 /** Runs the client as a preloaded VMM; `onStart` sees the child (to kill it). */
 function runClient(args: string[], env: Record<string, string>, onStart?: (pid: number) => void): Promise<Run> {
-  const p = spawn(client, ['/dev/null', ...args], { env: { ...process.env, LD_PRELOAD: PRELOAD, VFIO_MIG_TEST_DEVICE: '/dev/null', ...env } });
+  const p = spawn(client, ['/dev/null', ...args], {
+    env: { ...process.env, LD_PRELOAD: PRELOAD, VFIO_MIG_TEST_DEVICE: '/dev/null', ...env },
+  });
   let stdout = '';
   let stderr = '';
   p.stdout.on('data', (d) => (stdout += d));
@@ -68,7 +80,9 @@ describe('interposer + service, QEMU 7.2 access pattern', () => {
       expect(r.stderr).toBe('');
       expect(r.code).toBe(0);
       expect(readFileSync(out).equals(await saveV2(createSimDevice(model), false))).toBe(true);
-      const [, bytes, header, data] = /^ok (\d+) bytes \S+ s (\d+) header accesses (\d+) data accesses$/.exec(r.stdout.trim())!;
+      const [, bytes, header, data] = /^ok (\d+) bytes \S+ s (\d+) header accesses (\d+) data accesses$/.exec(
+        r.stdout.trim(),
+      )!;
       // Header accesses only cross the socket: ~3 per 1 MiB chunk, whatever the data path.
       expect(Number(header)).toBeLessThan(30);
       expect(svc.finished[0]!.headerAccesses).toBe(Number(header));
@@ -99,10 +113,18 @@ describe('after a completed save the device is left in STOP (docs/decisions.md 2
     const held: V2Device = new Proxy(dev, {
       get: (t, k) => {
         const v: unknown = Reflect.get(t, k, t);
-        return k === 'close' ? async () => undefined : typeof v === 'function' ? v.bind(t) : v;
+        return k === 'close'
+          ? async () => undefined
+          : typeof v === 'function'
+            ? (v as (...a: unknown[]) => unknown).bind(t)
+            : v;
       },
     });
-    const svc = await startBridgeService({ socketPath: join(dir, 'after-save.sock'), openDevice: async () => held, log: () => undefined });
+    const svc = await startBridgeService({
+      socketPath: join(dir, 'after-save.sock'),
+      openDevice: async () => held,
+      log: () => undefined,
+    });
     const env = { VFIO_MIG_SOCKET: svc.socketPath };
     const first = join(dir, 'after-save-1.bin');
     expect((await runClient(['save', first, 'mmap', 'precopy'], env)).code).toBe(0);
@@ -132,7 +154,7 @@ describe('after a completed save the device is left in STOP (docs/decisions.md 2
 });
 
 describe('interposer failures never hang and never pass silently', () => {
-  it('a forked child that closes the inherited device fd and exits does not end the parent\'s session', async () => {
+  it("a forked child that closes the inherited device fd and exits does not end the parent's session", async () => {
     const svc = await serve([createSimDevice(model)]);
     const out = join(dir, 'fork.bin');
     const r = await runClient(['save', out, 'mmap', 'forkclose'], { VFIO_MIG_SOCKET: svc.socketPath });
@@ -144,12 +166,17 @@ describe('interposer failures never hang and never pass silently', () => {
   it('no service: one message, the device is left unbridged (QEMU then refuses to migrate)', async () => {
     const r = await runClient(['save', join(dir, 'x.bin')], { VFIO_MIG_SOCKET: join(dir, 'nobody.sock') });
     expect(r.code).toBe(3);
-    expect(r.stderr).toMatch(/^vfio-mig: VFIO device is not bridged: no bridge service at .*nobody\.sock \(No such file or directory\)\n/);
+    expect(r.stderr).toMatch(
+      /^vfio-mig: VFIO device is not bridged: no bridge service at .*nobody\.sock \(No such file or directory\)\n/,
+    );
     expect(r.stderr).toMatch(/doesn't support migration/);
   });
 
   it('VFIO_MIG_REQUIRED=1 makes an unbridged device fatal', async () => {
-    const r = await runClient(['save', join(dir, 'x.bin')], { VFIO_MIG_SOCKET: join(dir, 'nobody.sock'), VFIO_MIG_REQUIRED: '1' });
+    const r = await runClient(['save', join(dir, 'x.bin')], {
+      VFIO_MIG_SOCKET: join(dir, 'nobody.sock'),
+      VFIO_MIG_REQUIRED: '1',
+    });
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/cannot be bridged: no bridge service .* exiting/);
   });
@@ -183,7 +210,7 @@ describe('interposer failures never hang and never pass silently', () => {
     const svc = await serve([dev], logs);
     const r = await runClient(['save', join(dir, 'x.bin'), 'mmap'], { VFIO_MIG_SOCKET: svc.socketPath }, (pid) => {
       const poll = setInterval(() => {
-        if (dev.state === 3 /* STOP_COPY */) {
+        if (dev.state === MigState.STOP_COPY) {
           clearInterval(poll);
           process.kill(pid, 'SIGKILL');
         }

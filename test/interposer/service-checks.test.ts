@@ -15,7 +15,13 @@ import koffi from 'koffi';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { RequestReader, WireOp, encodeReply, vmw_hello, vmw_hello_reply, vmw_region } from '../../src/service/wire.js';
 import { sysClose, sysTakeFd } from '../../src/v2/kernel/sys.js';
-import { encodeRegionInfo, VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE, type RegionInfo } from '../../src/v2/uapi.js';
+import {
+  encodeRegionInfo,
+  VFIO_REGION_INFO_FLAG_MMAP,
+  VFIO_REGION_INFO_FLAG_READ,
+  VFIO_REGION_INFO_FLAG_WRITE,
+  type RegionInfo,
+} from '../../src/v2/uapi.js';
 
 const root = resolve(import.meta.dirname, '../..');
 const PRELOAD = join(root, 'dist/interposer/libvfio-mig-preload.so');
@@ -27,7 +33,9 @@ let client: string;
 beforeAll(() => {
   dir = mkdtempSync(join(tmpdir(), 'vfio-mig-checks-'));
   client = join(dir, 'qemu72-client');
-  const cc = spawnSync('cc', ['-O2', '-o', client, join(root, 'test/interposer/qemu72-client.c')], { encoding: 'utf8' });
+  const cc = spawnSync('cc', ['-O2', '-o', client, join(root, 'test/interposer/qemu72-client.c')], {
+    encoding: 'utf8',
+  });
   expect(cc.status, cc.stderr).toBe(0);
 });
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -36,7 +44,14 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
 interface Answers {
   helloSectionSize?: bigint;
   /** SECTION's vmw_region fields; region_size and the info follow section_size and data_offset unless given. */
-  region?: Partial<{ index: number; info_len: number; region_offset: bigint; region_size: bigint; data_offset: bigint; section_size: bigint }>;
+  region?: Partial<{
+    index: number;
+    info_len: number;
+    region_offset: bigint;
+    region_size: bigint;
+    data_offset: bigint;
+    section_size: bigint;
+  }>;
   /** The vfio_region_info the SECTION reply carries. */
   info?: Partial<RegionInfo>;
   /** Rewrites the encoded region info (cap chain damage). */
@@ -141,7 +156,13 @@ interface Run {
 async function runAgainst(a: Answers, mode: 'pread' | 'mmap' = 'pread'): Promise<Run & { seen: Seen }> {
   const { path, seen, server } = await fakeService(a);
   const p = spawn(client, ['/dev/null', 'save', join(dir, 'out.bin'), mode], {
-    env: { ...process.env, LD_PRELOAD: PRELOAD, VFIO_MIG_TEST_DEVICE: '/dev/null', VFIO_MIG_SOCKET: path, VFIO_MIG_TIMEOUT_MS: '5000' },
+    env: {
+      ...process.env,
+      LD_PRELOAD: PRELOAD,
+      VFIO_MIG_TEST_DEVICE: '/dev/null',
+      VFIO_MIG_SOCKET: path,
+      VFIO_MIG_TIMEOUT_MS: '5000',
+    },
   });
   let stdout = '';
   let stderr = '';
@@ -177,15 +198,51 @@ describe('a service answer that disagrees with what was mapped leaves the device
       /bad SECTION reply from the bridge service: section_size 1073741824 is not the 4096 bytes mapped/,
     ],
     ['HELLO section_size 0', { helloSectionSize: 0n }, /bad HELLO reply from the bridge service: section_size 0 \(/],
-    ['HELLO section_size not page aligned', { helloSectionSize: PAGE + 1n }, /bad HELLO reply from the bridge service: section_size 4097 \(/],
-    ['HELLO section_size above the cap', { helloSectionSize: 2n * GiB }, /bad HELLO reply from the bridge service: section_size 2147483648 \(/],
-    ['region_size not data_offset + section_size', { region: { region_size: 3n * PAGE } }, /bad SECTION reply from the bridge service: region_size 12288 is not data_offset \+ section_size/],
-    ['data_offset inside the header', { region: { data_offset: 16n } }, /bad SECTION reply from the bridge service: data_offset 16 \(/],
-    ['data_offset not page aligned', { region: { data_offset: PAGE + 8n } }, /bad SECTION reply from the bridge service: data_offset 4104 \(/],
-    ['info_len beyond the payload', { region: { info_len: 4000 } }, /bad SECTION reply from the bridge service: info_len 4000 \(/],
-    ['info_len below a vfio_region_info', { region: { info_len: 16 } }, /bad SECTION reply from the bridge service: info_len 16 \(/],
-    ['region info size not region_size', { info: { size: 1n << 40n } }, /bad SECTION reply from the bridge service: region info size 1099511627776 is not region_size 8192/],
-    ['region info offset not region_offset', { info: { offset: 0n } }, /bad SECTION reply from the bridge service: region info offset 0x0 is not region_offset 0x90000000000/],
+    [
+      'HELLO section_size not page aligned',
+      { helloSectionSize: PAGE + 1n },
+      /bad HELLO reply from the bridge service: section_size 4097 \(/,
+    ],
+    [
+      'HELLO section_size above the cap',
+      { helloSectionSize: 2n * GiB },
+      /bad HELLO reply from the bridge service: section_size 2147483648 \(/,
+    ],
+    [
+      'region_size not data_offset + section_size',
+      { region: { region_size: 3n * PAGE } },
+      /bad SECTION reply from the bridge service: region_size 12288 is not data_offset \+ section_size/,
+    ],
+    [
+      'data_offset inside the header',
+      { region: { data_offset: 16n } },
+      /bad SECTION reply from the bridge service: data_offset 16 \(/,
+    ],
+    [
+      'data_offset not page aligned',
+      { region: { data_offset: PAGE + 8n } },
+      /bad SECTION reply from the bridge service: data_offset 4104 \(/,
+    ],
+    [
+      'info_len beyond the payload',
+      { region: { info_len: 4000 } },
+      /bad SECTION reply from the bridge service: info_len 4000 \(/,
+    ],
+    [
+      'info_len below a vfio_region_info',
+      { region: { info_len: 16 } },
+      /bad SECTION reply from the bridge service: info_len 16 \(/,
+    ],
+    [
+      'region info size not region_size',
+      { info: { size: 1n << 40n } },
+      /bad SECTION reply from the bridge service: region info size 1099511627776 is not region_size 8192/,
+    ],
+    [
+      'region info offset not region_offset',
+      { info: { offset: 0n } },
+      /bad SECTION reply from the bridge service: region info offset 0x0 is not region_offset 0x90000000000/,
+    ],
     [
       'a capability outside the region info',
       { patchInfo: (b) => new DataView(b.buffer, b.byteOffset).setUint32(12 /* cap_offset */, 4096, true) },
@@ -193,7 +250,10 @@ describe('a service answer that disagrees with what was mapped leaves the device
     ],
     [
       'a sparse-mmap capability with more areas than bytes',
-      { info: { type: undefined }, patchInfo: (b) => new DataView(b.buffer, b.byteOffset).setUint32(32 + 8 /* nr_areas */, 1000, true) },
+      {
+        info: { type: undefined },
+        patchInfo: (b) => new DataView(b.buffer, b.byteOffset).setUint32(32 + 8 /* nr_areas */, 1000, true),
+      },
       /bad SECTION reply from the bridge service: capability 1 at 32 runs past the region info/,
     ],
   ];

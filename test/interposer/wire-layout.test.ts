@@ -27,7 +27,13 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
 /** The C name of each table wire.ts does not name after its struct. */
 const TS_FOR_C: Record<string, StructCodec<Record<string, FieldSpec>>> = { vmw_v1_header: vfio_device_migration_info };
 
-const C_TYPE: Record<string, string> = { uint8_t: 'u8', uint16_t: 'u16', uint32_t: 'u32', int32_t: 's32', uint64_t: 'u64' };
+const C_TYPE: Record<string, string> = {
+  uint8_t: 'u8',
+  uint16_t: 'u16',
+  uint32_t: 'u32',
+  int32_t: 's32',
+  uint64_t: 'u64',
+};
 
 interface Layout {
   size: number;
@@ -40,9 +46,13 @@ function parseHeader(text: string): { structs: Map<string, Map<string, string>>;
   const structs = new Map<string, Map<string, string>>();
   for (const m of code.matchAll(/struct\s+(\w+)\s*\{([^}]*)\}\s*;/g)) {
     const fields = new Map<string, string>();
-    for (const decl of m[2]!.split(';').map((s) => s.trim()).filter(Boolean)) {
+    for (const decl of m[2]!
+      .split(';')
+      .map((s) => s.trim())
+      .filter(Boolean)) {
       const f = /^(\w+)\s+(\w+)$/.exec(decl);
-      if (!f || !C_TYPE[f[1]!]) throw new Error(`wire.h: struct ${m[1]}: cannot read "${decl}" (one fixed-width integer per declaration)`);
+      if (!f || !C_TYPE[f[1]!])
+        throw new Error(`wire.h: struct ${m[1]}: cannot read "${decl}" (one fixed-width integer per declaration)`);
       fields.set(f[2]!, f[1]!);
     }
     structs.set(m[1]!, fields);
@@ -58,12 +68,17 @@ function compiledLayouts(): { layouts: Record<string, Layout>; ops: Record<strin
   for (const [s, fields] of structs) {
     lines.push(`printf("S %s %zu\\n", "${s}", sizeof(struct ${s}));`);
     for (const f of fields.keys()) {
-      lines.push(`printf("F %s %s %zu %zu\\n", "${s}", "${f}", offsetof(struct ${s}, ${f}), sizeof(((struct ${s} *)0)->${f}));`);
+      lines.push(
+        `printf("F %s %s %zu %zu\\n", "${s}", "${f}", offsetof(struct ${s}, ${f}), sizeof(((struct ${s} *)0)->${f}));`,
+      );
     }
   }
   for (const op of ops) lines.push(`printf("O %s %d\\n", "${op}", (int)VMW_${op});`);
   const src = join(dir, 'layout.c');
-  writeFileSync(src, `#include <stddef.h>\n#include <stdio.h>\n#include "${header}"\nint main(void)\n{\n\t${lines.join('\n\t')}\n\treturn 0;\n}\n`);
+  writeFileSync(
+    src,
+    `#include <stddef.h>\n#include <stdio.h>\n#include "${header}"\nint main(void)\n{\n\t${lines.join('\n\t')}\n\treturn 0;\n}\n`,
+  );
   const bin = join(dir, 'layout');
   const cc = spawnSync('cc', ['-Wall', '-Werror', '-o', bin, src], { encoding: 'utf8' });
   expect(cc.status, cc.stderr).toBe(0);
@@ -74,7 +89,8 @@ function compiledLayouts(): { layouts: Record<string, Layout>; ops: Record<strin
   for (const line of run.stdout.trim().split('\n')) {
     const [kind, a, b, c, d] = line.split(' ');
     if (kind === 'S') layouts[a!] = { size: Number(b), fields: {} };
-    else if (kind === 'F') layouts[a!]!.fields[b!] = { offset: Number(c), width: Number(d), type: C_TYPE[structs.get(a!)!.get(b!)!]! };
+    else if (kind === 'F')
+      layouts[a!]!.fields[b!] = { offset: Number(c), width: Number(d), type: C_TYPE[structs.get(a!)!.get(b!)!]! };
     else opValues[a!] = Number(b);
   }
   return { layouts, ops: opValues };
@@ -85,12 +101,15 @@ const isCodec = (v: unknown): v is StructCodec<Record<string, FieldSpec>> =>
 
 /** The same, from the TypeScript tables. */
 function tsLayouts(): Record<string, Layout> {
-  const codecs: [string, StructCodec<Record<string, FieldSpec>>][] = (Object.values(wire) as unknown[]).filter(isCodec).map((c) => [c.name, c]);
+  const codecs: [string, StructCodec<Record<string, FieldSpec>>][] = (Object.values(wire) as unknown[])
+    .filter(isCodec)
+    .map((c) => [c.name, c]);
   codecs.push(...Object.entries(TS_FOR_C));
   const out: Record<string, Layout> = {};
   for (const [name, codec] of codecs) {
     const fields: Layout['fields'] = {};
-    for (const p of fieldPlaces(codec.layout)) fields[p.name] = { offset: p.offset, width: p.width, type: codec.layout[p.name]!.type };
+    for (const p of fieldPlaces(codec.layout))
+      fields[p.name] = { offset: p.offset, width: p.width, type: codec.layout[p.name]!.type };
     out[name] = { size: codec.size, fields };
   }
   return out;

@@ -27,7 +27,9 @@ const MTTY_WARNS = [
 const MTTY_SKIPS = ['debugfs.state']; // the test kernel has no CONFIG_VFIO_DEBUGFS (nor debugfs)
 
 function expectMtty(r: ConformanceReport): void {
-  const failed = r.checks.filter((c) => c.verdict === 'fail').map((c) => `${c.id}: ${c.findings.join('; ')}\n  ${c.evidence.slice(-30).join('\n  ')}`);
+  const failed = r.checks
+    .filter((c) => c.verdict === 'fail')
+    .map((c) => `${c.id}: ${c.findings.join('; ')}\n  ${c.evidence.slice(-30).join('\n  ')}`);
   expect(failed).toEqual([]);
   expect(r.checks.filter((c) => c.verdict === 'warn').map((c) => c.id)).toEqual(MTTY_WARNS);
   expect(r.checks.filter((c) => c.verdict === 'skip').map((c) => c.id)).toEqual(MTTY_SKIPS);
@@ -36,12 +38,18 @@ function expectMtty(r: ConformanceReport): void {
 
 function cli(args: string[]) {
   const started = Date.now();
-  const r = spawnSync(process.execPath, [`${process.cwd()}/dist/cli/main.js`, ...args], { encoding: 'utf8', maxBuffer: 1 << 28 });
+  const r = spawnSync(process.execPath, [`${process.cwd()}/dist/cli/main.js`, ...args], {
+    encoding: 'utf8',
+    maxBuffer: 1 << 28,
+  });
   return { code: r.status, stdout: r.stdout, stderr: r.stderr, ms: Date.now() - started };
 }
 
 describe('conformance on mtty', () => {
-  for (const [path, spec] of [['cdev', cdevOf], ['group', groupOf]] as const) {
+  for (const [path, spec] of [
+    ['cdev', cdevOf],
+    ['group', groupOf],
+  ] as const) {
     it(`vfio-mig conformance via ${path} with the other mtty as --peer, ${CYCLES} cycles: nothing fails`, () => {
       const r = cli(['conformance', spec(UUID.a), '--peer', spec(UUID.b), '--json', '--cycles', String(CYCLES)]);
       expect(r.stdout, r.stderr).not.toBe('');
@@ -56,7 +64,10 @@ describe('conformance on mtty', () => {
       // The human table, for docs/conformance.md (the project folder is shared with the host).
       const table = cli(['conformance', spec(UUID.a), '--peer', spec(UUID.b), '--cycles', String(CYCLES)]);
       expect(table.code, table.stderr).toBe(0);
-      writeFileSync(`${process.cwd()}/.ci-conformance-${path}.txt`, `$ vfio-mig conformance ${spec(UUID.a)} --peer ${spec(UUID.b)} --cycles ${CYCLES}\n${table.stdout}\n(${r.ms} ms with --json, ${table.ms} ms for the table, in the emulated test guest)\n`);
+      writeFileSync(
+        `${process.cwd()}/.ci-conformance-${path}.txt`,
+        `$ vfio-mig conformance ${spec(UUID.a)} --peer ${spec(UUID.b)} --cycles ${CYCLES}\n${table.stdout}\n(${r.ms} ms with --json, ${table.ms} ms for the table, in the emulated test guest)\n`,
+      );
     });
   }
 
@@ -76,6 +87,6 @@ describe('conformance on mtty', () => {
   it('one mtty on its own (resumes into itself)', () => {
     const r = cli(['conformance', cdevOf(UUID.b), '--json', '--cycles', '20']);
     expect(r.code, r.stderr).toBe(0);
-    expectMtty(JSON.parse(r.stdout));
+    expectMtty(JSON.parse(r.stdout) as ConformanceReport);
   });
 });

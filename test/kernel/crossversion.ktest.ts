@@ -68,12 +68,20 @@ async function waitRunning(vm: Vmm): Promise<void> {
 function vmm(qemu: QemuVersion, name: string, device: string, incoming?: string, machine?: string): Vmm {
   return qemu === '7.2'
     ? new Vmm({ name, qemu, devices: [device], exec: true, trace: `/tmp/${name}.ndjson`, incoming, machine })
-    : new Vmm({ name, qemu, devices: [device], incoming, machine, args: ['-trace', 'vfio_migration_set_device_state'] });
+    : new Vmm({
+        name,
+        qemu,
+        devices: [device],
+        incoming,
+        machine,
+        args: ['-trace', 'vfio_migration_set_device_state'],
+      });
 }
 
 /** The migration states the VMM set on its device, in order, from its trace. */
 function statesSet(vm: Vmm): string[] {
-  if (vm.opts.qemu === '10') return [...vm.stderr.matchAll(/vfio_migration_set_device_state.*\) state (\S+)/g)].map((m) => m[1]!);
+  if (vm.opts.qemu === '10')
+    return [...vm.stderr.matchAll(/vfio_migration_set_device_state.*\) state (\S+)/g)].map((m) => m[1]!);
   return readFileSync(vm.opts.trace!, 'utf8')
     .trim()
     .split('\n')
@@ -82,7 +90,11 @@ function statesSet(vm: Vmm): string[] {
     .map((e) => V1_AS_V2[e.value!] ?? `v1:${e.value}`);
 }
 
-async function migrateTo(src: Vmm, file: string, params: string[] = []): Promise<{ totalMs: number; downtimeMs: number; text: string }> {
+async function migrateTo(
+  src: Vmm,
+  file: string,
+  params: string[] = [],
+): Promise<{ totalMs: number; downtimeMs: number; text: string }> {
   rmSync(file, { force: true });
   for (const p of params) await src.hmp(`migrate_set_parameter ${p}`);
   await src.hmp(`migrate -d "exec:cat > ${file}"`);
@@ -99,7 +111,10 @@ const label = (v: QemuVersion) => (v === '7.2' ? 'QEMU 7.2 via vfio-mig exec' : 
 
 describe('the fetched QEMU binaries', () => {
   it('run in the guest and are 7.2 and 10', () => {
-    for (const [v, re] of [['7.2', /QEMU emulator version 7\.2\./], ['10', /QEMU emulator version 10\./]] as const) {
+    for (const [v, re] of [
+      ['7.2', /QEMU emulator version 7\.2\./],
+      ['10', /QEMU emulator version 10\./],
+    ] as const) {
       const q = qemuBinary(v);
       const r = spawnSync(q.bin, ['--version'], { encoding: 'utf8', env: { ...process.env, ...q.env } });
       expect(r.stdout, r.stderr).toMatch(re);
@@ -138,7 +153,9 @@ describe('live upgrade and roll-back between QEMU 7.2 (bridged) and QEMU 10 (nat
       // The guest-visible state after the VM runs: what the source's guest wrote.
       expect([await dst.inb(ports[0]! + SCR), await dst.inb(ports[1]! + SCR)]).toEqual(values);
       const states = statesSet(dst);
-      console.log(`source (${label(from)}) set: ${statesSet(src).join(' ')}; destination (${label(to)}) set while running: ${states.join(' ')}`);
+      console.log(
+        `source (${label(from)}) set: ${statesSet(src).join(' ')}; destination (${label(to)}) set while running: ${states.join(' ')}`,
+      );
       expect(states).toContain('RESUMING');
       expect(states.at(-1)).toBe('RUNNING');
       expect(await dst.quit()).toBe(0);
@@ -171,7 +188,9 @@ describe('live upgrade and roll-back between QEMU 7.2 (bridged) and QEMU 10 (nat
   beforeAll(() => {
     // The same devices and size as qemu72.ktest.ts's mbig cases, whichever file creates them.
     writeFileSync('/sys/module/mbig/parameters/mib', '64');
-    for (const u of [C, D]) if (!existsSync(`/sys/bus/mdev/devices/${u}`)) writeFileSync('/sys/class/mdev_bus/mbig/mdev_supported_types/mbig-2/create', u);
+    for (const u of [C, D])
+      if (!existsSync(`/sys/bus/mdev/devices/${u}`))
+        writeFileSync('/sys/class/mdev_bus/mbig/mdev_supported_types/mbig-2/create', u);
     seed = readFileSync(seedOfD, 'utf8').trim();
   });
   afterEach(async () => {
@@ -204,7 +223,9 @@ describe('live upgrade and roll-back between QEMU 7.2 (bridged) and QEMU 10 (nat
       expect(states.at(-1)).toBe('RUNNING');
       expect(await dst.quit()).toBe(0);
       expect(crc(D)).toBe(want);
-      console.log(`mbig 64 MiB ${label(from)} → ${label(to)}: total ${m.totalMs} ms, downtime ${m.downtimeMs} ms; destination start-to-running ${load} ms`);
+      console.log(
+        `mbig 64 MiB ${label(from)} → ${label(to)}: total ${m.totalMs} ms, downtime ${m.downtimeMs} ms; destination start-to-running ${load} ms`,
+      );
       rmSync(`/tmp/${tag}.mig`, { force: true });
     }, 600_000);
   }

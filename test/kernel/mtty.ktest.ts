@@ -6,6 +6,7 @@ import { spawnSync } from 'node:child_process';
 import { readdirSync, readlinkSync } from 'node:fs';
 import { basename } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { stringContaining, stringMatching } from '../matchers.js';
 import { KernelDevice, openKernelDevice, type V2Device } from '../../src/index.js';
 import { deviceContract } from '../v2/device-contract.js';
 
@@ -24,7 +25,10 @@ async function scratch(dev: V2Device): Promise<string> {
   return `${p0[0]}/${p1[0]}`;
 }
 
-for (const [path, spec] of [['cdev', cdevOf], ['group', groupOf]] as const) {
+for (const [path, spec] of [
+  ['cdev', cdevOf],
+  ['group', groupOf],
+] as const) {
   deviceContract({
     name: `mtty via ${path}`,
     flags: 7,
@@ -62,21 +66,34 @@ describe('mtty: bad input', () => {
   });
 
   it('a file that is not a VFIO device: ENOTTY', async () => {
-    await expect(openKernelDevice('/dev/null')).rejects.toMatchObject({ code: 'ENOTTY', reason: expect.stringContaining('not a VFIO device') });
-    await expect(openKernelDevice('/dev/null:whatever')).rejects.toMatchObject({ code: 'ENOTTY', reason: expect.stringContaining('not a VFIO device: a mem character device (expected /dev/vfio/N:DEVICE)') });
+    await expect(openKernelDevice('/dev/null')).rejects.toMatchObject({
+      code: 'ENOTTY',
+      reason: stringContaining('not a VFIO device'),
+    });
+    await expect(openKernelDevice('/dev/null:whatever')).rejects.toMatchObject({
+      code: 'ENOTTY',
+      reason: stringContaining('not a VFIO device: a mem character device (expected /dev/vfio/N:DEVICE)'),
+    });
   });
 
   it('a device name that is not in the group: an errno naming the device', async () => {
     const group = groupOf(UUID.a).split(':')[0]!;
-    const err = await openKernelDevice(`${group}:00000000-0000-0000-0000-000000000000`).catch((e) => e);
-    expect(err).toMatchObject({ code: expect.stringMatching(/^E/), reason: expect.stringContaining('no device "00000000-0000-0000-0000-000000000000"') });
+    const err = await openKernelDevice(`${group}:00000000-0000-0000-0000-000000000000`).catch((e: unknown) => e);
+    expect(err).toMatchObject({
+      code: stringMatching(/^E/),
+      reason: stringContaining('no device "00000000-0000-0000-0000-000000000000"'),
+    });
   });
 
   it('no permission: EACCES for an unprivileged user', () => {
     const script = `import('${process.cwd()}/src/index.ts').catch(()=>import('${process.cwd()}/dist/index.js')).then(async (m) => {
       try { await m.openKernelDevice('${cdevOf(UUID.a)}'); console.log('opened'); } catch (e) { console.log(e.code); }
     })`;
-    const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { uid: 65534, gid: 65534, encoding: 'utf8' });
+    const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], {
+      uid: 65534,
+      gid: 65534,
+      encoding: 'utf8',
+    });
     expect(r.stdout.trim()).toBe('EACCES');
   });
 
@@ -91,23 +108,26 @@ describe('mtty: bad input', () => {
 });
 
 describe('mtty: closing mid-session', () => {
-  it.each(['RESUMING', 'STOP_COPY', 'PRE_COPY'] as const)('closing the device in %s leaves it usable on the next open', async (state) => {
-    const { MigState } = await import('../../src/index.js');
-    const d = await openKernelDevice(cdevOf(UUID.a));
-    const s = await d.setState(MigState[state]);
-    expect(s).not.toBeNull();
-    await d.close(); // the stream's fd is still open here, as in a crashed caller
-    await s!.close();
-    const again = await openKernelDevice(cdevOf(UUID.a));
-    try {
-      expect(await again.getState()).toBe(MigState.RUNNING);
-      const r = await again.setState(MigState.RESUMING);
-      await again.setState(MigState.STOP).catch((e) => expect(e.code).toBe('EINVAL'));
-      await r?.close();
-    } finally {
-      await again.close();
-    }
-  });
+  it.each(['RESUMING', 'STOP_COPY', 'PRE_COPY'] as const)(
+    'closing the device in %s leaves it usable on the next open',
+    async (state) => {
+      const { MigState } = await import('../../src/index.js');
+      const d = await openKernelDevice(cdevOf(UUID.a));
+      const s = await d.setState(MigState[state]);
+      expect(s).not.toBeNull();
+      await d.close(); // the stream's fd is still open here, as in a crashed caller
+      await s!.close();
+      const again = await openKernelDevice(cdevOf(UUID.a));
+      try {
+        expect(await again.getState()).toBe(MigState.RUNNING);
+        const r = await again.setState(MigState.RESUMING);
+        await again.setState(MigState.STOP).catch((e: { code: string }) => expect(e.code).toBe('EINVAL'));
+        await r?.close();
+      } finally {
+        await again.close();
+      }
+    },
+  );
 });
 
 describe('mtty: state across close', () => {
@@ -128,19 +148,30 @@ describe('mtty: state across close', () => {
 
 describe('vfio-mig CLI on mtty', () => {
   const cli = (args: string[], uid?: number) => {
-    const r = spawnSync(process.execPath, [`${process.cwd()}/dist/cli/main.js`, ...args], { encoding: 'utf8', ...(uid ? { uid, gid: uid } : {}) });
+    const r = spawnSync(process.execPath, [`${process.cwd()}/dist/cli/main.js`, ...args], {
+      encoding: 'utf8',
+      ...(uid ? { uid, gid: uid } : {}),
+    });
     return { code: r.status, stdout: r.stdout, stderr: r.stderr };
   };
 
   it('info reports flags 7, RUNNING and the regions', () => {
     const r = cli(['info', cdevOf(UUID.a), '--json']);
     expect(r.code, r.stderr).toBe(0);
-    const j = JSON.parse(r.stdout);
-    expect(j).toMatchObject({ flags: 7, flagNames: ['STOP_COPY', 'P2P', 'PRE_COPY'], state: 'RUNNING', stopCopySize: '96' });
+    const j = JSON.parse(r.stdout) as { regions: unknown[] };
+    expect(j).toMatchObject({
+      flags: 7,
+      flagNames: ['STOP_COPY', 'P2P', 'PRE_COPY'],
+      state: 'RUNNING',
+      stopCopySize: '96',
+    });
     expect(j.regions).toHaveLength(9);
   });
 
-  it.each([['v2', 'cdev'], ['v1', 'group']] as const)('save on one mtty and load on the other (%s protocol, load via %s)', async (protocol, loadPath) => {
+  it.each([
+    ['v2', 'cdev'],
+    ['v1', 'group'],
+  ] as const)('save on one mtty and load on the other (%s protocol, load via %s)', async (protocol, loadPath) => {
     const a = await openKernelDevice(cdevOf(UUID.a));
     await a.regionWrite(0, UART_SCR, Uint8Array.of(protocol === 'v1' ? 0x42 : 0x24));
     const want = await scratch(a);
@@ -148,8 +179,16 @@ describe('vfio-mig CLI on mtty', () => {
     const file = `/tmp/mtty-${protocol}.vfio`;
     const s = cli(['save', cdevOf(UUID.a), '-o', file, '--protocol', protocol, '--json']);
     expect(s.code, s.stderr).toBe(0);
-    expect(JSON.parse(s.stdout).bytes).toBe('96'); // u64 as a decimal string
-    const l = cli(['load', loadPath === 'cdev' ? cdevOf(UUID.b) : groupOf(UUID.b), '-i', file, '--protocol', protocol, '--json']);
+    expect((JSON.parse(s.stdout) as { bytes: string }).bytes).toBe('96'); // u64 as a decimal string
+    const l = cli([
+      'load',
+      loadPath === 'cdev' ? cdevOf(UUID.b) : groupOf(UUID.b),
+      '-i',
+      file,
+      '--protocol',
+      protocol,
+      '--json',
+    ]);
     expect(l.code, l.stderr).toBe(0);
     expect(JSON.parse(l.stdout)).toMatchObject({ bytes: '96', state: 'RUNNING' });
     const b = await openKernelDevice(cdevOf(UUID.b));

@@ -17,7 +17,8 @@ const B = process.env.VFIOMIG_B!;
 const CLI = resolve(import.meta.dirname, '../../dist/cli/main.js');
 const SCR = 7; // UART scratch register, which mtty migrates
 const cdevOf = (u: string) => `/dev/vfio/devices/${readdirSync(`/sys/bus/mdev/devices/${u}/vfio-dev`)[0]}`;
-const cli = (...args: string[]) => spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', maxBuffer: 1 << 28 });
+const cli = (...args: string[]) =>
+  spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', maxBuffer: 1 << 28 });
 
 async function toRunning(uuid: string): Promise<void> {
   const d = await openKernelDevice(cdevOf(uuid));
@@ -77,10 +78,20 @@ describe('vfio-mig qemu-stream on a QEMU 7.2 stream with an mtty device', () => 
   it('list finds the VFIO device: its vfio-pci config and the state it carried, DEV_DATA_STATE bytes > 0', () => {
     const r = cli('qemu-stream', 'list', FILE, '--json');
     expect(r.status, r.stderr).toBe(0);
-    const j = JSON.parse(r.stdout);
+    const j = JSON.parse(r.stdout) as {
+      machine: string;
+      vfio: {
+        idstr: string;
+        pciId: string;
+        dataBytes: number;
+        savedWith: unknown;
+        phases: Record<'setup' | 'complete', { sections: number }>;
+        config: { bytes: number; pci: { version: number } };
+      }[];
+    };
     expect(j.machine).toBe('pc-i440fx-7.2');
     expect(j.vfio).toHaveLength(1);
-    const d = j.vfio[0];
+    const d = j.vfio[0]!;
     idstr = d.idstr;
     expect(idstr).toMatch(/^0000:00:[0-9a-f]{2}\.0\/vfio$/);
     expect(d.dataBytes).toBeGreaterThan(0);
@@ -88,16 +99,23 @@ describe('vfio-mig qemu-stream on a QEMU 7.2 stream with an mtty device', () => 
     expect(d.phases.complete.sections).toBe(1);
     expect(d.config.bytes).toBeGreaterThanOrEqual(276);
     expect(d.config.pci.version).toBe(2);
-    console.log(`mtty under QEMU 7.2: ${JSON.stringify({ pciId: d.pciId, config: d.config.bytes, phases: d.phases, savedWith: d.savedWith })}`);
+    console.log(
+      `mtty under QEMU 7.2: ${JSON.stringify({ pciId: d.pciId, config: d.config.bytes, phases: d.phases, savedWith: d.savedWith })}`,
+    );
     const text = cli('qemu-stream', 'list', FILE);
     expect(text.stdout).toContain(`${idstr} (instance 0, version 1`);
-    console.log(text.stdout.split('\n').filter((l) => /vfio|VFIO|setup|iterate|complete|config|state/.test(l)).join('\n'));
+    console.log(
+      text.stdout
+        .split('\n')
+        .filter((l) => /vfio|VFIO|setup|iterate|complete|config|state/.test(l))
+        .join('\n'),
+    );
   });
 
-  it('extract + vfio-mig load into the other mtty device: its UART scratch values are the source\'s', async () => {
+  it("extract + vfio-mig load into the other mtty device: its UART scratch values are the source's", async () => {
     const x = cli('qemu-stream', 'extract', FILE, '--device', idstr, '-o', STATE, '--json');
     expect(x.status, x.stderr).toBe(0);
-    const summary = JSON.parse(x.stdout);
+    const summary = JSON.parse(x.stdout) as { bytes: string };
     expect(Number(summary.bytes)).toBeGreaterThan(0);
     await setScratch(B, [0x11, 0x22]);
     expect(await scratch(B)).toEqual([0x11, 0x22]);
@@ -108,13 +126,15 @@ describe('vfio-mig qemu-stream on a QEMU 7.2 stream with an mtty device', () => 
     rmSync(STATE, { force: true });
   });
 
-  it('diff against a second save of the VM: the same sections and versions, the device\'s config the same size', async () => {
+  it("diff against a second save of the VM: the same sections and versions, the device's config the same size", async () => {
     const second = '/tmp/qs-b.mig';
     await saveVm('qs-src2', [0x96, 0x69], second);
     const r = cli('qemu-stream', 'diff', FILE, second, '--json');
     expect(r.status, r.stderr).toBe(0);
-    const d = JSON.parse(r.stdout);
-    expect(d.differences.filter((x: { kind: string }) => ['only-a', 'only-b', 'version', 'machine', 'vfio-config'].includes(x.kind))).toEqual([]);
+    const d = JSON.parse(r.stdout) as { differences: { kind: string }[] };
+    expect(
+      d.differences.filter((x) => ['only-a', 'only-b', 'version', 'machine', 'vfio-config'].includes(x.kind)),
+    ).toEqual([]);
     console.log(cli('qemu-stream', 'diff', FILE, second).stdout);
     expect(readFileSync(second).length).toBeGreaterThan(0);
     rmSync(second, { force: true });

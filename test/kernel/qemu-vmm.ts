@@ -21,11 +21,18 @@ export const QEMU_TREES = {
 export type QemuVersion = keyof typeof QEMU_TREES;
 
 /** The binary of one version, and how to run it from its unpacked tree. */
-export function qemuBinary(version: QemuVersion, tree: string = QEMU_TREES[version]): { bin: string; args: string[]; env: Record<string, string> } {
+export function qemuBinary(
+  version: QemuVersion,
+  tree: string = QEMU_TREES[version],
+): { bin: string; args: string[]; env: Record<string, string> } {
   const bin = `${tree}/usr/bin/qemu-system-x86_64`;
   if (!existsSync(bin)) throw new Error(`no QEMU ${version} at ${bin}: run scripts/kernel/fetch-qemu.sh`);
   // Its own modules (not the system's, of another build); firmware from its tree, bios.bin from the seabios package.
-  return { bin, args: ['-L', `${tree}/usr/share/qemu`, '-L', '/usr/share/seabios'], env: { QEMU_MODULE_DIR: `${tree}/usr/lib/x86_64-linux-gnu/qemu` } };
+  return {
+    bin,
+    args: ['-L', `${tree}/usr/share/qemu`, '-L', '/usr/share/seabios'],
+    env: { QEMU_MODULE_DIR: `${tree}/usr/lib/x86_64-linux-gnu/qemu` },
+  };
 }
 
 /** The vfio-pci options that turn migration on: 7.2's experimental switch; QEMU 8+ names it, and mtty has no device dirty tracking. */
@@ -66,13 +73,15 @@ function threadsOf(pid: number | undefined): string {
     }
   };
   try {
-    return readdirSync(`/proc/${pid}/task`)
-      .map((t) => {
-        const dir = `/proc/${pid}/task/${t}`;
-        const state = /^State:\s*(.*)$/m.exec(read(`${dir}/status`))?.[1];
-        return `${t} ${read(`${dir}/comm`)} ${state} wchan=${read(`${dir}/wchan`)}\n${read(`${dir}/stack`).replace(/^/gm, '    ')}`;
-      })
-      .join('\n') + backtraces(pid!);
+    return (
+      readdirSync(`/proc/${pid}/task`)
+        .map((t) => {
+          const dir = `/proc/${pid}/task/${t}`;
+          const state = /^State:\s*(.*)$/m.exec(read(`${dir}/status`))?.[1];
+          return `${t} ${read(`${dir}/comm`)} ${state} wchan=${read(`${dir}/wchan`)}\n${read(`${dir}/stack`).replace(/^/gm, '    ')}`;
+        })
+        .join('\n') + backtraces(pid!)
+    );
   } catch (e) {
     return `(cannot list /proc/${pid}/task: ${(e as Error).message})`;
   }
@@ -80,7 +89,10 @@ function threadsOf(pid: number | undefined): string {
 
 /** Every thread's backtrace when gdb is installed (it is not a dependency: a missing gdb says so). */
 function backtraces(pid: number): string {
-  const gdb = spawnSync('gdb', ['-p', String(pid), '-batch', '-nx', '-ex', 'thread apply all bt'], { encoding: 'utf8', timeout: 60_000 });
+  const gdb = spawnSync('gdb', ['-p', String(pid), '-batch', '-nx', '-ex', 'thread apply all bt'], {
+    encoding: 'utf8',
+    timeout: 60_000,
+  });
   return gdb.error ? `\n(no backtraces: gdb ${(gdb.error as NodeJS.ErrnoException).code})` : `\n${gdb.stdout}`;
 }
 
@@ -92,7 +104,9 @@ export class VmmExited extends Error {
     monitor: string,
     output: string,
   ) {
-    super(`QEMU exited (code ${code}, signal ${signal}) while the monitor waited for a prompt; monitor: ${monitor}\nQEMU output:\n${output}`);
+    super(
+      `QEMU exited (code ${code}, signal ${signal}) while the monitor waited for a prompt; monitor: ${monitor}\nQEMU output:\n${output}`,
+    );
   }
 }
 
@@ -110,14 +124,31 @@ export class Vmm {
     const version = opts.qemu ?? '7.2';
     const { bin, args, env } = qemuBinary(version, opts.tree);
     const qemu = [
-      bin, ...args, '-M', opts.machine ?? 'pc-i440fx-7.2', '-m', '64', '-nodefaults', '-display', 'none',
-      '-monitor', `unix:${monitor},server=on,wait=off`,
-      ...opts.devices.flatMap((u) => ['-device', `vfio-pci,sysfsdev=/sys/bus/mdev/devices/${u},${MIGRATION_OPTS[version]}`]),
+      bin,
+      ...args,
+      '-M',
+      opts.machine ?? 'pc-i440fx-7.2',
+      '-m',
+      '64',
+      '-nodefaults',
+      '-display',
+      'none',
+      '-monitor',
+      `unix:${monitor},server=on,wait=off`,
+      ...opts.devices.flatMap((u) => [
+        '-device',
+        `vfio-pci,sysfsdev=/sys/bus/mdev/devices/${u},${MIGRATION_OPTS[version]}`,
+      ]),
       ...(opts.args ?? []),
       ...(opts.incoming ? ['-incoming', opts.incoming] : []),
     ];
-    const argv = opts.exec ? [process.execPath, CLI, 'exec', ...(opts.trace ? ['--trace', opts.trace] : []), '--', ...qemu] : [...(opts.wrap ?? []), ...qemu];
-    this.proc = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env, ...opts.env } });
+    const argv = opts.exec
+      ? [process.execPath, CLI, 'exec', ...(opts.trace ? ['--trace', opts.trace] : []), '--', ...qemu]
+      : [...(opts.wrap ?? []), ...qemu];
+    this.proc = spawn(argv[0]!, argv.slice(1), {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, ...env, ...opts.env },
+    });
     this.proc.stdout!.on('data', (d) => (this.stderr += d));
     this.proc.stderr!.on('data', (d) => (this.stderr += d));
     this.exited = new Promise((done) => this.proc.on('exit', (code, sig) => done(code ?? (sig ? 128 : null))));
@@ -131,12 +162,14 @@ export class Vmm {
   async connect(timeoutMs = 90_000): Promise<void> {
     const t0 = Date.now();
     while (!existsSync(this.monitorPath)) {
-      if (Date.now() - t0 > timeoutMs) throw new Error(`no QEMU monitor after ${timeoutMs} ms; output:\n${this.stderr}`);
-      if (this.proc.exitCode !== null) throw new Error(`QEMU exited ${this.proc.exitCode} before its monitor came up:\n${this.stderr}`);
+      if (Date.now() - t0 > timeoutMs)
+        throw new Error(`no QEMU monitor after ${timeoutMs} ms; output:\n${this.stderr}`);
+      if (this.proc.exitCode !== null)
+        throw new Error(`QEMU exited ${this.proc.exitCode} before its monitor came up:\n${this.stderr}`);
       await sleep(100);
     }
     this.#mon = connect(this.monitorPath);
-    this.#mon.on('data', (d) => (this.#out += d));
+    this.#mon.on('data', (d: Buffer) => (this.#out += d.toString()));
     this.#mon.on('error', () => undefined);
     this.#mon.on('close', () => (this.#monitorClosed = true));
     await this.#prompt(timeoutMs);
@@ -151,11 +184,14 @@ export class Vmm {
         throw new VmmExited(this.proc.exitCode, this.proc.signalCode, this.#out, this.stderr);
       }
       if (Date.now() - t0 > timeoutMs) {
-        throw new Error(`no HMP prompt after ${timeoutMs} ms (QEMU still running); got: ${this.#out}\nQEMU output:\n${this.stderr}\nQEMU's threads:\n${threadsOf(this.proc.pid)}`);
+        throw new Error(
+          `no HMP prompt after ${timeoutMs} ms (QEMU still running); got: ${this.#out}\nQEMU output:\n${this.stderr}\nQEMU's threads:\n${threadsOf(this.proc.pid)}`,
+        );
       }
       await sleep(20);
     }
     // QEMU's readline echoes each keystroke with escape sequences; drop them and the echo line.
+    // eslint-disable-next-line no-control-regex -- ESC starts the escape sequences this strips
     const text = this.#out.replace(/\x1b\[[0-9;]*[A-Za-z]/g, '');
     this.#out = '';
     return text.slice(0, text.lastIndexOf('(qemu) '));
@@ -177,7 +213,9 @@ export class Vmm {
       const serial = pci
         .split('Serial port')
         .slice(1)
-        .flatMap((entry) => [...entry.split('id "')[0]!.matchAll(/I\/O at 0x([0-9a-f]+)/g)].map((m) => parseInt(m[1]!, 16)));
+        .flatMap((entry) =>
+          [...entry.split('id "')[0]!.matchAll(/I\/O at 0x([0-9a-f]+)/g)].map((m) => parseInt(m[1]!, 16)),
+        );
       if (serial.length > 0 && serial.every((p) => p !== 0 && p < 0xffff)) return serial;
       await sleep(300);
     }
@@ -196,7 +234,9 @@ export class Vmm {
   }
 
   /** Polls `info migrate` until completed or failed: the figures QEMU reports. */
-  async waitMigration(timeoutMs = 120_000): Promise<{ status: string; totalMs: number; downtimeMs: number; text: string }> {
+  async waitMigration(
+    timeoutMs = 120_000,
+  ): Promise<{ status: string; totalMs: number; downtimeMs: number; text: string }> {
     const t0 = Date.now();
     let reasks = 0;
     for (;;) {

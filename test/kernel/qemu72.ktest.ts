@@ -23,7 +23,18 @@ const traceOf = (file: string) =>
   readFileSync(file, 'utf8')
     .trim()
     .split('\n')
-    .map((l) => JSON.parse(l) as { kind: string; device: string; op?: string; field?: string; value?: number | string; v2: string[]; cause?: string });
+    .map(
+      (l) =>
+        JSON.parse(l) as {
+          kind: string;
+          device: string;
+          op?: string;
+          field?: string;
+          value?: number | string;
+          v2: string[];
+          cause?: string;
+        },
+    );
 
 /** Between VMs: the device back in RUNNING (a session left by a dead process is reset: mtty oopses otherwise). */
 async function toRunning(uuid: string): Promise<MigState> {
@@ -69,10 +80,15 @@ async function waitRunning(vm: Vmm): Promise<void> {
 }
 
 /** `vfio-mig serve` in its own process, for the cases where it or the VMM dies. */
-async function startServe(socket: string, trace: string): Promise<{ proc: ChildProcess; log: () => string; waitLog: (re: RegExp, ms?: number) => Promise<void> }> {
-  const proc = spawn(process.execPath, [CLI, 'serve', '--socket', socket, '--trace', trace], { stdio: ['ignore', 'ignore', 'pipe'] });
+async function startServe(
+  socket: string,
+  trace: string,
+): Promise<{ proc: ChildProcess; log: () => string; waitLog: (re: RegExp, ms?: number) => Promise<void> }> {
+  const proc = spawn(process.execPath, [CLI, 'serve', '--socket', socket, '--trace', trace], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
   let log = '';
-  proc.stderr!.on('data', (d) => (log += d));
+  proc.stderr.on('data', (d) => (log += d));
   const waitLog = async (re: RegExp, ms = 60_000) => {
     const t0 = Date.now();
     while (!re.test(log)) {
@@ -84,7 +100,11 @@ async function startServe(socket: string, trace: string): Promise<{ proc: ChildP
   return { proc, log: () => log, waitLog };
 }
 
-async function waitTrace(file: string, pred: (e: ReturnType<typeof traceOf>[number]) => boolean, ms = 60_000): Promise<void> {
+async function waitTrace(
+  file: string,
+  pred: (e: ReturnType<typeof traceOf>[number]) => boolean,
+  ms = 60_000,
+): Promise<void> {
   const t0 = Date.now();
   while (!(existsSync(file) && readFileSync(file, 'utf8').trim() && traceOf(file).some(pred))) {
     if (Date.now() - t0 > ms) throw new Error(`trace ${file} never showed the access`);
@@ -92,7 +112,8 @@ async function waitTrace(file: string, pred: (e: ReturnType<typeof traceOf>[numb
   }
 }
 
-const isWrite = (v: number) => (e: ReturnType<typeof traceOf>[number]) => e.kind === 'access' && e.field === 'device_state' && e.op === 'write' && e.value === v;
+const isWrite = (v: number) => (e: ReturnType<typeof traceOf>[number]) =>
+  e.kind === 'access' && e.field === 'device_state' && e.op === 'write' && e.value === v;
 
 describe('QEMU 7.2 migrates an mtty device through vfio-mig exec', () => {
   beforeAll(async () => {
@@ -121,16 +142,32 @@ describe('QEMU 7.2 migrates an mtty device through vfio-mig exec', () => {
     await src.hmp('migrate -d "exec:cat > /tmp/a.mig"');
     const m = await src.waitMigration();
     expect(m.status, m.text).toBe('completed');
-    console.log(`mtty via QEMU 7.2 + vfio-mig exec: total ${m.totalMs} ms, downtime ${m.downtimeMs} ms (${Date.now() - t0} ms wall)`);
+    console.log(
+      `mtty via QEMU 7.2 + vfio-mig exec: total ${m.totalMs} ms, downtime ${m.downtimeMs} ms (${Date.now() - t0} ms wall)`,
+    );
     expect(await src.quit()).toBe(0);
     expect(src.stderr).toMatch(/bridged: v1 region 9/);
 
     const trace = traceOf('/tmp/src.ndjson');
-    const writes = trace.filter((e) => e.field === 'device_state' && e.op === 'write').map((e) => `${e.value}: ${e.v2.join(', ')}`);
-    expect(writes).toEqual(expect.arrayContaining([expect.stringMatching(/^3: SET_STATE RUNNING->PRE_COPY = data_fd/), expect.stringMatching(/^2: SET_STATE PRE_COPY->STOP_COPY/), expect.stringMatching(/^0: SET_STATE STOP_COPY->STOP/)]));
+    const writes = trace
+      .filter((e) => e.field === 'device_state' && e.op === 'write')
+      .map((e) => `${e.value}: ${e.v2.join(', ')}`);
+    expect(writes).toEqual(
+      expect.arrayContaining([
+        expect.stringMatching(/^3: SET_STATE RUNNING->PRE_COPY = data_fd/),
+        expect.stringMatching(/^2: SET_STATE PRE_COPY->STOP_COPY/),
+        expect.stringMatching(/^0: SET_STATE STOP_COPY->STOP/),
+      ]),
+    );
     console.log(`source: ${trace.length} v1 header accesses over the socket`);
 
-    const dst = new Vmm({ name: 'dst', devices: [B], exec: true, incoming: 'exec:cat /tmp/a.mig', trace: '/tmp/dst.ndjson' });
+    const dst = new Vmm({
+      name: 'dst',
+      devices: [B],
+      exec: true,
+      incoming: 'exec:cat /tmp/a.mig',
+      trace: '/tmp/dst.ndjson',
+    });
     await dst.connect();
     await waitRunning(dst);
     expect([await dst.inb(ports[0]! + SCR), await dst.inb(ports[1]! + SCR)]).toEqual([0x5a, 0xa5]);
@@ -159,8 +196,15 @@ describe('two devices in one VM: the quiesce group', () => {
     const firstStop = down.findIndex(isWrite(2));
     const first = down[firstStop]!.device;
     const other = first === A ? B : A;
-    const parked = down.findIndex((e) => e.kind === 'group' && e.device === other && e.v2[0] === 'SET_STATE PRE_COPY->PRE_COPY_P2P');
-    console.log(`quiesce order (source):\n${down.filter((e) => e.kind === 'group' || (e.field === 'device_state' && e.op === 'write')).map((e) => `  ${e.kind} ${e.device.slice(-4)} ${e.value ?? ''} ${e.v2.join(', ')}`).join('\n')}`);
+    const parked = down.findIndex(
+      (e) => e.kind === 'group' && e.device === other && e.v2[0] === 'SET_STATE PRE_COPY->PRE_COPY_P2P',
+    );
+    console.log(
+      `quiesce order (source):\n${down
+        .filter((e) => e.kind === 'group' || (e.field === 'device_state' && e.op === 'write'))
+        .map((e) => `  ${e.kind} ${e.device.slice(-4)} ${e.value ?? ''} ${e.v2.join(', ')}`)
+        .join('\n')}`,
+    );
     expect(parked).toBeGreaterThanOrEqual(0);
     expect(parked).toBeLessThan(firstStop);
     expect(down[parked]!.cause).toBe(first);
@@ -170,15 +214,25 @@ describe('two devices in one VM: the quiesce group', () => {
     await setScratch(B, [0, 0]);
     await toRunning(A);
     await toRunning(B);
-    const dst = new Vmm({ name: 'two-dst', devices: [A, B], exec: true, incoming: 'exec:cat /tmp/two.mig', trace: '/tmp/two-dst.ndjson' });
+    const dst = new Vmm({
+      name: 'two-dst',
+      devices: [A, B],
+      exec: true,
+      incoming: 'exec:cat /tmp/two.mig',
+      trace: '/tmp/two-dst.ndjson',
+    });
     await dst.connect();
     await waitRunning(dst);
     for (const [i, p] of ports.entries()) expect(await dst.inb(p + SCR)).toBe(values[i]);
     expect(await dst.quit()).toBe(0);
     const up = traceOf('/tmp/two-dst.ndjson').filter((e) => e.kind === 'group');
-    console.log(`quiesce order (destination):\n${up.map((e) => `  ${e.device.slice(-4)} ${e.v2.join(', ')}`).join('\n')}`);
+    console.log(
+      `quiesce order (destination):\n${up.map((e) => `  ${e.device.slice(-4)} ${e.v2.join(', ')}`).join('\n')}`,
+    );
     // The way up: each device leaving RESUMING is held in RUNNING_P2P until both are there.
-    const toP2p = up.map((e, i) => (/^SET_STATE RESUMING->RUNNING_P2P \(held/.test(e.v2[0]!) ? i : -1)).filter((i) => i >= 0);
+    const toP2p = up
+      .map((e, i) => (/^SET_STATE RESUMING->RUNNING_P2P \(held/.test(e.v2[0]!) ? i : -1))
+      .filter((i) => i >= 0);
     const toRun = up.map((e, i) => (/^SET_STATE RUNNING_P2P->RUNNING$/.test(e.v2[0]!) ? i : -1)).filter((i) => i >= 0);
     expect(toP2p).toHaveLength(2);
     expect(toRun).toHaveLength(2);
@@ -202,7 +256,11 @@ describe('QEMU 7.2 with the interposer: failures never hang and never pass silen
     const silent = createServer(() => undefined);
     await new Promise<void>((r) => silent.listen('/tmp/silent.sock', r));
     try {
-      const vm = new Vmm({ name: 'silent', devices: [A], env: { LD_PRELOAD, VFIO_MIG_SOCKET: '/tmp/silent.sock', VFIO_MIG_TIMEOUT_MS: '3000' } });
+      const vm = new Vmm({
+        name: 'silent',
+        devices: [A],
+        env: { LD_PRELOAD, VFIO_MIG_SOCKET: '/tmp/silent.sock', VFIO_MIG_TIMEOUT_MS: '3000' },
+      });
       await vm.connect();
       expect(await vm.hmp('migrate "exec:cat > /tmp/x.mig"')).toMatch(/doesn't support migration/);
       expect(await vm.quit()).toBe(0);
@@ -232,10 +290,14 @@ describe('QEMU 7.2 with the interposer: failures never hang and never pass silen
     }
   });
 
-  it('the service killed mid-migration: QEMU\'s next access fails with an errno at once, and the migration does not complete', async () => {
+  it("the service killed mid-migration: QEMU's next access fails with an errno at once, and the migration does not complete", async () => {
     await toRunning(A);
     const svc = await startServe('/tmp/die.sock', '/tmp/die.ndjson');
-    const vm = new Vmm({ name: 'orphan', devices: [A], env: { LD_PRELOAD, VFIO_MIG_SOCKET: '/tmp/die.sock', VFIO_MIG_TIMEOUT_MS: '5000' } });
+    const vm = new Vmm({
+      name: 'orphan',
+      devices: [A],
+      env: { LD_PRELOAD, VFIO_MIG_SOCKET: '/tmp/die.sock', VFIO_MIG_TIMEOUT_MS: '5000' },
+    });
     try {
       await vm.connect();
       await vm.hmp('migrate_set_parameter max-bandwidth 1k');
@@ -244,7 +306,9 @@ describe('QEMU 7.2 with the interposer: failures never hang and never pass silen
       svc.proc.kill('SIGKILL');
       const t0 = Date.now();
       while (!/bridge service is gone/.test(vm.stderr) && Date.now() - t0 < 60_000) await sleep(200);
-      expect(vm.stderr).toMatch(/vfio-mig: bridge service is gone for 83b8f4f2-[0-9a-f-]+ \(request \d at offset 0x[0-9a-f]+\)/);
+      expect(vm.stderr).toMatch(
+        /vfio-mig: bridge service is gone for 83b8f4f2-[0-9a-f-]+ \(request \d at offset 0x[0-9a-f]+\)/,
+      );
       console.log(`QEMU's access failed ${Date.now() - t0} ms after the service died`);
       // QEMU 7.2 counts a failed pending_bytes read as 0 and waits for its rate limit; it never completes.
       // Or, when a device_state write and its read-back both fail, it stops itself (hw_error): no completion either.
@@ -270,7 +334,9 @@ describe('mbig: 64 MiB of device state through QEMU 7.2 and the bridge', () => {
 
   beforeAll(() => {
     writeFileSync('/sys/module/mbig/parameters/mib', '64');
-    for (const u of [C, D]) if (!existsSync(`/sys/bus/mdev/devices/${u}`)) writeFileSync('/sys/class/mdev_bus/mbig/mdev_supported_types/mbig-2/create', u);
+    for (const u of [C, D])
+      if (!existsSync(`/sys/bus/mdev/devices/${u}`))
+        writeFileSync('/sys/class/mdev_bus/mbig/mdev_supported_types/mbig-2/create', u);
   });
 
   it('migrates C to D with equal crc32, in under 60 s', async () => {
@@ -293,8 +359,15 @@ describe('mbig: 64 MiB of device state through QEMU 7.2 and the bridge', () => {
     const load = Date.now() - t1;
     expect(await dst.quit()).toBe(0);
     expect(crc(D)).toBe(crc(C));
-    console.log(`mbig 64 MiB via QEMU 7.2 + vfio-mig exec: QEMU total ${m.totalMs} ms, downtime ${m.downtimeMs} ms, migrate-to-completed ${wall} ms wall; ${accesses} header accesses over the socket; destination start-to-running ${load} ms`);
-    console.log(src.stderr.split('\n').filter((l) => /done:/.test(l)).join('\n'));
+    console.log(
+      `mbig 64 MiB via QEMU 7.2 + vfio-mig exec: QEMU total ${m.totalMs} ms, downtime ${m.downtimeMs} ms, migrate-to-completed ${wall} ms wall; ${accesses} header accesses over the socket; destination start-to-running ${load} ms`,
+    );
+    console.log(
+      src.stderr
+        .split('\n')
+        .filter((l) => /done:/.test(l))
+        .join('\n'),
+    );
     console.log(m.text);
     expect(wall).toBeLessThan(60_000);
     expect(m.totalMs, m.text).toBeLessThan(60_000);
@@ -310,7 +383,7 @@ describe('mbig: 64 MiB of device state through QEMU 7.2 and the bridge', () => {
         p.stdin.write(feed.subarray(0, bytes), () => p.kill('SIGKILL'));
       } else {
         let got = 0;
-        p.stdout.on('data', (d) => {
+        p.stdout.on('data', (d: Buffer) => {
           got += d.length;
           if (got >= bytes) p.kill('SIGKILL');
         });

@@ -15,7 +15,10 @@ const project = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 // kernel:build, or npm run test:all when VFIO_MIG_KERNEL is unset).
 const CACHED_KERNEL = join(project, '.cache/kernel/bzImage');
 const kernelEnv = process.env.VFIO_MIG_KERNEL || (existsSync(CACHED_KERNEL) ? CACHED_KERNEL : undefined);
-const kernel = kernelEnv && existsSync(kernelEnv) && !kernelEnv.endsWith('bzImage') && existsSync(join(kernelEnv, 'bzImage')) ? join(kernelEnv, 'bzImage') : kernelEnv;
+const kernel =
+  kernelEnv && existsSync(kernelEnv) && !kernelEnv.endsWith('bzImage') && existsSync(join(kernelEnv, 'bzImage'))
+    ? join(kernelEnv, 'bzImage')
+    : kernelEnv;
 const REPORT = join(project, '.ci-kernel.json');
 // The guest console as it came, escape sequences and all; the terminal gets a filtered copy.
 const CONSOLE_LOG = join(project, '.ci-kernel-console.log');
@@ -26,24 +29,34 @@ function die(msg) {
   process.exit(1);
 }
 
-if (!kernel) die('no test kernel: set VFIO_MIG_KERNEL to a bzImage built by scripts/kernel/build-kernel.sh, or build one into .cache/kernel with npm run kernel:build (README: The real-kernel test bed)');
+if (!kernel)
+  die(
+    'no test kernel: set VFIO_MIG_KERNEL to a bzImage built by scripts/kernel/build-kernel.sh, or build one into .cache/kernel with npm run kernel:build (README: The real-kernel test bed)',
+  );
 if (!existsSync(kernel)) die(`VFIO_MIG_KERNEL=${kernel}: no such file`);
 if (spawnSync('qemu-system-x86_64', ['--version']).error) {
   // A fresh Debian machine lacks it: install it when we can, else say how.
   const hint = 'apt-get install -y --no-install-recommends qemu-system-x86';
-  if (process.getuid?.() !== 0 || spawnSync('apt-get', ['--version']).error) die(`qemu-system-x86_64 not found: ${hint}`);
+  if (process.getuid?.() !== 0 || spawnSync('apt-get', ['--version']).error)
+    die(`qemu-system-x86_64 not found: ${hint}`);
   console.error(`test:kernel: installing qemu-system-x86 (${hint})`);
   const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
-  const ok = spawnSync('apt-get', ['update', '-qq'], { stdio: 'inherit', env }).status === 0 &&
-    spawnSync('apt-get', ['install', '-y', '-qq', '--no-install-recommends', 'qemu-system-x86'], { stdio: 'inherit', env }).status === 0;
+  const ok =
+    spawnSync('apt-get', ['update', '-qq'], { stdio: 'inherit', env }).status === 0 &&
+    spawnSync('apt-get', ['install', '-y', '-qq', '--no-install-recommends', 'qemu-system-x86'], {
+      stdio: 'inherit',
+      env,
+    }).status === 0;
   if (!ok || spawnSync('qemu-system-x86_64', ['--version']).error) die(`could not install qemu-system-x86: ${hint}`);
 }
-if (/\s/.test(project)) die(`the project path must not contain spaces (it is passed on the kernel command line): ${project}`);
+if (/\s/.test(project))
+  die(`the project path must not contain spaces (it is passed on the kernel command line): ${project}`);
 
 // QEMU 7.2 and 10 for the tests in the guest, unpacked by scripts/kernel/fetch-qemu.sh (npm run test:all runs it).
 const qemuTrees = { VFIOMIG_QEMU72: join(project, '.cache/qemu-7.2'), VFIOMIG_QEMU10: join(project, '.cache/qemu-10') };
 for (const dir of Object.values(qemuTrees)) {
-  if (!existsSync(join(dir, 'usr/bin/qemu-system-x86_64'))) console.error(`test:kernel: no ${dir}: the QEMU tests will fail; run bash scripts/kernel/fetch-qemu.sh`);
+  if (!existsSync(join(dir, 'usr/bin/qemu-system-x86_64')))
+    console.error(`test:kernel: no ${dir}: the QEMU tests will fail; run bash scripts/kernel/fetch-qemu.sh`);
 }
 
 const out = mkdtempSync(join(tmpdir(), 'vfio-mig-vm-'));
@@ -60,14 +73,30 @@ const append = [
   ...Object.entries(qemuTrees).map(([k, dir]) => `${k}=${dir}`),
 ].join(' ');
 const args = [
-  '-M', 'q35', '-m', '2G', '-smp', '1', '-nographic', '-no-reboot',
-  '-kernel', kernel, '-append', append,
-  '-fsdev', 'local,id=r,path=/,security_model=none,readonly=on,multidevs=remap',
-  '-device', 'virtio-9p-pci,fsdev=r,mount_tag=hostroot',
-  '-fsdev', `local,id=p,path=${project},security_model=none`,
-  '-device', 'virtio-9p-pci,fsdev=p,mount_tag=proj',
-  '-fsdev', `local,id=o,path=${out},security_model=none`,
-  '-device', 'virtio-9p-pci,fsdev=o,mount_tag=out',
+  '-M',
+  'q35',
+  '-m',
+  '2G',
+  '-smp',
+  '1',
+  '-nographic',
+  '-no-reboot',
+  '-kernel',
+  kernel,
+  '-append',
+  append,
+  '-fsdev',
+  'local,id=r,path=/,security_model=none,readonly=on,multidevs=remap',
+  '-device',
+  'virtio-9p-pci,fsdev=r,mount_tag=hostroot',
+  '-fsdev',
+  `local,id=p,path=${project},security_model=none`,
+  '-device',
+  'virtio-9p-pci,fsdev=p,mount_tag=proj',
+  '-fsdev',
+  `local,id=o,path=${out},security_model=none`,
+  '-device',
+  'virtio-9p-pci,fsdev=o,mount_tag=out',
 ];
 
 const started = Date.now();
@@ -76,8 +105,10 @@ let console_ = '';
 const raw = createWriteStream(CONSOLE_LOG);
 // Terminal control (SeaBIOS's ESC c, clear screen, wrap off) and the kernel's
 // normal end ("Attempted to kill init": init exiting ends the guest) stay in the raw log only.
+// eslint-disable-next-line no-control-regex -- ESC starts the terminal sequences this matches
 const ESCAPES = /\x1b(\[[0-9;?]*[A-Za-z]|[c()][0-9A-B]?)/g;
-const NORMAL_END = /^(Kernel panic - not syncing: Attempted to kill init!.*|Kernel Offset: .*|---\[ end Kernel panic.*)$/;
+const NORMAL_END =
+  /^(Kernel panic - not syncing: Attempted to kill init!.*|Kernel Offset: .*|---\[ end Kernel panic.*)$/;
 let pending = '';
 function show(text) {
   // Whole lines only: an escape sequence may be split across two chunks.
@@ -114,7 +145,9 @@ vm.on('close', (code, signal) => {
   copyFileSync(reportPath, REPORT);
   rmSync(out, { recursive: true, force: true });
   const r = JSON.parse(readFileSync(REPORT, 'utf8'));
-  console.log(`test:kernel: guest console in ${CONSOLE_LOG}; boot to result ${secs} s; in the guest: ${r.numPassedTests} passed, ${r.numFailedTests} failed, ${r.numPendingTests + (r.numTodoTests ?? 0)} skipped`);
+  console.log(
+    `test:kernel: guest console in ${CONSOLE_LOG}; boot to result ${secs} s; in the guest: ${r.numPassedTests} passed, ${r.numFailedTests} failed, ${r.numPendingTests + (r.numTodoTests ?? 0)} skipped`,
+  );
   if (r.numTotalTests === 0) die('the guest ran no test');
   process.exit(r.success && r.numFailedTests === 0 ? 0 : 1);
 });

@@ -7,7 +7,18 @@
  * device fd through sysfs.
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { chmodSync, closeSync, copyFileSync, existsSync, ftruncateSync, openSync, readFileSync, readdirSync, readlinkSync, statSync } from 'node:fs';
+import {
+  chmodSync,
+  closeSync,
+  copyFileSync,
+  existsSync,
+  ftruncateSync,
+  openSync,
+  readFileSync,
+  readdirSync,
+  readlinkSync,
+  statSync,
+} from 'node:fs';
 import { resolve } from 'node:path';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { MigState, openKernelDevice } from '../../src/index.js';
@@ -27,7 +38,16 @@ const groupOf = (u: string) => `/dev/vfio/${readlinkSync(`/sys/bus/mdev/devices/
 // nobody can read neither the checkout (it may be 0700) nor root's files: the interposer is copied to /tmp.
 const PRELOAD = '/tmp/libvfio-mig-preload.so';
 const QEMU_COPY = '/tmp/qemu-7.2';
-const AS_NOBODY = ['prlimit', '--memlock=unlimited:unlimited', '--', 'setpriv', '--reuid=nobody', '--regid=nogroup', '--clear-groups', '--'];
+const AS_NOBODY = [
+  'prlimit',
+  '--memlock=unlimited:unlimited',
+  '--',
+  'setpriv',
+  '--reuid=nobody',
+  '--regid=nogroup',
+  '--clear-groups',
+  '--',
+];
 
 async function toRunning(uuid: string): Promise<MigState> {
   const d = await openKernelDevice(cdevOf(uuid));
@@ -63,7 +83,7 @@ interface Serve {
 async function startServe(args: string[]): Promise<Serve> {
   const proc = spawn(process.execPath, [CLI, 'serve', ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
   let log = '';
-  proc.stderr!.on('data', (d) => (log += d));
+  proc.stderr.on('data', (d) => (log += d));
   const waitLog = async (re: RegExp, ms = 60_000) => {
     const t0 = Date.now();
     while (!re.test(log)) {
@@ -76,7 +96,12 @@ async function startServe(args: string[]): Promise<Serve> {
 }
 
 /** Migrates A to B through `socket`, with the scratch values written on A; returns them as read on B. */
-async function migrate(socket: string, name: string, wrap?: string[], during?: (src: Vmm) => Promise<void>): Promise<number[]> {
+async function migrate(
+  socket: string,
+  name: string,
+  wrap?: string[],
+  during?: (src: Vmm) => Promise<void>,
+): Promise<number[]> {
   const env = { LD_PRELOAD: PRELOAD, VFIO_MIG_SOCKET: socket };
   const asUser = wrap ? { wrap, tree: QEMU_COPY } : {};
   const src = new Vmm({ name: `${name}-src`, devices: [A], env, ...asUser });
@@ -125,13 +150,25 @@ describe('one serve shared by VMMs', () => {
     }
   }, 300_000);
 
-  it('a hostile client on the same service, going after the honest QEMU\'s pid, device fd and section, is refused; the honest migration completes', async () => {
+  it("a hostile client on the same service, going after the honest QEMU's pid, device fd and section, is refused; the honest migration completes", async () => {
     const svc = await startServe(['--socket', '/tmp/shared.sock', '--mode', '0666']);
     let attacked = false;
     try {
       const seen = await migrate('/tmp/shared.sock', 'honest', undefined, async (src) => {
         const pid = src.proc.pid!;
-        const fds = readdirSync(`/proc/${pid}/fd`).map((f) => [Number(f), (() => { try { return readlinkSync(`/proc/${pid}/fd/${f}`); } catch { return ''; } })()] as const);
+        const fds = readdirSync(`/proc/${pid}/fd`).map(
+          (f) =>
+            [
+              Number(f),
+              (() => {
+                try {
+                  return readlinkSync(`/proc/${pid}/fd/${f}`);
+                } catch {
+                  return '';
+                }
+              })(),
+            ] as const,
+        );
         const deviceFd = fds.find(([, t]) => t === 'anon_inode:[vfio-device]')![0];
         const memfd = fds.find(([, t]) => t.startsWith('/memfd:vfio-mig-section'))![0];
         // 1: HELLO naming QEMU's pid and device fd, then its section, a read and a write.
@@ -141,7 +178,9 @@ describe('one serve shared by VMMs', () => {
         c.send(WireOp.READ, new Uint8Array(0), 0n, 4);
         const r = await c.reply();
         expect(r?.result).toBe(-1); // EPERM
-        expect(r?.payload.toString()).toMatch(`HELLO names process ${pid}, but the connected process is ${process.pid}`);
+        expect(r?.payload.toString()).toMatch(
+          `HELLO names process ${pid}, but the connected process is ${process.pid}`,
+        );
         expect(await c.reply()).toBeNull();
         // 2: two HELLOs on one connection (its own pid; fd 0 is no VFIO device, so the first is refused too).
         const d = await WireClient.connect('/tmp/shared.sock');
@@ -181,7 +220,7 @@ describe('one serve shared by VMMs', () => {
         .filter(Boolean)
         .map((l) => JSON.parse(l) as { field?: string; op?: string; value?: unknown })
         .some((e) => e.field === 'device_state' && e.op === 'write' && e.value === 3);
-    for (let t0 = Date.now(); !wrote011(); ) {
+    for (let t0 = Date.now(); !wrote011();) {
       if (Date.now() - t0 > 60_000) throw new Error(`QEMU never wrote 011:\n${first.log()}`);
       await sleep(100);
     }

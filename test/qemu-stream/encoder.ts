@@ -22,13 +22,20 @@ export const be64 = (v: bigint | number) => {
 };
 const str8 = (s: string) => Buffer.concat([be8(s.length), Buffer.from(s, 'latin1')]);
 
-export const VFIO = { END: 0xffffffffef100001n, CONFIG: 0xffffffffef100002n, SETUP: 0xffffffffef100003n, DATA: 0xffffffffef100004n, INIT_DATA_SENT: 0xffffffffef100005n };
+export const VFIO = {
+  END: 0xffffffffef100001n,
+  CONFIG: 0xffffffffef100002n,
+  SETUP: 0xffffffffef100003n,
+  DATA: 0xffffffffef100004n,
+  INIT_DATA_SENT: 0xffffffffef100005n,
+};
 
 /** The VFIO records of one section. */
 export const vfio = {
   setup: () => Buffer.concat([be64(VFIO.SETUP), be64(VFIO.END)]),
   /** One DEV_DATA_STATE record per payload, then the end marker. */
-  data: (payloads: Buffer[], end = VFIO.END) => Buffer.concat([...payloads.flatMap((p) => [be64(VFIO.DATA), be64(p.length), p]), be64(end)]),
+  data: (payloads: Buffer[], end = VFIO.END) =>
+    Buffer.concat([...payloads.flatMap((p) => [be64(VFIO.DATA), be64(p.length), p]), be64(end)]),
   config: (body: Buffer) => Buffer.concat([be64(VFIO.CONFIG), body, be64(VFIO.END)]),
   /** vmstate_vfio_pci_config of a conventional PCI device: be32 version_id 2, 256 bytes of config space, 4 x be32 irq_state. */
   pciBody: (vendor: number, device: number, classCode = 0x078000) => {
@@ -43,9 +50,23 @@ export const vfio = {
 
 /** The "ram" section's records (4 KiB pages). */
 export const ram = {
-  memSize: (blocks: [string, number][]) => Buffer.concat([be64(blocks.reduce((n, [, l]) => n + l, 0) | 0x04), ...blocks.map(([n, l]) => Buffer.concat([str8(n), be64(l)]))]),
-  page: (addr: number, block: string | null, fill: number) => Buffer.concat([be64(addr | 0x08 | (block === null ? 0x20 : 0)), block === null ? Buffer.alloc(0) : str8(block), Buffer.alloc(4096, fill)]),
-  zero: (addr: number, block: string | null) => Buffer.concat([be64(addr | 0x02 | (block === null ? 0x20 : 0)), block === null ? Buffer.alloc(0) : str8(block), be8(0)]),
+  memSize: (blocks: [string, number][]) =>
+    Buffer.concat([
+      be64(blocks.reduce((n, [, l]) => n + l, 0) | 0x04),
+      ...blocks.map(([n, l]) => Buffer.concat([str8(n), be64(l)])),
+    ]),
+  page: (addr: number, block: string | null, fill: number) =>
+    Buffer.concat([
+      be64(addr | 0x08 | (block === null ? 0x20 : 0)),
+      block === null ? Buffer.alloc(0) : str8(block),
+      Buffer.alloc(4096, fill),
+    ]),
+  zero: (addr: number, block: string | null) =>
+    Buffer.concat([
+      be64(addr | 0x02 | (block === null ? 0x20 : 0)),
+      block === null ? Buffer.alloc(0) : str8(block),
+      be8(0),
+    ]),
   eos: () => be64(0x10),
 };
 
@@ -70,15 +91,39 @@ export class StreamBuilder {
   }
 
   /** START (0x01) or FULL (0x04): header, data, footer (`footer` false: none; a number: that id). */
-  open(type: 0x01 | 0x04, id: number, idstr: string, instance: number, version: number, data: Buffer, footer: boolean | number = true): this {
-    return this.raw(Buffer.concat([be8(type), be32(id), str8(idstr), be32(instance), be32(version), data, this.#footer(id, footer)]));
+  open(
+    type: 0x01 | 0x04,
+    id: number,
+    idstr: string,
+    instance: number,
+    version: number,
+    data: Buffer,
+    footer: boolean | number = true,
+  ): this {
+    return this.raw(
+      Buffer.concat([be8(type), be32(id), str8(idstr), be32(instance), be32(version), data, this.#footer(id, footer)]),
+    );
   }
 
-  start(id: number, idstr: string, instance: number, version: number, data: Buffer, footer: boolean | number = true): this {
+  start(
+    id: number,
+    idstr: string,
+    instance: number,
+    version: number,
+    data: Buffer,
+    footer: boolean | number = true,
+  ): this {
     return this.open(0x01, id, idstr, instance, version, data, footer);
   }
 
-  full(id: number, idstr: string, instance: number, version: number, data: Buffer, footer: boolean | number = true): this {
+  full(
+    id: number,
+    idstr: string,
+    instance: number,
+    version: number,
+    data: Buffer,
+    footer: boolean | number = true,
+  ): this {
     return this.open(0x04, id, idstr, instance, version, data, footer);
   }
 
@@ -115,6 +160,17 @@ export class StreamBuilder {
 
 /** A "timer"-like device of 10 bytes of fields and one 4-byte subsection, and its VMDESCRIPTION entry. */
 export const timer = {
-  data: () => Buffer.concat([be64(0x1122334455667788n), be16(7), be8(0x05), str8('timer/sub'), be32(1), be32(0xabcdef)]),
-  desc: { name: 'timer', instance_id: 0, vmsd_name: 'timer', version: 2, fields: [{ name: 'ticks', type: 'int64', size: 8 }, { name: 'flags', type: 'uint8', size: 1, array_len: 2 }], subsections: [{ vmsd_name: 'timer/sub', version: 1, fields: [{ name: 'x', type: 'uint32', size: 4 }] }] },
+  data: () =>
+    Buffer.concat([be64(0x1122334455667788n), be16(7), be8(0x05), str8('timer/sub'), be32(1), be32(0xabcdef)]),
+  desc: {
+    name: 'timer',
+    instance_id: 0,
+    vmsd_name: 'timer',
+    version: 2,
+    fields: [
+      { name: 'ticks', type: 'int64', size: 8 },
+      { name: 'flags', type: 'uint8', size: 1, array_len: 2 },
+    ],
+    subsections: [{ vmsd_name: 'timer/sub', version: 1, fields: [{ name: 'x', type: 'uint32', size: 4 }] }],
+  },
 };

@@ -18,7 +18,7 @@ const pkg = JSON.parse(readFileSync(resolve(import.meta.dirname, '../../package.
 const socket = /^ListenStream=(\S+)$/m.exec(readFileSync(join(contrib, 'systemd/vfio-mig.socket'), 'utf8'))![1]!;
 const parser = spawnSync('apparmor_parser', ['--version']).status === 0;
 
-it('QEMU\'s override maps the installed interposer, reaches the socket and lets only the service (or its own profile) take its fds', () => {
+it("QEMU's override maps the installed interposer, reaches the socket and lets only the service (or its own profile) take its fds", () => {
   expect(local).toContain(`/usr/local/lib/node_modules/${pkg.name}/dist/interposer/${PRELOAD_NAME} mr,`);
   expect(local).toContain(`${socket} rw,`);
   expect(local).toMatch(/^ptrace \(readby, tracedby\) peer=vfio-mig,$/m);
@@ -28,19 +28,26 @@ it('QEMU\'s override maps the installed interposer, reaches the socket and lets 
   expect(service).toContain(`${socket} rw,`);
 });
 
-it.skipIf(!parser)('apparmor_parser compiles both (QEMU\'s override inside a domain profile as libvirt names it)', () => {
-  const dir = mkdtempSync(join(tmpdir(), 'vfio-mig-apparmor-'));
-  try {
-    for (const d of ['tunables', 'abstractions']) if (existsSync(`/etc/apparmor.d/${d}`)) cpSync(`/etc/apparmor.d/${d}`, join(dir, d), { recursive: true });
-    mkdirSync(join(dir, 'local/abstractions'), { recursive: true });
-    writeFileSync(join(dir, 'local/abstractions/libvirt-qemu'), local);
-    writeFileSync(join(dir, 'domain'), '#include <tunables/global>\nprofile libvirt-6e1e4c49-5b1f-4b5e-9a56-3f1d0c1e2a11 flags=(attach_disconnected) {\n  #include <local/abstractions/libvirt-qemu>\n}\n');
-    for (const file of [join(dir, 'domain'), join(contrib, 'apparmor/vfio-mig')]) {
-      const r = spawnSync('apparmor_parser', ['-Q', '-K', '-I', dir, file], { encoding: 'utf8' });
-      expect(r.status, `${file}: ${r.stderr}`).toBe(0);
-      expect(r.stderr.replace(/^Cache read\/write disabled.*\n?/gm, '')).toBe('');
+it.skipIf(!parser)(
+  "apparmor_parser compiles both (QEMU's override inside a domain profile as libvirt names it)",
+  () => {
+    const dir = mkdtempSync(join(tmpdir(), 'vfio-mig-apparmor-'));
+    try {
+      for (const d of ['tunables', 'abstractions'])
+        if (existsSync(`/etc/apparmor.d/${d}`)) cpSync(`/etc/apparmor.d/${d}`, join(dir, d), { recursive: true });
+      mkdirSync(join(dir, 'local/abstractions'), { recursive: true });
+      writeFileSync(join(dir, 'local/abstractions/libvirt-qemu'), local);
+      writeFileSync(
+        join(dir, 'domain'),
+        '#include <tunables/global>\nprofile libvirt-6e1e4c49-5b1f-4b5e-9a56-3f1d0c1e2a11 flags=(attach_disconnected) {\n  #include <local/abstractions/libvirt-qemu>\n}\n',
+      );
+      for (const file of [join(dir, 'domain'), join(contrib, 'apparmor/vfio-mig')]) {
+        const r = spawnSync('apparmor_parser', ['-Q', '-K', '-I', dir, file], { encoding: 'utf8' });
+        expect(r.status, `${file}: ${r.stderr}`).toBe(0);
+        expect(r.stderr.replace(/^Cache read\/write disabled.*\n?/gm, '')).toBe('');
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
     }
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
-});
+  },
+);

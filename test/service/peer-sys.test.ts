@@ -27,18 +27,18 @@ class RecordingSys implements PeerSysCalls {
     this.closed.push(fd);
     linuxPeerSys.close(fd);
   }
-  peerCredentials = linuxPeerSys.peerCredentials;
+  peerCredentials = linuxPeerSys.peerCredentials.bind(linuxPeerSys);
   peerPidfd(sockFd: number, pid: number, op: string, device: string) {
     this.pidfds++;
     return linuxPeerSys.peerPidfd(sockFd, pid, op, device);
   }
-  pidfdPid = linuxPeerSys.pidfdPid;
+  pidfdPid = linuxPeerSys.pidfdPid.bind(linuxPeerSys);
   pidfdGetfd(_pidfd: number, fd: number) {
     const got = dup(fd) as number;
     this.taken.push(got);
     return got;
   }
-  getSeals = linuxPeerSys.getSeals;
+  getSeals = linuxPeerSys.getSeals.bind(linuxPeerSys);
   mapShared(fd: number, size: number, op: string, device: string) {
     this.mapped.push(size);
     return linuxPeerSys.mapShared(fd, size, op, device);
@@ -60,7 +60,12 @@ describe('the section path against a fake kernel', () => {
   for (const [what, size, seals, ok] of cases) {
     it(`${what}: the taken fd is closed once; mapped only when every check passed; one pidfd for the connection, closed at the end`, async () => {
       const sys = new RecordingSys();
-      svc = await startBridgeService({ socketPath: join(tmpdir(), `p${Math.random().toString(36).slice(2)}.sock`), sectionSize: SECTION, sys, openDevice: async () => createSimDevice({ stateSize: 4096, seed: 1 }) });
+      svc = await startBridgeService({
+        socketPath: join(tmpdir(), `p${Math.random().toString(36).slice(2)}.sock`),
+        sectionSize: SECTION,
+        sys,
+        openDevice: async () => createSimDevice({ stateSize: 4096, seed: 1 }),
+      });
       const section = memfd(size, seals);
       try {
         const c = await WireClient.connect(svc.socketPath);

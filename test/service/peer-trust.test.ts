@@ -13,7 +13,16 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { MigState, createSimDevice, type SimDevice } from '../../src/index.js';
 import { startBridgeService, type BridgeService, type BridgeServiceOptions } from '../../src/service/bridge-service.js';
 import { MAX_REQUEST_PAYLOAD, WireOp, vmw_hello_reply } from '../../src/service/wire.js';
-import { F_SEAL_GROW, F_SEAL_SEAL, F_SEAL_SHRINK, WireClient, closeMemfd, memfd, truncateErrno, u32 } from './wire-client.js';
+import {
+  F_SEAL_GROW,
+  F_SEAL_SEAL,
+  F_SEAL_SHRINK,
+  WireClient,
+  closeMemfd,
+  memfd,
+  truncateErrno,
+  u32,
+} from './wire-client.js';
 
 const root = resolve(import.meta.dirname, '../..');
 const EPERM = 1;
@@ -88,7 +97,9 @@ describe('a client is served only its own process', () => {
     c.hello(victim.pid!, 3, 'victim');
     const r = await c.reply();
     expect(r?.result).toBe(-EPERM);
-    expect(r?.payload.toString()).toMatch(`HELLO names process ${victim.pid}, but the connected process is ${process.pid}`);
+    expect(r?.payload.toString()).toMatch(
+      `HELLO names process ${victim.pid}, but the connected process is ${process.pid}`,
+    );
     // What the old service did next: SECTION naming the victim's file, then READ and WRITE through it.
     c.send(WireOp.SECTION, u32(3));
     c.send(WireOp.READ, new Uint8Array(0), 4096n, 32);
@@ -106,7 +117,9 @@ describe('a client is served only its own process', () => {
       c.hello(process.pid, fd, 'not a device');
       const r = await c.reply();
       expect(vmw_hello_reply.decode(r!.payload).bridged).toBe(0);
-      expect(r!.payload.subarray(vmw_hello_reply.size).toString()).toMatch(/ENODEV.*that fd is \/etc\/hostname, not a VFIO device/);
+      expect(r!.payload.subarray(vmw_hello_reply.size).toString()).toMatch(
+        /ENODEV.*that fd is \/etc\/hostname, not a VFIO device/,
+      );
       await c.gone;
       for (let i = 0; i < 50 && openFds() > before; i++) await sleep(10);
       expect(openFds()).toBe(before);
@@ -126,9 +139,19 @@ describe('a client is served only its own process', () => {
 
 describe('what is handed over must be what it claims', () => {
   const cases: [string, () => number, number, RegExp][] = [
-    ['an unsealed memfd (its owner could shrink it under the mapping: SIGBUS)', () => sealedSection(SECTION, 0), EPERM, /not sealed against shrinking and growing/],
+    [
+      'an unsealed memfd (its owner could shrink it under the mapping: SIGBUS)',
+      () => sealedSection(SECTION, 0),
+      EPERM,
+      /not sealed against shrinking and growing/,
+    ],
     ['a memfd sealed only against growing', () => sealedSection(SECTION, F_SEAL_GROW), EPERM, /not sealed/],
-    ['a sealed memfd smaller than the section', () => sealedSection(4096), EINVAL, /holds 4096 bytes, the section needs 1048576/],
+    [
+      'a sealed memfd smaller than the section',
+      () => sealedSection(4096),
+      EINVAL,
+      /holds 4096 bytes, the section needs 1048576/,
+    ],
     ['a regular file', () => openSync(join(dir, 'plain'), 'w+'), EINVAL, /not a memfd/],
     ['a fd number that is not open', () => 999, 9 /* EBADF */, /EBADF.*fd 999 of the peer/],
   ];
@@ -179,19 +202,26 @@ describe('the process, not the socket', () => {
   let client: string;
   beforeAll(() => {
     client = join(dir, 'peer-client');
-    const cc = spawnSync('cc', ['-O2', '-I', join(root, 'interposer'), '-o', client, join(root, 'test/service/peer-client.c')], { encoding: 'utf8' });
+    const cc = spawnSync(
+      'cc',
+      ['-O2', '-I', join(root, 'interposer'), '-o', client, join(root, 'test/service/peer-client.c')],
+      { encoding: 'utf8' },
+    );
     expect(cc.status, cc.stderr).toBe(0);
   });
 
-  it.skipIf(process.getuid?.() !== 0)('a client that changed its credentials since connect(2) (root, then nobody) gets nothing taken from it (EPERM)', async () => {
-    const s = await serve({ openDevice: undefined });
-    const p = spawn(client, [s.socketPath, 'dropuid']);
-    let out = '';
-    p.stdout.on('data', (d) => (out += d));
-    await new Promise((r) => p.once('close', r));
-    expect(out).toBe('reply 0\n'); // HELLO answered: not bridged
-    expect(logs.join('\n')).toMatch(/EPERM.*process \d+ no longer runs as uid 0 gid 0, as it connected/);
-  });
+  it.skipIf(process.getuid?.() !== 0)(
+    'a client that changed its credentials since connect(2) (root, then nobody) gets nothing taken from it (EPERM)',
+    async () => {
+      const s = await serve({ openDevice: undefined });
+      const p = spawn(client, [s.socketPath, 'dropuid']);
+      let out = '';
+      p.stdout.on('data', (d) => (out += d));
+      await new Promise((r) => p.once('close', r));
+      expect(out).toBe('reply 0\n'); // HELLO answered: not bridged
+      expect(logs.join('\n')).toMatch(/EPERM.*process \d+ no longer runs as uid 0 gid 0, as it connected/);
+    },
+  );
 
   it('a session ends when the process that connected exits, though a forked child keeps its socket: the child cannot drive the device', async () => {
     const dev = createSimDevice({ stateSize: 64 << 10, seed: 1 });
@@ -217,7 +247,10 @@ describe('the process, not the socket', () => {
 
 describe('recovery after a service died', () => {
   it('a device found mid-session at HELLO (its holder is gone) is reset and bridged in the same run, with one line', async () => {
-    for (const [left, reached] of [[MigState.STOP_COPY, 'STOP_COPY'], [MigState.RUNNING_P2P, 'RUNNING_P2P']] as const) {
+    for (const [left, reached] of [
+      [MigState.STOP_COPY, 'STOP_COPY'],
+      [MigState.RUNNING_P2P, 'RUNNING_P2P'],
+    ] as const) {
       const dev = createSimDevice({ stateSize: 64 << 10, seed: 1 });
       await dev.setState(left); // what a killed service leaves: nobody holds the data_fd (if any) now
       const s = await serve({ openDevice: async () => dev });
@@ -325,7 +358,13 @@ describe('bounded per connection and per service', () => {
     const extra = await Promise.all(Array.from({ length: 40 }, () => WireClient.connect(s.socketPath)));
     const replies = await Promise.all(extra.map((c) => c.reply()));
     await Promise.all(extra.map((c) => c.gone));
-    expect(replies.every((r) => r?.result === -11 /* EAGAIN */ && /the bridge service is full: uid \d+ has 3 connections open \(at most 3\)/.test(r.payload.toString()))).toBe(true);
+    expect(
+      replies.every(
+        (r) =>
+          r?.result === -11 /* EAGAIN */ &&
+          /the bridge service is full: uid \d+ has 3 connections open \(at most 3\)/.test(r.payload.toString()),
+      ),
+    ).toBe(true);
     expect(held.every((c) => !c.closed)).toBe(true);
     expect(logs.filter((l) => /refused: uid \d+ has 3 connections open \(at most 3\)/.test(l))).toHaveLength(10);
     held.forEach((c) => c.close());

@@ -4,19 +4,35 @@
  * moves them, while each v1 caller keeps reading the state it wrote.
  */
 import { describe, expect, it } from 'vitest';
-import { createSimDevice, ForwardingDevice, MigState, openV1Bridge, type DataStream, type SimDevice, type V2Device } from '../../src/index.js';
+import {
+  createSimDevice,
+  ForwardingDevice,
+  MigState,
+  openV1Bridge,
+  type DataStream,
+  type SimDevice,
+  type V2Device,
+} from '../../src/index.js';
 import { QuiesceGroup } from '../../src/service/quiesce-group.js';
 import { readU32, readU64, writeU32, writeU64 } from '../../src/v1/region-access.js';
 import { migStateName } from '../../src/v2/uapi.js';
 import { saveV2 } from '../helpers.js';
 
 const S = MigState;
-const STATE = 0, PENDING = 8, OFFSET = 16, SIZE = 24;
+const STATE = 0,
+  PENDING = 8,
+  OFFSET = 16,
+  SIZE = 24;
 
 /** Sim devices whose SET_STATE calls land in one shared log, in the order they reach the devices. */
 class LoggedSim extends ForwardingDevice {
   declare readonly inner: SimDevice;
-  constructor(readonly log: string[], name: string, flags: number, seed: number) {
+  constructor(
+    readonly log: string[],
+    name: string,
+    flags: number,
+    seed: number,
+  ) {
     super(createSimDevice({ stateSize: 20_000, flags, seed, name }));
   }
   override setState(s: MigState): Promise<DataStream | null> {
@@ -74,7 +90,10 @@ describe('quiesce group', () => {
     await writeU32(a.br, STATE, 2); // parks B in PRE_COPY_P2P
     const preB2 = await drainV1(b.br); // B's pre-copy goes on while parked
     await writeU32(b.br, STATE, 2);
-    const streams = [Buffer.concat([pre[0]!, await drainV1(a.br)]), Buffer.concat([pre[1]!, preB2, await drainV1(b.br)])];
+    const streams = [
+      Buffer.concat([pre[0]!, await drainV1(a.br)]),
+      Buffer.concat([pre[1]!, preB2, await drainV1(b.br)]),
+    ];
     for (const [i, src] of [srcA, srcB].entries()) {
       const dst = createSimDevice({ stateSize: 20_000, seed: 99 });
       const br = await openV1Bridge(dst, { sectionSize: 1 << 20 });
@@ -107,7 +126,12 @@ describe('quiesce group', () => {
     expect(log).toEqual(['A RESUMING->RUNNING_P2P']);
     expect(await readU32(a.br, STATE)).toBe(1);
     await writeU32(b.br, STATE, 1);
-    expect(log).toEqual(['A RESUMING->RUNNING_P2P', 'B RESUMING->RUNNING_P2P', 'A RUNNING_P2P->RUNNING', 'B RUNNING_P2P->RUNNING']);
+    expect(log).toEqual([
+      'A RESUMING->RUNNING_P2P',
+      'B RESUMING->RUNNING_P2P',
+      'A RUNNING_P2P->RUNNING',
+      'B RUNNING_P2P->RUNNING',
+    ]);
     expect([a.m.real, b.m.real]).toEqual([S.RUNNING, S.RUNNING]);
   });
 

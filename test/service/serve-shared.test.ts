@@ -8,7 +8,20 @@
  * simulated device (VFIO_MIG_TEST_DEVICE); `nobody` plays the other user.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { chmodSync, closeSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  closeSync,
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  readFileSync,
+  readdirSync,
+  renameSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -45,7 +58,11 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 /** `vfio-mig ARGS` as a service; with `shell`, through sh (its "$@" is node, the CLI and ARGS). */
 function startServe(args: string[], extraFd?: number, shell?: string): SpawnedCli {
-  return spawnCli(args, { stdout: 'ignore', ...(shell ? { via: ['sh', '-c', shell, 'sh'] } : {}), ...(extraFd !== undefined ? { extraFds: [extraFd] } : {}) });
+  return spawnCli(args, {
+    stdout: 'ignore',
+    ...(shell ? { via: ['sh', '-c', shell, 'sh'] } : {}),
+    ...(extraFd !== undefined ? { extraFds: [extraFd] } : {}),
+  });
 }
 
 async function stop(s: SpawnedCli): Promise<void> {
@@ -54,10 +71,21 @@ async function stop(s: SpawnedCli): Promise<void> {
 }
 
 /** qemu72-client saving through the service at `socket`, as root or as nobody. */
-function vmmSave(socket: string, file: string, asNobody: boolean): Promise<{ code: number | null; stdout: string; stderr: string }> {
+function vmmSave(
+  socket: string,
+  file: string,
+  asNobody: boolean,
+): Promise<{ code: number | null; stdout: string; stderr: string }> {
   const argv = [client, '/dev/null', 'save', file, 'mmap'];
-  const env = { PATH: process.env.PATH!, LD_PRELOAD: preload, VFIO_MIG_SOCKET: socket, VFIO_MIG_TEST_DEVICE: '/dev/null' };
-  const p = asNobody ? spawn('setpriv', ['--reuid=nobody', '--regid=nogroup', '--clear-groups', '--', ...argv], { env }) : spawn(argv[0]!, argv.slice(1), { env });
+  const env = {
+    PATH: process.env.PATH!,
+    LD_PRELOAD: preload,
+    VFIO_MIG_SOCKET: socket,
+    VFIO_MIG_TEST_DEVICE: '/dev/null',
+  };
+  const p = asNobody
+    ? spawn('setpriv', ['--reuid=nobody', '--regid=nogroup', '--clear-groups', '--', ...argv], { env })
+    : spawn(argv[0]!, argv.slice(1), { env });
   let stdout = '';
   let stderr = '';
   p.stdout.on('data', (d) => (stdout += d));
@@ -67,14 +95,16 @@ function vmmSave(socket: string, file: string, asNobody: boolean): Promise<{ cod
 
 const expected = () => saveV2(createSimDevice(parseSimSpec(SIM)), false);
 
-describe.skipIf(!isRoot)('who may connect is the operator\'s choice', () => {
-  it('the default socket is its owner\'s only: a VMM of another user is refused by the kernel (EACCES) and runs unbridged', async () => {
+describe.skipIf(!isRoot)("who may connect is the operator's choice", () => {
+  it("the default socket is its owner's only: a VMM of another user is refused by the kernel (EACCES) and runs unbridged", async () => {
     const sock = join(dir, 'private.sock');
     const s = startServe(['serve', '--socket', sock, '--sim', SIM]);
     await waitFor(s.stderr, /serving on .*mode 0600/);
     const r = await vmmSave(sock, join(out, 'x.bin'), true);
     await stop(s);
-    expect(r.stderr).toMatch(/is not bridged: cannot reach the bridge service at .*private\.sock \(Permission denied\)/);
+    expect(r.stderr).toMatch(
+      /is not bridged: cannot reach the bridge service at .*private\.sock \(Permission denied\)/,
+    );
     expect(r.code).not.toBe(0);
   });
 
@@ -113,7 +143,10 @@ describe.skipIf(!isRoot)('who may connect is the operator\'s choice', () => {
     rmSync(file);
     rmSync(sock);
 
-    for (const extra of [['--mode', '0666'], ['--socket', join(dir, 'other.sock')]]) {
+    for (const extra of [
+      ['--mode', '0666'],
+      ['--socket', join(dir, 'other.sock')],
+    ]) {
       const bad = startServe(['serve', ...extra, '--sim', SIM], fd, 'LISTEN_PID=$$ LISTEN_FDS=1 exec "$@"');
       expect((await bad.exited).code).toBe(2);
       expect(textOf(bad.stderr)).toMatch(/--socket, --mode and --group do not apply to a socket systemd passed/);
@@ -135,7 +168,11 @@ describe.skipIf(!isRoot)('who may connect is the operator\'s choice', () => {
     await waitFor(s.stderr, /serving on/);
     const vmm = vmmSave(sock, join(out, 'twice.bin'), false);
     // Mid-save: the VMM has written 010 and waits on its first chunk, which the device takes 3 s to give.
-    const saving = () => existsSync(trace) && readFileSync(trace, 'utf8').split('\n').some((l) => l.includes('"device_state"') && l.includes('"write"'));
+    const saving = () =>
+      existsSync(trace) &&
+      readFileSync(trace, 'utf8')
+        .split('\n')
+        .some((l) => l.includes('"device_state"') && l.includes('"write"'));
     for (let i = 0; i < 400 && !saving(); i++) await sleep(50);
     s.kill('SIGTERM');
     await waitFor(s.stderr, /SIGTERM: stopping; every session ends/);
@@ -150,7 +187,7 @@ describe.skipIf(!isRoot)('who may connect is the operator\'s choice', () => {
 });
 
 describe.skipIf(!isRoot)('a hostile client as another user, on a socket open to all', () => {
-  it('names a root process\'s pid and fds: refused, the secret is never read and the file never changes', async () => {
+  it("names a root process's pid and fds: refused, the secret is never read and the file never changes", async () => {
     const secret = join(dir, 'secret');
     writeFileSync(secret, 'root-only secret\n', { mode: 0o600 });
     const sfd = openSync(secret, 'r+');
@@ -179,7 +216,11 @@ s.on('close', () => { console.log(JSON.stringify({ result: got.length >= 8 ? got
 s.on('error', () => {});
 `,
     );
-    const r = spawnSync('setpriv', ['--reuid=nobody', '--regid=nogroup', '--clear-groups', '--', process.execPath, attack, sock, String(victim.pid)], { encoding: 'utf8', timeout: 20_000 });
+    const r = spawnSync(
+      'setpriv',
+      ['--reuid=nobody', '--regid=nogroup', '--clear-groups', '--', process.execPath, attack, sock, String(victim.pid)],
+      { encoding: 'utf8', timeout: 20_000 },
+    );
     victim.kill();
     await stop(s);
     const seen = JSON.parse(r.stdout.trim()) as { result: number; bytes: number; text: string };
@@ -232,7 +273,18 @@ describe.skipIf(!isRoot)('wire fuzzer beside an honest VMM', () => {
       connections++;
       const n = 1 + Math.floor(rand() * 12);
       for (let i = 0; i < n && !c.closed; i++) {
-        const kind = pick(['hello', 'hello-other', 'section', 'section-sealed', 'read', 'write', 'bye', 'garbage', 'oversized', 'truncated']);
+        const kind = pick([
+          'hello',
+          'hello-other',
+          'section',
+          'section-sealed',
+          'read',
+          'write',
+          'bye',
+          'garbage',
+          'oversized',
+          'truncated',
+        ]);
         if (kind === 'hello') c.hello(process.pid, Math.floor(rand() * 8), 'fuzz\n\u001b[31m');
         else if (kind === 'hello-other') c.hello(1, 0);
         else if (kind === 'section') c.send(WireOp.SECTION, u32(Math.floor(rand() * 64)));
@@ -240,10 +292,20 @@ describe.skipIf(!isRoot)('wire fuzzer beside an honest VMM', () => {
           const fd = memfd(4 << 20, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL);
           sealed.push(fd);
           c.send(WireOp.SECTION, u32(fd));
-        } else if (kind === 'read') c.send(WireOp.READ, new Uint8Array(0), BigInt(Math.floor(rand() * 8192)), Math.floor(rand() * 2 ** 23));
-        else if (kind === 'write') c.send(WireOp.WRITE, Buffer.alloc(Math.floor(rand() * 64), 0xff), BigInt(Math.floor(rand() * 64)), Math.floor(rand() * 64));
+        } else if (kind === 'read')
+          c.send(WireOp.READ, new Uint8Array(0), BigInt(Math.floor(rand() * 8192)), Math.floor(rand() * 2 ** 23));
+        else if (kind === 'write')
+          c.send(
+            WireOp.WRITE,
+            Buffer.alloc(Math.floor(rand() * 64), 0xff),
+            BigInt(Math.floor(rand() * 64)),
+            Math.floor(rand() * 64),
+          );
         else if (kind === 'bye') c.send(WireOp.BYE, Buffer.alloc(Math.floor(rand() * 30)));
-        else if (kind === 'garbage') c.sock.write(Buffer.from(Array.from({ length: 1 + Math.floor(rand() * 100) }, () => Math.floor(rand() * 256))));
+        else if (kind === 'garbage')
+          c.sock.write(
+            Buffer.from(Array.from({ length: 1 + Math.floor(rand() * 100) }, () => Math.floor(rand() * 256))),
+          );
         else if (kind === 'oversized') c.send(pick([1, 2, 3, 4, 5, 99]), new Uint8Array(0), 0n, 0, 0xffffffff);
         else c.send(pick([1, 2, 3, 4]), Buffer.alloc(8), 0n, 8, 64); // says 64, sends 8, then stops
         if (rand() < 0.3) await sleep(Math.floor(rand() * 20));
@@ -262,7 +324,9 @@ describe.skipIf(!isRoot)('wire fuzzer beside an honest VMM', () => {
       await sleep(50);
       after = usage(s.p.pid!);
     }
-    console.log(`wire fuzzer (seed ${SEED}): ${connections} connections in 8 s; service fds ${before.fds} -> ${after.fds}, RSS ${before.rssKiB} -> ${after.rssKiB} KiB; log ${textOf(s.stderr).split('\n').length} lines`);
+    console.log(
+      `wire fuzzer (seed ${SEED}): ${connections} connections in 8 s; service fds ${before.fds} -> ${after.fds}, RSS ${before.rssKiB} -> ${after.rssKiB} KiB; log ${textOf(s.stderr).split('\n').length} lines`,
+    );
     await stop(s);
     expect(after.fds).toBe(before.fds);
     expect(after.rssKiB - before.rssKiB).toBeLessThan(32 << 10);

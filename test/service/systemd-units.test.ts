@@ -19,9 +19,14 @@ it('systemd-analyze verify accepts both units; the socket is root-only under /ru
     const service = readFileSync(join(units, 'vfio-mig.service'), 'utf8');
     const socket = readFileSync(join(units, 'vfio-mig.socket'), 'utf8');
     expect(service).toMatch(/^ExecStart=\S+vfio-mig serve$/m);
-    writeFileSync(join(dir, 'vfio-mig.service'), service.replace(/^ExecStart=.*$/m, `ExecStart=${process.execPath} ${CLI} serve`));
+    writeFileSync(
+      join(dir, 'vfio-mig.service'),
+      service.replace(/^ExecStart=.*$/m, `ExecStart=${process.execPath} ${CLI} serve`),
+    );
     writeFileSync(join(dir, 'vfio-mig.socket'), socket);
-    const r = spawnSync('systemd-analyze', ['verify', join(dir, 'vfio-mig.socket'), join(dir, 'vfio-mig.service')], { encoding: 'utf8' });
+    const r = spawnSync('systemd-analyze', ['verify', join(dir, 'vfio-mig.socket'), join(dir, 'vfio-mig.service')], {
+      encoding: 'utf8',
+    });
     expect(r.error).toBeUndefined();
     expect(`${r.stdout}${r.stderr}`.trim()).toBe('');
     expect(r.status).toBe(0);

@@ -42,13 +42,22 @@ export class WireClient {
     });
   }
 
-  send(op: number, payload: Uint8Array = new Uint8Array(0), offset = 0n, length = 0, claimedLength = payload.length): void {
+  send(
+    op: number,
+    payload: Uint8Array = new Uint8Array(0),
+    offset = 0n,
+    length = 0,
+    claimedLength = payload.length,
+  ): void {
     const head = vmw_request.encode({ op, payload_len: claimedLength, offset, length, reserved: 0 });
     this.sock.write(Buffer.concat([head, payload]));
   }
 
   hello(pid: number, fd: number, name = 'test device', numRegions = 9): void {
-    this.send(1, Buffer.concat([vmw_hello.encode({ pid, fd, num_regions: numRegions, reserved: 0 }), Buffer.from(name)]));
+    this.send(
+      1,
+      Buffer.concat([vmw_hello.encode({ pid, fd, num_regions: numRegions, reserved: 0 }), Buffer.from(name)]),
+    );
   }
 
   /** The next reply, or null once the service closed the connection without one. */

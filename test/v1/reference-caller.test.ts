@@ -29,7 +29,9 @@ describe('v1 pre-copy rounds are passes, as in saveV2', () => {
     const a = createSimDevice({ flags: 7, stateSize: 16 * WINDOW, dirtyRatio: 0.95, seed: 1 });
     const b = createSimDevice({ flags: 7, stateSize: 16 * WINDOW, dirtyRatio: 0.95, seed: 2 });
     const chunks: Uint8Array[] = [];
-    const saved = await saveV1(await openV1Bridge(a, { sectionSize: WINDOW }), (c) => void chunks.push(c), { maxRounds: 5 });
+    const saved = await saveV1(await openV1Bridge(a, { sectionSize: WINDOW }), (c) => void chunks.push(c), {
+      maxRounds: 5,
+    });
     expect(saved.rounds).toBeLessThanOrEqual(5);
     expect(saved.converged).toBe(false);
     expect(saved.precopyPending).toBeGreaterThan(0n);
@@ -52,10 +54,14 @@ describe('saveV1 reuseBuffer', () => {
       const { dev, br } = await bridgeFor(model);
       const got: Buffer[] = [];
       const buffers = new Set<ArrayBufferLike>();
-      await saveV1(br, (c) => {
-        buffers.add(c.buffer);
-        got.push(Buffer.from(c)); // the next chunk overwrites c
-      }, { reuseBuffer: true, dataAccess });
+      await saveV1(
+        br,
+        (c) => {
+          buffers.add(c.buffer);
+          got.push(Buffer.from(c)); // the next chunk overwrites c
+        },
+        { reuseBuffer: true, dataAccess },
+      );
       expect(buffers.size, dataAccess).toBe(1);
       expect(got.length).toBeGreaterThan(10);
       expect(Buffer.concat(got).equals(Buffer.concat(want)), dataAccess).toBe(true);

@@ -8,6 +8,7 @@ import { readdirSync } from 'node:fs';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { describe, expect, it } from 'vitest';
+import { stringMatching } from '../matchers.js';
 import {
   arcOpensStream,
   isVfioError,
@@ -82,7 +83,8 @@ export function deviceContract(t: ContractTarget): void {
       const valid = await withDevice(t, 'b', (b) => saveV2(b));
       await withDevice(t, 'a', async (d) => {
         let cases = 0;
-        for (let from = 1; from < 8; from++) {
+        for (let n = 1; n < 8; n++) {
+          const from: MigState = n;
           if (!isStateSupported(from, t.flags)) continue;
           for (let target = 0; target <= 8; target++) {
             await d.reset();
@@ -127,7 +129,7 @@ export function deviceContract(t: ContractTarget): void {
         await d.setState(S.STOP);
         const r = (await d.setState(S.RESUMING))!;
         // A resuming fd has no PRE_COPY semantics: EINVAL, or ENOTTY where it has no ioctls at all (mtty).
-        await expect(r.precopyInfo()).rejects.toMatchObject({ code: expect.stringMatching(/^(EINVAL|ENOTTY)$/) });
+        await expect(r.precopyInfo()).rejects.toMatchObject({ code: stringMatching(/^(EINVAL|ENOTTY)$/) });
         await r.close();
         await d.reset();
       });
@@ -193,13 +195,15 @@ export function deviceContract(t: ContractTarget): void {
       }
     }
 
-    it('saves A and resumes B through the v2 API: B holds A\'s state', () =>
+    it("saves A and resumes B through the v2 API: B holds A's state", () =>
       moveAtoB(async (a, b) => loadV2(b, await saveV2(a))));
 
     it('saves A and resumes B through the bridge with the legacy v1 caller', () =>
       moveAtoB(async (a, b) => {
         const chunks: Uint8Array[] = [];
-        const saved = await saveV1(await openV1Bridge(a, { sectionSize: 4096 }), (c) => void chunks.push(c), { dataAccess: 'qemu' });
+        const saved = await saveV1(await openV1Bridge(a, { sectionSize: 4096 }), (c) => void chunks.push(c), {
+          dataAccess: 'qemu',
+        });
         expect(saved.finalState).toBe(0);
         const loaded = await loadV1(await openV1Bridge(b, { sectionSize: 4096 }), chunks, { dataAccess: 'qemu' });
         expect(loaded.finalState).toBe(1);
@@ -248,27 +252,44 @@ export function deviceContract(t: ContractTarget): void {
             const br = await openV1Bridge(b, { sectionSize });
             if (kind === 'move') {
               await loadV1(br, [stream]);
-              must((await t.fingerprint(rawB)) === (await t.fingerprint(rawA)), `cycle ${i}: B does not hold A's state`);
+              must(
+                (await t.fingerprint(rawB)) === (await t.fingerprint(rawA)),
+                `cycle ${i}: B does not hold A's state`,
+              );
             } else {
-              const refused = await loadV1(br, [stream]).then(() => null, (e: unknown) => e);
-              must(isVfioError(refused), `cycle ${i}: a ${kind} stream was not refused with a VfioError (${String(refused)})`);
+              const refused = await loadV1(br, [stream]).then(
+                () => null,
+                (e: unknown) => e,
+              );
+              must(
+                isVfioError(refused),
+                `cycle ${i}: a ${kind} stream was not refused with a VfioError (${String(refused)})`,
+              );
               await br.close();
               await b.reset();
             }
             await a.reset();
           }
           done[kind]!++;
-          must((await a.getState()) === S.RUNNING && (await b.getState()) === S.RUNNING, `cycle ${i}: ${kind}: not RUNNING`);
+          must(
+            (await a.getState()) === S.RUNNING && (await b.getState()) === S.RUNNING,
+            `cycle ${i}: ${kind}: not RUNNING`,
+          );
           // Every data_fd of the cycle is closed; forget them, so the heap shows what the code under test keeps.
           for (const dev of [a, b]) {
-            must(dev.streams.every((st) => st.closed), `cycle ${i}: ${kind}: a data_fd left open`);
+            must(
+              dev.streams.every((st) => st.closed),
+              `cycle ${i}: ${kind}: a data_fd left open`,
+            );
             dataFds += dev.streams.length;
             dev.streams.length = 0;
           }
         }
         gc();
         const heapGrowth = process.memoryUsage().heapUsed - heap0;
-        console.log(`${t.name}: ${CYCLES} cycles ${JSON.stringify(done)}; ${dataFds} data_fds; open fds ${fds0} -> ${openFds()}; heap ${(heap0 / 2 ** 20).toFixed(1)} MiB, growth after warm-up ${(heapGrowth / 2 ** 10).toFixed(0)} KiB`);
+        console.log(
+          `${t.name}: ${CYCLES} cycles ${JSON.stringify(done)}; ${dataFds} data_fds; open fds ${fds0} -> ${openFds()}; heap ${(heap0 / 2 ** 20).toFixed(1)} MiB, growth after warm-up ${(heapGrowth / 2 ** 10).toFixed(0)} KiB`,
+        );
         expect(openFds()).toBe(fds0);
         // Flat: 1000 cycles leaking 2 KiB each fail this. (The simulated device's log of arcs, about
         // 0.5 KiB a cycle up to its cap of SIM_ARCS_KEPT arcs, is the one thing that grows.)
@@ -293,7 +314,7 @@ export function deviceContract(t: ContractTarget): void {
           } catch (e) {
             failed = e;
           }
-          expect(failed, `${bad.length} bytes`).toMatchObject({ code: expect.stringMatching(/^E/) });
+          expect(failed, `${bad.length} bytes`).toMatchObject({ code: stringMatching(/^E/) });
           expect(await b.getState()).not.toBe(S.RUNNING);
           await r.close();
           await b.reset();

@@ -36,7 +36,8 @@ class FakeKernel implements SysCalls {
     this.closed.push(fd);
   }
   ioctl(fd: number, request: number, arg: Uint8Array | null, op: string, device: string): number {
-    const name = Object.entries(uapi).find(([k, v]) => v === request && /^(VFIO|IOMMU)_/.test(k))?.[0] ?? String(request);
+    const name =
+      Object.entries(uapi).find(([k, v]) => v === request && /^(VFIO|IOMMU)_/.test(k))?.[0] ?? String(request);
     this.log.push(`ioctl ${fd} ${name}`);
     const errno = this.failIoctl.get(request);
     if (errno) throw new VfioError(errno, op, device, undefined, { syscall: 'ioctl' });
@@ -145,7 +146,17 @@ describe('KernelDevice over a fake kernel: region info argsz retry', () => {
     const k = new FakeKernel();
     k.regions = [
       { index: 0, flags: 3, size: 4096n, offset: 0n },
-      { index: 1, flags: 7, size: 1n << 20n, offset: 1n << 40n, type: { type: 3, subtype: 1 }, sparseMmap: [{ offset: 4096n, size: 8192n }, { offset: 65536n, size: 4096n }] },
+      {
+        index: 1,
+        flags: 7,
+        size: 1n << 20n,
+        offset: 1n << 40n,
+        type: { type: 3, subtype: 1 },
+        sparseMmap: [
+          { offset: 4096n, size: 8192n },
+          { offset: 65536n, size: 4096n },
+        ],
+      },
     ];
     const dev = new KernelDevice('fake', 3, [], false, k);
     const regions = await dev.regions();
@@ -157,7 +168,10 @@ describe('KernelDevice over a fake kernel: region info argsz retry', () => {
     ]);
     expect(regions[0]).toEqual({ index: 0, flags: 3, size: 4096n, offset: 0n });
     expect(regions[1]).toMatchObject({ index: 1, size: 1n << 20n, offset: 1n << 40n, type: { type: 3, subtype: 1 } });
-    expect(regions[1]!.sparseMmap).toEqual([{ offset: 4096n, size: 8192n }, { offset: 65536n, size: 4096n }]);
+    expect(regions[1]!.sparseMmap).toEqual([
+      { offset: 4096n, size: 8192n },
+      { offset: 65536n, size: 4096n },
+    ]);
     // Cached: a second call asks the kernel nothing.
     await dev.regions();
     expect(k.regionInfoCalls).toHaveLength(3);
@@ -171,7 +185,13 @@ describe('KernelDevice over a fake kernel: close()', () => {
       k.state = s;
       const dev = new KernelDevice('fake', 3, [4, 5], false, k);
       await dev.close();
-      expect(k.log).toEqual(['ioctl 3 VFIO_DEVICE_FEATURE', 'ioctl 3 VFIO_DEVICE_RESET', 'close 3', 'close 5', 'close 4']);
+      expect(k.log).toEqual([
+        'ioctl 3 VFIO_DEVICE_FEATURE',
+        'ioctl 3 VFIO_DEVICE_RESET',
+        'close 3',
+        'close 5',
+        'close 4',
+      ]);
       expect(k.state).toBe(MigState.RUNNING);
     });
   }
@@ -206,7 +226,9 @@ describe('opening over a fake kernel: fd clean-up order', () => {
   it('cdev: a failed attach closes the iommufd, then the device fd, and names the ioctl', () => {
     const k = new FakeKernel();
     k.failIoctl.set(uapi.VFIO_DEVICE_ATTACH_IOMMUFD_PT, 'EPERM');
-    expect(() => openCdev('/dev/vfio/devices/vfio0', '/dev/iommu', k)).toThrow(expect.objectContaining({ code: 'EPERM', op: 'VFIO_DEVICE_ATTACH_IOMMUFD_PT' }));
+    expect(() => openCdev('/dev/vfio/devices/vfio0', '/dev/iommu', k)).toThrow(
+      expect.objectContaining({ code: 'EPERM', op: 'VFIO_DEVICE_ATTACH_IOMMUFD_PT' }),
+    );
     expect(k.log.filter((l) => l.startsWith('open') || l.startsWith('close'))).toEqual([
       'open /dev/vfio/devices/vfio0 = 10',
       'open /dev/iommu = 11',
@@ -230,7 +252,9 @@ describe('opening over a fake kernel: fd clean-up order', () => {
   it('group: a device missing from the group closes the group, then the container', () => {
     const k = new FakeKernel();
     k.failIoctl.set(uapi.VFIO_GROUP_GET_DEVICE_FD, 'ENODEV');
-    expect(() => openGroup('/dev/vfio/12', 'uuid-1', '/dev/vfio/vfio', k)).toThrow(/no device "uuid-1" in group \/dev\/vfio\/12/);
+    expect(() => openGroup('/dev/vfio/12', 'uuid-1', '/dev/vfio/vfio', k)).toThrow(
+      /no device "uuid-1" in group \/dev\/vfio\/12/,
+    );
     expect(k.log.filter((l) => l.startsWith('open') || l.startsWith('close'))).toEqual([
       'open /dev/vfio/vfio = 10',
       'open /dev/vfio/12 = 11',

@@ -3,6 +3,7 @@
  * data.
  */
 import { describe, expect, it } from 'vitest';
+import { stringMatching } from '../matchers.js';
 import { createSimDevice, loadV2, MigState, saveV2 } from '../../src/index.js';
 
 const MiB = 1 << 20;
@@ -46,7 +47,10 @@ describe('a device found mid-session', () => {
     const dev = createSimDevice({ stateSize: 4096 });
     await dev.setState(MigState.STOP_COPY);
     const arcs = dev.arcs.length;
-    await expect(saveV2(dev, () => undefined)).rejects.toMatchObject({ code: 'EBUSY', reason: expect.stringMatching(/STOP_COPY.*--reset/) });
+    await expect(saveV2(dev, () => undefined)).rejects.toMatchObject({
+      code: 'EBUSY',
+      reason: stringMatching(/STOP_COPY.*--reset/),
+    });
     await expect(loadV2(dev, [])).rejects.toMatchObject({ code: 'EBUSY' });
     expect(dev.arcs.length).toBe(arcs);
   });
@@ -59,10 +63,14 @@ describe('saveV2 reuseBuffer', () => {
     await saveV2(createSimDevice(model), (c) => void want.push(c), { chunkSize: 100_000 });
     const got: Buffer[] = [];
     const buffers = new Set<ArrayBufferLike>();
-    const r = await saveV2(createSimDevice(model), (c) => {
-      buffers.add(c.buffer);
-      got.push(Buffer.from(c)); // the next read overwrites c
-    }, { chunkSize: 100_000, reuseBuffer: true });
+    const r = await saveV2(
+      createSimDevice(model),
+      (c) => {
+        buffers.add(c.buffer);
+        got.push(Buffer.from(c)); // the next read overwrites c
+      },
+      { chunkSize: 100_000, reuseBuffer: true },
+    );
     expect(r.rounds).toBeGreaterThan(1);
     expect(buffers.size).toBe(1);
     expect(got.length).toBeGreaterThan(30);
@@ -78,7 +86,10 @@ describe('a save whose taker fails (a closed pipe, a full disk)', () => {
     };
   };
   // Pre-copy (the first chunk) and stop-copy (after every pre-copy chunk: 1 MiB state, 64 KiB chunks, no dirtying).
-  for (const [phase, after] of [['pre-copy', 0], ['stop-copy', 17]] as const) {
+  for (const [phase, after] of [
+    ['pre-copy', 0],
+    ['stop-copy', 17],
+  ] as const) {
     it(`saveV2, in ${phase}: the session is ended back in the state the save began in, the device usable`, async () => {
       for (const start of [MigState.RUNNING, MigState.STOP]) {
         const dev = createSimDevice({ stateSize: MiB, dirtyRatio: 0 });
@@ -91,7 +102,10 @@ describe('a save whose taker fails (a closed pipe, a full disk)', () => {
   }
 
   it('a device that failed is left as it is, for the caller to name', async () => {
-    const dev = createSimDevice({ stateSize: MiB, faults: { failArc: [{ from: MigState.PRE_COPY_P2P, to: MigState.STOP_COPY, errno: 'EIO', leave: 'error' }] } });
+    const dev = createSimDevice({
+      stateSize: MiB,
+      faults: { failArc: [{ from: MigState.PRE_COPY_P2P, to: MigState.STOP_COPY, errno: 'EIO', leave: 'error' }] },
+    });
     await expect(saveV2(dev, () => undefined)).rejects.toMatchObject({ code: 'EIO' });
     expect(await dev.getState()).toBe(MigState.ERROR);
   });

@@ -10,7 +10,11 @@ describe('openDevice', () => {
     await dev.close();
   });
   it('gives any other spec to the kernel backend', async () => {
-    await expect(openDevice('/nonexistent/vfio0')).rejects.toMatchObject({ code: 'ENOENT', op: 'open', device: '/nonexistent/vfio0' });
+    await expect(openDevice('/nonexistent/vfio0')).rejects.toMatchObject({
+      code: 'ENOENT',
+      op: 'open',
+      device: '/nonexistent/vfio0',
+    });
     await expect(openDevice({ group: '/nonexistent/12', device: 'uuid' })).rejects.toMatchObject({ code: 'ENOENT' });
   });
   it.each([

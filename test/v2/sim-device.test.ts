@@ -1,20 +1,33 @@
 import { describe, expect, it } from 'vitest';
 import { createHash } from 'node:crypto';
-import { createSimDevice, isStateSupported, migrationPath, MigState, readSome, SIM_ARCS_KEPT, writeAll, type SimFaults } from '../../src/index.js';
+import {
+  createSimDevice,
+  isStateSupported,
+  migrationPath,
+  MigState,
+  readSome,
+  SIM_ARCS_KEPT,
+  writeAll,
+  type SimFaults,
+} from '../../src/index.js';
 import { drain, loadV2, saveV2 } from '../helpers.js';
+import { stringContaining } from '../matchers.js';
 
 const S = MigState;
 
 describe('sim device: streams', () => {
   it('returns a stream exactly on the transitions whose last arc opens a session', async () => {
     for (const flags of [1, 3, 5, 7]) {
-      for (let from = 1; from < 8; from++) {
-        for (let to = 1; to < 8; to++) {
+      for (let i = 1; i < 8; i++) {
+        for (let j = 1; j < 8; j++) {
+          const from: MigState = i,
+            to: MigState = j;
           if (!isStateSupported(from, flags) || !isStateSupported(to, flags)) continue;
           const dev = createSimDevice({ flags, stateSize: 100 });
           const entered = await dev.setState(from);
           // Leaving RESUMING needs a valid stream behind it.
-          if (from === S.RESUMING) await writeAll(entered!, await saveV2(createSimDevice({ flags, stateSize: 100 })), dev.name);
+          if (from === S.RESUMING)
+            await writeAll(entered!, await saveV2(createSimDevice({ flags, stateSize: 100 })), dev.name);
           let path: MigState[];
           try {
             path = migrationPath(from, to, flags);
@@ -24,7 +37,11 @@ describe('sim device: streams', () => {
             continue;
           }
           const last = path.length > 1 ? [path.at(-2)!, to] : null;
-          const opens = last !== null && ((to === S.RESUMING) || ([S.PRE_COPY, S.PRE_COPY_P2P, S.STOP_COPY].includes(to) && ![S.PRE_COPY, S.PRE_COPY_P2P, S.STOP_COPY].includes(last[0]!)));
+          const opens =
+            last !== null &&
+            (to === S.RESUMING ||
+              ([S.PRE_COPY, S.PRE_COPY_P2P, S.STOP_COPY].includes(to) &&
+                ![S.PRE_COPY, S.PRE_COPY_P2P, S.STOP_COPY].includes(last[0]!)));
           const stream = await dev.setState(to);
           expect(stream !== null, `flags ${flags} ${S[from]}->${S[to]}`).toBe(opens);
           expect(dev.state).toBe(to);
@@ -117,7 +134,14 @@ describe('sim device: resume validation', () => {
     ['truncated header', (d) => d.subarray(0, 20)],
     ['truncated body', (d) => d.subarray(0, d.length - 100)],
     ['truncated end record', (d) => d.subarray(0, d.length - 1)],
-    ['corrupt byte', (d) => { const c = Buffer.from(d); c[500] = c[500]! ^ 0xff; return c; }],
+    [
+      'corrupt byte',
+      (d) => {
+        const c = Buffer.from(d);
+        c[500] = c[500]! ^ 0xff;
+        return c;
+      },
+    ],
     ['trailing garbage', (d) => Buffer.concat([d, Buffer.from('xx')])],
     ['garbage', () => Buffer.alloc(2000, 0x41)],
     ['foreign model', async () => saveV2(createSimDevice({ stateSize: 10_001 }))],
@@ -158,7 +182,9 @@ describe('sim device: fault injection', () => {
   });
 
   it('fails an arc into ERROR; reset recovers and closes streams', async () => {
-    const dev = createSimDevice({ faults: { failArc: [{ from: S.PRE_COPY_P2P, to: S.STOP_COPY, errno: 'ENOMEM', leave: 'error' }] } });
+    const dev = createSimDevice({
+      faults: { failArc: [{ from: S.PRE_COPY_P2P, to: S.STOP_COPY, errno: 'ENOMEM', leave: 'error' }] },
+    });
     const s = await dev.setState(S.PRE_COPY);
     await expect(dev.setState(S.STOP_COPY)).rejects.toMatchObject({ code: 'ENOMEM' });
     expect(dev.state).toBe(S.ERROR);
@@ -183,7 +209,13 @@ describe('sim device: fault injection', () => {
   it('injects ENOMSG, EINTR and EAGAIN on reads after a number of calls', async () => {
     const dev = createSimDevice({
       stateSize: 100_000,
-      faults: { readErrors: [{ errno: 'ENOMSG', after: 1 }, { errno: 'EINTR', after: 2, count: 2 }, { errno: 'EAGAIN', after: 2 }] },
+      faults: {
+        readErrors: [
+          { errno: 'ENOMSG', after: 1 },
+          { errno: 'EINTR', after: 2, count: 2 },
+          { errno: 'EAGAIN', after: 2 },
+        ],
+      },
     });
     const s = await dev.setState(S.PRE_COPY);
     const buf = new Uint8Array(100);
@@ -197,7 +229,15 @@ describe('sim device: fault injection', () => {
   });
 
   it('injects write errors; writeAll retries EINTR', async () => {
-    const dev = createSimDevice({ stateSize: 100, faults: { writeErrors: [{ errno: 'EINTR', count: 3 }, { errno: 'EIO', after: 1 }] } });
+    const dev = createSimDevice({
+      stateSize: 100,
+      faults: {
+        writeErrors: [
+          { errno: 'EINTR', count: 3 },
+          { errno: 'EIO', after: 1 },
+        ],
+      },
+    });
     const r = await dev.setState(S.RESUMING);
     await writeAll(r!, new Uint8Array(10), dev.name);
     await expect(r!.write(new Uint8Array(10))).rejects.toMatchObject({ code: 'EIO' });
@@ -215,7 +255,9 @@ describe('sim device: fault injection', () => {
     expect(dev.faults).toEqual({ failArc: [{ from: S.RUNNING, to: S.STOP, errno: 'EIO', count: 0 }] });
     // Frozen: a test that still edits them in place fails loudly instead of silently testing nothing.
     expect(() => ((dev.faults.failArc![0] as { count?: number }).count = 1)).toThrow(TypeError);
-    expect(() => (dev.faults as SimFaults).failArc!.push({ from: S.STOP, to: S.RUNNING, errno: 'EIO' })).toThrow(TypeError);
+    expect(() => (dev.faults as SimFaults).failArc!.push({ from: S.STOP, to: S.RUNNING, errno: 'EIO' })).toThrow(
+      TypeError,
+    );
   });
 
   it('setFaults() arms new faults with fresh counts and copies them', async () => {
@@ -270,7 +312,11 @@ describe('sim device: what tests observe', () => {
   it('logs the arcs it ran, keeping the last SIM_ARCS_KEPT so a long-lived device stays small', async () => {
     const dev = createSimDevice({ stateSize: 100 });
     await dev.setState(S.STOP_COPY);
-    expect(dev.arcs).toEqual([[S.RUNNING, S.RUNNING_P2P], [S.RUNNING_P2P, S.STOP], [S.STOP, S.STOP_COPY]]);
+    expect(dev.arcs).toEqual([
+      [S.RUNNING, S.RUNNING_P2P],
+      [S.RUNNING_P2P, S.STOP],
+      [S.STOP, S.STOP_COPY],
+    ]);
     (dev.arcs as Array<[MigState, MigState]>).length = 0; // a copy: the log is not touched
     expect(dev.arcs.length).toBe(3);
     await dev.setState(S.STOP);
@@ -347,14 +393,14 @@ describe('sim device: whole runs of pages per call', () => {
     const s = await dev.setState(precopy ? S.PRE_COPY : S.STOP_COPY);
     if (precopy) {
       // Half the pre-copy data while the device runs and dirties pages, then the rest in stop-copy.
-      for (let got = 0; got < 120_000; ) {
+      for (let got = 0; got < 120_000;) {
         const n = await s!.read(buf.subarray(0, Math.min(size, 120_000 - got)));
         parts.push(Buffer.from(buf.subarray(0, n)));
         got += n;
       }
       await dev.setState(S.STOP_COPY);
     }
-    for (let n; (n = await s!.read(buf)) > 0; ) parts.push(Buffer.from(buf.subarray(0, n)));
+    for (let n; (n = await s!.read(buf)) > 0;) parts.push(Buffer.from(buf.subarray(0, n)));
     return Buffer.concat(parts);
   }
 
@@ -374,7 +420,9 @@ describe('sim device: whole runs of pages per call', () => {
     const dev = createSimDevice({ stateSize: 300_123, seed: 11 });
     dev.runFor(40);
     const data = await readAll(dev, 1 << 20, false);
-    expect(createHash('sha256').update(data).digest('hex')).toBe('8701669467394f1b25bb55d78bd45ffa17ba8ca809588d3a9158d3ac0c84f73f');
+    expect(createHash('sha256').update(data).digest('hex')).toBe(
+      '8701669467394f1b25bb55d78bd45ffa17ba8ca809588d3a9158d3ac0c84f73f',
+    );
   });
 
   it('accepts a stream written in any piece size, and rejects the same damage with the same reason', async () => {
@@ -401,7 +449,7 @@ describe('sim device: whole runs of pages per call', () => {
           await done;
           expect(b.stateDigest(), `piece ${piece}`).toBe(createSimDevice({ ...model, seed: 1 }).stateDigest());
         } else {
-          await expect(done, `piece ${piece}`).rejects.toMatchObject({ code: 'EINVAL', reason: expect.stringContaining(why) });
+          await expect(done, `piece ${piece}`).rejects.toMatchObject({ code: 'EINVAL', reason: stringContaining(why) });
         }
       }
     }

@@ -3,8 +3,10 @@ import { describe, expect, it, vi } from 'vitest';
 import { uapi } from '../../src/index.js';
 import { vfio_device_migration_info } from '../../src/v1/uapi.js';
 
-const offsets = (c: { size: number; layout: Record<string, { offset: number }> }) =>
-  [c.size, Object.fromEntries(Object.entries(c.layout).map(([k, v]) => [k, v.offset]))];
+const offsets = (c: { size: number; layout: Record<string, { offset: number }> }) => [
+  c.size,
+  Object.fromEntries(Object.entries(c.layout).map(([k, v]) => [k, v.offset])),
+];
 
 describe('ioctl numbers (asm-generic _IO encoding, Linux 6.12)', () => {
   it.each([
@@ -51,7 +53,10 @@ describe('struct layouts equal the uAPI', () => {
     [uapi.vfio_device_bind_iommufd, [16, { argsz: 0, flags: 4, iommufd: 8, out_devid: 12 }]],
     [uapi.vfio_device_attach_iommufd_pt, [12, { argsz: 0, flags: 4, pt_id: 8 }]],
     [uapi.iommu_ioas_alloc, [12, { size: 0, flags: 4, out_ioas_id: 8 }]],
-    [vfio_device_migration_info, [32, { device_state: 0, reserved: 4, pending_bytes: 8, data_offset: 16, data_size: 24 }]],
+    [
+      vfio_device_migration_info,
+      [32, { device_state: 0, reserved: 4, pending_bytes: 8, data_offset: 16, data_size: 24 }],
+    ],
   ])('%s', (codec, expected) => {
     expect(offsets(codec as never)).toEqual(expected);
   });
@@ -101,8 +106,13 @@ describe('codecs', () => {
     const compile = vi.spyOn(Parser.prototype, 'compile');
     try {
       for (const n of [0, 1, 3]) {
-        const areas = Array.from({ length: n }, (_, i) => ({ offset: BigInt(4096 * (2 * i + 1)), size: BigInt(4096 * (i + 1)) }));
-        const back = uapi.decodeRegionInfo(uapi.encodeRegionInfo({ index: 9, flags: 7, size: 1n << 20n, offset: 0n, sparseMmap: areas }));
+        const areas = Array.from({ length: n }, (_, i) => ({
+          offset: BigInt(4096 * (2 * i + 1)),
+          size: BigInt(4096 * (i + 1)),
+        }));
+        const back = uapi.decodeRegionInfo(
+          uapi.encodeRegionInfo({ index: 9, flags: 7, size: 1n << 20n, offset: 0n, sparseMmap: areas }),
+        );
         expect(back.sparseMmap).toEqual(areas);
       }
       expect(compile).not.toHaveBeenCalled();

@@ -71,7 +71,9 @@ export interface BorrowedDeviceSpec {
 const FEATURE_PAYLOAD = 8; // every migration feature payload used here is 8 bytes (after the FEATURE_HEADER_SIZE header)
 
 /** Parses `/dev/vfio/devices/vfioN` or `/dev/vfio/N:NAME`. */
-export function parseKernelSpec(spec: Exclude<KernelDeviceSpec, BorrowedDeviceSpec>): { cdev: string; iommu: string } | { group: string; device: string; container: string } {
+export function parseKernelSpec(
+  spec: Exclude<KernelDeviceSpec, BorrowedDeviceSpec>,
+): { cdev: string; iommu: string } | { group: string; device: string; container: string } {
   if (typeof spec !== 'string') {
     if ('cdev' in spec) return { cdev: spec.cdev, iommu: spec.iommu ?? '/dev/iommu' };
     return { group: spec.group, device: spec.device, container: spec.container ?? '/dev/vfio/vfio' };
@@ -84,7 +86,11 @@ export function parseKernelSpec(spec: Exclude<KernelDeviceSpec, BorrowedDeviceSp
 class KernelStream implements DataStream {
   #fd: number;
   readonly #sys: SysCalls;
-  constructor(fd: number, readonly device: string, sys: SysCalls) {
+  constructor(
+    fd: number,
+    readonly device: string,
+    sys: SysCalls,
+  ) {
     this.#fd = fd;
     this.#sys = sys;
   }
@@ -121,7 +127,8 @@ class KernelStream implements DataStream {
  * the benchmark and tests. The stream owns `fd` and closes it.
  */
 export function kernelDataStream(fd: number, name: string, sys: SysCalls = linuxSys): DataStream {
-  if (!Number.isInteger(fd) || fd < 0) throw new VfioError('EBADF', 'kernelDataStream', name, `not a file descriptor: ${fd}`);
+  if (!Number.isInteger(fd) || fd < 0)
+    throw new VfioError('EBADF', 'kernelDataStream', name, `not a file descriptor: ${fd}`);
   return new KernelStream(fd, name, sys);
 }
 
@@ -136,7 +143,13 @@ export class KernelDevice implements V2Device {
   readonly #sys: SysCalls;
   readonly kind = 'kernel';
 
-  constructor(readonly name: string, fd: number, held: number[], borrowed = false, sys: SysCalls = linuxSys) {
+  constructor(
+    readonly name: string,
+    fd: number,
+    held: number[],
+    borrowed = false,
+    sys: SysCalls = linuxSys,
+  ) {
     this.#fd = fd;
     this.#held = held;
     this.#borrowed = borrowed;
@@ -163,7 +176,7 @@ export class KernelDevice implements V2Device {
 
   async getState(): Promise<MigState> {
     const buf = this.#feature('GET_STATE', VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE);
-    this.#known = vfio_device_feature_mig_state.decode(buf, FEATURE_HEADER_SIZE).device_state as MigState;
+    this.#known = vfio_device_feature_mig_state.decode(buf, FEATURE_HEADER_SIZE).device_state;
     return this.#known;
   }
 
@@ -223,7 +236,13 @@ export class KernelDevice implements V2Device {
   async #region(index: number, offset: number, length: number, op: string): Promise<RegionInfo> {
     const r = (await this.regions()).find((x) => x.index === index);
     if (!r) throw new VfioError('EINVAL', op, this.name, `no region ${index}`);
-    if (offset < 0 || BigInt(offset + length) > r.size) throw new VfioError('EINVAL', op, this.name, `[${offset}, ${offset + length}) is outside region ${index} (${r.size} bytes)`);
+    if (offset < 0 || BigInt(offset + length) > r.size)
+      throw new VfioError(
+        'EINVAL',
+        op,
+        this.name,
+        `[${offset}, ${offset + length}) is outside region ${index} (${r.size} bytes)`,
+      );
     return r;
   }
 
@@ -280,11 +299,18 @@ export function openCdev(path: string, iommu: string, sys: SysCalls = linuxSys):
       sys.ioctl(dev, VFIO_DEVICE_BIND_IOMMUFD, bind, 'VFIO_DEVICE_BIND_IOMMUFD', path);
     } catch (e) {
       if (!isVfioError(e, 'ENOTTY')) throw e;
-      throw new VfioError('ENOTTY', 'VFIO_DEVICE_BIND_IOMMUFD', path, 'not a VFIO device (cdev) node', { syscall: 'ioctl', cause: e, hint: 'not-a-device' });
+      throw new VfioError('ENOTTY', 'VFIO_DEVICE_BIND_IOMMUFD', path, 'not a VFIO device (cdev) node', {
+        syscall: 'ioctl',
+        cause: e,
+        hint: 'not-a-device',
+      });
     }
     const ioas = iommu_ioas_alloc.encode({ size: iommu_ioas_alloc.size });
     sys.ioctl(iommufd, IOMMU_IOAS_ALLOC, ioas, 'IOMMU_IOAS_ALLOC', iommu);
-    const attach = vfio_device_attach_iommufd_pt.encode({ argsz: vfio_device_attach_iommufd_pt.size, pt_id: iommu_ioas_alloc.decode(ioas).out_ioas_id });
+    const attach = vfio_device_attach_iommufd_pt.encode({
+      argsz: vfio_device_attach_iommufd_pt.size,
+      pt_id: iommu_ioas_alloc.decode(ioas).out_ioas_id,
+    });
     sys.ioctl(dev, VFIO_DEVICE_ATTACH_IOMMUFD_PT, attach, 'VFIO_DEVICE_ATTACH_IOMMUFD_PT', path);
     return new KernelDevice(path, dev, [iommufd], false, sys);
   } catch (e) {
@@ -294,16 +320,35 @@ export function openCdev(path: string, iommu: string, sys: SysCalls = linuxSys):
 }
 
 /** @internal The group/container open sequence; exported for the host tests with a fake SysCalls. */
-export function openGroup(group: string, device: string, containerPath: string, sys: SysCalls = linuxSys): KernelDevice {
+export function openGroup(
+  group: string,
+  device: string,
+  containerPath: string,
+  sys: SysCalls = linuxSys,
+): KernelDevice {
   const name = `${group}:${device}`;
   const fds: number[] = [];
   try {
     const container = sys.open(containerPath, 'open');
     fds.push(container);
     const api = sys.ioctl(container, VFIO_GET_API_VERSION, null, 'VFIO_GET_API_VERSION', containerPath);
-    if (api !== VFIO_API_VERSION) throw new VfioError('EINVAL', 'VFIO_GET_API_VERSION', containerPath, `unknown VFIO API version ${api}`);
-    if (sys.ioctlInt(container, VFIO_CHECK_EXTENSION, VFIO_TYPE1v2_IOMMU, 'VFIO_CHECK_EXTENSION(TYPE1v2)', containerPath) <= 0) {
-      throw new VfioError('ENOTTY', 'VFIO_CHECK_EXTENSION(TYPE1v2)', containerPath, 'the container does not support VFIO_TYPE1v2_IOMMU');
+    if (api !== VFIO_API_VERSION)
+      throw new VfioError('EINVAL', 'VFIO_GET_API_VERSION', containerPath, `unknown VFIO API version ${api}`);
+    if (
+      sys.ioctlInt(
+        container,
+        VFIO_CHECK_EXTENSION,
+        VFIO_TYPE1v2_IOMMU,
+        'VFIO_CHECK_EXTENSION(TYPE1v2)',
+        containerPath,
+      ) <= 0
+    ) {
+      throw new VfioError(
+        'ENOTTY',
+        'VFIO_CHECK_EXTENSION(TYPE1v2)',
+        containerPath,
+        'the container does not support VFIO_TYPE1v2_IOMMU',
+      );
     }
     const g = sys.open(group, 'open');
     fds.push(g);
@@ -312,10 +357,19 @@ export function openGroup(group: string, device: string, containerPath: string, 
       sys.ioctl(g, VFIO_GROUP_GET_STATUS, status, 'VFIO_GROUP_GET_STATUS', group);
     } catch (e) {
       if (!isVfioError(e, 'ENOTTY')) throw e;
-      throw new VfioError('ENOTTY', 'VFIO_GROUP_GET_STATUS', group, 'not a VFIO group node', { syscall: 'ioctl', cause: e, hint: 'not-a-device' });
+      throw new VfioError('ENOTTY', 'VFIO_GROUP_GET_STATUS', group, 'not a VFIO group node', {
+        syscall: 'ioctl',
+        cause: e,
+        hint: 'not-a-device',
+      });
     }
     if (!(vfio_group_status.decode(status).flags & VFIO_GROUP_FLAGS_VIABLE)) {
-      throw new VfioError('EBUSY', 'VFIO_GROUP_GET_STATUS', group, 'group is not viable: every device in it must be bound to a VFIO driver');
+      throw new VfioError(
+        'EBUSY',
+        'VFIO_GROUP_GET_STATUS',
+        group,
+        'group is not viable: every device in it must be bound to a VFIO driver',
+      );
     }
     const cfd = new Uint8Array(4);
     new DataView(cfd.buffer).setInt32(0, container, true);
@@ -327,7 +381,10 @@ export function openGroup(group: string, device: string, containerPath: string, 
     } catch (e) {
       if (!isVfioError(e)) throw e;
       // EBUSY: the device is there, but open elsewhere (its cdev, or another group fd).
-      const why = e.code === 'EBUSY' ? `device "${device}" in group ${group} is already open` : `no device "${device}" in group ${group}`;
+      const why =
+        e.code === 'EBUSY'
+          ? `device "${device}" in group ${group} is already open`
+          : `no device "${device}" in group ${group}`;
       throw new VfioError(e.code, e.op, name, why, { syscall: 'ioctl', cause: e });
     }
     return new KernelDevice(name, dev, [container, g], false, sys);
@@ -376,13 +433,25 @@ function assertVfioNode(path: string, driver: 'vfio-dev' | 'vfio'): void {
   const expect = driver === 'vfio-dev' ? '/dev/vfio/devices/vfioN' : '/dev/vfio/N:DEVICE';
   const st = statSync(path);
   if (!st.isCharacterDevice()) {
-    throw new VfioError('ENOTTY', 'open', path, `not a VFIO device: ${st.isDirectory() ? 'a directory' : 'not a character device'} (expected ${expect})`, { hint: 'not-a-device' });
+    throw new VfioError(
+      'ENOTTY',
+      'open',
+      path,
+      `not a VFIO device: ${st.isDirectory() ? 'a directory' : 'not a character device'} (expected ${expect})`,
+      { hint: 'not-a-device' },
+    );
   }
   const majors = charMajors();
   const major = (st.rdev >>> 8) & 0xfff;
   const name = majors.get(major);
   if (majors.size > 0 && name !== driver) {
-    throw new VfioError('ENOTTY', 'open', path, `not a VFIO device: a ${name ?? `major ${major}`} character device (expected ${expect})`, { hint: 'not-a-device' });
+    throw new VfioError(
+      'ENOTTY',
+      'open',
+      path,
+      `not a VFIO device: a ${name ?? `major ${major}`} character device (expected ${expect})`,
+      { hint: 'not-a-device' },
+    );
   }
 }
 
@@ -392,7 +461,11 @@ async function checkMigration(dev: KernelDevice): Promise<KernelDevice> {
     await dev.getState(); // so errors can name the state a transition started from
   } catch (e) {
     await dev.close();
-    if (isVfioError(e, 'ENOTTY')) throw new VfioError('ENOTTY', 'FEATURE_MIGRATION', dev.name, 'device does not support v2 migration', { syscall: 'ioctl', cause: e });
+    if (isVfioError(e, 'ENOTTY'))
+      throw new VfioError('ENOTTY', 'FEATURE_MIGRATION', dev.name, 'device does not support v2 migration', {
+        syscall: 'ioctl',
+        cause: e,
+      });
     throw e;
   }
   return dev;

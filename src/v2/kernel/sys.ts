@@ -44,7 +44,13 @@ let libc: Libc | null = null;
  * without migration. `probe` is for the test.
  */
 export function checkHostByteOrder(probe: Uint16Array = new Uint16Array([1])): void {
-  if (new Uint8Array(probe.buffer)[0] !== 1) throw new VfioError('ENOTSUP', 'load', 'the VFIO kernel backend', 'it needs a little-endian host (the uAPI structs are encoded little-endian)');
+  if (new Uint8Array(probe.buffer)[0] !== 1)
+    throw new VfioError(
+      'ENOTSUP',
+      'load',
+      'the VFIO kernel backend',
+      'it needs a little-endian host (the uAPI structs are encoded little-endian)',
+    );
 }
 
 function load(): Libc {
@@ -60,8 +66,8 @@ function load(): Libc {
     ioctlInt: lib.func('ioctl', 'int', ['int', 'unsigned long', 'unsigned long']),
     pread: lib.func('intptr_t pread64(int fd, void *buf, size_t count, int64_t offset)'),
     pwrite: lib.func('intptr_t pwrite64(int fd, const void *buf, size_t count, int64_t offset)'),
-    readAsync: lib.func('intptr_t read(int fd, void *buf, size_t count)') as unknown as AsyncFn,
-    writeAsync: lib.func('intptr_t write(int fd, const void *buf, size_t count)') as unknown as AsyncFn,
+    readAsync: lib.func('intptr_t read(int fd, void *buf, size_t count)'),
+    writeAsync: lib.func('intptr_t write(int fd, const void *buf, size_t count)'),
     syscall3: lib.func('long syscall(long nr, long a, long b, long c)'),
     mmap: lib.func('void *mmap(void *addr, size_t len, int prot, int flags, int fd, int64_t off)'),
     munmap: lib.func('int munmap(void *addr, size_t len)'),
@@ -70,7 +76,7 @@ function load(): Libc {
     poll: lib.func('int poll(void *fds, unsigned long nfds, int timeout)'),
     execve: lib.func('int execve(const char *path, const char **argv, const char **envp)'),
     signal: lib.func('void *signal(int sig, void *handler)'),
-  } as Libc;
+  };
   return libc;
 }
 
@@ -118,10 +124,19 @@ function retryEintr(call: () => number | bigint, op: string, device: string, sys
  * >= 3.2 carries it over). The buffer stays referenced by the closure until
  * the call returns, as koffi's transient-pointer rule requires.
  */
-async function asyncIo(fn: AsyncFn, fd: number, buf: Uint8Array, op: string, device: string, syscall: string): Promise<number> {
+async function asyncIo(
+  fn: AsyncFn,
+  fd: number,
+  buf: Uint8Array,
+  op: string,
+  device: string,
+  syscall: string,
+): Promise<number> {
   for (;;) {
     const r = await new Promise<number>((resolve, reject) =>
-      fn.async(fd, buf, buf.length, (err: unknown, res: number | bigint) => (err ? reject(err) : resolve(res < 0 ? -koffi.errno() : Number(res)))),
+      fn.async(fd, buf, buf.length, (err: Error | null, res: number | bigint) =>
+        err ? reject(err) : resolve(res < 0 ? -koffi.errno() : Number(res)),
+      ),
     );
     if (r >= 0) return r;
     const e = VfioError.fromErrno(-r, op, device, syscall);
@@ -199,7 +214,8 @@ export function sysPeerCredentials(sockFd: number, op: string, device: string): 
   const val = new Uint8Array(12);
   const len = new Uint8Array(4);
   new DataView(len.buffer).setUint32(0, val.length, true);
-  if (load().getsockopt(sockFd, SOL_SOCKET, SO_PEERCRED, val, len) < 0) throw fail(op, device, 'getsockopt', 'SO_PEERCRED');
+  if (load().getsockopt(sockFd, SOL_SOCKET, SO_PEERCRED, val, len) < 0)
+    throw fail(op, device, 'getsockopt', 'SO_PEERCRED');
   const v = new DataView(val.buffer);
   return { pid: v.getInt32(0, true), uid: v.getUint32(4, true), gid: v.getUint32(8, true) };
 }
@@ -214,7 +230,8 @@ export function sysPeerPidfd(sockFd: number, pid: number, op: string, device: st
   const val = new Uint8Array(4);
   const len = new Uint8Array(4);
   new DataView(len.buffer).setUint32(0, val.length, true);
-  if (load().getsockopt(sockFd, SOL_SOCKET, SO_PEERPIDFD, val, len) === 0) return new DataView(val.buffer).getInt32(0, true);
+  if (load().getsockopt(sockFd, SOL_SOCKET, SO_PEERPIDFD, val, len) === 0)
+    return new DataView(val.buffer).getInt32(0, true);
   const e = fail(op, device, 'getsockopt', 'SO_PEERPIDFD');
   if (e.code !== 'ENOPROTOOPT') throw e;
   return sysPidfdOpen(pid, op, device);

@@ -43,11 +43,14 @@ export interface SimFaults {
 
 /** SimFaults as the device holds them: a frozen copy, so reading them cannot change them. */
 export type FrozenFaults = {
-  readonly [K in keyof SimFaults]: SimFaults[K] extends Array<infer E> | undefined ? ReadonlyArray<Readonly<E>> : SimFaults[K];
+  readonly [K in keyof SimFaults]: SimFaults[K] extends Array<infer E> | undefined
+    ? ReadonlyArray<Readonly<E>>
+    : SimFaults[K];
 };
 
 function frozenCopy(faults: SimFaults): FrozenFaults {
-  const list = <E extends object>(l: E[] | undefined) => (l ? Object.freeze(l.map((e) => Object.freeze({ ...e }))) : undefined);
+  const list = <E extends object>(l: E[] | undefined) =>
+    l ? Object.freeze(l.map((e) => Object.freeze({ ...e }))) : undefined;
   const copy: FrozenFaults = {
     ...faults,
     failArc: list(faults.failArc),
@@ -55,7 +58,8 @@ function frozenCopy(faults: SimFaults): FrozenFaults {
     writeErrors: list(faults.writeErrors),
   };
   // Absent stays absent, so a copy reads back like the options it came from.
-  for (const k of ['failArc', 'readErrors', 'writeErrors'] as const) if (copy[k] === undefined) delete (copy as SimFaults)[k];
+  for (const k of ['failArc', 'readErrors', 'writeErrors'] as const)
+    if (copy[k] === undefined) delete (copy as SimFaults)[k];
   return Object.freeze(copy);
 }
 
@@ -122,7 +126,11 @@ export class IoFaultCounters {
   }
 }
 
-function take(faults: ReadonlyArray<Readonly<SimIoFault>> | undefined, left: number[], calls: number): string | undefined {
+function take(
+  faults: ReadonlyArray<Readonly<SimIoFault>> | undefined,
+  left: number[],
+  calls: number,
+): string | undefined {
   const i = (faults ?? []).findIndex((f, j) => calls >= (f.after ?? 0) && left[j]! > 0);
   if (i < 0) return undefined;
   left[i]!--;

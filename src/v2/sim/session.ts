@@ -96,7 +96,9 @@ export class SaveSession {
   pending(): [bigint, bigint] {
     const d = this.#geo;
     let initial = BigInt(this.#header.length - this.#headerPos);
-    initial += BigInt((d.pageCount - this.#sweepNext) * RECORD_HEADER) + BigInt(d.stateSize - Math.min(d.stateSize, this.#sweepNext * d.pageSize));
+    initial +=
+      BigInt((d.pageCount - this.#sweepNext) * RECORD_HEADER) +
+      BigInt(d.stateSize - Math.min(d.stateSize, this.#sweepNext * d.pageSize));
     let dirty = 0n;
     for (const p of this.#dirty) dirty += BigInt(RECORD_HEADER + d.pageLength(p));
     if (this.#current) {
@@ -304,7 +306,12 @@ export class ResumeSession {
     while (i + RECORD_HEADER <= data.length) {
       const page = view.getUint32(i + REC.page.offset, true);
       const length = view.getUint32(i + REC.length.offset, true);
-      if (view.getUint32(i + REC.kind.offset, true) !== RECORD_PAGE || page >= pageCount || length !== d.pageLength(page)) break;
+      if (
+        view.getUint32(i + REC.kind.offset, true) !== RECORD_PAGE ||
+        page >= pageCount ||
+        length !== d.pageLength(page)
+      )
+        break;
       const at = i + RECORD_HEADER;
       if (at + length > data.length) break;
       const version = view.getUint32(i + REC.version.offset, true);
@@ -343,7 +350,13 @@ export class ResumeSession {
       this.#error = `bad record (kind ${r.kind}, page ${r.page}, length ${r.length})`;
       return;
     }
-    this.#rec = { page: r.page, version: r.version, length: r.length, window: pageWindow(this.#seed, r.page, r.version), pos: 0 };
+    this.#rec = {
+      page: r.page,
+      version: r.version,
+      length: r.length,
+      window: pageWindow(this.#seed, r.page, r.version),
+      pos: 0,
+    };
   }
 
   /** The state the stream carried, for the device to take once verdict() is null. */
@@ -357,7 +370,8 @@ export class ResumeSession {
     if (this.#bytes === 0) return 'no data was written (empty resume)';
     if (this.#headerPos < this.#headerBuf.length) return `truncated: ${this.#bytes} bytes, stream header incomplete`;
     if (!this.#ended) return `truncated: ${this.#bytes} bytes and no end record`;
-    if (this.#receivedCount !== this.#geo.pageCount) return `incomplete: ${this.#receivedCount} of ${this.#geo.pageCount} pages`;
+    if (this.#receivedCount !== this.#geo.pageCount)
+      return `incomplete: ${this.#receivedCount} of ${this.#geo.pageCount} pages`;
     return null;
   }
 }
@@ -394,7 +408,8 @@ export class SimStream implements DataStream {
 
   #check(op: string): void {
     if (this.#closed) throw new VfioError('EBADF', op, this.#port.name, 'data stream already closed');
-    if (this.#torn) throw new VfioError('ENODEV', op, this.#port.name, 'migration session ended (state change or reset)');
+    if (this.#torn)
+      throw new VfioError('ENODEV', op, this.#port.name, 'migration session ended (state change or reset)');
   }
 
   /** This session's fault counters under the plan armed now (new counters when it was replaced). */
@@ -459,7 +474,12 @@ export class SimStream implements DataStream {
     this.#check(op);
     const s = this.#port.state();
     if (!this.save || (s !== MigState.PRE_COPY && s !== MigState.PRE_COPY_P2P)) {
-      throw new VfioError('EINVAL', op, this.#port.name, `valid only in PRE_COPY states (device is ${migStateName(s)})`);
+      throw new VfioError(
+        'EINVAL',
+        op,
+        this.#port.name,
+        `valid only in PRE_COPY states (device is ${migStateName(s)})`,
+      );
     }
     const [initialBytes, dirtyBytes] = this.save.pending();
     return { initialBytes, dirtyBytes };

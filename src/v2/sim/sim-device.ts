@@ -12,7 +12,15 @@ import { arcEndsStream, arcOpensStream, isSavingState, nextState } from '../fsm.
 import { MIG_FLAGS_ALL, MigState, MIG_STATE_COUNT, PAGE, isMigFlagSet, migStateName } from '../uapi.js';
 import { Prng, fnv1a32, pageWindow } from './content.js';
 import { FaultPlan, type FrozenFaults, type SimFaults } from './faults.js';
-import { Geometry, RECORD_HEADER, ResumeSession, SaveSession, SimStream, type Content, type SessionPort } from './session.js';
+import {
+  Geometry,
+  RECORD_HEADER,
+  ResumeSession,
+  SaveSession,
+  SimStream,
+  type Content,
+  type SessionPort,
+} from './session.js';
 
 export type { FrozenFaults, SimArcFault, SimFaults, SimIoFault } from './faults.js';
 
@@ -86,7 +94,12 @@ export class SimDevice implements V2Device {
     }
     this.stateSize = options.stateSize ?? (mtty ? (options.ports === 1 ? 60 : 96) : 1 << 20);
     if (!Number.isSafeInteger(this.stateSize) || this.stateSize < 0 || this.stateSize > SIM_MAX_STATE_SIZE) {
-      throw new VfioError('EINVAL', 'createSimDevice', 'sim', `stateSize must be a byte count of at most ${SIM_MAX_STATE_SIZE} (got ${options.stateSize})`);
+      throw new VfioError(
+        'EINVAL',
+        'createSimDevice',
+        'sim',
+        `stateSize must be a byte count of at most ${SIM_MAX_STATE_SIZE} (got ${options.stateSize})`,
+      );
     }
     this.pageSize = options.pageSize ?? PAGE;
     this.initialSeed = (options.seed ?? 1) >>> 0;
@@ -94,7 +107,8 @@ export class SimDevice implements V2Device {
     this.resumeFailure = options.resumeFailure ?? 'stay';
     this.resetKeepsState = options.resetKeepsState ?? false;
     this.#faults = new FaultPlan(options.faults);
-    this.name = options.name ?? `sim:${this.profile === 'mtty' ? 'mtty:' : ''}flags=${this.flags},size=${this.stateSize}`;
+    this.name =
+      options.name ?? `sim:${this.profile === 'mtty' ? 'mtty:' : ''}flags=${this.flags},size=${this.stateSize}`;
     this.model = fnv1a32(`${this.profile}|${this.flags}|${this.stateSize}|${this.pageSize}`);
     this.#geo = new Geometry(this.model, this.pageSize, this.stateSize);
     this.pageCount = this.#geo.pageCount;
@@ -167,7 +181,8 @@ export class SimDevice implements V2Device {
   async setState(target: MigState): Promise<DataStream | null> {
     const op = `SET_STATE ${migStateName(this.#state)}->${migStateName(target)}`;
     this.#live(op);
-    if (!Number.isInteger(target) || target < 0 || target >= MIG_STATE_COUNT) {
+    const n: number = target; // from a caller: may be any number
+    if (!Number.isInteger(n) || n < 0 || n >= MIG_STATE_COUNT) {
       throw new VfioError('EINVAL', op, this.name, `no such state ${target}`);
     }
     let opened: SimStream | null = null;
@@ -200,7 +215,10 @@ export class SimDevice implements V2Device {
         const why = s.resume.verdict();
         if (why) {
           if (this.resumeFailure === 'error') this.#fail();
-          throw new VfioError('EINVAL', op, this.name, `resume data rejected: ${why}`, { details: { arc: [from, to] }, hint: 'resume-rejected' });
+          throw new VfioError('EINVAL', op, this.name, `resume data rejected: ${why}`, {
+            details: { arc: [from, to] },
+            hint: 'resume-rejected',
+          });
         }
         this.#content = s.resume.loaded();
       }
@@ -242,7 +260,9 @@ export class SimDevice implements V2Device {
 
   /** The device runs for a while and changes `pages` pages of its state (only while RUNNING-ish). */
   runFor(pages: number): void {
-    const running = [MigState.RUNNING, MigState.RUNNING_P2P, MigState.PRE_COPY, MigState.PRE_COPY_P2P].includes(this.#state);
+    const running = [MigState.RUNNING, MigState.RUNNING_P2P, MigState.PRE_COPY, MigState.PRE_COPY_P2P].includes(
+      this.#state,
+    );
     if (!running || this.pageCount === 0) return;
     for (let i = 0; i < pages; i++) {
       const p = this.#prng.next(this.pageCount);
