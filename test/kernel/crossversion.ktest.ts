@@ -6,59 +6,19 @@
  * scripts/kernel/fetch-qemu.sh; both run `-M pc-i440fx-7.2`.
  */
 import { spawnSync } from 'node:child_process';
-import { existsSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { MigState, openKernelDevice } from '../../src/index.js';
+import { MigState } from '../../src/index.js';
 import { qemuBinary, Vmm, type QemuVersion } from './qemu-vmm.js';
+import { A, B, SCR, scratch, setScratch, toRunning, waitRunning } from './guest-devices.js';
 
-const A = process.env.VFIOMIG_A!;
-const B = process.env.VFIOMIG_B!;
-const SCR = 7; // UART scratch register, which mtty migrates
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-const cdevOf = (u: string) => `/dev/vfio/devices/${readdirSync(`/sys/bus/mdev/devices/${u}/vfio-dev`)[0]}`;
 // v1 device_state values as the v2 states they stand for (docs/protocol.md): the bridge's trace records the VMM's writes.
 const V1_AS_V2: Record<number, string> = { 0: 'STOP', 1: 'RUNNING', 2: 'STOP_COPY', 3: 'PRE_COPY', 4: 'RESUMING' };
-
-/** The device's migration state as the last user left it; then back to RUNNING for the next test. */
-async function toRunning(uuid: string): Promise<MigState> {
-  const d = await openKernelDevice(cdevOf(uuid));
-  const before = await d.getState();
-  if (before !== MigState.RUNNING) await d.reset();
-  await d.close();
-  return before;
-}
 
 afterEach(async () => {
   await toRunning(A);
   await toRunning(B);
 });
-
-async function scratch(uuid: string): Promise<number[]> {
-  const d = await openKernelDevice(cdevOf(uuid));
-  try {
-    return [(await d.regionRead(0, SCR, 1))[0]!, (await d.regionRead(1, SCR, 1))[0]!];
-  } finally {
-    await d.close();
-  }
-}
-
-async function setScratch(uuid: string, values: number[]): Promise<void> {
-  const d = await openKernelDevice(cdevOf(uuid));
-  try {
-    await d.regionWrite(0, SCR, Uint8Array.of(values[0]!));
-    await d.regionWrite(1, SCR, Uint8Array.of(values[1]!));
-  } finally {
-    await d.close();
-  }
-}
-
-async function waitRunning(vm: Vmm): Promise<void> {
-  for (let i = 0; i < 300; i++) {
-    if (/VM status: running/.test(await vm.hmp('info status'))) return;
-    await sleep(200);
-  }
-  throw new Error(`destination never ran:\n${vm.stderr}`);
-}
 
 /**
  * One end of a cross-version migration: 7.2 always under `vfio-mig exec`

@@ -6,49 +6,20 @@
  * the source's; two saves of the VM are compared with `diff`.
  */
 import { spawnSync } from 'node:child_process';
-import { readFileSync, readdirSync, rmSync } from 'node:fs';
+import { readFileSync, rmSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { MigState, openKernelDevice } from '../../src/index.js';
 import { Vmm } from './qemu-vmm.js';
+import { A, B, cdevOf, SCR, scratch, setScratch, toRunning } from './guest-devices.js';
 
-const A = process.env.VFIOMIG_A!;
-const B = process.env.VFIOMIG_B!;
 const CLI = resolve(import.meta.dirname, '../../dist/cli/main.js');
-const SCR = 7; // UART scratch register, which mtty migrates
-const cdevOf = (u: string) => `/dev/vfio/devices/${readdirSync(`/sys/bus/mdev/devices/${u}/vfio-dev`)[0]}`;
 const cli = (...args: string[]) =>
   spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', maxBuffer: 1 << 28 });
-
-async function toRunning(uuid: string): Promise<void> {
-  const d = await openKernelDevice(cdevOf(uuid));
-  if ((await d.getState()) !== MigState.RUNNING) await d.reset();
-  await d.close();
-}
 
 afterEach(async () => {
   await toRunning(A);
   await toRunning(B);
 });
-
-async function scratch(uuid: string): Promise<number[]> {
-  const d = await openKernelDevice(cdevOf(uuid));
-  try {
-    return [(await d.regionRead(0, SCR, 1))[0]!, (await d.regionRead(1, SCR, 1))[0]!];
-  } finally {
-    await d.close();
-  }
-}
-
-async function setScratch(uuid: string, values: number[]): Promise<void> {
-  const d = await openKernelDevice(cdevOf(uuid));
-  try {
-    await d.regionWrite(0, SCR, Uint8Array.of(values[0]!));
-    await d.regionWrite(1, SCR, Uint8Array.of(values[1]!));
-  } finally {
-    await d.close();
-  }
-}
 
 /** An mtty VM on device A under QEMU 7.2 + `vfio-mig exec`, its UART scratch registers set to `values`, saved to `file`. */
 async function saveVm(name: string, values: number[], file: string): Promise<void> {

@@ -5,20 +5,16 @@
  * same VM's migration is refused.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { resolve } from 'node:path';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { MigState, openKernelDevice } from '../../src/index.js';
+import { MigState } from '../../src/index.js';
 import { preloadLibrary } from '../../src/service/preload-library.js';
 import { Vmm, VmmExited } from './qemu-vmm.js';
+import { A, B, cdevOf, SCR, scratch, setScratch, sleep, toRunning, waitRunning } from './guest-devices.js';
 
-const A = process.env.VFIOMIG_A!;
-const B = process.env.VFIOMIG_B!;
 const CLI = resolve(import.meta.dirname, '../../dist/cli/main.js');
-const SCR = 7; // UART scratch register, which mtty migrates
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-const cdevOf = (u: string) => `/dev/vfio/devices/${readdirSync(`/sys/bus/mdev/devices/${u}/vfio-dev`)[0]}`;
 const traceOf = (file: string) =>
   readFileSync(file, 'utf8')
     .trim()
@@ -36,48 +32,12 @@ const traceOf = (file: string) =>
         },
     );
 
-/** Between VMs: the device back in RUNNING (a session left by a dead process is reset: mtty oopses otherwise). */
-async function toRunning(uuid: string): Promise<MigState> {
-  const d = await openKernelDevice(cdevOf(uuid));
-  const before = await d.getState();
-  if (before !== MigState.RUNNING) await d.reset();
-  await d.close();
-  return before;
-}
-
 // A failed test must not hand the next one (or the next file) a device mid-session: the dead service's or
 // VMM's data_fd took the session with it, so reset before anyone steps an arc.
 afterEach(async () => {
   await toRunning(A);
   await toRunning(B);
 });
-
-async function scratch(uuid: string): Promise<number[]> {
-  const d = await openKernelDevice(cdevOf(uuid));
-  try {
-    return [(await d.regionRead(0, SCR, 1))[0]!, (await d.regionRead(1, SCR, 1))[0]!];
-  } finally {
-    await d.close();
-  }
-}
-
-async function setScratch(uuid: string, values: number[]): Promise<void> {
-  const d = await openKernelDevice(cdevOf(uuid));
-  try {
-    await d.regionWrite(0, SCR, Uint8Array.of(values[0]!));
-    await d.regionWrite(1, SCR, Uint8Array.of(values[1]!));
-  } finally {
-    await d.close();
-  }
-}
-
-async function waitRunning(vm: Vmm): Promise<void> {
-  for (let i = 0; i < 300; i++) {
-    if (/VM status: running/.test(await vm.hmp('info status'))) return;
-    await sleep(200);
-  }
-  throw new Error(`destination never ran:\n${vm.stderr}`);
-}
 
 /** `vfio-mig serve` in its own process, for the cases where it or the VMM dies. */
 async function startServe(

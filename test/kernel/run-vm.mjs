@@ -66,7 +66,8 @@ const filter = ['VFIOMIG_FILTER', 'VFIOMIG_CMD']
   .map((k) => ` ${k}=${process.env[k]}`)
   .join('');
 const append = [
-  'console=ttyS0 quiet panic=-1',
+  // no_timer_check: under a loaded host, TCG's timer check can fail the boot ("IO-APIC + timer doesn't work").
+  'console=ttyS0 quiet panic=-1 no_timer_check',
   'root=hostroot rootfstype=9p rootflags=trans=virtio,version=9p2000.L,msize=512000 ro',
   `init=${project}/test/kernel/guest-init.sh`,
   `VFIOMIG_PROJECT=${project}${filter}`,

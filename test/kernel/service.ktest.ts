@@ -21,19 +21,14 @@ import {
 } from 'node:fs';
 import { resolve } from 'node:path';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { MigState, openKernelDevice } from '../../src/index.js';
 import { checkVfioDeviceFd } from '../../src/service/peer.js';
 import { preloadLibrary } from '../../src/service/preload-library.js';
 import { WireOp } from '../../src/service/wire.js';
 import { WireClient, u32 } from '../service/wire-client.js';
 import { QEMU_TREES, Vmm } from './qemu-vmm.js';
+import { A, B, cdevOf, SCR, scratch, sleep, toRunning, waitRunning } from './guest-devices.js';
 
-const A = process.env.VFIOMIG_A!;
-const B = process.env.VFIOMIG_B!;
 const CLI = resolve(import.meta.dirname, '../../dist/cli/main.js');
-const SCR = 7;
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-const cdevOf = (u: string) => `/dev/vfio/devices/${readdirSync(`/sys/bus/mdev/devices/${u}/vfio-dev`)[0]}`;
 const groupOf = (u: string) => `/dev/vfio/${readlinkSync(`/sys/bus/mdev/devices/${u}/iommu_group`).split('/').pop()}`;
 // nobody can read neither the checkout (it may be 0700) nor root's files: the interposer is copied to /tmp.
 const PRELOAD = '/tmp/libvfio-mig-preload.so';
@@ -48,31 +43,6 @@ const AS_NOBODY = [
   '--clear-groups',
   '--',
 ];
-
-async function toRunning(uuid: string): Promise<MigState> {
-  const d = await openKernelDevice(cdevOf(uuid));
-  const before = await d.getState();
-  if (before !== MigState.RUNNING) await d.reset();
-  await d.close();
-  return before;
-}
-
-async function scratch(uuid: string): Promise<number[]> {
-  const d = await openKernelDevice(cdevOf(uuid));
-  try {
-    return [(await d.regionRead(0, SCR, 1))[0]!, (await d.regionRead(1, SCR, 1))[0]!];
-  } finally {
-    await d.close();
-  }
-}
-
-async function waitRunning(vm: Vmm): Promise<void> {
-  for (let i = 0; i < 300; i++) {
-    if (/VM status: running/.test(await vm.hmp('info status'))) return;
-    await sleep(200);
-  }
-  throw new Error(`destination never ran:\n${vm.stderr}`);
-}
 
 interface Serve {
   proc: ChildProcess;
