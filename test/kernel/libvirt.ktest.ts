@@ -398,6 +398,7 @@ describe('libvirt 9.0 with vfio-mig serve and <qemu:env>', () => {
     const up = await waitLibvirtd();
     expect((await virshOk('domstate', 'kept')).stdout.trim()).toBe('running');
     expect(qemuPid('kept')).toBe(pid);
+    expect(svc.log()).not.toMatch(new RegExp(`\\(VMM pid ${pid}\\) done:`)); // its bridge session is still open
     expect(await scratchVia('kept', ports)).toEqual([0x77, 0x88]);
     await virshOk('save', 'kept', '/tmp/kept.save');
     await clobber();
