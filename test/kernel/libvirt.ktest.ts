@@ -298,6 +298,9 @@ describe('libvirt 9.0 without the bridge', () => {
     expect(readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0')).not.toContain('-sandbox');
     expect(sh('readlink', `/proc/${pid}/ns/mnt`)).not.toBe(sh('readlink', '/proc/self/ns/mnt'));
     expect(existsSync(`/proc/${pid}/cgroup`)).toBe(false);
+    const live = (await virshOk('dumpxml', 'plain')).stdout;
+    expect(live).toMatch(new RegExp(`<seclabel type='dynamic' model='dac' relabel='yes'>\\s*<label>\\+${QEMU_UID}:\\+${QEMU_UID}</label>`));
+    expect(live).not.toMatch(/model='(apparmor|selinux)'/);
     const save = await virsh('save', 'plain', '/tmp/plain.save');
     expect(save.status).toBe(1);
     expect(save.stderr).toMatch(/VFIO device doesn't support migration/);
