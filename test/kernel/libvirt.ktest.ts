@@ -2,8 +2,8 @@
  * Debian 12's libvirt 9.0 (libvirtd and virtlogd from the host's root, state
  * on tmpfs) runs QEMU 7.2 as libvirt-qemu with an mtty mdev in the guest:
  * unbridged, `virsh save` is refused; through `vfio-mig serve` and
- * `<qemu:env>`, save/restore, a live external memory snapshot, destroy and a
- * libvirtd restart keep the UART scratch values and leave the device usable.
+ * `<qemu:env>`, save/restore, a live external memory snapshot and a libvirtd
+ * restart keep the UART scratch values; destroy leaves no QEMU behind.
  * libvirt runs with its defaults (no qemu.conf): on this kernel (no cgroups,
  * seccomp or LSM) they start QEMU with no cgroup, no -sandbox and no MAC
  * label, in a private mount namespace with DAC ownership (the first test).
@@ -21,7 +21,8 @@ const E = '83b8f4f2-509f-382f-3c1e-e6bfe0fa1017';
 const MTTY_TYPE = '/sys/class/mdev_bus/mtty/mdev_supported_types/mtty-2';
 const SCR = 7; // UART scratch register, which mtty migrates
 const QEMU_USER = 'libvirt-qemu'; // libvirt's built-in default user and group (Debian)
-const QEMU_UID = 64055;
+// Its uid: the host's when libvirt-daemon-system made the user, else the one added in the guest (prepareHost).
+let QEMU_UID = 64055;
 const RUN = '/run/vfio-mig';
 const SOCKET = `${RUN}/bridge.sock`;
 const PRELOAD = `${RUN}/libvfio-mig-preload.so`; // readable by libvirt-qemu
@@ -233,7 +234,9 @@ function prepareHost(): void {
   bindCopy('/etc/libvirt', ''); // writable, without a qemu.conf: libvirt's defaults
   rmSync('/etc/libvirt/qemu.conf', { force: true });
   // As libvirt-daemon-system's postinst would add them.
-  if (!/^libvirt-qemu:/m.test(readFileSync('/etc/passwd', 'utf8'))) {
+  const known = /^libvirt-qemu:[^:]*:(\d+):/m.exec(readFileSync('/etc/passwd', 'utf8'));
+  if (known) QEMU_UID = Number(known[1]);
+  else {
     bindCopy('/etc/passwd', `${QEMU_USER}:x:${QEMU_UID}:${QEMU_UID}:Libvirt Qemu:/var/lib/libvirt:/usr/sbin/nologin\n`);
     bindCopy('/etc/group', `${QEMU_USER}:x:${QEMU_UID}:\n`);
   }
@@ -299,7 +302,7 @@ describe('libvirt 9.0 without the bridge', () => {
     expect(sh('readlink', `/proc/${pid}/ns/mnt`)).not.toBe(sh('readlink', '/proc/self/ns/mnt'));
     expect(existsSync(`/proc/${pid}/cgroup`)).toBe(false);
     const live = (await virshOk('dumpxml', 'plain')).stdout;
-    expect(live).toMatch(new RegExp(`<seclabel type='dynamic' model='dac' relabel='yes'>\\s*<label>\\+${QEMU_UID}:\\+${QEMU_UID}</label>`));
+    expect(live).toMatch(new RegExp(`<seclabel type='dynamic' model='dac' relabel='yes'>\\s*<label>\\+${QEMU_UID}:\\+\\d+</label>`));
     expect(live).not.toMatch(/model='(apparmor|selinux)'/);
     const save = await virsh('save', 'plain', '/tmp/plain.save');
     expect(save.status).toBe(1);
