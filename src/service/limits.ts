@@ -56,16 +56,16 @@ export class ConnectionCount {
   }
 
   release(uid: number, process: string): void {
-    for (const [map, key] of [
-      [this.#perUid, uid],
-      [this.#perProcess, process],
-    ] as const) {
-      const n = ((map as Map<unknown, number>).get(key) ?? 0) - 1;
-      if (n > 0) (map as Map<unknown, number>).set(key, n);
-      else (map as Map<unknown, number>).delete(key);
-    }
+    decrement(this.#perUid, uid);
+    decrement(this.#perProcess, process);
     this.#total--;
   }
+}
+
+function decrement<K>(counts: Map<K, number>, key: K): void {
+  const n = (counts.get(key) ?? 0) - 1;
+  if (n > 0) counts.set(key, n);
+  else counts.delete(key);
 }
 
 /**
