@@ -5,8 +5,9 @@
  * systemd already made and passed (LISTEN_FDS).
  */
 import { connect, createServer, type Server } from 'node:net';
-import { chmodSync, chownSync, existsSync, lstatSync, rmSync } from 'node:fs';
-import { dirname, resolve as resolvePath } from 'node:path';
+import { chmodSync, chownSync, existsSync, lstatSync, mkdtempSync, renameSync, rmSync } from 'node:fs';
+import { dirname, join, resolve as resolvePath } from 'node:path';
+import { isMainThread } from 'node:worker_threads';
 import { VfioError } from '../errors.js';
 
 /** sockaddr_un holds 108 bytes with the NUL: a longer path would be cut short silently. */
@@ -64,15 +65,20 @@ export async function listenUnix(opts: ListenOptions): Promise<Server> {
   if (!old && !existsSync(dirname(resolvePath(path))))
     throw new VfioError('ENOENT', 'serve', path, `no directory ${dirname(resolvePath(path))}`);
   if (old) rmSync(path);
-  const umask = process.umask(0o177);
+  // Created unreachable, opened up only after: in the main thread through the
+  // umask; a worker (which may not set it) binds in a fresh 0700 directory and
+  // moves the finished socket into place.
+  const bound = isMainThread ? path : join(mkdtempSync(join(dirname(resolvePath(path)), '.vfio-mig-')), 's');
+  const umask = isMainThread ? process.umask(0o177) : null;
   try {
-    await listening(server, path, path);
+    await listening(server, path, bound);
   } finally {
-    process.umask(umask);
+    if (umask !== null) process.umask(umask);
   }
   try {
-    if (opts.socketGid !== undefined) chownSync(path, -1, opts.socketGid);
-    chmodSync(path, mode);
+    if (opts.socketGid !== undefined) chownSync(bound, -1, opts.socketGid);
+    chmodSync(bound, mode);
+    if (bound !== path) renameSync(bound, path);
   } catch (e) {
     server.close();
     rmSync(path, { force: true });
@@ -81,9 +87,11 @@ export async function listenUnix(opts: ListenOptions): Promise<Server> {
       err.code ?? 'EIO',
       'serve',
       path,
-      `cannot set the socket's ${err.syscall === 'chown' ? `group to ${opts.socketGid}` : `mode to 0${mode.toString(8)}`}: ${err.message}`,
+      `cannot set the socket's ${err.syscall === 'chown' ? `group to ${opts.socketGid}` : err.syscall === 'rename' ? 'place' : `mode to 0${mode.toString(8)}`}: ${err.message}`,
       { cause: e },
     );
+  } finally {
+    if (bound !== path) rmSync(dirname(bound), { recursive: true, force: true });
   }
   return server;
 }

@@ -6,9 +6,11 @@
  * attack a raw client (test/service/wire-client.ts) made on the service.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { closeSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { Worker } from 'node:worker_threads';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { MigState, createSimDevice, type SimDevice } from '../../src/index.js';
 import { startBridgeService, type BridgeService, type BridgeServiceOptions } from '../../src/service/bridge-service.js';
@@ -242,6 +244,33 @@ describe('the process, not the socket', () => {
     rmSync(go);
     expect(out).toBe('reply 0\nreply 0\nclosed\n');
     expect(await dev.getState().catch(() => MigState.RUNNING)).toBe(MigState.RUNNING);
+  });
+});
+
+describe('the socket', () => {
+  it('is made with the mode asked, in the main thread (umask) and in a worker thread (a private directory, then moved)', async () => {
+    const dist = pathToFileURL(join(root, 'dist/service/bridge-service.js')).href;
+    const script = join(dir, 'worker.mjs');
+    writeFileSync(
+      script,
+      `import { parentPort, workerData } from 'node:worker_threads';
+import { statSync, readdirSync } from 'node:fs';
+import { dirname } from 'node:path';
+const { startBridgeService } = await import(${JSON.stringify(dist)});
+const s = await startBridgeService({ socketPath: workerData, socketMode: 0o660 });
+parentPort.postMessage({ mode: statSync(workerData).mode & 0o777, left: readdirSync(dirname(workerData)).filter((f) => f.startsWith('.vfio-mig-')) });
+await s.close();
+`,
+    );
+    const path = join(dir, 'w.sock');
+    const seen = await new Promise((done, fail) => {
+      const w = new Worker(script, { workerData: path });
+      w.once('message', done);
+      w.once('error', fail);
+    });
+    expect(seen).toEqual({ mode: 0o660, left: [] });
+    const s = await serve({ socketMode: 0o640 });
+    expect(statSync(s.socketPath).mode & 0o777).toBe(0o640);
   });
 });
 
