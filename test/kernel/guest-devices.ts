@@ -1,9 +1,12 @@
 /**
  * The guest's mtty devices as the kernel tests use them: the cdev of an
  * mdev, back to RUNNING between tests, the UART scratch registers mtty
- * migrates, and a VM waited on until it runs.
+ * migrates, a VM waited on until it runs, and `vfio-mig serve` in a
+ * process of its own.
  */
+import { spawn, type ChildProcess } from 'node:child_process';
 import { readdirSync } from 'node:fs';
+import { resolve } from 'node:path';
 import { MigState, openKernelDevice } from '../../src/index.js';
 import type { Vmm } from './qemu-vmm.js';
 
@@ -55,4 +58,29 @@ export async function waitRunning(vm: Vmm): Promise<void> {
     await sleep(200);
   }
   throw new Error(`destination never ran:\n${vm.stderr}`);
+}
+
+const CLI = resolve(import.meta.dirname, '../../dist/cli/main.js');
+
+export interface Serve {
+  proc: ChildProcess;
+  log: () => string;
+  /** Waits until the service's log matches `re` (60 s at most). */
+  waitLog(re: RegExp, ms?: number): Promise<void>;
+}
+
+/** `vfio-mig serve ARGS` in its own process, once it says it is serving. */
+export async function startServe(args: string[]): Promise<Serve> {
+  const proc = spawn(process.execPath, [CLI, 'serve', ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let log = '';
+  proc.stderr.on('data', (d: Buffer) => (log += d.toString()));
+  const waitLog = async (re: RegExp, ms = 60_000) => {
+    const t0 = Date.now();
+    while (!re.test(log)) {
+      if (Date.now() - t0 > ms) throw new Error(`serve never logged ${re}:\n${log}`);
+      await sleep(100);
+    }
+  };
+  await waitLog(/serving on/);
+  return { proc, log: () => log, waitLog };
 }

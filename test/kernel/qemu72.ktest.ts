@@ -4,7 +4,7 @@
  * bridge service and the bridge (docs/interposer.md). Without the bridge the
  * same VM's migration is refused.
  */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { resolve } from 'node:path';
@@ -12,7 +12,7 @@ import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { MigState } from '../../src/index.js';
 import { preloadLibrary } from '../../src/service/preload-library.js';
 import { Vmm, VmmExited } from './qemu-vmm.js';
-import { A, B, cdevOf, SCR, scratch, setScratch, sleep, toRunning, waitRunning } from './guest-devices.js';
+import { A, B, cdevOf, SCR, scratch, setScratch, sleep, startServe, toRunning, waitRunning } from './guest-devices.js';
 
 const CLI = resolve(import.meta.dirname, '../../dist/cli/main.js');
 const traceOf = (file: string) =>
@@ -38,27 +38,6 @@ afterEach(async () => {
   await toRunning(A);
   await toRunning(B);
 });
-
-/** `vfio-mig serve` in its own process, for the cases where it or the VMM dies. */
-async function startServe(
-  socket: string,
-  trace: string,
-): Promise<{ proc: ChildProcess; log: () => string; waitLog: (re: RegExp, ms?: number) => Promise<void> }> {
-  const proc = spawn(process.execPath, [CLI, 'serve', '--socket', socket, '--trace', trace], {
-    stdio: ['ignore', 'ignore', 'pipe'],
-  });
-  let log = '';
-  proc.stderr.on('data', (d) => (log += d));
-  const waitLog = async (re: RegExp, ms = 60_000) => {
-    const t0 = Date.now();
-    while (!re.test(log)) {
-      if (Date.now() - t0 > ms) throw new Error(`serve never logged ${re}:\n${log}`);
-      await sleep(100);
-    }
-  };
-  await waitLog(/serving on/);
-  return { proc, log: () => log, waitLog };
-}
 
 async function waitTrace(
   file: string,
@@ -232,7 +211,7 @@ describe('QEMU 7.2 with the interposer: failures never hang and never pass silen
 
   it('QEMU killed mid-migration: the service closes its fd and returns the device to RUNNING at once', async () => {
     await toRunning(A);
-    const svc = await startServe('/tmp/kill.sock', '/tmp/kill.ndjson');
+    const svc = await startServe(['--socket', '/tmp/kill.sock', '--trace', '/tmp/kill.ndjson']);
     try {
       const vm = new Vmm({ name: 'killed', devices: [A], env: { LD_PRELOAD, VFIO_MIG_SOCKET: '/tmp/kill.sock' } });
       await vm.connect();
@@ -252,7 +231,7 @@ describe('QEMU 7.2 with the interposer: failures never hang and never pass silen
 
   it("the service killed mid-migration: QEMU's next access fails with an errno at once, and the migration does not complete", async () => {
     await toRunning(A);
-    const svc = await startServe('/tmp/die.sock', '/tmp/die.ndjson');
+    const svc = await startServe(['--socket', '/tmp/die.sock', '--trace', '/tmp/die.ndjson']);
     const vm = new Vmm({
       name: 'orphan',
       devices: [A],

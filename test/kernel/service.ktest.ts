@@ -6,7 +6,7 @@
  * is reset and bridged by the next VMM; the service recognises a cdev
  * device fd through sysfs.
  */
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import {
   chmodSync,
   closeSync,
@@ -19,16 +19,14 @@ import {
   readlinkSync,
   statSync,
 } from 'node:fs';
-import { resolve } from 'node:path';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { checkVfioDeviceFd } from '../../src/service/peer.js';
 import { preloadLibrary } from '../../src/service/preload-library.js';
 import { WireOp } from '../../src/service/wire.js';
 import { WireClient, u32 } from '../service/wire-client.js';
 import { QEMU_TREES, Vmm } from './qemu-vmm.js';
-import { A, B, cdevOf, SCR, scratch, sleep, toRunning, waitRunning } from './guest-devices.js';
+import { A, B, cdevOf, SCR, scratch, sleep, startServe, toRunning, waitRunning } from './guest-devices.js';
 
-const CLI = resolve(import.meta.dirname, '../../dist/cli/main.js');
 const groupOf = (u: string) => `/dev/vfio/${readlinkSync(`/sys/bus/mdev/devices/${u}/iommu_group`).split('/').pop()}`;
 // nobody can read neither the checkout (it may be 0700) nor root's files: the interposer is copied to /tmp.
 const PRELOAD = '/tmp/libvfio-mig-preload.so';
@@ -43,27 +41,6 @@ const AS_NOBODY = [
   '--clear-groups',
   '--',
 ];
-
-interface Serve {
-  proc: ChildProcess;
-  log: () => string;
-  waitLog(re: RegExp, ms?: number): Promise<void>;
-}
-
-async function startServe(args: string[]): Promise<Serve> {
-  const proc = spawn(process.execPath, [CLI, 'serve', ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
-  let log = '';
-  proc.stderr.on('data', (d) => (log += d));
-  const waitLog = async (re: RegExp, ms = 60_000) => {
-    const t0 = Date.now();
-    while (!re.test(log)) {
-      if (Date.now() - t0 > ms) throw new Error(`serve never logged ${re}:\n${log}`);
-      await sleep(100);
-    }
-  };
-  await waitLog(/serving on/);
-  return { proc, log: () => log, waitLog };
-}
 
 /** Migrates A to B through `socket`, with the scratch values written on A; returns them as read on B. */
 async function migrate(
