@@ -24,6 +24,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { MigState, openKernelDevice } from '../../src/index.js';
 import { preloadLibrary } from '../../src/service/preload-library.js';
 import { cdevOf, SCR, sleep } from './guest-devices.js';
+import { uartPorts } from './qemu-vmm.js';
 
 const CLI = resolve(import.meta.dirname, '../../dist/cli/main.js');
 // A spare mtty of its own (A and B belong to the other files).
@@ -76,21 +77,6 @@ function sh(...argv: string[]): string {
 
 const hmp = async (dom: string, cmd: string) => (await virshOk('qemu-monitor-command', '--hmp', dom, cmd)).stdout;
 
-/** I/O BAR bases of the mtty's UARTs, once SeaBIOS has assigned them (as Vmm.uartPorts). */
-async function uartPorts(dom: string): Promise<number[]> {
-  for (let i = 0; i < 100; i++) {
-    const serial = (await hmp(dom, 'info pci'))
-      .split('Serial port')
-      .slice(1)
-      .flatMap((entry) =>
-        [...entry.split('id "')[0]!.matchAll(/I\/O at 0x([0-9a-f]+)/g)].map((m) => parseInt(m[1]!, 16)),
-      );
-    if (serial.length > 0 && serial.every((p) => p !== 0 && p < 0xffff)) return serial;
-    await sleep(300);
-  }
-  throw new Error('SeaBIOS assigned no I/O BARs to the serial ports');
-}
-
 const outb = (dom: string, port: number, v: number) => hmp(dom, `o /b 0x${port.toString(16)} 0x${v.toString(16)}`);
 
 async function inb(dom: string, port: number): Promise<number> {
@@ -101,7 +87,7 @@ async function inb(dom: string, port: number): Promise<number> {
 }
 
 async function setScratchVia(dom: string, values: number[]): Promise<number[]> {
-  const ports = await uartPorts(dom);
+  const ports = await uartPorts((command) => hmp(dom, command));
   for (const [i, p] of ports.entries()) await outb(dom, p + SCR, values[i]!);
   return ports;
 }

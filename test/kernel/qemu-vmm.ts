@@ -110,6 +110,25 @@ export class VmmExited extends Error {
   }
 }
 
+/**
+ * I/O BAR bases of a VM's mtty UARTs, asked through `hmp` (a Vmm's monitor,
+ * or virsh's): each "Serial port" entry of `info pci` lists one I/O BAR per
+ * UART once SeaBIOS has assigned them.
+ */
+export async function uartPorts(hmp: (command: string) => Promise<string>): Promise<number[]> {
+  for (let i = 0; i < 100; i++) {
+    const serial = (await hmp('info pci'))
+      .split('Serial port')
+      .slice(1)
+      .flatMap((entry) =>
+        [...entry.split('id "')[0]!.matchAll(/I\/O at 0x([0-9a-f]+)/g)].map((m) => parseInt(m[1]!, 16)),
+      );
+    if (serial.length > 0 && serial.every((p) => p !== 0 && p < 0xffff)) return serial;
+    await sleep(300);
+  }
+  throw new Error('SeaBIOS assigned no I/O BARs to the serial ports');
+}
+
 export class Vmm {
   readonly proc: ChildProcess;
   stderr = '';
@@ -206,20 +225,8 @@ export class Vmm {
   }
 
   /** I/O BAR bases of the passed-through serial ports (mtty: one BAR per UART). */
-  async uartPorts(): Promise<number[]> {
-    for (let i = 0; i < 100; i++) {
-      const pci = await this.hmp('info pci');
-      // Each "Serial port" entry (an mtty device) lists one I/O BAR per UART once SeaBIOS has assigned them.
-      const serial = pci
-        .split('Serial port')
-        .slice(1)
-        .flatMap((entry) =>
-          [...entry.split('id "')[0]!.matchAll(/I\/O at 0x([0-9a-f]+)/g)].map((m) => parseInt(m[1]!, 16)),
-        );
-      if (serial.length > 0 && serial.every((p) => p !== 0 && p < 0xffff)) return serial;
-      await sleep(300);
-    }
-    throw new Error('SeaBIOS assigned no I/O BARs to the serial ports');
+  uartPorts(): Promise<number[]> {
+    return uartPorts((command) => this.hmp(command));
   }
 
   async outb(port: number, value: number): Promise<void> {
