@@ -1,5 +1,6 @@
 #!/usr/bin/env node
 // npm run bench [-- --large] [-- --json]: the bridge against the raw v2 path
+// (npm run bench -- --kernel: QEMU 7.2 bridged against QEMU 10 on a real device: bench/kernel.mjs)
 // and against the machine, in one run. Every throughput figure is a median
 // of round-robin runs, and every bridge case is given as a ratio to the raw
 // v2 loop measured in the same rounds; BENCHMARKS.md explains each row.
@@ -12,7 +13,13 @@ import { writeU32 } from '../dist/v1/region-access.js';
 import { FileDevice, MiB, deviceSource, resumePaths, savePaths, verifyingSink } from './callers.mjs';
 
 const args = new Set(process.argv.slice(2));
-for (const a of args) if (!['--large', '--json'].includes(a)) throw new Error(`unknown option ${a} (--large, --json)`);
+for (const a of args)
+  if (!['--large', '--json', '--kernel'].includes(a))
+    throw new Error(`unknown option ${a} (--large, --json, --kernel)`);
+if (args.has('--kernel')) {
+  const { runKernelBench } = await import('./kernel.mjs');
+  process.exit(runKernelBench({ json: args.has('--json') }));
+}
 const large = args.has('--large');
 const json = args.has('--json');
 const env = (k, d) => Number(process.env[k] ?? d);

@@ -26,7 +26,8 @@ cd "$VFIOMIG_PROJECT" || exit 1
 export HOME=/tmp CI=true NO_COLOR=1
 T0=$(date +%s)
 if [ -n "$VFIOMIG_CMD" ]; then sh -c "$VFIOMIG_CMD"; echo "VFIOMIG: command exited $?"; sync; exit 0; fi
-node node_modules/vitest/vitest.mjs run --config test/kernel/vitest.config.ts \
+# VFIOMIG_CONFIG: another vitest config to run instead (npm run bench -- --kernel gives bench/kernel's).
+node node_modules/vitest/vitest.mjs run --config "${VFIOMIG_CONFIG:-test/kernel/vitest.config.ts}" \
   --reporter=default --reporter=json --outputFile.json=/tmp/out/kernel.json ${VFIOMIG_FILTER:+-t "$VFIOMIG_FILTER"}
 echo "VFIOMIG: suite exited $? after $(( $(date +%s) - T0 )) s"
 sync

@@ -19,7 +19,8 @@ const kernel =
   kernelEnv && existsSync(kernelEnv) && !kernelEnv.endsWith('bzImage') && existsSync(join(kernelEnv, 'bzImage'))
     ? join(kernelEnv, 'bzImage')
     : kernelEnv;
-const REPORT = join(project, '.ci-kernel.json');
+// The bench (VFIOMIG_CONFIG) leaves the kernel suite's report alone.
+const REPORT = join(project, process.env.VFIOMIG_CONFIG ? '.ci-kernel-bench.json' : '.ci-kernel.json');
 // The guest console as it came, escape sequences and all; the terminal gets a filtered copy.
 const CONSOLE_LOG = join(project, '.ci-kernel-console.log');
 rmSync(REPORT, { force: true });
@@ -61,7 +62,7 @@ for (const dir of Object.values(qemuTrees)) {
 
 const out = mkdtempSync(join(tmpdir(), 'vfio-mig-vm-'));
 // Optional: a vitest name filter, or (for debugging) a command to run instead of the suite.
-const filter = ['VFIOMIG_FILTER', 'VFIOMIG_CMD']
+const filter = ['VFIOMIG_FILTER', 'VFIOMIG_CMD', 'VFIOMIG_CONFIG', 'VFIOMIG_BENCH_ROUNDS', 'VFIOMIG_BENCH_MIB']
   .filter((k) => process.env[k])
   .map((k) => ` ${k}=${process.env[k]}`)
   .join('');
