@@ -17,7 +17,8 @@ export { ForwardingDevice } from './v2/forwarding-device.js';
 export { openDevice, deviceKindOf } from './v2/open-device.js';
 export type { DeviceSpec } from './v2/open-device.js';
 export { readSome, writeAll, chunkPipe } from './v2/stream-io.js';
-export { createSimDevice, SimDevice, SIM_ARCS_KEPT, SIM_MAX_STATE_SIZE } from './v2/sim/sim-device.js';
+export { createSimDevice, SimDevice, SIM_ARCS_KEPT } from './v2/sim/sim-device.js';
+export { SIM_MAX_STATE_SIZE } from './v2/sim/limits.js';
 export type {
   SimDeviceOptions,
   SimFaults,

@@ -10,27 +10,43 @@
  */
 import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { resolve } from 'node:path';
-import { expect, it } from 'vitest';
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { preloadLibrary } from '../../src/service/preload-library.js';
 import { Vmm, type QemuVersion } from '../../test/kernel/qemu-vmm.js';
-import { sleep, toRunning } from '../../test/kernel/guest-devices.js';
+import { sleep, startServe, toRunning, type Serve } from '../../test/kernel/guest-devices.js';
 
 const OUT = resolve(import.meta.dirname, '../../.bench-kernel.json');
 const ROUNDS = Number(process.env.VFIOMIG_BENCH_ROUNDS ?? 3);
 const SIZES = (process.env.VFIOMIG_BENCH_MIB ?? '64,256').split(',').map(Number);
 
-/** One end of a path: which QEMU, and whether through `vfio-mig exec`. */
+/**
+ * One end of a path: which QEMU, and how it reaches the bridge: through
+ * `vfio-mig exec` (a service started with it), through a `vfio-mig serve`
+ * already running (libvirt's recipe), or not at all (QEMU 10).
+ */
 interface End {
   qemu: QemuVersion;
-  exec: boolean;
+  bridge: 'exec' | 'serve' | 'none';
 }
-const NATIVE_10: End = { qemu: '10', exec: false };
-const EXEC_72: End = { qemu: '7.2', exec: true };
+const NATIVE_10: End = { qemu: '10', bridge: 'none' };
+const EXEC_72: End = { qemu: '7.2', bridge: 'exec' };
+const SERVE_72: End = { qemu: '7.2', bridge: 'serve' };
 const PATHS: { name: string; from: End; to: End }[] = [
   { name: 'QEMU 10 → QEMU 10, native v2', from: NATIVE_10, to: NATIVE_10 },
   { name: 'QEMU 7.2 exec → QEMU 7.2 exec', from: EXEC_72, to: EXEC_72 },
+  { name: 'QEMU 7.2 serve → QEMU 7.2 serve', from: SERVE_72, to: SERVE_72 },
   { name: 'QEMU 7.2 exec → QEMU 10 native', from: EXEC_72, to: NATIVE_10 },
+  { name: 'QEMU 7.2 serve → QEMU 10 native', from: SERVE_72, to: NATIVE_10 },
   { name: 'QEMU 10 native → QEMU 7.2 exec', from: NATIVE_10, to: EXEC_72 },
 ];
+const SOCKET = '/tmp/bench-serve.sock';
+let serve: Serve;
+beforeAll(async () => {
+  serve = await startServe(['--socket', SOCKET]);
+});
+afterAll(() => {
+  serve.proc.kill('SIGTERM');
+});
 
 export interface KernelBenchRun {
   path: string;
@@ -58,7 +74,8 @@ function devicePair(mib: number): [string, string] {
 }
 
 function vmm(end: End, name: string, device: string, incoming?: string): Vmm {
-  return new Vmm({ name, qemu: end.qemu, devices: [device], exec: end.exec, incoming });
+  const env = end.bridge === 'serve' ? { LD_PRELOAD: preloadLibrary(), VFIO_MIG_SOCKET: SOCKET } : undefined;
+  return new Vmm({ name, qemu: end.qemu, devices: [device], exec: end.bridge === 'exec', env, incoming });
 }
 
 async function runOnce(path: (typeof PATHS)[number], mib: number, round: number): Promise<KernelBenchRun> {

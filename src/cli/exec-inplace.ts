@@ -11,6 +11,9 @@ import { sysExecve, sysSetCloexec, sysSetNonblock, sysSignalDefault } from '../v
 
 const O_NONBLOCK = 0o4000;
 
+/** The hidden command exec runs its service as (serve.ts). */
+export const EXEC_SERVICE = '_exec-service';
+
 export interface FdNote {
   /** Given to this process (so COMMAND's too: libvirt passes tap, vhost and socket fds to QEMU). */
   inherited: Set<number>;

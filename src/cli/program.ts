@@ -7,34 +7,50 @@ import { Command, CommanderError, Option } from 'commander';
 import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { EXIT, EXIT_HELP } from './exit-codes.js';
-import { conformanceCommand, conformanceHelp, parseOnly } from './conformance.js';
+import type { conformanceCommand } from './conformance.js';
 import type { CliContext } from './context.js';
-import { fsmCommand } from './fsm.js';
-import { infoCommand } from './info.js';
-import { loadCommand, type LoadOptions } from './load.js';
+import type { fsmCommand } from './fsm.js';
+import type { infoCommand } from './info.js';
+import type { LoadOptions } from './load.js';
+import { EXEC_SERVICE } from './exec-inplace.js';
 import { deviceKindOf } from '../v2/open-device.js';
 import { DEVICE_HELP, parseDeviceArg, parseSize } from './open-device.js';
 import { CliError, errorJson, errorLine, exitCodeFor, toJson } from './output.js';
-import {
-  QEMU_STREAM_HELP,
-  qemuStreamDiff,
-  qemuStreamExtract,
-  qemuStreamList,
-  type ExtractOptions,
-} from './qemu-stream.js';
-import { saveCommand, type SaveOptions } from './save.js';
-import {
-  EXEC_SERVICE,
-  envCommand,
-  execCommand,
-  execServiceCommand,
-  serveCommand,
-  type ExecServiceOptions,
-  type ServeCliOptions,
-} from './serve.js';
-import { SERVICE_SECTION_SIZE } from '../service/bridge-service.js';
-import { stateCommand } from './state.js';
-import { traceCommand } from './trace.js';
+import type { ExtractOptions } from './qemu-stream.js';
+import type { SaveOptions } from './save.js';
+import type { envCommand, execCommand, ExecServiceOptions, ServeCliOptions } from './serve.js';
+import { SERVICE_SECTION_SIZE } from '../service/limits.js';
+import type { stateCommand } from './state.js';
+import type { traceCommand } from './trace.js';
+
+/**
+ * Each command's module is loaded when that command runs: `exec`, on a
+ * VMM's start path, does not wait for the conformance checks or the stream
+ * layouts to load. Two commands' help texts need their modules: those are
+ * loaded first when the command line names them (helpModules).
+ */
+const load = {
+  conformance: () => import('./conformance.js'),
+  fsm: () => import('./fsm.js'),
+  info: () => import('./info.js'),
+  load: () => import('./load.js'),
+  qemuStream: () => import('./qemu-stream.js'),
+  save: () => import('./save.js'),
+  serve: () => import('./serve.js'),
+  state: () => import('./state.js'),
+  trace: () => import('./trace.js'),
+};
+type HelpModules = {
+  conformance?: Awaited<ReturnType<typeof load.conformance>>;
+  qemuStream?: Awaited<ReturnType<typeof load.qemuStream>>;
+};
+/** The modules whose text is part of a command's --help, when the command line may ask for it. */
+async function helpModules(argv: readonly string[]): Promise<HelpModules> {
+  return {
+    ...(argv.includes('conformance') ? { conformance: await load.conformance() } : {}),
+    ...(argv.includes('qemu-stream') ? { qemuStream: await load.qemuStream() } : {}),
+  };
+}
 
 const version = (
   JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }
@@ -102,7 +118,7 @@ function sectionSizeOnlyWithV1(cmd: Command, name: string): void {
 }
 
 /** The command tree for one run: its output, devices and exit code go through `ctx` and `exit`. */
-function buildProgram(ctx: CliContext, exit: (code: number) => void): Command {
+function buildProgram(ctx: CliContext, exit: (code: number) => void, help: HelpModules): Command {
   const program = new Command('vfio-mig')
     .description(
       'Inspect VFIO migration devices, change their state, save and load their state, across the v1 region and v2 FSM protocols.',
@@ -131,7 +147,10 @@ function buildProgram(ctx: CliContext, exit: (code: number) => void): Command {
       'after',
       "\nA simulated device's state digest is computed when its stop-copy size is at most 256 MiB, above that\nonly with --digest (JSON: stateDigest null).\n\nExample:\n  vfio-mig info sim:profile=mtty\n  vfio-mig info /dev/vfio/devices/vfio0 --json",
     )
-    .action(async (device: string, o: InfoOptions) => ctx.withDevice(device, (d) => infoCommand(ctx, d, o)));
+    .action(async (device: string, o: InfoOptions) => {
+      const { infoCommand } = await load.info();
+      await ctx.withDevice(device, (d) => infoCommand(ctx, d, o));
+    });
 
   program
     .command('state')
@@ -151,6 +170,7 @@ function buildProgram(ctx: CliContext, exit: (code: number) => void): Command {
       '\nExample:\n  vfio-mig state sim STOP_COPY        # RUNNING -> RUNNING_P2P -> STOP -> STOP_COPY\n  vfio-mig state sim --v1 011\n  vfio-mig state /dev/vfio/devices/vfio0 --reset',
     )
     .action(async (device: string, state: string | undefined, o: StateOptions) => {
+      const { stateCommand } = await load.state();
       exit(await ctx.withDevice(device, (d) => stateCommand(ctx, d, state, o)));
     });
 
@@ -188,6 +208,7 @@ function buildProgram(ctx: CliContext, exit: (code: number) => void): Command {
     )
     .action(async (device: string, o: SaveOptions, cmd: Command) => {
       sectionSizeOnlyWithV1(cmd, 'save');
+      const { saveCommand } = await load.save();
       await ctx.withDevice(device, (d) => saveCommand(ctx, d, o));
     });
 
@@ -214,6 +235,7 @@ function buildProgram(ctx: CliContext, exit: (code: number) => void): Command {
     )
     .action(async (device: string, o: LoadOptions, cmd: Command) => {
       sectionSizeOnlyWithV1(cmd, 'load');
+      const { loadCommand } = await load.load();
       await loadCommand(ctx, device, o);
     });
 
@@ -228,7 +250,8 @@ function buildProgram(ctx: CliContext, exit: (code: number) => void): Command {
     .option('--flags <list>', 'migration flags: 1, 3, 5, 7 or STOP_COPY+P2P+PRE_COPY', '7')
     .option('--json', 'machine-readable output')
     .addHelpText('after', '\nExample:\n  vfio-mig fsm RUNNING STOP_COPY\n  vfio-mig fsm --flags STOP_COPY')
-    .action((from: string | undefined, to: string | undefined, o: FsmOptions) => {
+    .action(async (from: string | undefined, to: string | undefined, o: FsmOptions) => {
+      const { fsmCommand } = await load.fsm();
       exit(fsmCommand(ctx, from, to, o));
     });
 
@@ -239,7 +262,7 @@ function buildProgram(ctx: CliContext, exit: (code: number) => void): Command {
     )
     .argument('<device>', DEVICE_ARG)
     .option('--peer <device>', 'a second device of the same model to resume into (default: the device itself)')
-    .option('--only <ids>', 'comma-separated check ids or group names', parseOnly)
+    .option('--only <ids>', 'comma-separated check ids or group names', (v: string) => help.conformance!.parseOnly(v))
     .option(
       '--cycles <n>',
       `save/resume/reset cycles of stress.cycles (1 to ${MAX_CYCLES})`,
@@ -247,7 +270,7 @@ function buildProgram(ctx: CliContext, exit: (code: number) => void): Command {
       20,
     )
     .option('--json', 'one object: device, flags, kernel release, every check with its verdict and evidence')
-    .addHelpText('after', conformanceHelp())
+    .addHelpText('after', () => help.conformance?.conformanceHelp() ?? '')
     .action(async (device: string, o: ConformanceOptions) => {
       // A kernel device cannot be opened twice; a second sim of one spec is a second device.
       if (o.peer === device && deviceKindOf(parseDeviceArg(device)) === 'kernel')
@@ -255,6 +278,7 @@ function buildProgram(ctx: CliContext, exit: (code: number) => void): Command {
           `vfio-mig conformance: --peer ${o.peer} is the device itself (leave --peer out to resume into the device)`,
           EXIT.USAGE,
         );
+      const { conformanceCommand } = await load.conformance();
       exit(
         await ctx.withDevice(device, async (d) => {
           if (!o.peer) return conformanceCommand(ctx, d, undefined, o);
@@ -276,7 +300,10 @@ function buildProgram(ctx: CliContext, exit: (code: number) => void): Command {
     )
     .option('--json', 'NDJSON, one object per access, then a summary')
     .addHelpText('after', '\nExample:\n  vfio-mig trace sim:profile=mtty\n  vfio-mig trace sim:size=8K --json')
-    .action(async (device: string, o: TraceOptions) => ctx.withDevice(device, (d) => traceCommand(ctx, d, o)));
+    .action(async (device: string, o: TraceOptions) => {
+      const { traceCommand } = await load.trace();
+      await ctx.withDevice(device, (d) => traceCommand(ctx, d, o));
+    });
 
   program
     .command('exec')
@@ -297,6 +324,7 @@ function buildProgram(ctx: CliContext, exit: (code: number) => void): Command {
       "\nexec replaces itself with COMMAND (execve): the process you started is COMMAND, so its signals,\nits exit status and a kill reach COMMAND itself. The bridge service runs beside it in its own\nsession and ends when COMMAND's process ends. exec's own failures: 125, 127 when COMMAND is not\nfound, 126 when it cannot be run.\n\nExample:\n  vfio-mig exec -- qemu-system-x86_64 -M pc -device vfio-pci,sysfsdev=/sys/bus/mdev/devices/UUID,x-enable-migration=on ...\n  vfio-mig exec --trace mig.ndjson -- qemu-system-x86_64 ...",
     )
     .action(async (command: string[], o: ExecOptions) => {
+      const { execCommand } = await load.serve();
       exit(await execCommand(ctx, command, o));
     });
 
@@ -310,7 +338,10 @@ function buildProgram(ctx: CliContext, exit: (code: number) => void): Command {
     .option('--trace <file>', 'NDJSON trace')
     .addOption(serviceSectionOption())
     .option('--sim <device>', 'simulated devices')
-    .action(async (o: ExecServiceOptions) => exit(await execServiceCommand(ctx, o)));
+    .action(async (o: ExecServiceOptions) => {
+      const { execServiceCommand } = await load.serve();
+      exit(await execServiceCommand(ctx, o));
+    });
 
   program
     .command('serve')
@@ -331,7 +362,10 @@ function buildProgram(ctx: CliContext, exit: (code: number) => void): Command {
       'after',
       '\nRuns until SIGINT, SIGTERM or SIGHUP; devices left mid-session are reset to RUNNING. A client is served\nonly devices its own process holds open (docs/interposer.md, "Trust model"). Under systemd socket\nactivation (LISTEN_FDS) the passed socket is used: see contrib/systemd/.\n\nExample:\n  vfio-mig serve --socket /run/vfio-mig.sock &\n  vfio-mig serve --socket /run/vfio-mig/bridge.sock --group kvm &\n  env $(vfio-mig env --socket /run/vfio-mig.sock) qemu-system-x86_64 ...',
     )
-    .action(async (o: ServeCliOptions) => serveCommand(ctx, o));
+    .action(async (o: ServeCliOptions) => {
+      const { serveCommand } = await load.serve();
+      await serveCommand(ctx, o);
+    });
 
   program
     .command('env')
@@ -341,13 +375,16 @@ function buildProgram(ctx: CliContext, exit: (code: number) => void): Command {
       'after',
       '\nExample:\n  vfio-mig env --socket /run/vfio-mig.sock\n  env $(vfio-mig env --socket /run/vfio-mig.sock) qemu-system-x86_64 ...\n\nOther variables the interposer reads:\n  VFIO_MIG_REQUIRED=1     a device that cannot be bridged ends the VMM\n  VFIO_MIG_TIMEOUT_MS=N   longest wait for the service to answer one access (default 20000)',
     )
-    .action((o: EnvOptions) => envCommand(ctx, o));
+    .action(async (o: EnvOptions) => {
+      const { envCommand } = await load.serve();
+      envCommand(ctx, o);
+    });
   const qs = program
     .command('qemu-stream')
     .description(
       "QEMU migration stream files: list their sections and VFIO devices, extract a VFIO device's state as a state file, compare two",
     )
-    .addHelpText('after', QEMU_STREAM_HELP);
+    .addHelpText('after', () => help.qemuStream?.QEMU_STREAM_HELP ?? '');
   qs.command('list')
     .description(
       'sections (type, id, idstr, instance, version, offset, bytes) and, per VFIO device, its config and the state it carried in each phase',
@@ -355,7 +392,7 @@ function buildProgram(ctx: CliContext, exit: (code: number) => void): Command {
     .argument('<file>', 'a migration stream file')
     .option('--json', 'machine-readable output')
     .addHelpText('after', '\nExample:\n  vfio-mig qemu-stream list vm.mig\n  vfio-mig qemu-stream list vm.mig --json')
-    .action(async (file: string, o: JsonOption) => qemuStreamList(ctx, file, o));
+    .action(async (file: string, o: JsonOption) => (await load.qemuStream()).qemuStreamList(ctx, file, o));
   qs.command('extract')
     .description(
       "a VFIO device's state (its DEV_DATA_STATE payloads: the bytes of its data_fd) as a state file `vfio-mig load` takes",
@@ -381,7 +418,7 @@ function buildProgram(ctx: CliContext, exit: (code: number) => void): Command {
       'after',
       "\nThe state file records the protocol the stream shows (an empty DEV_DATA_STATE record: QEMU 7.2's v1 loop;\nDEV_INIT_DATA_SENT: a v2 caller), else --saved-with, else v2; and as source flags the least the\nstream proves: STOP_COPY, with PRE_COPY when state was sent before the stop. `vfio-mig load` uses neither.\n\nExample:\n  vfio-mig qemu-stream extract vm.mig --device 0000:00:03.0 -o dev.vfio\n  vfio-mig load /dev/vfio/devices/vfio1 -i dev.vfio",
     )
-    .action(async (file: string, o: ExtractOptions) => qemuStreamExtract(ctx, file, o));
+    .action(async (file: string, o: ExtractOptions) => (await load.qemuStream()).qemuStreamExtract(ctx, file, o));
   qs.command('diff')
     .description(
       "what differs between two streams, device by device: present in one only, version, size, contents; RAMBlocks; a VFIO device's per-phase state and config",
@@ -393,7 +430,7 @@ function buildProgram(ctx: CliContext, exit: (code: number) => void): Command {
       'after',
       '\nExit status 0 whether or not they differ (--json: "identical").\n\nExample:\n  vfio-mig qemu-stream diff from-7.2.mig from-10.mig',
     )
-    .action(async (a: string, b: string, o: JsonOption) => qemuStreamDiff(ctx, a, b, o));
+    .action(async (a: string, b: string, o: JsonOption) => (await load.qemuStream()).qemuStreamDiff(ctx, a, b, o));
 
   // After a usage error, one line pointing at the help instead of the whole help (commander adds "Did you mean ...?").
   if (!ctx.json) {
@@ -414,7 +451,7 @@ function helpPointer(program: Command, argv: readonly string[]): string {
 /** Runs one command line (the arguments after `vfio-mig`) and returns its exit code. */
 export async function runCli(argv: readonly string[], ctx: CliContext): Promise<number> {
   let code: number = EXIT.OK;
-  const program = buildProgram(ctx, (c) => (code = c));
+  const program = buildProgram(ctx, (c) => (code = c), await helpModules(argv));
   // `help NAME` naming no command: commander prints the whole help; report it as `vfio-mig NAME` is, in one line.
   const name = argv[0] === 'help' ? argv[1] : undefined;
   const args =

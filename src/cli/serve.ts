@@ -11,19 +11,15 @@ import type { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { getSystemErrorMap } from 'node:util';
 import { VfioError, asVfioError } from '../errors.js';
-import {
-  MAX_SOCKET_PATH,
-  startBridgeService,
-  type BridgeServiceOptions,
-  type ServiceTraceEvent,
-} from '../service/bridge-service.js';
+import type { BridgeServiceOptions, ServiceTraceEvent } from '../service/bridge-service.js';
+import { MAX_SOCKET_PATH } from '../service/listen.js';
 import { preloadLibrary } from '../service/preload-library.js';
 import { PAGE } from '../v2/uapi.js';
 import type { CliContext, SignalSource } from './context.js';
 import { openDeviceArg, parseSimSpec } from './open-device.js';
 import { CliError, errorLine, toJson } from './output.js';
 import { EXIT } from './exit-codes.js';
-import { resolveCommand } from './exec-inplace.js';
+import { EXEC_SERVICE, resolveCommand } from './exec-inplace.js';
 import { sysClose, sysPidfdOpen, sysReadable } from '../v2/kernel/sys.js';
 
 export interface ServiceCliOptions {
@@ -153,6 +149,8 @@ async function start(
   };
   let svc;
   try {
+    // Loaded here, not at the top: exec's own process only starts the service and execs COMMAND.
+    const { startBridgeService } = await import('../service/bridge-service.js');
     svc = await startBridgeService(opts);
   } catch (e) {
     trace?.close();
@@ -424,9 +422,6 @@ export async function execCommand(
     if (priv) rmSync(priv.dir, { recursive: true, force: true });
   }
 }
-
-/** The hidden command exec runs its service as. */
-export const EXEC_SERVICE = '_exec-service';
 
 export interface ExecServiceOptions extends ServiceCliOptions {
   pid: number;

@@ -25,7 +25,15 @@ import {
   migStateName,
 } from '../v2/uapi.js';
 import { listenUnix } from './listen.js';
-import { ConnectionCount, DEFAULT_LIMITS, escapeForLog, limitedLog, sharedLog, type ServiceLimits } from './limits.js';
+import {
+  ConnectionCount,
+  DEFAULT_LIMITS,
+  SERVICE_SECTION_SIZE,
+  escapeForLog,
+  limitedLog,
+  sharedLog,
+  type ServiceLimits,
+} from './limits.js';
 import { Peer } from './peer.js';
 import { GroupMember, QuiesceGroup, type GroupEvent } from './quiesce-group.js';
 import {
@@ -94,7 +102,7 @@ export interface SessionStats {
 }
 
 export { MAX_SOCKET_PATH } from './listen.js';
-export const SERVICE_SECTION_SIZE = 4 << 20;
+export { SERVICE_SECTION_SIZE };
 /** Request bytes a connection may have sent ahead of what is served: two of the largest requests. */
 const MAX_UNPARSED = 2 * (vmw_request.size + MAX_REQUEST_PAYLOAD);
 /** How many ended sessions `finished` keeps. */

@@ -21,6 +21,9 @@ export interface ServiceLimits {
   logLinesPerConnection: number;
 }
 
+/** The data section a bridged device gets (4 MiB): a few header round trips per MiB of state. */
+export const SERVICE_SECTION_SIZE = 4 << 20;
+
 export const DEFAULT_LIMITS: ServiceLimits = {
   maxConnections: 512,
   maxConnectionsPerUid: 128,

@@ -4,8 +4,8 @@
  * or a borrowed `{ fd, name }`). Everything else asks the device its `kind`.
  */
 import type { DeviceKind, V2Device } from './device.js';
-import { openKernelDevice, type KernelDeviceSpec } from './kernel/kernel-device.js';
-import { createSimDevice, type SimDeviceOptions } from './sim/sim-device.js';
+import type { KernelDeviceSpec } from './kernel/kernel-device.js';
+import type { SimDeviceOptions } from './sim/sim-device.js';
 
 export type DeviceSpec = KernelDeviceSpec | { sim: SimDeviceOptions };
 
@@ -18,7 +18,12 @@ export function deviceKindOf(spec: DeviceSpec): DeviceKind {
   return isSimSpec(spec) ? 'sim' : 'kernel';
 }
 
-/** Opens the device a spec names; errors are VfioErrors of its backend. */
+/**
+ * Opens the device a spec names; errors are VfioErrors of its backend.
+ * Each backend is loaded on first use: a process that opens none (the CLI
+ * on its way to execve a VMM) does not pay for loading them.
+ */
 export async function openDevice(spec: DeviceSpec): Promise<V2Device> {
-  return isSimSpec(spec) ? createSimDevice(spec.sim) : openKernelDevice(spec);
+  if (isSimSpec(spec)) return (await import('./sim/sim-device.js')).createSimDevice(spec.sim);
+  return (await import('./kernel/kernel-device.js')).openKernelDevice(spec);
 }

@@ -11,6 +11,7 @@ import type { DataStream, V2Device } from '../device.js';
 import { arcEndsStream, arcOpensStream, isSavingState, nextState } from '../fsm.js';
 import { MIG_FLAGS_ALL, MigState, MIG_STATE_COUNT, PAGE, isMigFlagSet, migStateName } from '../uapi.js';
 import { Prng, fnv1a32, pageWindow } from './content.js';
+import { SIM_MAX_STATE_SIZE } from './limits.js';
 import { FaultPlan, type FrozenFaults, type SimFaults } from './faults.js';
 import {
   Geometry,
@@ -59,7 +60,6 @@ export const SIM_ARCS_KEPT = 10_000;
  * costs 4 bytes of version (9 while a resume stages it): 1 GiB (2.25 GiB)
  * of memory at 4 KiB pages, and a pass over it ~15 minutes at 1.3 GB/s.
  */
-export const SIM_MAX_STATE_SIZE = 2 ** 40;
 
 export class SimDevice implements V2Device {
   readonly name: string;
