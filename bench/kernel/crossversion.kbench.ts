@@ -54,6 +54,10 @@ export interface KernelBenchRun {
   round: number;
   totalMs: number;
   downtimeMs: number;
+  /** QEMU's setup phase (`info migrate` "setup"): the devices' save_setup, before any iteration. */
+  setupMs: number;
+  /** The source's `info migrate` at the end (first round only). */
+  source?: string;
   /** Destination: process start until its monitor answers. */
   monitorMs: number;
   /** Destination: process start until `info status` says running. */
@@ -118,6 +122,9 @@ async function runOnce(path: (typeof PATHS)[number], mib: number, round: number)
     round,
     totalMs: m.totalMs,
     downtimeMs: m.downtimeMs,
+    setupMs: Number(/setup: (\d+) ms/.exec(m.text)?.[1] ?? NaN),
+    // What QEMU says it moved (RAM, and the VFIO device on QEMU 10): where the time went, on the first round.
+    ...(round === 1 ? { source: m.text.trim() } : {}),
     monitorMs: Math.round(monitorMs),
     startToRunningMs: Math.round(startToRunningMs),
   };
