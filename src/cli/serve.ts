@@ -7,7 +7,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, mkdtempSync, openSync, readFileSync, readlinkSync, rmSync, statSync, writeSync } from 'node:fs';
 import { constants as osConstants, tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
-import type { Readable } from 'node:stream';
+import type { Server } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { getSystemErrorMap } from 'node:util';
 import { VfioError, asVfioError } from '../errors.js';
@@ -81,18 +81,10 @@ function replaceHandler(
  * accesses never fail because of the trace.
  */
 function traceWriter(
-  cmd: ServiceCommand,
   path: string,
+  fd: number,
   log: (line: string) => void,
 ): { write: (e: ServiceTraceEvent) => void; close: () => void } {
-  if (!path) throw new CliError(`vfio-mig ${cmd}: --trace needs a file name`, EXIT.USAGE);
-  let fd: number;
-  try {
-    fd = openSync(path, 'w');
-  } catch (e) {
-    const err = asVfioError(e, `${cmd}: open`, `--trace ${path}`);
-    throw new VfioError(err.code, err.op, err.device, systemMessage(e) ?? err.reason, { cause: e });
-  }
   const t0 = Date.now();
   let on = true;
   return {
@@ -109,6 +101,25 @@ function traceWriter(
   };
 }
 
+/** The --trace file, created or emptied. */
+function openTrace(cmd: ServiceCommand, path: string): number {
+  if (!path) throw new CliError(`vfio-mig ${cmd}: --trace needs a file name`, EXIT.USAGE);
+  try {
+    return openSync(path, 'w');
+  } catch (e) {
+    const err = asVfioError(e, `${cmd}: open`, `--trace ${path}`);
+    throw new VfioError(err.code, err.op, err.device, systemMessage(e) ?? err.reason, { cause: e });
+  }
+}
+
+/** A failure to listen, named after the command and the option the path came from, not the library's "serve". */
+function listenError(e: unknown, cmd: ServiceCommand, socketPath: string, given: boolean): VfioError {
+  const err = asVfioError(e, 'listen', socketPath);
+  return new VfioError(err.code, `${cmd}: listen`, given ? `--socket ${socketPath || "''"}` : socketPath, err.reason, {
+    cause: e,
+  });
+}
+
 /** Node's text for its errno ("no such file or directory"), without the code and path Node's message repeats. */
 function systemMessage(e: unknown): string | undefined {
   const errno = (e as NodeJS.ErrnoException).errno;
@@ -123,7 +134,7 @@ async function start(
   cmd: ServiceCommand,
   socketPath: string,
   given: boolean,
-  o: ServeCliOptions & { listenFd?: number },
+  o: ServeCliOptions & { listenFd?: number; traceFd?: number },
 ): Promise<() => Promise<void>> {
   if (o.sim) parseSimSpec(o.sim); // a bad --sim is a usage error now, not at each VMM's first device
   // The VMM maps the section: the interposer refuses one that is not whole pages.
@@ -134,7 +145,7 @@ async function start(
     );
   ctx.stderr.on('error', () => undefined);
   const log = serviceLog(ctx);
-  const trace = o.trace !== undefined ? traceWriter(cmd, o.trace, log) : null;
+  const trace = o.trace !== undefined ? traceWriter(o.trace, o.traceFd ?? openTrace(cmd, o.trace), log) : null;
   const opts: BridgeServiceOptions = {
     socketPath,
     sectionSize: o.sectionSize,
@@ -154,11 +165,7 @@ async function start(
     svc = await startBridgeService(opts);
   } catch (e) {
     trace?.close();
-    // Named after the command and the option the path came from, not the library's "serve".
-    const err = asVfioError(e, 'listen', socketPath);
-    throw new VfioError(err.code, `${cmd}: listen`, given ? `--socket ${socketPath || "''"}` : socketPath, err.reason, {
-      cause: e,
-    });
+    throw listenError(e, cmd, socketPath, given);
   }
   return async () => {
     await svc.close();
@@ -276,86 +283,72 @@ function privateSocket(): { dir: string; socket: string } {
 
 /** The CLI's own entry point, for the service exec starts beside COMMAND (dist/cli/main.js, also when run from src/ in tests). */
 const CLI_SCRIPT = join(dirname(fileURLToPath(import.meta.url)), '../../dist/cli/main.js');
-/** How long exec waits for its service to listen (a Node start and koffi's load: well under a second). */
-const SERVICE_READY_MS = 30_000;
+
+/**
+ * What exec hands its service, at fixed descriptor numbers: the socket it
+ * listens on (as systemd passes one), a pidfd of COMMAND's process (this
+ * one, which execve keeps), and the trace file when --trace is given.
+ */
+const EXEC_FD = { listen: 3, pidfd: 4, trace: 5 } as const;
+
+/** The descriptor of a listening net.Server (libuv's handle: Node has no public accessor). */
+function serverFd(server: Server): number {
+  const fd = (server as unknown as { _handle?: { fd?: unknown } })._handle?.fd;
+  if (typeof fd !== 'number' || fd < 0) throw new Error('the listening socket has no descriptor');
+  return fd;
+}
+
+/**
+ * Everything of the service that can fail on the caller's input, done here
+ * so that it fails before COMMAND starts (exit 125): the socket bound and
+ * listening, the trace file open. The service itself (a Node start and the
+ * bridge's modules: seconds under emulation) then starts beside COMMAND
+ * instead of before it; a VMM that reaches its first device sooner waits
+ * in connect's backlog for the first answer (VFIO_MIG_TIMEOUT_MS).
+ */
+async function prepareService(socketPath: string, given: boolean, o: ServiceCliOptions) {
+  const trace = o.trace !== undefined ? openTrace('exec', o.trace) : undefined;
+  let server: Server;
+  try {
+    const { listenUnix } = await import('../service/listen.js');
+    server = await listenUnix({ socketPath });
+  } catch (e) {
+    if (trace !== undefined) closeSync(trace);
+    throw listenError(e, 'exec', socketPath, given);
+  }
+  return { server, trace };
+}
 
 /**
  * Starts exec's service as its own process in its own session (so nothing
- * sent to exec's process group or COMMAND reaches it), and waits until it
- * listens. It watches `pid` (this process, COMMAND after the execve) and
- * ends when that ends. Its failure comes back over fd 3 as one JSON line.
+ * sent to exec's process group or COMMAND reaches it), on the socket and
+ * trace `prepareService` opened. It watches this process (COMMAND after
+ * the execve) through a pidfd and ends when that ends; what goes wrong in
+ * it from here is said on stderr, COMMAND's.
  */
-async function startDetachedService(
+function startServiceBeside(
   socketPath: string,
+  prepared: { server: Server; trace: number | undefined },
   given: boolean,
   dir: string | null,
   o: ServiceCliOptions,
-): Promise<ChildProcess> {
-  const args = [
-    CLI_SCRIPT,
-    EXEC_SERVICE,
-    '--pid',
-    String(process.pid),
-    '--socket',
-    socketPath,
-    '--section-size',
-    String(o.sectionSize),
-  ];
-  if (given) args.push('--given');
-  if (dir) args.push('--remove-dir', dir);
-  if (o.trace !== undefined) args.push('--trace', o.trace);
-  if (o.sim !== undefined) args.push('--sim', o.sim);
-  // stderr is COMMAND's: the service's lines go where the VMM's go (libvirt's domain log).
-  const child = spawn(process.execPath, args, { detached: true, stdio: ['ignore', 'ignore', 'inherit', 'pipe'] });
-  const status = child.stdio[3] as Readable;
-  const answer = await new Promise<string>((done) => {
-    let text = '';
-    const timer = setTimeout(
-      () =>
-        done(
-          JSON.stringify({
-            error: `vfio-mig: exec: the bridge service did not start within ${SERVICE_READY_MS / 1000} s`,
-            exit: EXEC_FAILED,
-          }),
-        ),
-      SERVICE_READY_MS,
-    );
-    status.on('data', (d: Buffer) => {
-      text += d.toString('utf8');
-      if (text.includes('\n')) {
-        clearTimeout(timer);
-        done(text.slice(0, text.indexOf('\n')));
-      }
-    });
-    const gone = () => {
-      clearTimeout(timer);
-      done(
-        text ||
-          JSON.stringify({ error: 'vfio-mig: exec: the bridge service exited before it listened', exit: EXEC_FAILED }),
-      );
-    };
-    status.on('end', gone);
-    status.on('error', gone);
-    child.on('error', (e) => {
-      clearTimeout(timer);
-      done(
-        JSON.stringify({ error: `vfio-mig: exec: cannot start the bridge service: ${e.message}`, exit: EXEC_FAILED }),
-      );
-    });
-  });
-  status.destroy();
-  child.unref();
-  let parsed: { ready?: boolean; error?: string; exit?: number };
+): ChildProcess {
+  const pidfd = sysPidfdOpen(process.pid, 'exec: watch', 'exec itself');
   try {
-    parsed = JSON.parse(answer) as typeof parsed;
-  } catch {
-    parsed = { error: `vfio-mig: exec: the bridge service said ${JSON.stringify(answer)}`, exit: EXEC_FAILED };
+    const args = [CLI_SCRIPT, EXEC_SERVICE, '--pid', String(process.pid), '--socket', socketPath];
+    args.push('--section-size', String(o.sectionSize));
+    if (given) args.push('--given');
+    if (dir) args.push('--remove-dir', dir);
+    if (o.trace !== undefined) args.push('--trace', o.trace);
+    if (o.sim !== undefined) args.push('--sim', o.sim);
+    // stderr is COMMAND's: the service's lines go where the VMM's go (libvirt's domain log).
+    const fds = [serverFd(prepared.server), pidfd, ...(prepared.trace !== undefined ? [prepared.trace] : [])];
+    const child = spawn(process.execPath, args, { detached: true, stdio: ['ignore', 'ignore', 'inherit', ...fds] });
+    child.unref();
+    return child;
+  } finally {
+    sysClose(pidfd);
   }
-  if (!parsed.ready) {
-    if (child.exitCode === null) child.kill('SIGTERM');
-    throw new CliError(parsed.error ?? 'vfio-mig: exec: the bridge service failed', parsed.exit ?? EXEC_FAILED);
-  }
-  return child;
 }
 
 /**
@@ -396,16 +389,20 @@ export async function execCommand(
   }
   const priv = o.socket ? null : privateSocket();
   const socketPath = o.socket ?? priv!.socket;
+  const given = o.socket !== undefined;
   env.VFIO_MIG_SOCKET = resolve(socketPath);
+  let prepared: Awaited<ReturnType<typeof prepareService>> | null = null;
   let service: ChildProcess | null = null;
   try {
-    service = await startDetachedService(socketPath, o.socket !== undefined, priv?.dir ?? null, o);
+    prepared = await prepareService(socketPath, given, o);
     if (pendingSignal) return 128 + osConstants.signals[pendingSignal];
     if (!ctx.execve)
       throw new CliError(
         'vfio-mig exec: replaces its own process with COMMAND: run it as the vfio-mig command',
         EXEC_FAILED,
       );
+    // From here to the execve nothing awaits: this process never accepts on the socket its service serves.
+    service = startServiceBeside(socketPath, prepared, given, priv?.dir ?? null, o);
     // Yama (ptrace_scope 1) lets only ancestors ptrace: the interposer names the service as COMMAND's tracer.
     env.VFIO_MIG_PTRACER = String(service.pid);
     try {
@@ -419,6 +416,11 @@ export async function execCommand(
   } finally {
     // Only reached when COMMAND did not replace this process.
     if (service && service.exitCode === null) service.kill('SIGTERM');
+    if (prepared) {
+      prepared.server.close();
+      if (prepared.trace !== undefined) closeSync(prepared.trace);
+      if (given) rmSync(socketPath, { force: true });
+    }
     if (priv) rmSync(priv.dir, { recursive: true, force: true });
   }
 }
@@ -434,48 +436,35 @@ export interface ExecServiceOptions extends ServiceCliOptions {
 const WATCH_MS = 100;
 
 /**
- * exec's service: listens, says so on fd 3, and runs until the process it
- * watches (COMMAND) ends or it gets SIGINT, SIGTERM or SIGHUP; then ends its
- * sessions (a device left mid-session is reset) and removes its socket dir.
+ * exec's service, on the socket, pidfd and trace exec opened (EXEC_FD):
+ * runs until COMMAND's process ends or it gets SIGINT, SIGTERM or SIGHUP;
+ * then ends its sessions (a device left mid-session is reset) and removes
+ * its socket. A failure to start is said on stderr (COMMAND's): its VMM
+ * then finds no service, and says so.
  */
 export async function execServiceCommand(ctx: CliContext, o: ExecServiceOptions): Promise<number> {
-  const report = (msg: object) => {
-    try {
-      writeSync(3, `${JSON.stringify(msg)}\n`);
-      closeSync(3);
-    } catch {
-      // exec is gone: it will not go on either
-    }
-  };
   let stopRequested: (() => void) | null = null;
   let early = false;
   for (const sig of STOP_SIGNALS)
     replaceHandler(ctx.signals, sig, 'once', () => (stopRequested ? stopRequested() : (early = true)));
-  let pidfd: number;
-  try {
-    // Opened while exec waits for us, so the pid is exec's; execve keeps it.
-    pidfd = sysPidfdOpen(o.pid, 'exec: watch', `process ${o.pid}`);
-  } catch (e) {
-    report({ error: errorLine(e), exit: EXEC_FAILED });
-    return EXEC_FAILED;
-  }
+  const removeSocket = () =>
+    o.removeDir ? rmSync(o.removeDir, { recursive: true, force: true }) : rmSync(o.socket, { force: true });
   let stop: () => Promise<void>;
   try {
-    stop = await start(ctx, 'exec', o.socket, o.given === true, o);
-  } catch (e) {
-    sysClose(pidfd);
-    report({
-      error: e instanceof CliError ? e.message : errorLine(e),
-      exit: e instanceof CliError ? e.exitCode : EXEC_FAILED,
+    stop = await start(ctx, 'exec', o.socket, o.given === true, {
+      ...o,
+      listenFd: EXEC_FD.listen,
+      ...(o.trace !== undefined ? { traceFd: EXEC_FD.trace } : {}),
     });
+  } catch (e) {
+    serviceLog(ctx)(`exec: the bridge service could not start: ${e instanceof CliError ? e.message : errorLine(e)}`);
+    removeSocket();
     return EXEC_FAILED;
   }
-  report({ ready: true });
   if (!early) {
     await new Promise<void>((done) => {
-      stopRequested = done;
       const timer = setInterval(() => {
-        if (sysReadable(pidfd, 'exec: watch', `process ${o.pid}`)) {
+        if (sysReadable(EXEC_FD.pidfd, 'exec: watch', `process ${o.pid}`)) {
           clearInterval(timer);
           done();
         }
@@ -486,8 +475,8 @@ export async function execServiceCommand(ctx: CliContext, o: ExecServiceOptions)
       };
     });
   }
-  sysClose(pidfd);
+  sysClose(EXEC_FD.pidfd);
   await stop();
-  if (o.removeDir) rmSync(o.removeDir, { recursive: true, force: true });
+  removeSocket();
   return 0;
 }

@@ -190,6 +190,16 @@ describe('vfio-mig exec becomes COMMAND (execve in place)', () => {
     await until('the socket dir to be removed', () => !existsSync(join(socket!, '..')));
   });
 
+  it('exec --socket PATH: the socket listens before COMMAND starts (exec binds it, its service serves it) and is removed after COMMAND ends', async () => {
+    const sock = join(dir, 'given.sock');
+    const x = execProcess(['--socket', sock, '--', 'sh', '-c', `test -S ${sock} && echo $VFIO_MIG_PTRACER`]);
+    expect(await x.exited).toEqual({ code: 0, signal: null });
+    const service = Number(x.out().trim());
+    expect(service).toBeGreaterThan(0);
+    await until('the service to end with COMMAND', () => !alive(service));
+    expect(existsSync(sock)).toBe(false);
+  });
+
   it('SIGKILL of that pid mid-migration: the service resets the device, exits and removes its socket dir', async () => {
     const trace = join(dir, 'killed.ndjson');
     const x = execProcess(
