@@ -40,7 +40,7 @@ export function runKernelBench({ json }) {
     const of = (path) => runs.filter((r) => r.mib === mib && r.path === path);
     const med = (path, k) => median(of(path).map((r) => r[k]));
     for (const path of [...new Set(runs.map((r) => r.path))]) {
-      const row = { mib, path, n: of(path).length, monitorMs: med(path, 'monitorMs') };
+      const row = { mib, path, n: of(path).length, monitorMs: med(path, 'monitorMs'), setupMs: med(path, 'setupMs') };
       for (const k of keys) {
         row[k] = med(path, k);
         row[`${k}Range`] = [Math.min(...of(path).map((r) => r[k])), Math.max(...of(path).map((r) => r[k]))];
@@ -60,11 +60,11 @@ export function runKernelBench({ json }) {
     `ratio: to ${NATIVE} of the same size in this run; ! over the target (total ≤ ${TARGETS.totalMs}×, downtime ≤ ${TARGETS.downtimeMs}×, start-to-running ≤ ${TARGETS.startToRunningMs}×)`,
   );
   console.log(
-    `${'MiB'.padStart(4)}  ${'path'.padEnd(32)}  ${'total'.padEnd(14)}  ${'downtime'.padEnd(14)}  ${'start→running'.padEnd(14)}  monitor up`,
+    `${'MiB'.padStart(4)}  ${'path'.padEnd(32)}  ${'total'.padEnd(14)}  ${'downtime'.padEnd(14)}  ${'start→running'.padEnd(14)}  monitor up  setup`,
   );
   for (const r of rows)
     console.log(
-      `${String(r.mib).padStart(4)}  ${r.path.padEnd(32)}  ${cell(r, 'totalMs').padEnd(14)}  ${cell(r, 'downtimeMs').padEnd(14)}  ${cell(r, 'startToRunningMs').padEnd(14)}  ${s(r.monitorMs)} s`,
+      `${String(r.mib).padStart(4)}  ${r.path.padEnd(32)}  ${cell(r, 'totalMs').padEnd(14)}  ${cell(r, 'downtimeMs').padEnd(14)}  ${cell(r, 'startToRunningMs').padEnd(14)}  ${s(r.monitorMs)} s    ${s(r.setupMs)} s`,
     );
   return 0;
 }
