@@ -9,6 +9,7 @@
  * prints the table).
  */
 import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { resolve } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { preloadLibrary } from '../../src/service/preload-library.js';
@@ -156,6 +157,7 @@ it('migrates mbig on every path, round-robin, and records the figures', async ()
     OUT,
     JSON.stringify({
       kernel: readFileSync('/proc/version', 'utf8').trim(),
+      cpus: availableParallelism(),
       seconds: (Date.now() - started) / 1000,
       runs,
     }),
