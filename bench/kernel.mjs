@@ -3,7 +3,7 @@
 // (VFIO_MIG_KERNEL, as npm run test:kernel). The guest side is
 // bench/kernel/crossversion.kbench.ts; this boots it and prints medians
 // and their ratios to QEMU 10 -> QEMU 10 of the same size in the same run.
-// VFIOMIG_BENCH_ROUNDS (default 3), VFIOMIG_BENCH_MIB (default 64,256) and VFIOMIG_SMP (guest vCPUs, default 2) pass through.
+// VFIOMIG_BENCH_ROUNDS (default 3) and VFIOMIG_BENCH_MIB (default 64,256) pass through.
 import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
@@ -23,8 +23,6 @@ export function runKernelBench({ json }) {
       ...process.env,
       VFIOMIG_CONFIG: 'bench/kernel/vitest.config.ts',
       VFIO_MIG_VM_TIMEOUT_S: process.env.VFIO_MIG_VM_TIMEOUT_S ?? '7200',
-      // Two vCPUs: a host has a core for exec's service beside the VMM it starts.
-      VFIOMIG_SMP: process.env.VFIOMIG_SMP ?? '2',
     },
   });
   if (!existsSync(RESULTS)) {

@@ -79,9 +79,8 @@ const args = [
   'q35',
   '-m',
   '2G',
-  // One vCPU for the suite; VFIOMIG_SMP for the kernel bench, where a VMM and exec's service start side by side as on a real host.
   '-smp',
-  process.env.VFIOMIG_SMP ?? '1',
+  '1',
   '-nographic',
   '-no-reboot',
   '-kernel',
