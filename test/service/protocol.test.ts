@@ -30,6 +30,7 @@ import {
   VFIO_REGION_TYPE_MIGRATION_DEPRECATED,
   type RegionInfo,
 } from '../../src/v2/uapi.js';
+import { linuxPeerSys, type PeerSysCalls } from '../../src/v2/kernel/sys.js';
 import { F_SEAL_GROW, F_SEAL_SHRINK, WireClient, closeMemfd, memfd, u32 } from './wire-client.js';
 
 const EINVAL = 22;
@@ -237,7 +238,13 @@ describe('region accesses', () => {
     const c = await WireClient.connect(s.socketPath);
     c.send(WireOp.WRITE, le32(0), STATE, 4);
     await refusedAndClosed(c, -EPROTO, /region access before the device was bridged/);
-    expect(logs.some((l) => /could not be bridged: .*region access before/.test(l))).toBe(true);
+    expect(logs).toEqual([
+      expect.stringMatching(
+        new RegExp(
+          `^"connection from pid ${process.pid}" \\(VMM pid ${process.pid}\\) could not be bridged: .*region access before`,
+        ),
+      ),
+    ]);
   });
 
   it('are carried to the bridge: a WRITE of device_state moves the device, a READ gives it back', async () => {
@@ -494,5 +501,60 @@ describe('connection limits', () => {
     await until(() => s.sessions === 1);
     (await bridged(s)).close();
     held[1]!.close();
+  });
+});
+
+describe('the connected process', () => {
+  it('a bridged session outlives the HELLO timeout', async () => {
+    const s = await serve({ limits: { helloTimeoutMs: 100 } });
+    const c = await bridged(s);
+    await sleep(300);
+    expect(await readState(c)).toBe(1);
+    expect(s.sessions).toBe(1);
+    c.close();
+  });
+
+  it('a peer whose credentials cannot be read is dropped at once, with a line', async () => {
+    const sys: PeerSysCalls = {
+      ...linuxPeerSys,
+      peerCredentials: (_fd, op, device) => {
+        throw new VfioError('EINVAL', op, device, 'no credentials');
+      },
+    };
+    const s = await serve({ sys });
+    const c = await WireClient.connect(s.socketPath);
+    expect(await c.reply()).toBeNull();
+    await c.gone;
+    expect(s.sessions).toBe(0);
+    expect(logs).toEqual(['serve: connect on socket: EINVAL (22): no credentials']);
+  });
+
+  it('a request that arrives after the connected process exited is not served: the session ends', async () => {
+    let gone = false;
+    const sys: PeerSysCalls = { ...linuxPeerSys, pidfdPid: (fd) => (gone ? -1 : linuxPeerSys.pidfdPid(fd)) };
+    const dev = sim();
+    const s = await serve({ sys, openDevice: async () => dev });
+    const c = await bridged(s);
+    expect(await writeState(c, 2)).toBe(0);
+    gone = true;
+    c.send(WireOp.READ, new Uint8Array(0), STATE, 4);
+    expect(await c.reply()).toBeNull();
+    await until(() => s.sessions === 0);
+    expect(dev.state).toBe(MigState.RUNNING);
+    expect(logs.some((l) => l.includes(`VMM process ${process.pid} exited while the device was in STOP_COPY`))).toBe(
+      true,
+    );
+  });
+
+  it("the service's bridge options reach every device's bridge (resetOnError)", async () => {
+    const dev = sim({
+      flags: 1,
+      faults: { failArc: [{ from: MigState.RUNNING, to: MigState.STOP, errno: 'EIO', leave: 'error' }] },
+    });
+    const s = await serve({ openDevice: async () => dev, bridge: { resetOnError: true } });
+    const c = await bridged(s);
+    expect(await writeState(c, 0)).toBeLessThan(0);
+    expect(dev.state).toBe(MigState.RUNNING); // reset by the bridge, not left in ERROR
+    c.close();
   });
 });
