@@ -8,7 +8,8 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
-import { existsSync } from 'node:fs';
+import { existsSync, rmSync } from 'node:fs';
+import { connect } from 'node:net';
 import {
   ForwardingDevice,
   MigState,
@@ -365,6 +366,7 @@ describe('BYE', () => {
     await until(() => s.sessions === 0);
     expect(s.sessions).toBe(0);
     expect(s.finished).toEqual([]);
+    expect(logs.filter((l) => /could not return/.test(l))).toEqual([]);
   });
 });
 
@@ -485,6 +487,32 @@ describe('one quiesce group per VMM process', () => {
     a.close();
     c.close();
   });
+
+  it('a device parked for another is returned to RUNNING when its VMM leaves; one that leaves releases the others', async () => {
+    const devs: SimDevice[] = [];
+    const s = await serve({
+      openDevice: async () => {
+        devs.push(sim({ flags: 7 }));
+        return devs.at(-1)!;
+      },
+    });
+    const a = await bridged(s);
+    const b = await bridged(s);
+    expect(await writeState(a, 0)).toBe(0);
+    expect(devs[1]!.state).toBe(MigState.RUNNING_P2P); // B parked while A stops
+    b.close();
+    await until(() => s.sessions === 1);
+    expect(devs[1]!.state).toBe(MigState.RUNNING);
+
+    const c = await bridged(s);
+    expect(await writeState(c, 0)).toBe(0);
+    expect(await writeState(a, 1)).toBe(0);
+    expect(devs[0]!.state).toBe(MigState.RUNNING_P2P); // held: C is stopped
+    c.close();
+    await until(() => s.sessions === 1);
+    expect(devs[0]!.state).toBe(MigState.RUNNING); // released when C left the group
+    a.close();
+  });
 });
 
 describe('connection limits', () => {
@@ -556,5 +584,75 @@ describe('the connected process', () => {
     expect(await writeState(c, 0)).toBeLessThan(0);
     expect(dev.state).toBe(MigState.RUNNING); // reset by the bridge, not left in ERROR
     c.close();
+  });
+});
+
+describe('what a client can make the service hold', () => {
+  it('a client that does not take its replies is no longer read: its requests stay in its own socket', async () => {
+    const s = await serve();
+    const c = await bridged(s);
+    c.sock.pause();
+    // Replies enough to fill the way back, then 600 KiB of requests: far past what the socket buffers hold.
+    const READS = 100;
+    const WRITES = 150;
+    for (let i = 0; i < READS; i++) c.send(WireOp.READ, new Uint8Array(0), 4096n, MAX_REQUEST_PAYLOAD);
+    const page = new Uint8Array(MAX_REQUEST_PAYLOAD);
+    for (let i = 0; i < WRITES; i++) c.send(WireOp.WRITE, page, 4096n, page.length);
+    await sleep(500);
+    // Stopped reading: most of what was sent waits unsent on the client's side.
+    expect(c.sock.writableLength).toBeGreaterThan(200 << 10);
+    c.sock.resume();
+    for (let got = 0; got < READS; got++) expect((await c.reply())?.result).toBe(0);
+    for (let got = 0; got < WRITES; got++) expect(await c.reply()).not.toBeNull();
+    expect(c.sock.writableLength).toBe(0);
+    c.close();
+  });
+
+  it('a refused client that keeps its end open is cut off after a second', async () => {
+    const s = await serve({ limits: { maxConnections: 0 } });
+    const half = connect({ path: s.socketPath, allowHalfOpen: true });
+    let reply = Buffer.alloc(0);
+    half.on('data', (d: Buffer) => (reply = Buffer.concat([reply, d])));
+    const ended = new Promise((r) => half.once('end', r));
+    const closed = new Promise((r) => half.once('close', r));
+    await ended;
+    expect(reply.readInt32LE(0)).toBe(-EAGAIN);
+    half.on('error', () => undefined);
+    await sleep(1300);
+    // The service's end is gone: what the client still writes fails, and its socket closes.
+    half.write(Buffer.alloc(16));
+    await Promise.race([closed, sleep(1000)]);
+    expect(half.destroyed).toBe(true);
+  });
+
+  it('the per-connection log budget names the connection in its last line', async () => {
+    const s = await serve({ limits: { logLinesPerConnection: 1 } });
+    const c = await bridged(s);
+    c.close();
+    await until(() => logs.length >= 2);
+    expect(logs[1]).toBe(
+      `"test device" (VMM pid ${process.pid}): more than 1 log lines from this connection; the rest are dropped`,
+    );
+  });
+
+  it('a HELLO whose device state cannot be read is refused and the connection ended', async () => {
+    const broken = new (class extends ForwardingDevice {
+      override getState(): Promise<MigState> {
+        return Promise.reject(new VfioError('EIO', 'GET_STATE', 'x', 'no answer'));
+      }
+    })(sim());
+    const s = await serve({ openDevice: async () => broken });
+    const c = await WireClient.connect(s.socketPath);
+    c.hello(process.pid, 0);
+    await refusedAndClosed(c, -5, /GET_STATE on x: EIO \(5\): no answer/);
+  });
+
+  it('stopping the service after its socket was removed from under it still stops it', async () => {
+    const s = await serve();
+    (await bridged(s)).close();
+    rmSync(s.socketPath);
+    await s.close();
+    svc = null;
+    expect(s.sessions).toBe(0);
   });
 });
