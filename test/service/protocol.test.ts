@@ -618,10 +618,10 @@ describe('what a client can make the service hold', () => {
     await ended;
     expect(reply.readInt32LE(0)).toBe(-EAGAIN);
     half.on('error', () => undefined);
-    await sleep(1300);
+    await sleep(1500);
     // The service's end is gone: what the client still writes fails, and its socket closes.
     half.write(Buffer.alloc(16));
-    await Promise.race([closed, sleep(1000)]);
+    await Promise.race([closed, sleep(2000)]);
     expect(half.destroyed).toBe(true);
   });
 
