@@ -191,6 +191,54 @@ describe('taking a descriptor of the peer', () => {
       p.close();
     });
 
+  /** A process running as `args` (setpriv), for as long as the test needs it. */
+  async function runningAs(args: string[], use: (pid: number) => void): Promise<void> {
+    const child = spawn('setpriv', [...args, '--clear-groups', 'sleep', '30']);
+    await new Promise((r) => child.once('spawn', r));
+    try {
+      for (let i = 0; i < 100 && !readFileSync(`/proc/${child.pid}/status`, 'utf8').includes('sleep'); i++)
+        await new Promise((r) => setTimeout(r, 10));
+      use(child.pid!);
+    } finally {
+      child.kill();
+    }
+  }
+
+  it.skipIf(process.getuid?.() !== 0)(
+    "a process's own credentials are read from /proc: the uid and gid it connected with pass, others do not",
+    async () => {
+      await runningAs(['--reuid', '65534', '--regid', '65534'], (pid) => {
+        const fd = openSync('/etc/hostname', 'r');
+        try {
+          const ok = Peer.ofSocket(3, new FakeSys({ pid, uid: 65534, gid: 65534 }));
+          closeSync(ok.takeFd(fd, 'op', 'dev'));
+          ok.close();
+          const root = Peer.ofSocket(3, new FakeSys({ pid, uid: 0, gid: 0 }));
+          expect(() => root.takeFd(fd, 'op', 'dev')).toThrow(/EPERM.*no longer runs as uid 0 gid 0/);
+          root.close();
+        } finally {
+          closeSync(fd);
+        }
+      });
+    },
+  );
+
+  it.skipIf(process.getuid?.() !== 0)(
+    'a process whose real and effective ids differ (setuid since connect) is refused: every id must match',
+    async () => {
+      await runningAs(['--ruid', '65534', '--euid', '0', '--rgid', '65534', '--egid', '0'], (pid) => {
+        for (const creds of [
+          { uid: 65534, gid: 65534 },
+          { uid: 0, gid: 0 },
+        ]) {
+          const p = Peer.ofSocket(3, new FakeSys({ pid, ...creds }));
+          expect(() => p.takeFd(0, 'op', 'dev')).toThrow(/EPERM.*no longer runs as/);
+          p.close();
+        }
+      });
+    },
+  );
+
   for (const code of ['EPERM', 'EACCES'])
     it(`${code} from pidfd_getfd says the service needs ptrace access`, () => {
       const sys = new FakeSys(self());
