@@ -25,6 +25,18 @@ const UUID = '83b8f4f2-509f-382f-3c1e-e6bfe0fa1001';
 const NOBODY = ['setpriv', '--reuid=nobody', '--regid=nogroup', '--clear-groups', '--'];
 const EPROTO = 71;
 
+/** A command run to its end without blocking this process, whose event loop serves the service it asks. */
+function runAsync(argv: string[]): Promise<{ status: number | null; stdout: string; stderr: string }> {
+  return new Promise((done) => {
+    const p = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    p.stdout.on('data', (d) => (stdout += d));
+    p.stderr.on('data', (d) => (stderr += d));
+    p.on('close', (status) => done({ status, stdout, stderr }));
+  });
+}
+
 describe('vfio-mig libvirt snippet', () => {
   it('serve recipe: the mdev <hostdev>, -global x-enable-migration, LD_PRELOAD of the installed interposer and the socket, and the xmlns:qemu note', async () => {
     const r = await runInProcess(['libvirt', 'snippet', UUID, '--socket', '/run/vm/b.sock']);
@@ -166,7 +178,7 @@ describe('vfio-mig libvirt check', () => {
         ].sort(),
       );
       // nobody's own raw query: its session only.
-      const raw = spawnSync(NOBODY[0]!, [...NOBODY.slice(1), client, svc.socketPath, 'status'], { encoding: 'utf8' });
+      const raw = await runAsync([...NOBODY, client, svc.socketPath, 'status']);
       expect(raw.status, raw.stderr).toBe(0);
       const [result, ...json] = raw.stdout.trim().split(' ');
       expect(result).toBe('0');
@@ -175,19 +187,13 @@ describe('vfio-mig libvirt check', () => {
       // And through the CLI, run as nobody.
       const cli = cliCopyIn(dir);
       const asNobody = (pid: number) =>
-        spawnSync(
-          NOBODY[0]!,
-          [...NOBODY.slice(1), process.execPath, cli, 'libvirt', 'check', String(pid), '--socket', svc.socketPath],
-          {
-            encoding: 'utf8',
-          },
-        );
-      const other = asNobody(rootVmm);
+        runAsync([...NOBODY, process.execPath, cli, 'libvirt', 'check', String(pid), '--socket', svc.socketPath]);
+      const other = await asNobody(rootVmm);
       expect(other.status, other.stderr).toBe(1);
       expect(other.stdout).toMatch(
         /not bridged: .*the service shows uid 65534 only its own VMMs' sessions: run as root/,
       );
-      const own = asNobody(nobodyVmm);
+      const own = await asNobody(nobodyVmm);
       expect(own.status, own.stderr).toBe(0);
       expect(own.stdout).toMatch(/bridged by the service/);
       // Root sees the nobody VMM too.
