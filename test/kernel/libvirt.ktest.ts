@@ -419,6 +419,7 @@ describe('libvirt 9.0 with vfio-mig serve and <qemu:env>', () => {
         `^domain checked \\(pid ${qemuPid('checked')}\\) ${QEMU_BIN}: bridged by the service at ${SOCKET}: 1 device\n`,
       ),
     );
+    await virshOk('destroy', 'checked'); // libvirt gives an mdev to one domain at a time
     await create('unchecked', {}); // no <qemu:env>: QEMU has no VFIO_MIG_SOCKET, check asks the default socket
     const no = await libvirtCheck('unchecked');
     expect(no.status, no.stderr).toBe(1);
