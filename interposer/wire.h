@@ -13,6 +13,7 @@
 #define VMW_READ 3    /* offset, length: header bytes of the v1 region */
 #define VMW_WRITE 4   /* offset, length + that many bytes */
 #define VMW_BYE 5     /* payload: struct vmw_bye */
+#define VMW_STATUS 6  /* no payload, alone on its connection; reply: JSON (vfio-mig libvirt check, never the interposer) */
 
 struct vmw_request {
 	uint32_t op;

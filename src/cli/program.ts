@@ -11,8 +11,10 @@ import type { conformanceCommand } from './conformance.js';
 import type { CliContext } from './context.js';
 import type { fsmCommand } from './fsm.js';
 import type { infoCommand } from './info.js';
+import type { CheckOptions, SnippetOptions } from './libvirt.js';
 import type { LoadOptions } from './load.js';
 import { EXEC_SERVICE } from './exec-inplace.js';
+import { SYSTEM_SOCKET } from '../service/listen.js';
 import { deviceKindOf } from '../v2/open-device.js';
 import { DEVICE_HELP, parseDeviceArg, parseSize } from './open-device.js';
 import { CliError, errorJson, errorLine, exitCodeFor, toJson } from './output.js';
@@ -33,6 +35,7 @@ const load = {
   conformance: () => import('./conformance.js'),
   fsm: () => import('./fsm.js'),
   info: () => import('./info.js'),
+  libvirt: () => import('./libvirt.js'),
   load: () => import('./load.js'),
   qemuStream: () => import('./qemu-stream.js'),
   save: () => import('./save.js'),
@@ -379,6 +382,51 @@ function buildProgram(ctx: CliContext, exit: (code: number) => void, help: HelpM
       const { envCommand } = await load.serve();
       envCommand(ctx, o);
     });
+  const lv = program
+    .command('libvirt')
+    .description(
+      "libvirt-managed QEMU: the domain XML that bridges a device, and whether a running domain's QEMU is bridged",
+    )
+    .addHelpText(
+      'after',
+      '\nREADME, "Using it with libvirt", has both recipes: vfio-mig serve + <qemu:env> (preferred), or\nvfio-mig exec as the <emulator>.',
+    );
+  lv.command('snippet')
+    .description(
+      "print the domain XML for DEVICE: its <hostdev>, x-enable-migration, and the recipe's <qemu:env> or <emulator>",
+    )
+    .argument('<device>', 'an mdev (UUID or /sys/bus/mdev/devices/UUID) or a PCI function (0000:01:00.0)')
+    .addOption(
+      new Option('--recipe <recipe>', 'serve: vfio-mig serve + <qemu:env>; emulator: vfio-mig exec as the <emulator>')
+        .choices(['serve', 'emulator'])
+        .default('serve'),
+    )
+    .option('--socket <path>', `the socket vfio-mig serve listens on (serve recipe; default ${SYSTEM_SOCKET})`)
+    .option(
+      '--wrapper <path>',
+      'where the <emulator> wrapper script goes (emulator recipe; default /usr/local/bin/qemu-vfio-mig)',
+    )
+    .option('--qemu <path>', 'the QEMU the wrapper runs (emulator recipe; default /usr/bin/qemu-system-x86_64)')
+    .addHelpText(
+      'after',
+      '\nThe <qemu:commandline> element needs xmlns:qemu on <domain> (the snippet says so). -global turns\nmigration on for every vfio-pci device of the domain; README shows <qemu:override> for one device.\n\nExample:\n  vfio-mig libvirt snippet 83b8f4f2-509f-382f-3c1e-e6bfe0fa1001\n  vfio-mig libvirt snippet /sys/bus/mdev/devices/UUID --recipe emulator',
+    )
+    .action(async (device: string, o: SnippetOptions) => (await load.libvirt()).snippetCommand(ctx, device, o));
+  lv.command('check')
+    .description(
+      "whether the QEMU of a running domain (or a process) has devices bridged, as the service's sessions say",
+    )
+    .argument('<domain-or-pid>', 'a running domain of qemu:///system (or of your session), or a pid')
+    .option(
+      '--socket <path>',
+      `the service's socket (default: QEMU's VFIO_MIG_SOCKET when its environment is readable, else ${SYSTEM_SOCKET})`,
+    )
+    .option('--json', 'machine-readable output')
+    .addHelpText(
+      'after',
+      '\nAsks the service (a read-only status query): exit 0 when it has a session of that process, 1 when not.\nThe service shows a user only the sessions of VMMs running as that user; root sees all.\n\nExample:\n  vfio-mig libvirt check vm1\n  vfio-mig libvirt check $(cat /run/libvirt/qemu/vm1.pid) --socket /run/vfio-mig/bridge.sock',
+    )
+    .action(async (target: string, o: CheckOptions) => exit(await (await load.libvirt()).checkCommand(ctx, target, o)));
   const qs = program
     .command('qemu-stream')
     .description(
@@ -437,6 +485,7 @@ function buildProgram(ctx: CliContext, exit: (code: number) => void, help: HelpM
     program.showHelpAfterError('(see vfio-mig --help)');
     for (const c of program.commands) c.showHelpAfterError(`(see vfio-mig ${c.name()} --help)`);
     for (const c of qs.commands) c.showHelpAfterError(`(see vfio-mig qemu-stream ${c.name()} --help)`);
+    for (const c of lv.commands) c.showHelpAfterError(`(see vfio-mig libvirt ${c.name()} --help)`);
   }
   return program;
 }

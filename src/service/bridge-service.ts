@@ -46,6 +46,7 @@ import {
   vmw_hello_reply,
   vmw_region,
   vmw_request,
+  type StatusReply,
   type WireRequest,
 } from './wire.js';
 
@@ -150,6 +151,19 @@ export class BridgeService {
   /** Sessions now open. */
   get sessions(): number {
     return this.#sessions.size;
+  }
+
+  /**
+   * What STATUS answers `uid`: the bridged sessions of its own VMMs (all of
+   * them for root), never another user's (docs/interposer.md#trust-model).
+   */
+  statusFor(uid: number): StatusReply {
+    const sessions: StatusReply['sessions'] = [];
+    for (const s of this.#sessions) {
+      const v = s.view();
+      if (v && (uid === 0 || v.uid === uid)) sessions.push(v);
+    }
+    return { uid, sessions };
   }
 
   #accept(sock: Socket): void {
@@ -264,6 +278,17 @@ class DeviceSession {
   #log(line: string): void {
     if (this.stats) this.#bridgedLog(line);
     else this.#svc.misbehaved(line);
+  }
+
+  /** @internal The session as STATUS shows it, once bridged. */
+  view(): StatusReply['sessions'][number] | null {
+    if (!this.stats || this.#ended) return null;
+    return {
+      vmm: this.stats.vmm,
+      uid: this.#peer.creds.uid,
+      device: this.stats.device,
+      headerAccesses: this.stats.headerAccesses,
+    };
   }
 
   /** @internal Ends the session once the process that connected is gone, whoever still holds its socket. */
@@ -392,6 +417,18 @@ class DeviceSession {
             });
           this.#reply(0);
           void this.end('the VMM closed the device'); // runs once this request is off the queue
+          return;
+        }
+        case WireOp.STATUS: {
+          if (this.#hello)
+            throw new ProtocolError(
+              'EPROTO',
+              'serve: STATUS',
+              this.#name,
+              'STATUS on a device connection (a status query is alone on its connection)',
+            );
+          this.#reply(0, Buffer.from(JSON.stringify(this.#svc.statusFor(this.#peer.creds.uid))));
+          void this.end('status query answered');
           return;
         }
         default:

@@ -13,6 +13,9 @@ import { VfioError } from '../errors.js';
 /** sockaddr_un holds 108 bytes with the NUL: a longer path would be cut short silently. */
 export const MAX_SOCKET_PATH = 107;
 
+/** Where contrib/systemd/vfio-mig.socket listens. */
+export const SYSTEM_SOCKET = '/run/vfio-mig/bridge.sock';
+
 export interface ListenOptions {
   socketPath: string;
   listenFd?: number;

@@ -5,7 +5,17 @@
  */
 import { defineStruct } from '../struct.js';
 
-export const WireOp = { HELLO: 1, SECTION: 2, READ: 3, WRITE: 4, BYE: 5 } as const;
+export const WireOp = { HELLO: 1, SECTION: 2, READ: 3, WRITE: 4, BYE: 5, STATUS: 6 } as const;
+
+/**
+ * STATUS's answer (JSON in the reply payload): the bridged sessions open
+ * now that the asker may see, those of its own uid, or all for root.
+ */
+export interface StatusReply {
+  /** The asker's uid, as the service saw it (SO_PEERCRED). */
+  uid: number;
+  sessions: { vmm: number; uid: number; device: string; headerAccesses: number }[];
+}
 
 export const vmw_request = defineStruct('vmw_request', 24, {
   op: { offset: 0, type: 'u32' },

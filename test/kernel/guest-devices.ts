@@ -1,11 +1,12 @@
 /**
  * The guest's mtty devices as the kernel tests use them: the cdev of an
  * mdev, back to RUNNING between tests, the UART scratch registers mtty
- * migrates, a VM waited on until it runs, and `vfio-mig serve` in a
+ * migrates, the two 64 MiB mbig devices and their crc32, a VM waited on
+ * until it runs, the bridge's NDJSON trace, and `vfio-mig serve` in a
  * process of its own.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readdirSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { MigState, openKernelDevice } from '../../src/index.js';
 import type { Vmm } from './qemu-vmm.js';
@@ -13,6 +14,21 @@ import type { Vmm } from './qemu-vmm.js';
 /** The two mtty devices guest-init.sh creates. */
 export const A = process.env.VFIOMIG_A!;
 export const B = process.env.VFIOMIG_B!;
+/** Two mbig devices (an mtty with device memory, scripts/kernel/mbig.patch), made by createMbig(). */
+export const C = '83b8f4f2-509f-382f-3c1e-e6bfe0fa1003';
+export const D = '83b8f4f2-509f-382f-3c1e-e6bfe0fa1004';
+
+/** C and D at 64 MiB, whichever test file asks first (the size applies to devices created after it is set). */
+export function createMbig(): void {
+  writeFileSync('/sys/module/mbig/parameters/mib', '64');
+  for (const u of [C, D])
+    if (!existsSync(`/sys/bus/mdev/devices/${u}`))
+      writeFileSync('/sys/class/mdev_bus/mbig/mdev_supported_types/mbig-2/create', u);
+}
+
+/** crc32 of an mbig device's memory, as the driver computes it. */
+export const crc = (uuid: string) => readFileSync(`/sys/bus/mdev/devices/${uuid}/vendor/mem_crc32`, 'utf8').trim();
+
 /** UART scratch register, which mtty migrates. */
 export const SCR = 7;
 
@@ -58,6 +74,37 @@ export async function waitRunning(vm: Vmm): Promise<void> {
     await sleep(200);
   }
   throw new Error(`destination never ran:\n${vm.stderr}`);
+}
+
+/** One line of `vfio-mig exec/serve --trace`: a v1 access (kind "access") or a quiesce-group move (kind "group"). */
+export interface TraceEvent {
+  kind: string;
+  device: string;
+  op?: string;
+  field?: string;
+  value?: number | string;
+  v2: string[];
+  cause?: string;
+  error?: string;
+}
+
+export const traceOf = (file: string): TraceEvent[] =>
+  readFileSync(file, 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l) as TraceEvent);
+
+/** A v1 device_state write of `v` (docs/protocol.md: 2 STOP_COPY, 3 PRE_COPY, 4 RESUMING, 1 RUNNING). */
+export const isWrite = (v: number) => (e: TraceEvent) =>
+  e.kind === 'access' && e.field === 'device_state' && e.op === 'write' && e.value === v;
+
+/** Waits until the trace in `file` has an event `pred` accepts. */
+export async function waitTrace(file: string, pred: (e: TraceEvent) => boolean, ms = 60_000): Promise<void> {
+  const t0 = Date.now();
+  while (!(existsSync(file) && readFileSync(file, 'utf8').trim() && traceOf(file).some(pred))) {
+    if (Date.now() - t0 > ms) throw new Error(`trace ${file} never showed the access`);
+    await sleep(100);
+  }
 }
 
 const CLI = resolve(import.meta.dirname, '../../dist/cli/main.js');

@@ -2,8 +2,12 @@
  * Debian 12's libvirt 9.0 (libvirtd and virtlogd from the host's root, state
  * on tmpfs) runs QEMU 7.2 as libvirt-qemu with an mtty mdev in the guest:
  * unbridged, `virsh save` is refused; through `vfio-mig serve` and
- * `<qemu:env>`, save/restore, a live external memory snapshot and a libvirtd
- * restart keep the UART scratch values; destroy leaves no QEMU behind.
+ * `<qemu:env>`, save/restore (also of a 64 MiB mbig), a live external
+ * memory snapshot and a libvirtd restart keep the device state; through
+ * README's `<emulator>` wrapper around `vfio-mig exec`, the pid libvirt
+ * tracks is QEMU itself and save/restore keep it too; destroy and a SIGKILL
+ * leave no QEMU (and no exec service) behind, and the device usable.
+ * `vfio-mig libvirt check` tells bridged domains from the service's state.
  * libvirt runs with its defaults (no qemu.conf): on this kernel (no cgroups,
  * seccomp or LSM) they start QEMU with no cgroup, no -sandbox and no MAC
  * label, in a private mount namespace with DAC ownership (the first test).
@@ -16,26 +20,34 @@ import {
   mkdirSync,
   readFileSync,
   readdirSync,
+  readlinkSync,
   rmSync,
+  statSync,
   writeFileSync,
 } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { MigState, openKernelDevice } from '../../src/index.js';
 import { preloadLibrary } from '../../src/service/preload-library.js';
-import { cdevOf, SCR, sleep } from './guest-devices.js';
+import { cdevOf, SCR, sleep, toRunning } from './guest-devices.js';
 import { uartPorts } from './qemu-vmm.js';
 
 const CLI = resolve(import.meta.dirname, '../../dist/cli/main.js');
 // A spare mtty of its own (A and B belong to the other files).
 const E = '83b8f4f2-509f-382f-3c1e-e6bfe0fa1017';
 const MTTY_TYPE = '/sys/class/mdev_bus/mtty/mdev_supported_types/mtty-2';
+// An mbig of its own, made with 64 MiB of device memory for the one test that uses it.
+const BIG = '83b8f4f2-509f-382f-3c1e-e6bfe0fa1018';
+const MBIG_TYPE = '/sys/class/mdev_bus/mbig/mdev_supported_types/mbig-2';
+const crcOf = (uuid: string) => readFileSync(`/sys/bus/mdev/devices/${uuid}/vendor/mem_crc32`, 'utf8').trim();
 const QEMU_USER = 'libvirt-qemu'; // libvirt's built-in default user and group (Debian)
 // Its uid: the host's when libvirt-daemon-system made the user, else the one added in the guest (prepareHost).
 let QEMU_UID = 64055;
 const RUN = '/run/vfio-mig';
 const SOCKET = `${RUN}/bridge.sock`;
 const PRELOAD = `${RUN}/libvfio-mig-preload.so`; // readable by libvirt-qemu
+/** Debian 12's QEMU 7.2, from the host's root. */
+const QEMU_BIN = '/usr/bin/qemu-system-x86_64';
 
 interface Run {
   status: number | null;
@@ -118,21 +130,31 @@ async function clobber(): Promise<MigState> {
   }
 }
 
-function domainXml(name: string, opts: { mdev?: boolean; bridged?: boolean }): string {
+interface DomainOptions {
+  /** The mdev passed through (default the mtty E); null for none. */
+  device?: string | null;
+  /** serve's recipe: the interposer and the socket through <qemu:env>. */
+  bridged?: boolean;
+  /** The <emulator> (default QEMU itself). */
+  emulator?: string;
+}
+
+function domainXml(name: string, opts: DomainOptions): string {
   const env = opts.bridged
     ? `<qemu:env name='LD_PRELOAD' value='${PRELOAD}'/><qemu:env name='VFIO_MIG_SOCKET' value='${SOCKET}'/>`
     : '';
+  const device = opts.device === undefined ? E : opts.device;
   const hostdev =
-    opts.mdev === false
+    device === null
       ? ''
-      : `<hostdev mode='subsystem' type='mdev' model='vfio-pci'><source><address uuid='${E}'/></source></hostdev>`;
+      : `<hostdev mode='subsystem' type='mdev' model='vfio-pci'><source><address uuid='${device}'/></source></hostdev>`;
   return `<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
   <name>${name}</name>
   <memory unit='MiB'>64</memory>
   <vcpu>1</vcpu>
   <os><type arch='x86_64' machine='pc'>hvm</type></os>
   <devices>
-    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <emulator>${opts.emulator ?? QEMU_BIN}</emulator>
     <controller type='usb' model='none'/>
     <memballoon model='none'/>
     ${hostdev}
@@ -146,21 +168,21 @@ function domainXml(name: string, opts: { mdev?: boolean; bridged?: boolean }): s
 }
 
 /** `virsh create` (a transient domain); the time it took. */
-async function create(name: string, opts: { mdev?: boolean; bridged?: boolean }): Promise<number> {
+async function create(name: string, opts: DomainOptions): Promise<number> {
   writeFileSync(`/tmp/${name}.xml`, domainXml(name, opts));
   return (await virshOk('create', `/tmp/${name}.xml`)).ms;
 }
 
 const qemuPid = (name: string) => Number(readFileSync(`/run/libvirt/qemu/${name}.pid`, 'utf8'));
 
-/** Live (non-zombie) processes whose command line names the domain. */
-function qemuProcesses(name: string): number[] {
+/** Live (non-zombie) processes whose NUL-separated command line matches. */
+function liveProcesses(match: (cmdline: string) => boolean): number[] {
   return readdirSync('/proc')
     .filter((p) => /^\d+$/.test(p))
     .filter((p) => {
       try {
         return (
-          readFileSync(`/proc/${p}/cmdline`, 'utf8').includes(`guest=${name},`) &&
+          match(readFileSync(`/proc/${p}/cmdline`, 'utf8')) &&
           !/^State:\s*Z/m.test(readFileSync(`/proc/${p}/status`, 'utf8'))
         );
       } catch {
@@ -169,6 +191,35 @@ function qemuProcesses(name: string): number[] {
     })
     .map(Number);
 }
+
+/** Live processes whose command line names the domain. */
+const qemuProcesses = (name: string) => liveProcesses((c) => c.includes(`guest=${name},`));
+
+/** The services `vfio-mig exec` started (its hidden _exec-service command), with the pid each watches. */
+const execServices = () =>
+  liveProcesses((c) => c.split('\0').includes('_exec-service')).map((pid) => {
+    const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+    return { pid, watches: Number(argv[argv.indexOf('--pid') + 1]) };
+  });
+
+/** Polls `done` every 100 ms for `ms`; whether it came true. */
+async function within(ms: number, done: () => boolean | Promise<boolean>): Promise<boolean> {
+  for (const t0 = Date.now(); Date.now() - t0 < ms; await sleep(100)) if (await done()) return true;
+  return done();
+}
+
+/** QEMU's log as virtlogd keeps it (QEMU's stderr: exec's service writes its lines there too). */
+const domainLog = (name: string) => {
+  try {
+    return readFileSync(`/var/log/libvirt/qemu/${name}.log`, 'utf8');
+  } catch {
+    return '';
+  }
+};
+
+const procStatus = (pid: number) => readFileSync(`/proc/${pid}/status`, 'utf8');
+const uidOf = (pid: number) => Number(/^Uid:\s+(\d+)/m.exec(procStatus(pid))![1]);
+const ppidOf = (pid: number) => Number(/^PPid:\s+(\d+)/m.exec(procStatus(pid))![1]);
 
 async function destroyAll(): Promise<void> {
   const names = (await virsh('list', '--name')).stdout.split('\n').filter(Boolean);
@@ -317,7 +368,7 @@ describe('libvirt 9.0 without the bridge', () => {
   }, 300_000);
 
   it('a domain without the device: start, save, restore (the baseline)', async () => {
-    const start = await create('bare', { mdev: false });
+    const start = await create('bare', { device: null });
     const save = await virshOk('save', 'bare', '/tmp/bare.save');
     const restore = await virshOk('restore', '/tmp/bare.save');
     expect((await virshOk('domstate', 'bare')).stdout.trim()).toBe('running');
@@ -357,6 +408,22 @@ describe('libvirt 9.0 with vfio-mig serve and <qemu:env>', () => {
     await svc.waitLog(new RegExp(`\\(VMM pid ${qemuPid('saved')}\\) bridged`));
     expect(await scratchVia('saved', ports)).toEqual([0x5a, 0xa5]);
     times.push(`bridged, with the mtty: start ${start} ms, save ${save.ms} ms, restore ${restore.ms} ms`);
+  }, 300_000);
+
+  it('vfio-mig libvirt check asks the service: a bridged domain is, an unbridged one beside it is not', async () => {
+    await bridged('checked', [0x0f, 0xf0]);
+    const yes = await libvirtCheck('checked');
+    expect(yes.status, yes.stderr).toBe(0);
+    expect(yes.stdout).toMatch(
+      new RegExp(
+        `^domain checked \\(pid ${qemuPid('checked')}\\) ${QEMU_BIN}: bridged by the service at ${SOCKET}: 1 device\n`,
+      ),
+    );
+    await virshOk('destroy', 'checked'); // libvirt gives an mdev to one domain at a time
+    await create('unchecked', {}); // no <qemu:env>: QEMU has no VFIO_MIG_SOCKET, check asks the default socket
+    const no = await libvirtCheck('unchecked');
+    expect(no.status, no.stderr).toBe(1);
+    expect(no.stdout).toMatch(`not bridged: the service at ${SOCKET} has no session of it`);
   }, 300_000);
 
   it('a live external memory snapshot, restored with virsh restore, carries the values taken at the snapshot', async () => {
@@ -425,4 +492,151 @@ describe('libvirt 9.0 with vfio-mig serve and <qemu:env>', () => {
     expect(await scratchVia('kept', ports)).toEqual([0x77, 0x88]);
     times.push(`libvirtd restarted with a domain running: answering again in ${up} ms`);
   }, 300_000);
+
+  it("QEMU killed with SIGKILL (as libvirt's forced kill): the service stays and ends the session; the device stays RUNNING and the next domain saves", async () => {
+    await bridged('shot', [0x55, 0x66]);
+    const pid = qemuPid('shot');
+    process.kill(pid, 'SIGKILL');
+    await waitUndefined('shot');
+    expect(qemuProcesses('shot')).toEqual([]);
+    await svc.waitLog(new RegExp(`\\(VMM pid ${pid}\\) done:`));
+    expect(svc.proc.exitCode).toBeNull();
+    expect(cliState(E)).toBe('RUNNING');
+    const { ports } = await bridged('after-shot', [0x65, 0x56]);
+    await virshOk('save', 'after-shot', '/tmp/after-shot.save');
+    await clobber();
+    await virshOk('restore', '/tmp/after-shot.save');
+    expect(await scratchVia('after-shot', ports)).toEqual([0x65, 0x56]);
+  }, 300_000);
+
+  it('a 64 MiB mbig: virsh save and virsh restore carry its memory (crc32)', async () => {
+    writeFileSync('/sys/module/mbig/parameters/mib', '64');
+    if (!existsSync(`/sys/bus/mdev/devices/${BIG}`)) writeFileSync(`${MBIG_TYPE}/create`, BIG);
+    try {
+      const saved = crcOf(BIG);
+      const start = await create('big', { device: BIG, bridged: true });
+      await svc.waitLog(new RegExp(`\\(VMM pid ${qemuPid('big')}\\) bridged`));
+      const save = await virshOk('save', 'big', '/tmp/big.save');
+      expect(qemuProcesses('big')).toEqual([]);
+      await toRunning(BIG);
+      writeFileSync(`/sys/bus/mdev/devices/${BIG}/vendor/seed`, '5eed0f17'); // other memory: what restore shows came from the file
+      expect(crcOf(BIG)).not.toBe(saved);
+      const restore = await virshOk('restore', '/tmp/big.save');
+      await svc.waitLog(new RegExp(`\\(VMM pid ${qemuPid('big')}\\) bridged`));
+      expect((await virshOk('domstate', 'big')).stdout.trim()).toBe('running');
+      await virshOk('destroy', 'big');
+      expect(crcOf(BIG)).toBe(saved);
+      times.push(
+        `bridged, 64 MiB mbig: start ${start} ms, save ${save.ms} ms, restore ${restore.ms} ms (save file ${statSync('/tmp/big.save').size >> 20} MiB)`,
+      );
+    } finally {
+      await destroyAll();
+      if (existsSync(`/sys/bus/mdev/devices/${BIG}`)) {
+        await toRunning(BIG);
+        writeFileSync(`/sys/bus/mdev/devices/${BIG}/remove`, '1');
+      }
+    }
+  }, 400_000);
+});
+
+/** `vfio-mig libvirt check ARGS` as root: its exit status and output. */
+const libvirtCheck = (...args: string[]) => run([process.execPath, CLI, 'libvirt', 'check', ...args]);
+
+/** The device's state as `vfio-mig state --json` reports it (what a user would check). */
+function cliState(uuid: string): string {
+  return (JSON.parse(sh(process.execPath, CLI, 'state', cdevOf(uuid), '--json')) as { state: string }).state;
+}
+
+/** Until the transient domain is gone from libvirt's list (it noticed its QEMU died). */
+async function waitUndefined(name: string): Promise<void> {
+  const gone = await within(60_000, async () => !(await virsh('list', '--name')).stdout.split('\n').includes(name));
+  if (!gone) throw new Error(`libvirt still lists ${name}:\n${(await virsh('list', '--all')).stdout}`);
+}
+
+describe('libvirt 9.0 with vfio-mig exec as the <emulator> (the README wrapper)', () => {
+  const WRAPPER = `${RUN}/qemu-vfio-mig`;
+  beforeAll(() => {
+    // README "Using it with libvirt", recipe 2, with the CLI of this checkout for /usr/local/bin/vfio-mig.
+    writeFileSync(WRAPPER, `#!/bin/sh\nexec ${process.execPath} ${CLI} exec -- ${QEMU_BIN} "$@"\n`);
+    chmodSync(WRAPPER, 0o755);
+  });
+
+  /** A domain started through the wrapper, bridged, with `values` in its scratch registers. */
+  async function wrapped(name: string, values: number[]) {
+    const start = await create(name, { emulator: WRAPPER });
+    const pid = qemuPid(name);
+    const bridgedLine = new RegExp(`\\(VMM pid ${pid}\\) bridged`);
+    if (!(await within(60_000, () => bridgedLine.test(domainLog(name)))))
+      throw new Error(`${name} never bridged; its log:\n${domainLog(name)}`);
+    const ports = await setScratchVia(name, values);
+    expect(await scratchVia(name, ports)).toEqual(values);
+    return { pid, ports, start };
+  }
+
+  it("libvirt probes the wrapper's capabilities as QEMU 7.2's, and leaves no service behind from the probe", async () => {
+    const r = await virshOk('domcapabilities', '--emulatorbin', WRAPPER, '--virttype', 'qemu');
+    expect(r.stdout).toContain(`<path>${WRAPPER}</path>`);
+    expect(r.stdout).toMatch(/<machine>pc-i440fx-7\.2<\/machine>/);
+    expect(await within(10_000, () => execServices().length === 0)).toBe(true);
+    times.push(`capabilities probe through the wrapper (first use): ${r.ms} ms`);
+  }, 300_000);
+
+  it('the pid libvirt tracks is QEMU itself, as libvirt-qemu, its service beside it; virsh save/restore carry the scratch values, and the service ends with QEMU', async () => {
+    const { pid, ports, start } = await wrapped('wrapped', [0x5c, 0xc5]);
+    // exec replaced itself with QEMU: the pid libvirt forked, wrote and monitors runs the QEMU binary.
+    expect(readlinkSync(`/proc/${pid}/exe`)).toBe(QEMU_BIN);
+    expect(qemuProcesses('wrapped')).toEqual([pid]);
+    expect(uidOf(pid)).toBe(QEMU_UID);
+    const services = execServices().filter((s) => s.watches === pid);
+    expect(services).toHaveLength(1);
+    expect(ppidOf(services[0]!.pid)).toBe(pid); // started by exec before its execve: QEMU's child
+    expect(uidOf(services[0]!.pid)).toBe(QEMU_UID);
+    // check finds exec's private socket in QEMU's environment and asks that service.
+    const check = await libvirtCheck('wrapped', '--json');
+    expect(check.status, check.stderr).toBe(0);
+    expect(JSON.parse(check.stdout)).toMatchObject({ pid, exe: QEMU_BIN, bridged: true });
+    const save = await virshOk('save', 'wrapped', '/tmp/wrapped.save');
+    expect(qemuProcesses('wrapped')).toEqual([]);
+    expect(await within(10_000, () => execServices().length === 0)).toBe(true);
+    console.log(`device after a bridged virsh save through exec: ${MigState[await clobber()]}`);
+    const restore = await virshOk('restore', '/tmp/wrapped.save');
+    const again = qemuPid('wrapped');
+    expect(readlinkSync(`/proc/${again}/exe`)).toBe(QEMU_BIN);
+    expect(await within(60_000, () => new RegExp(`\\(VMM pid ${again}\\) bridged`).test(domainLog('wrapped')))).toBe(
+      true,
+    );
+    expect(await scratchVia('wrapped', ports)).toEqual([0x5c, 0xc5]);
+    times.push(`exec <emulator>, with the mtty: start ${start} ms, save ${save.ms} ms, restore ${restore.ms} ms`);
+  }, 300_000);
+
+  it("QEMU killed with SIGKILL (as libvirt's forced kill) leaves no QEMU and no service; the device stays RUNNING and the next domain saves; virsh destroy then leaves it in STOP, which the next one takes", async () => {
+    const { pid } = await wrapped('shot', [0x11, 0x22]);
+    const service = execServices().find((s) => s.watches === pid)!;
+    expect(service).toBeDefined();
+    process.kill(pid, 'SIGKILL');
+    await waitUndefined('shot');
+    expect(qemuProcesses('shot')).toEqual([]);
+    // The service watches QEMU's pidfd (every 100 ms) and ends its session with it.
+    expect(await within(10_000, () => execServices().length === 0)).toBe(true);
+    // Killed while running: nothing moved the device, and nothing is left mid-session.
+    expect(cliState(E)).toBe('RUNNING');
+    const { ports } = await wrapped('after-kill', [0x31, 0x13]);
+    await virshOk('save', 'after-kill', '/tmp/after-kill.save');
+    await clobber();
+    await virshOk('restore', '/tmp/after-kill.save');
+    expect(await scratchVia('after-kill', ports)).toEqual([0x31, 0x13]);
+    // virsh destroy: SIGTERM (QEMU stops the VM: a v1 stop, a v2 STOP through the bridge), SIGKILL after 10 s.
+    const last = qemuPid('after-kill');
+    const destroy = await virshOk('destroy', 'after-kill');
+    expect(qemuProcesses('after-kill')).toEqual([]);
+    expect(await within(10_000, () => execServices().length === 0)).toBe(true);
+    expect(existsSync(`/proc/${last}`) && !/^State:\s*Z/m.test(procStatus(last))).toBe(false);
+    expect(cliState(E)).toBe('STOP');
+    const next = await wrapped('after-destroy', [0x42, 0x24]);
+    await virshOk('save', 'after-destroy', '/tmp/after-destroy.save');
+    await clobber();
+    await virshOk('restore', '/tmp/after-destroy.save');
+    expect(await scratchVia('after-destroy', next.ports)).toEqual([0x42, 0x24]);
+    times.push(`exec <emulator>: virsh destroy ${destroy.ms} ms`);
+  }, 400_000);
 });

@@ -263,6 +263,26 @@ export class Vmm {
     }
   }
 
+  /**
+   * Under `vfio-mig exec`: the pid of the bridge service exec started beside
+   * QEMU, which exec handed QEMU as VFIO_MIG_PTRACER (docs/interposer.md);
+   * checked to be that service, watching this QEMU.
+   */
+  servicePid(): number {
+    const environ = readFileSync(`/proc/${this.proc.pid}/environ`, 'utf8').split('\0');
+    const pid = Number(/^VFIO_MIG_PTRACER=(\d+)$/m.exec(environ.join('\n'))?.[1]);
+    const cmdline = Number.isInteger(pid) ? readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0') : [];
+    const watched = cmdline[cmdline.indexOf('--pid') + 1];
+    if (!cmdline.includes('_exec-service') || watched !== String(this.proc.pid))
+      throw new Error(`no exec service for QEMU ${this.proc.pid}: VFIO_MIG_PTRACER=${pid}, ${cmdline.join(' ')}`);
+    return pid;
+  }
+
+  /** How QEMU ended (its exit code, 128 for a signal), or 'running' if it still runs after `ms`. */
+  async exitWithin(ms: number): Promise<number | null | 'running'> {
+    return Promise.race([this.exited, sleep(ms).then(() => 'running' as const)]);
+  }
+
   async quit(): Promise<number | null> {
     if (this.proc.exitCode === null) {
       this.#mon?.write('quit\n');

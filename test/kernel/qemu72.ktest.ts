@@ -5,54 +5,40 @@
  * same VM's migration is refused.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { resolve } from 'node:path';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { MigState } from '../../src/index.js';
 import { preloadLibrary } from '../../src/service/preload-library.js';
 import { Vmm, VmmExited } from './qemu-vmm.js';
-import { A, B, cdevOf, SCR, scratch, setScratch, sleep, startServe, toRunning, waitRunning } from './guest-devices.js';
+import {
+  A,
+  B,
+  C,
+  cdevOf,
+  crc,
+  createMbig,
+  D,
+  isWrite,
+  SCR,
+  scratch,
+  setScratch,
+  sleep,
+  startServe,
+  toRunning,
+  traceOf,
+  waitRunning,
+  waitTrace,
+} from './guest-devices.js';
 
 const CLI = resolve(import.meta.dirname, '../../dist/cli/main.js');
-const traceOf = (file: string) =>
-  readFileSync(file, 'utf8')
-    .trim()
-    .split('\n')
-    .map(
-      (l) =>
-        JSON.parse(l) as {
-          kind: string;
-          device: string;
-          op?: string;
-          field?: string;
-          value?: number | string;
-          v2: string[];
-          cause?: string;
-        },
-    );
-
 // A failed test must not hand the next one (or the next file) a device mid-session: the dead service's or
 // VMM's data_fd took the session with it, so reset before anyone steps an arc.
 afterEach(async () => {
   await toRunning(A);
   await toRunning(B);
 });
-
-async function waitTrace(
-  file: string,
-  pred: (e: ReturnType<typeof traceOf>[number]) => boolean,
-  ms = 60_000,
-): Promise<void> {
-  const t0 = Date.now();
-  while (!(existsSync(file) && readFileSync(file, 'utf8').trim() && traceOf(file).some(pred))) {
-    if (Date.now() - t0 > ms) throw new Error(`trace ${file} never showed the access`);
-    await sleep(100);
-  }
-}
-
-const isWrite = (v: number) => (e: ReturnType<typeof traceOf>[number]) =>
-  e.kind === 'access' && e.field === 'device_state' && e.op === 'write' && e.value === v;
 
 describe('QEMU 7.2 migrates an mtty device through vfio-mig exec', () => {
   beforeAll(async () => {
@@ -267,16 +253,7 @@ describe('QEMU 7.2 with the interposer: failures never hang and never pass silen
 });
 
 describe('mbig: 64 MiB of device state through QEMU 7.2 and the bridge', () => {
-  const C = '83b8f4f2-509f-382f-3c1e-e6bfe0fa1003';
-  const D = '83b8f4f2-509f-382f-3c1e-e6bfe0fa1004';
-  const crc = (u: string) => readFileSync(`/sys/bus/mdev/devices/${u}/vendor/mem_crc32`, 'utf8').trim();
-
-  beforeAll(() => {
-    writeFileSync('/sys/module/mbig/parameters/mib', '64');
-    for (const u of [C, D])
-      if (!existsSync(`/sys/bus/mdev/devices/${u}`))
-        writeFileSync('/sys/class/mdev_bus/mbig/mdev_supported_types/mbig-2/create', u);
-  });
+  beforeAll(createMbig);
 
   it('migrates C to D with equal crc32, in under 60 s', async () => {
     const before = [crc(C), crc(D)];

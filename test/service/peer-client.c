@@ -6,6 +6,8 @@
  *   peer-client SOCK ghost GO  bridge, fork, let the parent exit; the child
  *                              keeps the socket and, once the file GO
  *                              exists, writes device_state 000 through it
+ *   peer-client SOCK hold      bridge, then stay until stdin closes
+ *   peer-client SOCK status    one STATUS query; prints its JSON answer
  *
  * Prints one line per reply: "reply RESULT" or "closed".
  */
@@ -82,6 +84,17 @@ int main(int argc, char **argv)
 		hello();
 		return 0;
 	}
+	if (!strcmp(argv[2], "status")) {
+		request(VMW_STATUS, 0, 0, NULL, 0);
+		struct vmw_reply rp;
+		if (recv(sock, &rp, sizeof(rp), MSG_WAITALL) != sizeof(rp) || rp.payload_len > 1 << 20)
+			return 1;
+		char *text = calloc(1, rp.payload_len + 1);
+		if (!text || recv(sock, text, rp.payload_len, MSG_WAITALL) != (ssize_t)rp.payload_len)
+			return 1;
+		printf("%d %s\n", rp.result, text);
+		return 0;
+	}
 	hello();
 	int memfd = memfd_create("section", MFD_ALLOW_SEALING);
 	if (memfd < 0 || ftruncate(memfd, 4 << 20) || fcntl(memfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL))
@@ -89,6 +102,12 @@ int main(int argc, char **argv)
 	int32_t m = memfd;
 	request(VMW_SECTION, 0, 0, &m, sizeof(m));
 	reply();
+	if (!strcmp(argv[2], "hold")) {
+		char c;
+		while (read(0, &c, 1) > 0)
+			;
+		return 0;
+	}
 	if (fork() != 0)
 		return 0; /* the parent, the process that connected, is gone */
 	/* Not stdin: a parent's exit may close the pipe the child shares. */

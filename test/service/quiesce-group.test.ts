@@ -175,3 +175,134 @@ describe('quiesce group', () => {
     expect(events).toEqual([{ device: 'B', cause: 'A', v2: ['SET_STATE RUNNING->RUNNING_P2P'] }]);
   });
 });
+
+describe('quiesce group: the cases around the two rules', () => {
+  it('a running member moving on to PRE_COPY is not asked to run again: not held while another is stopped', async () => {
+    const log: string[] = [];
+    const group = new QuiesceGroup();
+    const b = await member(group, logged(log, 'B'));
+    await writeU32(b.br, STATE, 0);
+    const a = await member(group, logged(log, 'A')); // joins running, after B stopped: not parked
+    log.length = 0;
+    await writeU32(a.br, STATE, 3);
+    expect(log).toEqual(['A RUNNING->PRE_COPY']);
+    expect(a.m.parked).toBe(false);
+  });
+
+  it('a stopped member without P2P holds nobody: P2P members asked to run all run', async () => {
+    const group = new QuiesceGroup();
+    const a = await member(group, logged([], 'A'));
+    const b = await member(group, logged([], 'B'));
+    const c = await member(group, logged([], 'C', 1));
+    for (const x of [c, a, b]) await writeU32(x.br, STATE, 0);
+    await writeU32(a.br, STATE, 1);
+    expect(a.m.real).toBe(S.RUNNING_P2P); // B is still stopped
+    await writeU32(b.br, STATE, 1);
+    expect([a.m.real, b.m.real, c.m.real]).toEqual([S.RUNNING, S.RUNNING, S.STOP]);
+    expect([a.m.parked, b.m.parked]).toEqual([false, false]);
+  });
+
+  it('a member parked in PRE_COPY_P2P reads PRE_COPY, and moves on to PRE_COPY when released', async () => {
+    const log: string[] = [];
+    const group = new QuiesceGroup();
+    const a = await member(group, logged(log, 'A'));
+    const b = await member(group, logged(log, 'B'));
+    await writeU32(a.br, STATE, 0);
+    await writeU32(b.br, STATE, 0);
+    await writeU32(a.br, STATE, 3);
+    expect(a.m.real).toBe(S.PRE_COPY_P2P);
+    expect(a.m.visible).toBe(S.PRE_COPY);
+    expect(await readU32(a.br, STATE)).toBe(3);
+    await writeU32(b.br, STATE, 1);
+    expect(a.m.real).toBe(S.PRE_COPY);
+    expect(log.slice(-2)).toEqual(['A PRE_COPY_P2P->PRE_COPY', 'B RUNNING_P2P->RUNNING']);
+  });
+
+  it('reports a member held on the way up, and the release', async () => {
+    const events: unknown[] = [];
+    const group = new QuiesceGroup((e) => events.push(e));
+    const a = await member(group, logged([], 'A'));
+    const b = await member(group, logged([], 'B'));
+    await writeU32(a.br, STATE, 0);
+    await writeU32(b.br, STATE, 0);
+    events.length = 0;
+    await writeU32(a.br, STATE, 1);
+    expect(events).toEqual([
+      { device: 'A', cause: 'A', v2: ['SET_STATE STOP->RUNNING_P2P (held until every device is up)'] },
+    ]);
+    await writeU32(b.br, STATE, 1);
+    expect(events.slice(1)).toEqual([
+      { device: 'B', cause: 'B', v2: ['SET_STATE STOP->RUNNING_P2P (held until every device is up)'] },
+      { device: 'A', cause: 'B', v2: ['SET_STATE RUNNING_P2P->RUNNING'] },
+      { device: 'B', cause: 'B', v2: ['SET_STATE RUNNING_P2P->RUNNING'] },
+    ]);
+  });
+
+  it("a member the group fails to park is reported with the errno, and the caller's own move goes on", async () => {
+    const events: unknown[] = [];
+    const group = new QuiesceGroup((e) => events.push(e));
+    const a = await member(group, logged([], 'A'));
+    const bDev = logged([], 'B');
+    bDev.inner.setFaults({ failArc: [{ from: S.RUNNING, to: S.RUNNING_P2P, errno: 'EIO' }] });
+    const b = await member(group, bDev);
+    await writeU32(a.br, STATE, 0);
+    expect(events).toEqual([{ device: 'B', cause: 'A', v2: ['SET_STATE RUNNING->RUNNING_P2P ! EIO'] }]);
+    expect(a.m.real).toBe(S.STOP);
+    expect(b.m.real).toBe(S.RUNNING); // where the failed arc left it, read back from the device
+    expect(b.m.parked).toBe(false);
+  });
+
+  it('a failed move leaves the member where the device says it is (ERROR), and the group serves the next', async () => {
+    const group = new QuiesceGroup();
+    const aDev = logged([], 'A');
+    aDev.inner.setFaults({ failArc: [{ from: S.RUNNING_P2P, to: S.STOP, errno: 'EIO', leave: 'error', count: 1 }] });
+    const a = await member(group, aDev);
+    await expect(a.m.setState(S.STOP)).rejects.toThrow(/EIO/);
+    expect(a.m.real).toBe(S.ERROR);
+    await a.m.reset();
+    expect([a.m.real, a.m.parked, await a.m.getState()]).toEqual([S.RUNNING, false, S.RUNNING]);
+    await a.m.setState(S.STOP);
+    expect(a.m.real).toBe(S.STOP);
+  });
+
+  it('a non-VfioError from a parked move is reported as text', async () => {
+    const events: { v2: string[] }[] = [];
+    const group = new QuiesceGroup((e) => events.push(e));
+    const a = await member(group, logged([], 'A'));
+    const bDev = logged([], 'B');
+    const b = await member(group, bDev);
+    bDev.setState = () => Promise.reject(new Error('odd failure'));
+    await writeU32(a.br, STATE, 0);
+    expect(events[0]!.v2).toEqual(['SET_STATE RUNNING->RUNNING_P2P ! Error: odd failure']);
+    expect(b.m.real).toBe(S.RUNNING);
+  });
+
+  it('a parked member whose device was moved behind its back reports the real state, no longer parked', async () => {
+    const group = new QuiesceGroup();
+    const aDev = logged([], 'A');
+    const a = await member(group, aDev);
+    const b = await member(group, logged([], 'B'));
+    await writeU32(a.br, STATE, 0);
+    await writeU32(b.br, STATE, 0);
+    await writeU32(a.br, STATE, 1);
+    expect(a.m.parked).toBe(true);
+    expect(await a.m.getState()).toBe(S.RUNNING); // still parked: what its caller asked
+    await aDev.inner.setState(S.STOP); // behind the group's back
+    expect(await a.m.getState()).toBe(S.STOP);
+    expect(a.m.parked).toBe(false);
+  });
+
+  it('a reset parked member is RUNNING and not parked', async () => {
+    const group = new QuiesceGroup();
+    const a = await member(group, logged([], 'A'));
+    const b = await member(group, logged([], 'B'));
+    await writeU32(a.br, STATE, 0);
+    await writeU32(b.br, STATE, 0);
+    await writeU32(a.br, STATE, 1);
+    await a.m.reset();
+    expect([a.m.real, a.m.parked, a.m.visible]).toEqual([S.RUNNING, false, S.RUNNING]);
+    expect(group.size).toBe(2);
+    await group.remove(a.m);
+    expect(group.size).toBe(1);
+  });
+});

@@ -1,0 +1,191 @@
+/**
+ * The service's listening socket (src/service/listen.ts): what the path may
+ * be, what it replaces (a stale socket only), the mode and group it is
+ * given, and a socket systemd passes (LISTEN_FDS), which the service serves
+ * and never removes.
+ */
+import koffi from 'koffi';
+import { connect } from 'node:net';
+import { spawnSync } from 'node:child_process';
+import { existsSync, lstatSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { isMainThread } from 'node:worker_threads';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { createSimDevice } from '../../src/index.js';
+import { startBridgeService, type BridgeService } from '../../src/service/bridge-service.js';
+import { MAX_SOCKET_PATH, listenUnix } from '../../src/service/listen.js';
+import { WireOp, vmw_hello_reply } from '../../src/service/wire.js';
+import { WireClient } from './wire-client.js';
+
+const libc = koffi.load('libc.so.6');
+const socketCall = libc.func('int socket(int domain, int type, int protocol)');
+const bindCall = libc.func('int bind(int fd, const void *addr, int len)');
+const listenCall = libc.func('int listen(int fd, int backlog)');
+const AF_UNIX = 1;
+const SOCK_STREAM = 1;
+
+/** A Unix socket bound at `path` and listening, as systemd makes one; Node never saw it. */
+function listeningFd(path: string): number {
+  const fd = socketCall(AF_UNIX, SOCK_STREAM, 0) as number;
+  const addr = Buffer.alloc(110);
+  addr.writeUInt16LE(AF_UNIX, 0);
+  addr.write(path, 2);
+  if (fd < 0 || (bindCall(fd, addr, addr.length) as number) < 0 || (listenCall(fd, 16) as number) < 0)
+    throw new Error(`listening socket at ${path}: errno ${koffi.errno()}`);
+  return fd;
+}
+
+const answers = (path: string) =>
+  new Promise<boolean>((done) => {
+    const s = connect(path);
+    s.once('connect', () => {
+      s.destroy();
+      done(true);
+    });
+    s.once('error', () => done(false));
+  });
+
+let dir: string;
+const servers: { close(): unknown }[] = [];
+beforeAll(() => {
+  dir = mkdtempSync(join(tmpdir(), 'vfio-mig-listen-'));
+});
+afterEach(async () => {
+  for (const s of servers.splice(0)) await s.close();
+});
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+async function listenAt(path: string, opts: { socketMode?: number; socketGid?: number } = {}) {
+  const server = await listenUnix({ socketPath: path, ...opts });
+  servers.push({ close: () => new Promise((r) => server.close(r)) });
+  return server;
+}
+
+describe('the socket path', () => {
+  it('empty is EINVAL', async () => {
+    await expect(listenUnix({ socketPath: '' })).rejects.toThrow(/EINVAL.*the socket path is empty/);
+  });
+
+  it(`of ${MAX_SOCKET_PATH} bytes is served; one byte more is ENAMETOOLONG, not cut short`, async () => {
+    const base = join(dir, 'n');
+    const long = base + 'x'.repeat(MAX_SOCKET_PATH - Buffer.byteLength(base));
+    expect(Buffer.byteLength(long)).toBe(MAX_SOCKET_PATH);
+    await listenAt(long);
+    expect(await answers(long)).toBe(true);
+    await expect(listenUnix({ socketPath: `${long}y` })).rejects.toThrow(
+      new RegExp(`ENAMETOOLONG.*at most ${MAX_SOCKET_PATH} bytes`),
+    );
+    expect(existsSync(`${long}y`)).toBe(false);
+  });
+
+  it('in a directory that does not exist is ENOENT, naming the directory', async () => {
+    await expect(listenUnix({ socketPath: join(dir, 'missing', 's.sock') })).rejects.toThrow(
+      `ENOENT (2): no directory ${join(dir, 'missing')}`,
+    );
+  });
+
+  it('naming something that is not a socket is EEXIST, and it is left alone', async () => {
+    const file = join(dir, 'a-file');
+    writeFileSync(file, 'keep me');
+    await expect(listenUnix({ socketPath: file })).rejects.toThrow(/EEXIST.*exists and is not a socket/);
+    expect(readFileSync(file, 'utf8')).toBe('keep me');
+  });
+
+  it('where another service listens is EADDRINUSE, and that service keeps its socket', async () => {
+    const path = join(dir, 'live.sock');
+    await listenAt(path);
+    await expect(listenUnix({ socketPath: path })).rejects.toThrow(/EADDRINUSE.*another service is listening there/);
+    expect(await answers(path)).toBe(true);
+  });
+
+  it('where a socket is left that nobody answers on, that socket is replaced', async () => {
+    const path = join(dir, 'stale.sock');
+    // A process that listens and exits without closing: its socket stays, answered by nobody.
+    const left = spawnSync(process.execPath, [
+      '-e',
+      `require('node:net').createServer().listen(${JSON.stringify(path)}, () => process.exit(0))`,
+    ]);
+    expect(left.status).toBe(0);
+    expect(lstatSync(path).isSocket()).toBe(true);
+    expect(await answers(path)).toBe(false);
+    await listenAt(path);
+    expect(await answers(path)).toBe(true);
+  });
+});
+
+describe('mode and group', () => {
+  for (const bad of [-1, 0o1000, 1.5, Number.NaN])
+    it(`socket mode ${bad} is EINVAL, and no socket is made`, async () => {
+      const path = join(dir, `mode${String(bad).replace('.', '_')}.sock`);
+      await expect(listenUnix({ socketPath: path, socketMode: bad })).rejects.toThrow(
+        /EINVAL.*is not a permission mode \(0 to 0777\)/,
+      );
+      expect(existsSync(path)).toBe(false);
+    });
+
+  it('0600 by default; 0 and 0777 are taken as given', async () => {
+    for (const [name, mode, want] of [
+      ['default.sock', undefined, 0o600],
+      ['none.sock', 0, 0],
+      ['all.sock', 0o777, 0o777],
+    ] as const) {
+      const path = join(dir, name);
+      await listenAt(path, mode === undefined ? {} : { socketMode: mode });
+      expect(statSync(path).mode & 0o777).toBe(want);
+    }
+  });
+
+  it.skipIf(process.getuid?.() !== 0)('the group asked is the socket group, with the mode asked', async () => {
+    const path = join(dir, 'group.sock');
+    await listenAt(path, { socketMode: 0o660, socketGid: 65534 });
+    expect(statSync(path).gid).toBe(65534);
+    expect(statSync(path).mode & 0o777).toBe(0o660);
+    if (isMainThread) {
+      // The umask set for the bind is restored after it (a worker thread may not set one).
+      const mask = process.umask(0o022);
+      process.umask(mask);
+      expect(mask).not.toBe(0o177);
+    }
+  });
+});
+
+describe('a socket systemd passes (LISTEN_FDS)', () => {
+  let svc: BridgeService | null = null;
+  afterEach(async () => {
+    await svc?.close();
+    svc = null;
+  });
+
+  it('is served, and left in place when the service stops', async () => {
+    const path = join(dir, 'passed.sock');
+    const fd = listeningFd(path);
+    svc = await startBridgeService({
+      socketPath: path,
+      listenFd: fd,
+      openDevice: async () => createSimDevice({ stateSize: 4096, seed: 1 }),
+    });
+    const c = await WireClient.connect(path);
+    c.hello(process.pid, 0);
+    const r = await c.reply();
+    expect(vmw_hello_reply.decode(r!.payload).bridged).toBe(1);
+    c.send(WireOp.BYE, new Uint8Array(24));
+    await c.gone;
+    await svc.close();
+    svc = null;
+    expect(lstatSync(path).isSocket()).toBe(true);
+  });
+
+  it('a descriptor that is not a listening socket is refused, naming it', async () => {
+    const fd = listeningFd(join(dir, 'unused.sock'));
+    const notSocket = koffi.load('libc.so.6').func('int open(const char *path, int flags)')('/dev/null', 0) as number;
+    try {
+      await expect(listenUnix({ socketPath: join(dir, 'x.sock'), listenFd: notSocket })).rejects.toThrow(
+        `fd ${notSocket} (LISTEN_FDS)`,
+      );
+    } finally {
+      libc.func('int close(int fd)')(notSocket);
+      libc.func('int close(int fd)')(fd);
+    }
+  });
+});
