@@ -205,21 +205,30 @@ describe('live upgrade and roll-back between QEMU 7.2 (bridged) and QEMU 10 (nat
   }
 });
 
-describe('one VM with two devices, an mtty and a 64 MiB mbig, between QEMU 7.2 (bridged) and QEMU 10 (native)', () => {
+/**
+ * The mbig pair C and D for one describe: created, every device RUNNING
+ * at the start, and C's and D's own memory (their seeds) put back at the
+ * end, since later files expect them as they were.
+ */
+function useMbigPair(): void {
   const seeds = new Map<string, string>();
   beforeAll(async () => {
     createMbig();
     for (const u of [C, D]) seeds.set(u, readFileSync(seedFile(u), 'utf8').trim());
     for (const u of [A, B, C, D]) await toRunning(u);
   });
+  afterAll(() => {
+    for (const [u, seed] of seeds) writeFileSync(seedFile(u), seed);
+  });
+}
+
+describe('one VM with two devices, an mtty and a 64 MiB mbig, between QEMU 7.2 (bridged) and QEMU 10 (native)', () => {
+  useMbigPair();
   afterEach(async () => {
     await toRunning(C);
     await toRunning(D);
   });
   // Their own memory again: qemu72.ktest.ts's mbig case wants C and D different when it starts.
-  afterAll(() => {
-    for (const [u, seed] of seeds) writeFileSync(seedFile(u), seed);
-  });
 
   for (const [from, to] of PAIRS) {
     it(`${label(from)} → ${label(to)}: every UART scratch value and the mbig crc32 arrive; the 7.2 side's service moved both devices as one quiesce group`, async () => {
@@ -294,19 +303,11 @@ describe('one VM with two devices, an mtty and a 64 MiB mbig, between QEMU 7.2 (
 });
 
 describe('what a user gets when a live upgrade from QEMU 7.2 (bridged) to QEMU 10 (native) goes wrong', () => {
-  const seeds = new Map<string, string>();
-  beforeAll(async () => {
-    createMbig();
-    for (const u of [C, D]) seeds.set(u, readFileSync(seedFile(u), 'utf8').trim());
-    for (const u of [A, B, C, D]) await toRunning(u);
-  });
+  useMbigPair();
   afterEach(async () => {
     await toRunning(B);
     await toRunning(C);
     await toRunning(D);
-  });
-  afterAll(() => {
-    for (const [u, seed] of seeds) writeFileSync(seedFile(u), seed);
   });
 
   /** A QEMU 10 destination listening on a Unix socket, and a QEMU 7.2 source (bridged) started migrating to it. */
