@@ -6,7 +6,7 @@
  * (docs/interposer.md#trust-model): a root VMM and a `nobody` VMM
  * (test/service/peer-client.c) are asked about as each.
  */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { chmodSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -16,7 +16,7 @@ import { startBridgeService, type BridgeService } from '../../src/service/bridge
 import { preloadLibrary } from '../../src/service/preload-library.js';
 import { WireOp, type StatusReply } from '../../src/service/wire.js';
 import { queryStatus } from '../../src/cli/libvirt.js';
-import { WireClient } from '../service/wire-client.js';
+import { WireClient, buildPeerClient } from '../service/wire-client.js';
 import { cliCopyIn, runInProcess } from './run-cli.js';
 
 const root = resolve(import.meta.dirname, '../..');
@@ -122,13 +122,7 @@ describe('vfio-mig libvirt check', () => {
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), 'vfio-mig-libvirt-'));
     chmodSync(dir, 0o755); // nobody runs the client from here and connects to the socket
-    client = join(dir, 'peer-client');
-    const cc = spawnSync(
-      'cc',
-      ['-O2', '-I', join(root, 'interposer'), '-o', client, join(root, 'test/service/peer-client.c')],
-      { encoding: 'utf8' },
-    );
-    expect(cc.status, cc.stderr).toBe(0);
+    client = buildPeerClient(dir);
     svc = await startBridgeService({
       socketPath: join(dir, 'bridge.sock'),
       socketMode: 0o666,

@@ -5,7 +5,7 @@
  * client can take the service's memory, descriptors or log. Each case is an
  * attack a raw client (test/service/wire-client.ts) made on the service.
  */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -16,6 +16,7 @@ import { MigState, createSimDevice, type SimDevice } from '../../src/index.js';
 import { startBridgeService, type BridgeService, type BridgeServiceOptions } from '../../src/service/bridge-service.js';
 import { MAX_REQUEST_PAYLOAD, WireOp, vmw_hello_reply } from '../../src/service/wire.js';
 import {
+  buildPeerClient,
   F_SEAL_GROW,
   F_SEAL_SEAL,
   F_SEAL_SHRINK,
@@ -203,13 +204,7 @@ describe('what is handed over must be what it claims', () => {
 describe('the process, not the socket', () => {
   let client: string;
   beforeAll(() => {
-    client = join(dir, 'peer-client');
-    const cc = spawnSync(
-      'cc',
-      ['-O2', '-I', join(root, 'interposer'), '-o', client, join(root, 'test/service/peer-client.c')],
-      { encoding: 'utf8' },
-    );
-    expect(cc.status, cc.stderr).toBe(0);
+    client = buildPeerClient(dir);
   });
 
   it.skipIf(process.getuid?.() !== 0)(

@@ -5,7 +5,9 @@
  * memfd of this process, as the interposer would create one.
  */
 import koffi from 'koffi';
+import { spawnSync } from 'node:child_process';
 import { connect, type Socket } from 'node:net';
+import { join, resolve } from 'node:path';
 import { vmw_hello, vmw_reply, vmw_request } from '../../src/service/wire.js';
 
 export interface Reply {
@@ -117,3 +119,16 @@ export const u32 = (n: number) => {
   b.writeInt32LE(n);
   return b;
 };
+
+/** test/service/peer-client.c compiled into `dir`: a C client of the service, run as another process or user. */
+export function buildPeerClient(dir: string): string {
+  const root = resolve(import.meta.dirname, '../..');
+  const client = join(dir, 'peer-client');
+  const cc = spawnSync(
+    'cc',
+    ['-O2', '-I', join(root, 'interposer'), '-o', client, join(root, 'test/service/peer-client.c')],
+    { encoding: 'utf8' },
+  );
+  if (cc.status !== 0) throw new Error(`cc test/service/peer-client.c: ${cc.error?.message ?? cc.stderr}`);
+  return client;
+}
