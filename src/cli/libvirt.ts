@@ -102,11 +102,11 @@ function domainPid(name: string): { pid: number; pidFile: string } {
     }
     const pid = Number(text.trim());
     if (Number.isInteger(pid) && pid > 0) return { pid, pidFile: f };
-    throw new CliError(`vfio-mig libvirt check: ${f} holds no pid (${JSON.stringify(text.trim())})`, EXIT.FAILED);
+    throw new CliError(`vfio-mig libvirt check: ${f} holds no pid (${JSON.stringify(text.trim())})`, CANNOT_TELL);
   }
   throw new CliError(
     `vfio-mig libvirt check: no running domain ${JSON.stringify(name)}: ${files.join(' and ')} not found (give QEMU's pid instead)`,
-    EXIT.FAILED,
+    CANNOT_TELL,
   );
 }
 
@@ -188,6 +188,9 @@ export interface CheckOptions {
  * service: exit 0 when it has, 1 when not. The service shows each user only
  * its own sessions (root sees all).
  */
+/** check's status when it could not ask (as grep's 2): 1 is kept for "not bridged". */
+const CANNOT_TELL = 2;
+
 export async function checkCommand(ctx: CliContext, target: string, o: CheckOptions): Promise<number> {
   if (target === '') throw new CliError('vfio-mig libvirt check: DOMAIN or PID is empty', EXIT.USAGE);
   const byPid = /^\d+$/.test(target);
@@ -200,7 +203,7 @@ export async function checkCommand(ctx: CliContext, target: string, o: CheckOpti
     if (code === 'ENOENT')
       throw new CliError(
         `vfio-mig libvirt check: no process ${pid}${pidFile ? ` (the pid in ${pidFile}: a stale file?)` : ''}`,
-        EXIT.FAILED,
+        CANNOT_TELL,
       );
     exe = '(its executable cannot be read as this user)';
   }
@@ -218,7 +221,12 @@ export async function checkCommand(ctx: CliContext, target: string, o: CheckOpti
         : err.code === 'EACCES'
           ? ' (the socket is not open to this user: run as root or in its group)'
           : '';
-    throw new VfioError(err.code, err.op, `${err.device} (${whence})`, `${err.reason ?? ''}${hint}`, { cause: e });
+    // Said whole here: the CLI's generic hint for ENOENT (a device or file path) would mislead.
+    throw new CliError(
+      `vfio-mig: ${new VfioError(err.code, err.op, `${err.device} (${whence})`, `${err.reason ?? ''}${hint}`).message}`,
+      err.code === 'EACCES' || err.code === 'EPERM' ? EXIT.PERMISSION : CANNOT_TELL,
+      e,
+    );
   }
   const devices = status.sessions.filter((s) => s.vmm === pid);
   const who = `${byPid ? `process ${pid}` : `domain ${target} (pid ${pid})`} ${exe}`;

@@ -424,7 +424,7 @@ function buildProgram(ctx: CliContext, exit: (code: number) => void, help: HelpM
     .option('--json', 'machine-readable output')
     .addHelpText(
       'after',
-      '\nAsks the service (a read-only status query): exit 0 when it has a session of that process, 1 when not.\nThe service shows a user only the sessions of VMMs running as that user; root sees all.\n\nExample:\n  vfio-mig libvirt check vm1\n  vfio-mig libvirt check $(cat /run/libvirt/qemu/vm1.pid) --socket /run/vfio-mig/bridge.sock',
+      '\nAsks the service (a read-only status query): exit 0 when it has a session of that process, 1 when not,\n2 when it cannot tell (no such domain or process, no service at the socket), 4 when the socket is closed to you.\nThe service shows a user only the sessions of VMMs running as that user; root sees all.\n\nExample:\n  vfio-mig libvirt check vm1\n  vfio-mig libvirt check $(cat /run/libvirt/qemu/vm1.pid) --socket /run/vfio-mig/bridge.sock',
     )
     .action(async (target: string, o: CheckOptions) => exit(await (await load.libvirt()).checkCommand(ctx, target, o)));
   const qs = program

@@ -155,7 +155,11 @@ describe('vfio-mig libvirt check', () => {
     await new Promise((done) => p.once('exit', done));
     for (const t0 = Date.now(); svc.sessions > 0 && Date.now() - t0 < 5000;)
       await new Promise((w) => setTimeout(w, 20));
-    expect((await runInProcess(['libvirt', 'check', String(pid), '--socket', svc.socketPath])).code).toBe(1);
+    expect(svc.sessions).toBe(0);
+    // A pid that no longer runs: check cannot tell (2), not "not bridged" (1).
+    const gone = await runInProcess(['libvirt', 'check', String(pid), '--socket', svc.socketPath]);
+    expect(gone.code).toBe(2);
+    expect(gone.stderr).toMatch(`no process ${pid}`);
   });
 
   it.skipIf(!isRoot)(
@@ -212,15 +216,16 @@ describe('vfio-mig libvirt check', () => {
       /no running domain "no-such-domain-xyz": \/run\/libvirt\/qemu\/no-such-domain-xyz.pid/,
     ],
     [['libvirt', 'check', '999999999'], /no process 999999999/],
-  ])('%j: exit 1 naming what is missing', async (args, message) => {
+  ])('%j: exit 2 (it cannot tell; 1 is "not bridged") naming what is missing', async (args, message) => {
     const r = await runInProcess(args);
-    expect(r.code).toBe(1);
+    expect(r.code).toBe(2);
     expect(r.stderr).toMatch(message);
   });
 
   it('no service at the socket: the socket, where its path came from, and what to check', async () => {
     const r = await runInProcess(['libvirt', 'check', String(process.pid), '--socket', join(dir, 'none.sock')]);
-    expect(r.code).toBe(1);
+    expect(r.code).toBe(2);
+    expect(r.stderr).not.toMatch(/check the device or file path/);
     expect(r.stderr).toMatch(
       `libvirt check: status on ${join(dir, 'none.sock')} (--socket): ENOENT (2): no such file or directory (no service listens there: is vfio-mig serve running?)`,
     );
