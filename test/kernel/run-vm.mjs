@@ -102,7 +102,7 @@ const args = [
 ];
 
 const started = Date.now();
-// The suite takes 10-20 min on an idle 2-core host (72 tests, QEMU and libvirt under TCG in TCG); twice that when loaded.
+// The suite takes 10-20 min on an idle 2-core host (QEMU and libvirt run under TCG inside the TCG guest); twice that when loaded.
 const limitMs = Number(process.env.VFIO_MIG_VM_TIMEOUT_S ?? 3600) * 1000;
 let console_ = '';
 const raw = createWriteStream(CONSOLE_LOG);
