@@ -46,6 +46,19 @@ describe('ConnectionCount', () => {
     expect(c.admit(3, 'p4')).toBe('4 connections are open (at most 4)');
   });
 
+  it('a release takes one place back, not all of that uid or process', () => {
+    const c = new ConnectionCount({ maxConnections: 100, maxConnectionsPerUid: 3, maxConnectionsPerProcess: 100 });
+    for (let i = 0; i < 3; i++) expect(c.admit(1, `p${i}`)).toBeNull();
+    c.release(1, 'p0');
+    expect(c.admit(1, 'p3')).toBeNull();
+    expect(c.admit(1, 'p4')).toBe('uid 1 has 3 connections open (at most 3)');
+    const d = new ConnectionCount({ maxConnections: 100, maxConnectionsPerUid: 100, maxConnectionsPerProcess: 3 });
+    for (let i = 0; i < 3; i++) expect(d.admit(i, 'p')).toBeNull();
+    d.release(0, 'p');
+    expect(d.admit(3, 'p')).toBeNull();
+    expect(d.admit(4, 'p')).toBe('the process has 3 connections open (at most 3)');
+  });
+
   it('a uid or process released to zero starts from zero again', () => {
     const c = new ConnectionCount({ maxConnections: 10, maxConnectionsPerUid: 1, maxConnectionsPerProcess: 1 });
     for (let i = 0; i < 20; i++) {

@@ -140,6 +140,7 @@ describe('mode and group', () => {
     const path = join(dir, 'group.sock');
     await listenAt(path, { socketMode: 0o660, socketGid: 65534 });
     expect(statSync(path).gid).toBe(65534);
+    expect(statSync(path).uid).toBe(0); // the owner stays the service's
     expect(statSync(path).mode & 0o777).toBe(0o660);
     if (isMainThread) {
       // The umask set for the bind is restored after it (a worker thread may not set one).
@@ -180,9 +181,11 @@ describe('a socket systemd passes (LISTEN_FDS)', () => {
     const fd = listeningFd(join(dir, 'unused.sock'));
     const notSocket = koffi.load('libc.so.6').func('int open(const char *path, int flags)')('/dev/null', 0) as number;
     try {
-      await expect(listenUnix({ socketPath: join(dir, 'x.sock'), listenFd: notSocket })).rejects.toThrow(
-        `fd ${notSocket} (LISTEN_FDS)`,
-      );
+      const err = await listenUnix({ socketPath: join(dir, 'x.sock'), listenFd: notSocket }).catch((e: unknown) => e);
+      // The kernel's errno, not a generic EIO; Node's error kept as the cause.
+      expect(err).toMatchObject({ code: 'EINVAL' });
+      expect((err as Error).message).toContain(`fd ${notSocket} (LISTEN_FDS)`);
+      expect((err as Error).cause).toMatchObject({ code: 'EINVAL', syscall: 'listen' });
     } finally {
       libc.func('int close(int fd)')(notSocket);
       libc.func('int close(int fd)')(fd);

@@ -27,21 +27,24 @@ class FakeSys implements PeerSysCalls {
   readonly taken: number[] = [];
   pidNow: number;
   getfdError: Error | null = null;
-  constructor(readonly creds: PeerCredentials) {
+  constructor(
+    readonly creds: PeerCredentials,
+    readonly pidfd = PIDFD,
+  ) {
     this.pidNow = creds.pid;
   }
   close(fd: number) {
     this.closed.push(fd);
-    if (fd !== PIDFD) linuxPeerSys.close(fd);
+    if (fd !== this.pidfd) linuxPeerSys.close(fd);
   }
   peerCredentials() {
     return this.creds;
   }
   peerPidfd() {
-    return PIDFD;
+    return this.pidfd;
   }
   pidfdPid(pidfd: number) {
-    return pidfd === PIDFD ? this.pidNow : -1;
+    return pidfd === this.pidfd ? this.pidNow : -1;
   }
   pidfdGetfd(_pidfd: number, fd: number) {
     if (this.getfdError) throw this.getfdError;
@@ -119,6 +122,21 @@ describe('who connected', () => {
     sys.pidNow = -1;
     expect(() => Peer.ofSocket(3, sys)).toThrow(/ESRCH.*exited as it connected/);
     expect(sys.closed).toEqual([PIDFD]);
+  });
+
+  it('a pidfd numbered 0 is a pidfd like any other: alive, used, and closed', () => {
+    const sys = new FakeSys(self(), 0);
+    const p = Peer.ofSocket(3, sys);
+    expect(p.alive()).toBe(true);
+    const fd = openSync('/etc/hostname', 'r');
+    try {
+      closeSync(p.takeFd(fd, 'op', 'dev'));
+    } finally {
+      closeSync(fd);
+    }
+    p.close();
+    expect(sys.closed).toContain(0);
+    expect(p.alive()).toBe(false);
   });
 
   it('is alive while its pidfd names it; not once it exited, nor after close (which closes the pidfd once)', () => {
@@ -226,16 +244,21 @@ describe('taking a descriptor of the peer', () => {
   it.skipIf(process.getuid?.() !== 0)(
     'a process whose real and effective ids differ (setuid since connect) is refused: every id must match',
     async () => {
-      await runningAs(['--ruid', '65534', '--euid', '0', '--rgid', '65534', '--egid', '0'], (pid) => {
-        for (const creds of [
-          { uid: 65534, gid: 65534 },
-          { uid: 0, gid: 0 },
-        ]) {
-          const p = Peer.ofSocket(3, new FakeSys({ pid, ...creds }));
-          expect(() => p.takeFd(0, 'op', 'dev')).toThrow(/EPERM.*no longer runs as/);
-          p.close();
-        }
-      });
+      // Uids mixed with gids all 65534, then gids mixed with uids all 65534: each check on its own.
+      for (const ids of [
+        ['--ruid', '65534', '--euid', '0', '--regid', '65534'],
+        ['--reuid', '65534', '--rgid', '65534', '--egid', '0'],
+      ])
+        await runningAs(ids, (pid) => {
+          for (const creds of [
+            { uid: 65534, gid: 65534 },
+            { uid: 0, gid: 0 },
+          ]) {
+            const p = Peer.ofSocket(3, new FakeSys({ pid, ...creds }));
+            expect(() => p.takeFd(0, 'op', 'dev')).toThrow(/EPERM.*no longer runs as/);
+            p.close();
+          }
+        });
     },
   );
 

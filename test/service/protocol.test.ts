@@ -656,3 +656,42 @@ describe('what a client can make the service hold', () => {
     expect(s.sessions).toBe(0);
   });
 });
+
+describe('a connection that ends while a request is served', () => {
+  it('requests queued behind it are dropped, not served to a session that ended', async () => {
+    let opened!: () => void;
+    const slow = new Promise<void>((r) => (opened = r));
+    const s = await serve({
+      openDevice: async () => {
+        await slow;
+        return sim();
+      },
+    });
+    const c = await WireClient.connect(s.socketPath);
+    c.hello(process.pid, 0);
+    c.send(WireOp.READ, new Uint8Array(0), STATE, 4);
+    await until(() => s.sessions === 1);
+    await sleep(50); // both requests read: HELLO waits for the device, READ behind it
+    c.close();
+    await c.gone;
+    await sleep(50);
+    opened();
+    await until(() => s.sessions === 0);
+    expect(s.sessions).toBe(0);
+    expect(logs.filter((l) => /region access/.test(l))).toEqual([]);
+  });
+
+  it('a connection ended before HELLO leaves no timer behind', async () => {
+    const s = await serve({ limits: { helloTimeoutMs: 600_000 } });
+    const timers = () => process.getActiveResourcesInfo().filter((r) => r === 'Timeout').length;
+    const before = timers();
+    const c = await WireClient.connect(s.socketPath);
+    await until(() => s.sessions === 1);
+    expect(timers()).toBe(before + 1); // the HELLO timeout
+    c.close();
+    await c.gone;
+    await until(() => s.sessions === 0);
+    await sleep(20);
+    expect(timers()).toBe(before);
+  });
+});

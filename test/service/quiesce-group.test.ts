@@ -306,3 +306,69 @@ describe('quiesce group: the cases around the two rules', () => {
     expect(group.size).toBe(1);
   });
 });
+
+describe('quiesce group: what each member is told and keeps', () => {
+  it('a member moving between running states parks nobody', async () => {
+    const log: string[] = [];
+    const group = new QuiesceGroup();
+    const a = await member(group, logged(log, 'A'));
+    await member(group, logged(log, 'B'));
+    log.length = 0;
+    await writeU32(a.br, STATE, 3);
+    expect(log).toEqual(['A RUNNING->PRE_COPY']);
+  });
+
+  it('a member parked on the way down moves back up when the one that stopped runs again', async () => {
+    const group = new QuiesceGroup();
+    const a = await member(group, logged([], 'A'));
+    const b = await member(group, logged([], 'B'));
+    await writeU32(a.br, STATE, 0);
+    expect(b.m.real).toBe(S.RUNNING_P2P);
+    await writeU32(a.br, STATE, 1);
+    expect([a.m.real, b.m.real, b.m.parked]).toEqual([S.RUNNING, S.RUNNING, false]);
+  });
+
+  it('a member without P2P asked to run is never held, though a P2P member is stopped', async () => {
+    const log: string[] = [];
+    const group = new QuiesceGroup();
+    const a = await member(group, logged(log, 'A'));
+    const c = await member(group, logged(log, 'C', 1));
+    await writeU32(a.br, STATE, 0);
+    await writeU32(c.br, STATE, 0);
+    log.length = 0;
+    await writeU32(c.br, STATE, 1);
+    expect(log).toEqual(['C STOP->RUNNING']);
+    expect(c.m.parked).toBe(false);
+  });
+
+  it('without an event listener, a failed park still lets the caller stop', async () => {
+    const group = new QuiesceGroup();
+    const a = await member(group, logged([], 'A'));
+    const bDev = logged([], 'B');
+    bDev.inner.setFaults({ failArc: [{ from: S.RUNNING, to: S.RUNNING_P2P, errno: 'EIO' }] });
+    await member(group, bDev);
+    await writeU32(a.br, STATE, 0);
+    expect(a.m.real).toBe(S.STOP);
+  });
+
+  it('a new member is where it was added, not parked', () => {
+    const group = new QuiesceGroup();
+    const m = group.add(createSimDevice({ stateSize: 4096 }), 7, S.RUNNING);
+    expect([m.real, m.visible, m.parked]).toEqual([S.RUNNING, S.RUNNING, false]);
+  });
+
+  it('a failed move whose state cannot be read either leaves the member in ERROR', async () => {
+    const group = new QuiesceGroup();
+    const dead = new (class extends ForwardingDevice {
+      override setState(): Promise<DataStream | null> {
+        return Promise.reject(new Error('gone'));
+      }
+      override getState(): Promise<MigState> {
+        return Promise.reject(new Error('gone'));
+      }
+    })(createSimDevice({ stateSize: 4096 }));
+    const m = group.add(dead, 7, S.RUNNING);
+    await expect(m.setState(S.STOP)).rejects.toThrow('gone');
+    expect(m.real).toBe(S.ERROR);
+  });
+});
