@@ -8,7 +8,7 @@ import { connect, createServer, type Server } from 'node:net';
 import { chmodSync, chownSync, existsSync, lstatSync, mkdtempSync, renameSync, rmSync } from 'node:fs';
 import { dirname, join, resolve as resolvePath } from 'node:path';
 import { isMainThread } from 'node:worker_threads';
-import { VfioError } from '../errors.js';
+import { VfioError, asVfioError } from '../errors.js';
 
 /** sockaddr_un holds 108 bytes with the NUL: a longer path would be cut short silently. */
 export const MAX_SOCKET_PATH = 107;
@@ -36,10 +36,16 @@ function answers(path: string): Promise<boolean> {
   });
 }
 
+/** An errno name for a failure: Node's own codes (ERR_OUT_OF_RANGE for a gid past 32 bits) are an invalid argument. */
+function errnoName(e: unknown, op: string, path: string): string {
+  const code = (e as NodeJS.ErrnoException).code;
+  return code?.startsWith('ERR_') ? 'EINVAL' : asVfioError(e, op, path).code;
+}
+
 function listening(server: Server, what: string, target: string | { fd: number }): Promise<void> {
   return new Promise<void>((resolve, reject) => {
     server.once('error', (e: NodeJS.ErrnoException) =>
-      reject(new VfioError(e.code ?? 'EIO', 'listen', what, e.message, { cause: e })),
+      reject(new VfioError(errnoName(e, 'listen', what), 'listen', what, e.message, { cause: e })),
     );
     server.listen(target, () => {
       server.removeAllListeners('error');
@@ -78,19 +84,23 @@ export async function listenUnix(opts: ListenOptions): Promise<Server> {
   } finally {
     if (umask !== null) process.umask(umask);
   }
+  // Which step failed, for the message: Node's own argument errors (a gid past 32 bits) name no syscall.
+  let step: 'group' | 'mode' | 'place' = 'group';
   try {
     if (opts.socketGid !== undefined) chownSync(bound, -1, opts.socketGid);
+    step = 'mode';
     chmodSync(bound, mode);
+    step = 'place';
     if (bound !== path) renameSync(bound, path);
   } catch (e) {
     server.close();
     rmSync(path, { force: true });
     const err = e as NodeJS.ErrnoException;
     throw new VfioError(
-      err.code ?? 'EIO',
+      errnoName(e, 'serve', path),
       'serve',
       path,
-      `cannot set the socket's ${err.syscall === 'chown' ? `group to ${opts.socketGid}` : err.syscall === 'rename' ? 'place' : `mode to 0${mode.toString(8)}`}: ${err.message}`,
+      `cannot set the socket's ${step === 'group' ? `group to ${opts.socketGid}` : step === 'place' ? 'place' : `mode to 0${mode.toString(8)}`}: ${err.message}`,
       { cause: e },
     );
   } finally {

@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { isMainThread } from 'node:worker_threads';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { createSimDevice } from '../../src/index.js';
+import { VfioError, createSimDevice } from '../../src/index.js';
 import { startBridgeService, type BridgeService } from '../../src/service/bridge-service.js';
 import { MAX_SOCKET_PATH, listenUnix } from '../../src/service/listen.js';
 import { WireOp, vmw_hello_reply } from '../../src/service/wire.js';
@@ -134,6 +134,15 @@ describe('mode and group', () => {
       await listenAt(path, mode === undefined ? {} : { socketMode: mode });
       expect(statSync(path).mode & 0o777).toBe(want);
     }
+  });
+
+  it('a group past 32 bits is EINVAL naming the group, and leaves no socket', async () => {
+    const path = join(dir, 'biggid.sock');
+    const e = await listenAt(path, { socketGid: 2 ** 40 }).catch((x: unknown) => x);
+    expect(e).toBeInstanceOf(VfioError);
+    expect((e as VfioError).code).toBe('EINVAL');
+    expect((e as VfioError).message).toMatch(`group to ${2 ** 40}`);
+    expect(existsSync(path)).toBe(false);
   });
 
   it.skipIf(process.getuid?.() !== 0)('the group asked is the socket group, with the mode asked', async () => {
