@@ -13,9 +13,12 @@ import { writeU32 } from '../dist/v1/region-access.js';
 import { FileDevice, MiB, deviceSource, resumePaths, savePaths, verifyingSink } from './callers.mjs';
 
 const args = new Set(process.argv.slice(2));
-for (const a of args)
-  if (!['--large', '--json', '--kernel'].includes(a))
-    throw new Error(`unknown option ${a} (--large, --json, --kernel)`);
+for (const a of args) {
+  if (!['--large', '--json', '--kernel'].includes(a)) {
+    console.error(`bench: unknown option ${a} (--large, --json, --kernel)`);
+    process.exit(2);
+  }
+}
 if (args.has('--kernel')) {
   const { runKernelBench } = await import('./kernel.mjs');
   process.exit(runKernelBench({ json: args.has('--json') }));
