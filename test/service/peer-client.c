@@ -6,6 +6,7 @@
  *   peer-client SOCK ghost GO  bridge, fork, let the parent exit; the child
  *                              keeps the socket and, once the file GO
  *                              exists, writes device_state 000 through it
+ *                              (gives up after a minute without GO)
  *   peer-client SOCK hold      bridge, then stay until stdin closes
  *   peer-client SOCK status    one STATUS query; prints its JSON answer
  *
@@ -110,9 +111,13 @@ int main(int argc, char **argv)
 	}
 	if (fork() != 0)
 		return 0; /* the parent, the process that connected, is gone */
-	/* Not stdin: a parent's exit may close the pipe the child shares. */
-	while (argc < 4 || access(argv[3], F_OK) != 0)
+	/* Not stdin: a parent's exit may close the pipe the child shares. A test
+	 * that failed before making GO never will: give up after a minute. */
+	for (int waited = 0; argc < 4 || access(argv[3], F_OK) != 0; waited++) {
+		if (waited == 3000)
+			return 1;
 		usleep(20000);
+	}
 	uint32_t stop = 0;
 	request(VMW_WRITE, 0, sizeof(stop), &stop, sizeof(stop));
 	reply();
