@@ -12,7 +12,7 @@ import { fileURLToPath } from 'node:url';
 import { getSystemErrorMap } from 'node:util';
 import { VfioError, asVfioError } from '../errors.js';
 import type { BridgeServiceOptions, ServiceTraceEvent } from '../service/bridge-service.js';
-import { MAX_SOCKET_PATH } from '../service/listen.js';
+import { MAX_SOCKET_PATH, listenUnix } from '../service/listen.js';
 import { preloadLibrary } from '../service/preload-library.js';
 import { PAGE } from '../v2/uapi.js';
 import type { CliContext, SignalSource } from './context.js';
@@ -310,7 +310,6 @@ async function prepareService(socketPath: string, given: boolean, o: ServiceCliO
   const trace = o.trace !== undefined ? openTrace('exec', o.trace) : undefined;
   let server: Server;
   try {
-    const { listenUnix } = await import('../service/listen.js');
     server = await listenUnix({ socketPath });
   } catch (e) {
     if (trace !== undefined) closeSync(trace);
