@@ -49,7 +49,9 @@ if [ ! -f "$tarball" ]; then
   if [ ! -f "$tarball" ]; then
     say "downloading Debian's linux-source-6.12"
     dl=$(mktemp -d)
-    ( cd "$dl" && apt-get download -qq linux-source-6.12 ) || {
+    # A fresh machine's package lists may not know it yet: update them once (root only) and retry.
+    ( cd "$dl" && { apt-get download -qq linux-source-6.12 2>/dev/null ||
+      { [ "$(id -u)" -eq 0 ] && apt-get update -qq && apt-get download -qq linux-source-6.12; }; } ) || {
       say "apt-get download linux-source-6.12 failed (on Debian 12 it is in bookworm-security / bookworm-backports; run apt-get update first)"
       exit 1
     }
@@ -77,9 +79,15 @@ patch -p1 -s < "$here/mbig.patch"
 make tinyconfig >/dev/null
 ./scripts/kconfig/merge_config.sh -m .config "$here/fragment.config" >/dev/null
 make olddefconfig >/dev/null
-for opt in VFIO VFIO_MDEV VFIO_CONTAINER VFIO_DEVICE_CDEV IOMMUFD SAMPLE_VFIO_MDEV_MTTY SAMPLE_VFIO_MDEV_MBIG CRC32 9P_FS NET_9P_VIRTIO VIRTIO_PCI; do
-  grep -q "^CONFIG_$opt=y" .config || { say "the merged config lacks CONFIG_$opt=y"; exit 1; }
-done
+# Every option the fragment sets must survive olddefconfig (an unmet dependency drops it silently).
+while IFS= read -r line; do
+  case $line in
+    CONFIG_*=n) grep -qx "# ${line%=n} is not set" .config || ! grep -q "^${line%=n}=" .config ;;
+    CONFIG_*) grep -qxF "$line" .config ;;
+    *) true ;;
+  esac || { say "fragment.config: $line did not survive the merge"; exit 1; }
+done < "$here/fragment.config"
+grep -q '^CONFIG_CRC32=y' .config || { say "the merged config lacks CONFIG_CRC32=y (mbig)"; exit 1; }
 say "compiling with make -j${KERNEL_JOBS:-$(nproc)} (about 10-15 minutes on 2 cores)"
 make -j"${KERNEL_JOBS:-$(nproc)}" bzImage >/dev/null
 cp arch/x86/boot/bzImage "$out/bzImage.part"

@@ -8,14 +8,14 @@
  * tracks is QEMU itself and save/restore keep it too; destroy and a SIGKILL
  * leave no QEMU (and no exec service) behind, and the device usable.
  * `vfio-mig libvirt check` tells bridged domains from the service's state.
- * libvirt runs with its defaults (no qemu.conf): on this kernel (no cgroups,
- * seccomp or LSM) they start QEMU with no cgroup, no -sandbox and no MAC
- * label, in a private mount namespace with DAC ownership (the first test).
+ * libvirt runs with its defaults (no qemu.conf) on a kernel with cgroup v2,
+ * seccomp, AppArmor and Yama (scripts/kernel/fragment.config), confined as
+ * on a Debian host (libvirt-host.ts): QEMU in the domain's cgroups, under
+ * -sandbox and its libvirt-<uuid> profile with contrib/apparmor's additions.
  */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import {
   chmodSync,
-  copyFileSync,
   existsSync,
   mkdirSync,
   readFileSync,
@@ -30,9 +30,21 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { MigState, openKernelDevice } from '../../src/index.js';
 import { preloadLibrary } from '../../src/service/preload-library.js';
 import { cdevOf, SCR, sleep, toRunning } from './guest-devices.js';
+import {
+  denials,
+  LOCAL_QEMU,
+  localQemuRules,
+  PACKAGE,
+  prepareHost,
+  QEMU_USER,
+  restoreHost,
+  sh,
+  VFIO_MIG,
+} from './libvirt-host.js';
 import { uartPorts } from './qemu-vmm.js';
 
-const CLI = resolve(import.meta.dirname, '../../dist/cli/main.js');
+const PROJECT = resolve(import.meta.dirname, '../..');
+const CLI = `${PROJECT}/dist/cli/main.js`;
 // A spare mtty of its own (A and B belong to the other files).
 const E = '83b8f4f2-509f-382f-3c1e-e6bfe0fa1017';
 const MTTY_TYPE = '/sys/class/mdev_bus/mtty/mdev_supported_types/mtty-2';
@@ -40,12 +52,12 @@ const MTTY_TYPE = '/sys/class/mdev_bus/mtty/mdev_supported_types/mtty-2';
 const BIG = '83b8f4f2-509f-382f-3c1e-e6bfe0fa1018';
 const MBIG_TYPE = '/sys/class/mdev_bus/mbig/mdev_supported_types/mbig-2';
 const crcOf = (uuid: string) => readFileSync(`/sys/bus/mdev/devices/${uuid}/vendor/mem_crc32`, 'utf8').trim();
-const QEMU_USER = 'libvirt-qemu'; // libvirt's built-in default user and group (Debian)
-// Its uid: the host's when libvirt-daemon-system made the user, else the one added in the guest (prepareHost).
-let QEMU_UID = 64055;
+// libvirt-qemu's uid: the host's when libvirt-daemon-system made the user, else the one added in the guest.
+let QEMU_UID: number;
 const RUN = '/run/vfio-mig';
 const SOCKET = `${RUN}/bridge.sock`;
-const PRELOAD = `${RUN}/libvfio-mig-preload.so`; // readable by libvirt-qemu
+/** The interposer where a global install has it: the path contrib/apparmor lets QEMU map. */
+const PRELOAD = `${PACKAGE}/dist/interposer/libvfio-mig-preload.so`;
 /** Debian 12's QEMU 7.2, from the host's root. */
 const QEMU_BIN = '/usr/bin/qemu-system-x86_64';
 
@@ -79,12 +91,6 @@ async function virshOk(...args: string[]): Promise<Run> {
   const r = await virsh(...args);
   if (r.status !== 0) throw new Error(`virsh ${args.join(' ')}: ${r.status}\n${r.stderr}${r.stdout}\n${daemons.log()}`);
   return r;
-}
-
-function sh(...argv: string[]): string {
-  const r = spawnSync(argv[0]!, argv.slice(1), { encoding: 'utf8' });
-  if (r.status !== 0) throw new Error(`${argv.join(' ')}: ${r.error?.message ?? r.stderr}`);
-  return r.stdout;
 }
 
 const hmp = async (dom: string, cmd: string) => (await virshOk('qemu-monitor-command', '--hmp', dom, cmd)).stdout;
@@ -217,6 +223,14 @@ const domainLog = (name: string) => {
   }
 };
 
+/** A process's (or thread's) cgroup v2 path. */
+const cgroupOf = (pid: number | string) => /^0::(.*)$/m.exec(readFileSync(`/proc/${pid}/cgroup`, 'utf8'))![1]!;
+/** Where libvirt (without systemd) places a domain's QEMU: its scope under /machine, the process in emulator/. */
+const domainCgroup = (name: string) => new RegExp(`^/machine/qemu-\\d+-${name}\\.libvirt-qemu/emulator$`);
+/** A process's AppArmor confinement: "PROFILE (MODE)", or "unconfined". */
+const confinement = (pid: number) => readFileSync(`/proc/${pid}/attr/current`, 'utf8').trim();
+const profileOf = (pid: number) => confinement(pid).split(' ')[0]!;
+
 const procStatus = (pid: number) => readFileSync(`/proc/${pid}/status`, 'utf8');
 const uidOf = (pid: number) => Number(/^Uid:\s+(\d+)/m.exec(procStatus(pid))![1]);
 const ppidOf = (pid: number) => Number(/^PPid:\s+(\d+)/m.exec(procStatus(pid))![1]);
@@ -261,49 +275,16 @@ async function waitLibvirtd(): Promise<number> {
   }
 }
 
-const mounted: string[] = [];
-
-/** The root is read-only: libvirt's state, its config and the libvirt-qemu user live on tmpfs copies. */
-function prepareHost(): void {
-  const tmpfs = (dir: string) => {
-    sh('mount', '-t', 'tmpfs', '-o', 'mode=0755', 'libvirt', dir);
-    mounted.push(dir);
-  };
-  const bindCopy = (path: string, extra: string) => {
-    const copy = `/run/libvirt-test${path.replaceAll('/', '-')}`;
-    sh('cp', '-a', path, copy);
-    if (extra) writeFileSync(copy, readFileSync(copy, 'utf8') + extra);
-    sh('mount', '--bind', copy, path);
-    mounted.push(path);
-  };
-  // libvirt-daemon-system (not installed) would create these: with none on the root, tmpfs over the parent.
-  for (const d of ['/var/lib/libvirt', '/var/cache/libvirt', '/var/log/libvirt']) {
-    if (existsSync(d)) tmpfs(d);
-    else if (!mounted.includes(dirname(d))) tmpfs(dirname(d));
-    mkdirSync(d, { recursive: true });
-  }
-  mkdirSync('/run/libvirt', { recursive: true }); // /run is the guest's tmpfs
-  bindCopy('/etc/libvirt', ''); // writable, without a qemu.conf: libvirt's defaults
-  rmSync('/etc/libvirt/qemu.conf', { force: true });
-  // As libvirt-daemon-system's postinst would add them.
-  const known = /^libvirt-qemu:[^:]*:(\d+):/m.exec(readFileSync('/etc/passwd', 'utf8'));
-  if (known) QEMU_UID = Number(known[1]);
-  else {
-    bindCopy('/etc/passwd', `${QEMU_USER}:x:${QEMU_UID}:${QEMU_UID}:Libvirt Qemu:/var/lib/libvirt:/usr/sbin/nologin\n`);
-    bindCopy('/etc/group', `${QEMU_USER}:x:${QEMU_UID}:\n`);
-  }
-}
-
 interface Serve {
   proc: ChildProcess;
   log: () => string;
   waitLog(re: RegExp, ms?: number): Promise<void>;
 }
 
+/** `vfio-mig serve` of the global install, under contrib's profile (as systemd's AppArmorProfile=vfio-mig puts it). */
 async function startServe(): Promise<Serve> {
-  const proc = spawn(process.execPath, [CLI, 'serve', '--socket', SOCKET, '--mode', '0660', '--group', QEMU_USER], {
-    stdio: ['ignore', 'ignore', 'pipe'],
-  });
+  const argv = ['serve', '--socket', SOCKET, '--mode', '0660', '--group', QEMU_USER];
+  const proc = spawn('aa-exec', ['-p', 'vfio-mig', '--', VFIO_MIG, ...argv], { stdio: ['ignore', 'ignore', 'pipe'] });
   let log = '';
   proc.stderr.on('data', (d) => (log += d));
   const waitLog = async (re: RegExp, ms = 60_000) => {
@@ -312,6 +293,7 @@ async function startServe(): Promise<Serve> {
     }
   };
   await waitLog(/serving on/);
+  expect(readFileSync(`/proc/${proc.pid}/attr/current`, 'utf8').trim()).toBe('vfio-mig (enforce)');
   return { proc, log: () => log, waitLog };
 }
 
@@ -319,10 +301,9 @@ const times: string[] = [];
 
 beforeAll(async () => {
   if (!existsSync(`/sys/bus/mdev/devices/${E}`)) writeFileSync(`${MTTY_TYPE}/create`, E);
-  prepareHost();
+  expect(resolve(preloadLibrary())).toBe(resolve(PROJECT, 'dist/interposer/libvfio-mig-preload.so')); // built
+  QEMU_UID = prepareHost();
   mkdirSync(RUN, { recursive: true });
-  copyFileSync(preloadLibrary(), PRELOAD);
-  chmodSync(PRELOAD, 0o644);
   daemons.start('virtlogd');
   daemons.start('libvirtd');
   times.push(`libvirtd up (first connection, capabilities probe) in ${await waitLibvirtd()} ms`);
@@ -338,7 +319,7 @@ afterAll(async () => {
   await destroyAll().catch(() => undefined);
   await daemons.stop('libvirtd');
   await daemons.stop('virtlogd');
-  for (const m of mounted.reverse()) spawnSync('umount', [m]);
+  restoreHost();
   rmSync(RUN, { recursive: true, force: true });
   if (existsSync(`/sys/bus/mdev/devices/${E}`)) writeFileSync(`/sys/bus/mdev/devices/${E}/remove`, '1');
 }, 120_000);
@@ -348,18 +329,19 @@ describe('libvirt 9.0 without the bridge', () => {
     const start = await create('plain', {});
     const pid = qemuPid('plain');
     const status = readFileSync(`/proc/${pid}/status`, 'utf8');
-    // libvirt's defaults on this kernel: QEMU as libvirt-qemu, in its own mount namespace (a private /dev,
-    // where the device node is chowned to it); no -sandbox, no seccomp, no cgroup, no MAC label to apply.
+    // libvirt's defaults on a host with cgroups, seccomp and AppArmor: QEMU as libvirt-qemu, in its own mount
+    // namespace (a private /dev, where the device node is chowned to it), in the domain's cgroups, under
+    // QEMU's -sandbox and its own AppArmor profile, enforced.
     expect(status).toMatch(new RegExp(`^Uid:\\s+${QEMU_UID}\\s`, 'm'));
-    expect(status).not.toMatch(/^Seccomp:/m);
-    expect(readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0')).not.toContain('-sandbox');
+    expect(status).toMatch(/^Seccomp:\s+2$/m);
+    expect(readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0')).toContain('-sandbox');
     expect(sh('readlink', `/proc/${pid}/ns/mnt`)).not.toBe(sh('readlink', '/proc/self/ns/mnt'));
-    expect(existsSync(`/proc/${pid}/cgroup`)).toBe(false);
+    expect(cgroupOf(pid)).toMatch(domainCgroup('plain'));
     const live = (await virshOk('dumpxml', 'plain')).stdout;
     expect(live).toMatch(
-      new RegExp(`<seclabel type='dynamic' model='dac' relabel='yes'>\\s*<label>\\+${QEMU_UID}:\\+\\d+</label>`),
+      new RegExp(`<seclabel type='dynamic' model='apparmor' relabel='yes'>\\s*<label>${profileOf(pid)}</label>`),
     );
-    expect(live).not.toMatch(/model='(apparmor|selinux)'/);
+    expect(confinement(pid)).toMatch(/^libvirt-[0-9a-f-]{36} \(enforce\)$/);
     const save = await virsh('save', 'plain', '/tmp/plain.save');
     expect(save.status).toBe(1);
     expect(save.stderr).toMatch(/VFIO device doesn't support migration/);
@@ -392,6 +374,10 @@ describe('libvirt 9.0 with vfio-mig serve and <qemu:env>', () => {
     const pid = qemuPid(name);
     await svc.waitLog(new RegExp(`\\(VMM pid ${pid}\\) bridged`));
     expect(readFileSync(`/proc/${pid}/status`, 'utf8')).toMatch(new RegExp(`^Uid:\\s+${QEMU_UID}\\s`, 'm'));
+    // Bridged as libvirt confines it: its own AppArmor profile, -sandbox, the domain's cgroup.
+    expect(confinement(pid)).toMatch(/^libvirt-[0-9a-f-]{36} \(enforce\)$/);
+    expect(procStatus(pid)).toMatch(/^Seccomp:\s+2$/m);
+    expect(cgroupOf(pid)).toMatch(domainCgroup(name));
     const ports = await setScratchVia(name, values);
     expect(ports).toHaveLength(2);
     expect(await scratchVia(name, ports)).toEqual(values);
@@ -424,6 +410,26 @@ describe('libvirt 9.0 with vfio-mig serve and <qemu:env>', () => {
     const no = await libvirtCheck('unchecked');
     expect(no.status, no.stderr).toBe(1);
     expect(no.stdout).toMatch(`not bridged: the service at ${SOCKET} has no session of it`);
+  }, 300_000);
+
+  it("without contrib's lines in QEMU's profile, AppArmor refuses the interposer: QEMU runs unbridged and save is refused", async () => {
+    writeFileSync(LOCAL_QEMU, ''); // Debian's profile as shipped
+    try {
+      await create('denied', { bridged: true });
+      const pid = qemuPid('denied');
+      expect(
+        await within(30_000, () =>
+          domainLog('denied').includes(`object '${PRELOAD}' from LD_PRELOAD cannot be preloaded`),
+        ),
+      ).toBe(true);
+      expect(denials()).toContain(`name="${PRELOAD}"`);
+      expect(svc.log()).not.toMatch(new RegExp(`\\(VMM pid ${pid}\\)`));
+      const save = await virsh('save', 'denied', '/tmp/denied.save');
+      expect(save.status).toBe(1);
+      expect(save.stderr).toMatch(/VFIO device doesn't support migration/);
+    } finally {
+      writeFileSync(LOCAL_QEMU, localQemuRules());
+    }
   }, 300_000);
 
   it('a live external memory snapshot, restored with virsh restore, carries the values taken at the snapshot', async () => {
@@ -554,10 +560,10 @@ async function waitUndefined(name: string): Promise<void> {
 }
 
 describe('libvirt 9.0 with vfio-mig exec as the <emulator> (the README wrapper)', () => {
-  const WRAPPER = `${RUN}/qemu-vfio-mig`;
+  const WRAPPER = '/usr/local/bin/qemu-vfio-mig';
   beforeAll(() => {
-    // README "Using it with libvirt", recipe 2, with the CLI of this checkout for /usr/local/bin/vfio-mig.
-    writeFileSync(WRAPPER, `#!/bin/sh\nexec ${process.execPath} ${CLI} exec -- ${QEMU_BIN} "$@"\n`);
+    // README "Using it with libvirt", recipe 2, as written (the global install is this checkout).
+    writeFileSync(WRAPPER, `#!/bin/sh\nexec ${VFIO_MIG} exec -- ${QEMU_BIN} "$@"\n`);
     chmodSync(WRAPPER, 0o755);
   });
 
@@ -589,8 +595,25 @@ describe('libvirt 9.0 with vfio-mig exec as the <emulator> (the README wrapper)'
     expect(uidOf(pid)).toBe(QEMU_UID);
     const services = execServices().filter((s) => s.watches === pid);
     expect(services).toHaveLength(1);
-    expect(ppidOf(services[0]!.pid)).toBe(pid); // started by exec before its execve: QEMU's child
-    expect(uidOf(services[0]!.pid)).toBe(QEMU_UID);
+    const service = services[0]!.pid;
+    expect(ppidOf(service)).toBe(pid); // started by exec before its execve: QEMU's child
+    expect(uidOf(service)).toBe(QEMU_UID);
+    // Both confined as libvirt confines QEMU: the domain's profile, and its cgroups. Every QEMU thread is in
+    // the domain's scope, its vCPU thread in vcpu0 and the rest in emulator with the process and the service.
+    expect(confinement(service)).toBe(confinement(pid));
+    expect(confinement(pid)).toMatch(/^libvirt-[0-9a-f-]{36} \(enforce\)$/);
+    expect(cgroupOf(pid)).toMatch(domainCgroup('wrapped'));
+    expect(cgroupOf(service)).toBe(cgroupOf(pid));
+    const scope = dirname(cgroupOf(pid));
+    const threads = readdirSync(`/proc/${pid}/task`);
+    const vcpus = readFileSync(`/sys/fs/cgroup${scope}/vcpu0/cgroup.threads`, 'utf8').split('\n').filter(Boolean);
+    expect(vcpus).toHaveLength(1);
+    expect(threads).toContain(vcpus[0]);
+    for (const tid of threads)
+      expect(cgroupOf(`${pid}/task/${tid}`)).toBe(tid === vcpus[0] ? `${scope}/vcpu0` : `${scope}/emulator`);
+    // Yama (ptrace_scope 1) lets the service, QEMU's child and not root, take QEMU's fds only because the
+    // interposer named it with PR_SET_PTRACER: the bridged line above is that.
+    expect(readFileSync('/proc/sys/kernel/yama/ptrace_scope', 'utf8').trim()).toBe('1');
     // check finds exec's private socket in QEMU's environment and asks that service.
     const check = await libvirtCheck('wrapped', '--json');
     expect(check.status, check.stderr).toBe(0);

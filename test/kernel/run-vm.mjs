@@ -13,7 +13,7 @@ import { fileURLToPath } from 'node:url';
 const project = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 // The image built by scripts/kernel/build-kernel.sh into the cache (npm run
 // kernel:build, or npm run test:all when VFIO_MIG_KERNEL is unset).
-const CACHED_KERNEL = join(project, '.cache/kernel/bzImage');
+const CACHED_KERNEL = join(resolve(project, process.env.VFIO_MIG_KERNEL_CACHE || '.cache/kernel'), 'bzImage');
 const kernelEnv = process.env.VFIO_MIG_KERNEL || (existsSync(CACHED_KERNEL) ? CACHED_KERNEL : undefined);
 const kernel =
   kernelEnv && existsSync(kernelEnv) && !kernelEnv.endsWith('bzImage') && existsSync(join(kernelEnv, 'bzImage'))
@@ -59,6 +59,10 @@ for (const dir of Object.values(qemuTrees)) {
   if (!existsSync(join(dir, 'usr/bin/qemu-system-x86_64')))
     console.error(`test:kernel: no ${dir}: the QEMU tests will fail; run bash scripts/kernel/fetch-qemu.sh`);
 }
+if (!existsSync(join(project, '.cache/libvirt-apparmor/version')))
+  console.error(
+    'test:kernel: no libvirt AppArmor profiles in .cache/: the libvirt tests will fail; run bash scripts/kernel/fetch-libvirt-apparmor.sh',
+  );
 
 const out = mkdtempSync(join(tmpdir(), 'vfio-mig-vm-'));
 // Optional: a vitest name filter, or (for debugging) a command to run instead of the suite.
