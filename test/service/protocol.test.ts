@@ -515,6 +515,72 @@ describe('one quiesce group per VMM process', () => {
   });
 });
 
+describe('the quiesce groups held', () => {
+  it('one per process with a bridged device, deleted when its last session ends', async () => {
+    const s = await serve({ openDevice: async () => sim({ flags: 7 }) });
+    const hello = await WireClient.connect(s.socketPath);
+    hello.hello(process.pid, 0);
+    await hello.reply();
+    expect(s.quiesceGroups).toBe(0); // none before a device is bridged
+    const a = await bridged(s);
+    const b = await bridged(s);
+    expect(s.quiesceGroups).toBe(1); // one for both devices of this process
+    a.close();
+    await until(() => s.sessions === 2);
+    expect(s.quiesceGroups).toBe(1); // b still in it
+    b.close();
+    hello.close();
+    await until(() => s.sessions === 0);
+    expect(s.sessions).toBe(0);
+    expect(s.quiesceGroups).toBe(0);
+  });
+
+  it('a device bridged while the last other one leaves joins the group the next ones join', async () => {
+    // B's SECTION is held in its device's state read while A's session ends (A's group empties and is deleted).
+    let hold: { reached: () => void; go: Promise<void> } | null = null;
+    class Held extends ForwardingDevice {
+      override async getState(): Promise<MigState> {
+        const h = hold;
+        hold = null;
+        if (h) {
+          h.reached();
+          await h.go;
+        }
+        return this.inner.getState();
+      }
+    }
+    const events: ServiceTraceEvent[] = [];
+    const names = ['A', 'B', 'C'];
+    const s = await serve({
+      openDevice: async () => new Held(sim({ flags: 7, name: names.shift()! })),
+      trace: (e) => void (e.kind === 'group' && events.push(e)),
+    });
+    const a = await bridged(s);
+    const b = await WireClient.connect(s.socketPath);
+    b.hello(process.pid, 0);
+    expect(vmw_hello_reply.decode((await b.reply())!.payload).bridged).toBe(1);
+    let go!: () => void;
+    const reached = new Promise<void>((r) => {
+      hold = { reached: r, go: new Promise<void>((g) => (go = g)) };
+    });
+    b.send(WireOp.SECTION, section());
+    await reached;
+    a.close();
+    await until(() => s.sessions === 1);
+    expect(s.sessions).toBe(1);
+    go();
+    expect((await b.reply())?.result).toBe(0);
+    const c = await bridged(s);
+    expect(s.quiesceGroups).toBe(1);
+    expect(await writeState(b, 0)).toBe(0); // B stops: C, in B's group, is parked first
+    expect(events).toEqual([
+      { kind: 'group', vmm: process.pid, device: 'C', cause: 'B', v2: ['SET_STATE RUNNING->RUNNING_P2P'] },
+    ]);
+    b.close();
+    c.close();
+  });
+});
+
 describe('connection limits', () => {
   it('connections over the total cap are refused with the reason, and counted back when they close', async () => {
     const s = await serve({ limits: { maxConnections: 2 } });
