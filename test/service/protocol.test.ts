@@ -9,7 +9,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { existsSync, rmSync } from 'node:fs';
-import { connect } from 'node:net';
+import { connect, type Socket } from 'node:net';
 import {
   ForwardingDevice,
   MigState,
@@ -19,13 +19,21 @@ import {
   type SimDeviceOptions,
   type V2Device,
 } from '../../src/index.js';
+import { listenUnix } from '../../src/service/listen.js';
 import {
+  BridgeService,
   startBridgeService,
-  type BridgeService,
   type BridgeServiceOptions,
   type ServiceTraceEvent,
 } from '../../src/service/bridge-service.js';
-import { MAX_REQUEST_PAYLOAD, WireOp, vmw_bye, vmw_hello_reply, vmw_region } from '../../src/service/wire.js';
+import {
+  MAX_REQUEST_PAYLOAD,
+  WireOp,
+  vmw_bye,
+  vmw_hello_reply,
+  vmw_region,
+  vmw_request,
+} from '../../src/service/wire.js';
 import {
   VFIO_REGION_SUBTYPE_MIGRATION_DEPRECATED,
   VFIO_REGION_TYPE_MIGRATION_DEPRECATED,
@@ -671,6 +679,55 @@ describe('what a client can make the service hold', () => {
     for (let got = 0; got < READS; got++) expect((await c.reply())?.result).toBe(0);
     for (let got = 0; got < WRITES; got++) expect(await c.reply()).not.toBeNull();
     expect(c.sock.writableLength).toBe(0);
+    c.close();
+  });
+
+  it('a pipelining client on a slow device: what the service has read and not yet served stays bounded', async () => {
+    // Each state change waits a turn of the event loop, so requests finish one at a time, between socket reads.
+    class Slow extends ForwardingDevice {
+      override async setState(state: MigState) {
+        await new Promise((r) => setImmediate(r));
+        return this.inner.setState(state);
+      }
+    }
+    const dev = sim();
+    const path = join(tmpdir(), `vfio-mig-proto-${Math.random().toString(36).slice(2)}.sock`);
+    const server = await listenUnix({ socketPath: path });
+    let conn: Socket | null = null;
+    server.on('connection', (sock) => (conn = sock)); // the service's own end of the connection
+    const QUEUED = 4;
+    const R = vmw_request.size + 4; // one device_state write
+    const held: number[] = []; // bytes read from the socket and not yet being served, at each access
+    let read0 = 0; // what the handshake read
+    let started = 0;
+    svc = new BridgeService(server, {
+      socketPath: path,
+      sectionSize: SECTION,
+      openDevice: async () => new Slow(dev),
+      limits: { maxQueuedRequests: QUEUED },
+      trace: (e) => {
+        if (e.kind !== 'access' || e.op !== 'write') return;
+        started++;
+        held.push(conn!.bytesRead - read0 - started * R);
+      },
+    });
+    const c = await bridged(svc);
+    read0 = conn!.bytesRead;
+    const N = 8000; // 219 KiB of requests, sent at once
+    for (let i = 0; i < N; i++) c.send(WireOp.WRITE, le32(i % 2 === 0 ? 0 : 1), STATE, 4);
+    for (let i = 0; i < N; i++) expect((await c.reply())?.result).toBe(0);
+    expect(dev.state).toBe(MigState.RUNNING);
+    expect(held).toHaveLength(N);
+    expect(conn!.bytesRead - read0).toBe(N * R);
+    // The service pauses once more than MAX_UNPARSED bytes wait unparsed or QUEUED requests are taken; past
+    // that it holds the read that crossed the bound (Node reads 64 KiB at a time) and what Node's stream
+    // buffers while paused before it stops reading (up to its high-water mark, plus one read). A socket
+    // resumed while still full (RELIABILITY.md, back-pressure) lets a read in per request served: all of it.
+    const MAX_UNPARSED = 2 * (vmw_request.size + MAX_REQUEST_PAYLOAD);
+    const bound = MAX_UNPARSED + QUEUED * R + (64 << 10) + conn!.readableHighWaterMark + (64 << 10);
+    expect(N * R).toBeGreaterThan(bound);
+    expect(Math.max(...held)).toBeGreaterThan(MAX_UNPARSED); // the bound was reached
+    expect(Math.max(...held)).toBeLessThanOrEqual(bound);
     c.close();
   });
 
