@@ -231,6 +231,22 @@ describe('a refusal after the socket is bound (never met as root)', () => {
       expect(boundSocket(bound[0]!)).toBe(false); // the server was closed, not only its name removed
     });
 
+  it('a failure that carries no errno is EIO, with no socket left', async () => {
+    const path = join(dir, 'no-errno.sock');
+    const odd = new TypeError('not an errno');
+    const e = await listenUnix(
+      { socketPath: path },
+      {
+        ...real,
+        chmod: () => {
+          throw odd;
+        },
+      },
+    ).catch((x: unknown) => x);
+    expect(e).toMatchObject({ code: 'EIO', op: 'serve', device: path, cause: odd });
+    expect(existsSync(path)).toBe(false);
+  });
+
   it('the steps that succeed leave the socket served, with the mode asked', async () => {
     const path = join(dir, 'all-steps.sock');
     const asked: string[] = [];
