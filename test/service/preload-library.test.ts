@@ -16,6 +16,7 @@ import {
 } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { isMainThread } from 'node:worker_threads';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { PRELOAD_NAME, buildPreloadLibrary, preloadLibrary } from '../../src/service/preload-library.js';
 
@@ -82,7 +83,8 @@ describe('the interposer library', () => {
     expect(statSync(want)).toMatchObject({ ino: built.ino, mtimeMs: built.mtimeMs });
   });
 
-  it('without $XDG_CACHE_HOME (unset or empty) the cache is ~/.cache/vfio-mig', () => {
+  // $HOME set here reaches os.homedir() only in the main thread: a worker's process.env is its own copy.
+  it.skipIf(!isMainThread)('without $XDG_CACHE_HOME (unset or empty) the cache is ~/.cache/vfio-mig', () => {
     const pkg = packageWithoutDist('no-dist-home');
     process.env.HOME = join(dir, 'home');
     process.env.CC = 'false'; // what is cached is taken, never rebuilt
