@@ -5,6 +5,9 @@
  * reports, and in what state the device is left when the session ends.
  * The VMM is a raw client (test/service/wire-client.ts) on a simulated device.
  */
+import koffi from 'koffi';
+import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { afterEach, describe, expect, it } from 'vitest';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
@@ -33,13 +36,14 @@ import {
   vmw_hello_reply,
   vmw_region,
   vmw_request,
+  type StatusReply,
 } from '../../src/service/wire.js';
 import {
   VFIO_REGION_SUBTYPE_MIGRATION_DEPRECATED,
   VFIO_REGION_TYPE_MIGRATION_DEPRECATED,
   type RegionInfo,
 } from '../../src/v2/uapi.js';
-import { linuxPeerSys, type PeerSysCalls } from '../../src/v2/kernel/sys.js';
+import { linuxPeerSys, type PeerCredentials, type PeerSysCalls } from '../../src/v2/kernel/sys.js';
 import { F_SEAL_GROW, F_SEAL_SHRINK, WireClient, closeMemfd, memfd, u32 } from './wire-client.js';
 
 const EINVAL = 22;
@@ -586,6 +590,122 @@ describe('the quiesce groups held', () => {
     ]);
     b.close();
     c.close();
+  });
+});
+
+describe('STATUS', () => {
+  const dup = koffi.load('libc.so.6').func('int dup(int fd)');
+  const FAKE_PIDFD = 100000; // never a real descriptor
+
+  /** STATUS alone on its connection: the answer, then the connection closes. */
+  async function status(s: BridgeService): Promise<StatusReply> {
+    const q = await WireClient.connect(s.socketPath);
+    q.send(WireOp.STATUS, new Uint8Array(0));
+    const r = await q.reply();
+    expect(r?.result).toBe(0);
+    expect(await q.reply()).toBeNull();
+    return JSON.parse(r!.payload.toString()) as StatusReply;
+  }
+
+  /**
+   * A VMM of another user: a process running as nobody (setpriv), which the
+   * fake kernel below names as the peer of the next connection; its
+   * descriptors are taken from this process (the test holds them).
+   */
+  async function otherUser(use: (sys: PeerSysCalls, next: (c: PeerCredentials) => void, pid: number) => Promise<void>) {
+    const child = spawn('setpriv', ['--reuid', '65534', '--regid', '65534', '--clear-groups', 'sleep', '60']);
+    await new Promise((r) => child.once('spawn', r));
+    const pid = child.pid!;
+    try {
+      for (let i = 0; i < 100 && !readFileSync(`/proc/${pid}/status`, 'utf8').includes('sleep'); i++) await sleep(10);
+      let as: PeerCredentials | null = null;
+      const sys: PeerSysCalls = {
+        ...linuxPeerSys,
+        peerCredentials: (fd, op, device) => {
+          const c = as ?? linuxPeerSys.peerCredentials(fd, op, device);
+          as = null;
+          return c;
+        },
+        peerPidfd: (fd, p, op, device) => (p === pid ? FAKE_PIDFD : linuxPeerSys.peerPidfd(fd, p, op, device)),
+        pidfdPid: (pidfd) => (pidfd === FAKE_PIDFD ? pid : linuxPeerSys.pidfdPid(pidfd)),
+        pidfdGetfd: (pidfd, fd, op, device) =>
+          pidfd === FAKE_PIDFD ? (dup(fd) as number) : linuxPeerSys.pidfdGetfd(pidfd, fd, op, device),
+        close: (fd) => void (fd !== FAKE_PIDFD && linuxPeerSys.close(fd)),
+      };
+      await use(sys, (c) => (as = c), pid);
+    } finally {
+      child.kill();
+    }
+  }
+
+  it.skipIf(process.getuid?.() !== 0)(
+    "answers root every user's bridged sessions and another user only its own; never a connection not bridged",
+    async () => {
+      await otherUser(async (sys, next, pid) => {
+        const nobody = { pid, uid: 65534, gid: 65534 };
+        const s = await serve({ sys, openDevice: async (h) => sim({ name: h.name }) });
+        const mine = await WireClient.connect(s.socketPath);
+        mine.hello(process.pid, 0, 'root-dev');
+        await mine.reply();
+        mine.send(WireOp.SECTION, section());
+        expect((await mine.reply())?.result).toBe(0);
+        expect(await readState(mine)).toBe(1);
+        expect(await readState(mine)).toBe(1);
+        next(nobody);
+        const theirs = await WireClient.connect(s.socketPath);
+        theirs.hello(pid, 0, 'nobody-dev');
+        expect(vmw_hello_reply.decode((await theirs.reply())!.payload).bridged).toBe(1);
+        theirs.send(WireOp.SECTION, section());
+        expect((await theirs.reply())?.result).toBe(0);
+        const unbridged = await WireClient.connect(s.socketPath);
+        unbridged.hello(process.pid, 0, 'hello-only');
+        await unbridged.reply();
+        expect(s.sessions).toBe(3);
+
+        const rootDev = { vmm: process.pid, uid: 0, device: 'root-dev', headerAccesses: 2 };
+        const nobodyDev = { vmm: pid, uid: 65534, device: 'nobody-dev', headerAccesses: 0 };
+        expect(await status(s)).toEqual({ uid: 0, sessions: [rootDev, nobodyDev] });
+        next(nobody);
+        expect(await status(s)).toEqual({ uid: 65534, sessions: [nobodyDev] });
+        next({ pid, uid: 1000, gid: 1000 });
+        expect(await status(s)).toEqual({ uid: 1000, sessions: [] });
+        for (const c of [mine, theirs, unbridged]) c.close();
+      });
+    },
+  );
+
+  it('leaves out a session that is ending', async () => {
+    let gate: Promise<void> | null = null;
+    class Held extends ForwardingDevice {
+      override async getState(): Promise<MigState> {
+        if (gate) await gate;
+        return this.inner.getState();
+      }
+    }
+    const s = await serve({ openDevice: async () => new Held(sim()) });
+    const c = await bridged(s);
+    expect((await status(s)).sessions).toHaveLength(1);
+    let open!: () => void;
+    gate = new Promise<void>((r) => (open = r));
+    c.close(); // the session's end waits in the device's state read
+    await c.gone;
+    try {
+      expect(s.sessions).toBe(1);
+      expect(await status(s)).toEqual({ uid: 0, sessions: [] });
+    } finally {
+      open();
+    }
+    await until(() => s.sessions === 0);
+    expect(s.sessions).toBe(0);
+  });
+
+  it('on a device connection is a protocol error that ends it', async () => {
+    const s = await serve();
+    const c = await WireClient.connect(s.socketPath);
+    c.hello(process.pid, 0);
+    await c.reply();
+    c.send(WireOp.STATUS, new Uint8Array(0));
+    await refusedAndClosed(c, -EPROTO, /STATUS on a device connection/);
   });
 });
 
