@@ -327,6 +327,34 @@ describe('region accesses', () => {
     expect(logs.some((l) => /protocol error: serve on .*EPROTO.*request payload/.test(l))).toBe(true);
   });
 
+  it('a broken request behind one in progress is answered once, after it', async () => {
+    let open!: () => void;
+    const gate = new Promise<void>((r) => (open = r));
+    let reached!: () => void;
+    const held = new Promise<void>((r) => (reached = r));
+    class Held extends ForwardingDevice {
+      override async setState(state: MigState) {
+        reached();
+        await gate;
+        return this.inner.setState(state);
+      }
+    }
+    const s = await serve({ openDevice: async () => new Held(sim()) });
+    const c = await bridged(s);
+    // One write: the service reads both at once, and has parsed the broken header once the first is in the device.
+    c.sock.cork();
+    c.send(WireOp.WRITE, le32(0), STATE, 4);
+    c.send(WireOp.READ, new Uint8Array(0), STATE, 4, MAX_REQUEST_PAYLOAD + 1);
+    c.sock.uncork();
+    await held;
+    expect(logs.filter((l) => /protocol error/.test(l))).toEqual([]); // not answered before the write
+    open();
+    expect((await c.reply())?.result).toBe(0);
+    await refusedAndClosed(c, -EPROTO, `request payload of ${MAX_REQUEST_PAYLOAD + 1} bytes`);
+    await until(() => s.sessions === 0);
+    expect(logs.filter((l) => /protocol error/.test(l))).toHaveLength(1);
+  });
+
   it('trace events name the VMM and the device', async () => {
     const events: ServiceTraceEvent[] = [];
     const s = await serve({ trace: (e) => events.push(e) });
