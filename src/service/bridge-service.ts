@@ -153,6 +153,11 @@ export class BridgeService {
     return this.#sessions.size;
   }
 
+  /** Quiesce groups held: one per VMM process with a bridged device, none once its last session ended. */
+  get quiesceGroups(): number {
+    return this.#groups.size;
+  }
+
   /**
    * What STATUS answers `uid`: the bridged sessions of its own VMMs (all of
    * them for root), never another user's (docs/interposer.md#trust-model).
@@ -533,8 +538,11 @@ class DeviceSession {
     const memfd = new DataView(payload.buffer, payload.byteOffset, 4).getInt32(0, true);
     this.#mapping = this.#peer.mapSection(memfd, this.#sectionSize, dev.name);
     const flags = await dev.migrationFlags();
+    const state = await dev.getState();
+    // Looked up and joined in one step: a group whose last member left during an await is
+    // deleted, and joining it then would split the process's devices over two groups.
     this.#group = this.#svc.groupFor(this.#peer);
-    this.#member = this.#group.add(dev, flags, await dev.getState());
+    this.#member = this.#group.add(dev, flags, state);
     const trace = this.#opts.trace;
     this.#bridge = await openV1Bridge(this.#member, {
       ...this.#opts.bridge,

@@ -24,6 +24,15 @@ export interface ListenOptions {
   socketGid?: number;
 }
 
+/** The file operations done on the bound socket (tests pass refusing ones: as root they never fail). */
+export interface ListenFsOps {
+  chown(path: string, uid: number, gid: number): void;
+  chmod(path: string, mode: number): void;
+  rename(from: string, to: string): void;
+}
+
+const nodeFsOps: ListenFsOps = { chown: chownSync, chmod: chmodSync, rename: renameSync };
+
 /** Whether something answers on the Unix socket at `path`. */
 function answers(path: string): Promise<boolean> {
   return new Promise((done) => {
@@ -54,7 +63,7 @@ function listening(server: Server, what: string, target: string | { fd: number }
   });
 }
 
-export async function listenUnix(opts: ListenOptions): Promise<Server> {
+export async function listenUnix(opts: ListenOptions, fs: ListenFsOps = nodeFsOps): Promise<Server> {
   const server = createServer();
   if (opts.listenFd !== undefined) {
     await listening(server, `fd ${opts.listenFd} (LISTEN_FDS)`, { fd: opts.listenFd });
@@ -87,11 +96,11 @@ export async function listenUnix(opts: ListenOptions): Promise<Server> {
   // Which step failed, for the message: Node's own argument errors (a gid past 32 bits) name no syscall.
   let step: 'group' | 'mode' | 'place' = 'group';
   try {
-    if (opts.socketGid !== undefined) chownSync(bound, -1, opts.socketGid);
+    if (opts.socketGid !== undefined) fs.chown(bound, -1, opts.socketGid);
     step = 'mode';
-    chmodSync(bound, mode);
+    fs.chmod(bound, mode);
     step = 'place';
-    if (bound !== path) renameSync(bound, path);
+    if (bound !== path) fs.rename(bound, path);
   } catch (e) {
     server.close();
     rmSync(path, { force: true });

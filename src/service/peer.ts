@@ -165,10 +165,17 @@ export class Peer {
   }
 }
 
+/** Where procfs and sysfs are mounted: tests pass a fake tree of both, as only a VFIO host has the real entries. */
+export interface KernelTrees {
+  proc: string;
+  sys: string;
+}
+const KERNEL_TREES: KernelTrees = { proc: '/proc', sys: '/sys' };
+
 /** What /proc says a descriptor of ours is: a path, or `anon_inode:[...]`, `socket:[...]`. */
-export function fdTarget(fd: number): string {
+export function fdTarget(fd: number, trees: KernelTrees = KERNEL_TREES): string {
   try {
-    return readlinkSync(`/proc/self/fd/${fd}`);
+    return readlinkSync(`${trees.proc}/self/fd/${fd}`);
   } catch {
     return `fd ${fd}`;
   }
@@ -181,14 +188,14 @@ export function fdTarget(fd: number): string {
  * class (asked by device number, so a VMM in its own mount namespace, as
  * libvirt runs QEMU, is recognised too).
  */
-export function checkVfioDeviceFd(fd: number, op: string, device: string): void {
-  const what = fdTarget(fd);
+export function checkVfioDeviceFd(fd: number, op: string, device: string, trees: KernelTrees = KERNEL_TREES): void {
+  const what = fdTarget(fd, trees);
   if (what === 'anon_inode:[vfio-device]') return;
   const st = fstatSync(fd, { bigint: true });
   if (st.isCharacterDevice()) {
     const major = (st.rdev >> 8n) & 0xfffn;
     const minor = (st.rdev & 0xffn) | ((st.rdev >> 12n) & ~0xffn);
-    const sys = realpathOrNull(`/sys/dev/char/${major}:${minor}`);
+    const sys = realpathOrNull(`${trees.sys}/dev/char/${major}:${minor}`);
     if (sys && /\/vfio-dev\/vfio\d+$/.test(sys)) return;
   }
   throw new VfioError('ENODEV', op, device, `that fd is ${what}, not a VFIO device`);

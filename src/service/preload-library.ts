@@ -14,9 +14,12 @@ export const PRELOAD_NAME = 'libvfio-mig-preload.so';
 
 const packageRoot = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 
-/** Compiles the interposer into `out` (the cc command line is the one `npm run build` uses). */
-export function buildPreloadLibrary(out: string): void {
-  const src = join(packageRoot, 'interposer', 'vfio-mig-preload.c');
+/**
+ * Compiles the interposer into `out` (the cc command line is the one `npm run build` uses).
+ * `root` is the package's folder (tests pass another).
+ */
+export function buildPreloadLibrary(out: string, root = packageRoot): void {
+  const src = join(root, 'interposer', 'vfio-mig-preload.c');
   if (!existsSync(src))
     throw new VfioError('ENOENT', 'build interposer', src, 'the interposer source is missing from the package');
   mkdirSync(dirname(out), { recursive: true });
@@ -36,11 +39,11 @@ export function buildPreloadLibrary(out: string): void {
   renameSync(tmp, out);
 }
 
-/** The interposer's path, building it into the cache when the package has none. */
-export function preloadLibrary(): string {
-  const shipped = join(packageRoot, 'dist', 'interposer', PRELOAD_NAME);
+/** The interposer's path, building it into the cache when the package (`root`: tests pass another) has none. */
+export function preloadLibrary(root = packageRoot): string {
+  const shipped = join(root, 'dist', 'interposer', PRELOAD_NAME);
   if (existsSync(shipped)) return shipped;
   const cache = join(process.env.XDG_CACHE_HOME || join(homedir(), '.cache'), 'vfio-mig', PRELOAD_NAME);
-  if (!existsSync(cache)) buildPreloadLibrary(cache);
+  if (!existsSync(cache)) buildPreloadLibrary(cache, root);
   return cache;
 }

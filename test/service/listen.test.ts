@@ -7,14 +7,26 @@
 import koffi from 'koffi';
 import { connect } from 'node:net';
 import { spawnSync } from 'node:child_process';
-import { existsSync, lstatSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  chownSync,
+  existsSync,
+  lstatSync,
+  mkdtempSync,
+  readFileSync,
+  readdirSync,
+  renameSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { isMainThread } from 'node:worker_threads';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { VfioError, createSimDevice } from '../../src/index.js';
 import { startBridgeService, type BridgeService } from '../../src/service/bridge-service.js';
-import { MAX_SOCKET_PATH, listenUnix } from '../../src/service/listen.js';
+import { MAX_SOCKET_PATH, listenUnix, type ListenFsOps } from '../../src/service/listen.js';
 import { WireOp, vmw_hello_reply } from '../../src/service/wire.js';
 import { WireClient } from './wire-client.js';
 
@@ -157,6 +169,103 @@ describe('mode and group', () => {
       process.umask(mask);
       expect(mask).not.toBe(0o177);
     }
+  });
+});
+
+/** What the kernel says when it refuses `syscall` on `path` (as Node's fs functions throw it). */
+function refusal(code: string, syscall: string, path: string): NodeJS.ErrnoException {
+  return Object.assign(new Error(`${code}: operation not permitted, ${syscall} '${path}'`), { code, syscall, path });
+}
+
+/** Whether a Unix socket bound at `path` is still open anywhere (the kernel keeps its name after an unlink). */
+const boundSocket = (path: string) =>
+  readFileSync('/proc/net/unix', 'utf8')
+    .split('\n')
+    .some((l) => l.endsWith(` ${path}`));
+
+describe('a refusal after the socket is bound (never met as root)', () => {
+  const real: ListenFsOps = { chown: chownSync, chmod: chmodSync, rename: renameSync };
+  const cases: { step: keyof ListenFsOps; code: string; says: string }[] = [
+    { step: 'chown', code: 'EPERM', says: "cannot set the socket's group to 4242" },
+    { step: 'chmod', code: 'EACCES', says: "cannot set the socket's mode to 0660" },
+    // Only a worker thread binds elsewhere and moves the socket into place (listen.ts).
+    ...(isMainThread ? [] : [{ step: 'rename' as const, code: 'EXDEV', says: "cannot set the socket's place" }]),
+  ];
+  for (const { step, code, says } of cases)
+    it(`${step} refused is ${code}, naming what was refused; no socket, directory or server is left`, async () => {
+      const path = join(dir, `refused-${step}.sock`);
+      const before = readdirSync(dir);
+      const asked: string[] = [];
+      const bound: string[] = [];
+      const fs: ListenFsOps = {
+        // A chown that succeeded changes nothing here: only a root test run could give the socket gid 4242.
+        chown: (p, uid, gid) => {
+          asked.push('chown');
+          expect(lstatSync(p).isSocket()).toBe(true); // bound before its group and mode are set
+          expect(boundSocket(p)).toBe(true);
+          bound.push(p);
+          expect([uid, gid]).toEqual([-1, 4242]);
+          if (step === 'chown') throw refusal(code, 'chown', p);
+        },
+        chmod: (p, mode) => {
+          asked.push('chmod');
+          if (step === 'chmod') throw refusal(code, 'chmod', p);
+          real.chmod(p, mode);
+        },
+        rename: (from, to) => {
+          asked.push('rename');
+          if (step === 'rename') throw refusal(code, 'rename', from);
+          real.rename(from, to);
+        },
+      };
+      const e = await listenUnix({ socketPath: path, socketMode: 0o660, socketGid: 4242 }, fs).catch((x: unknown) => x);
+      expect(e).toBeInstanceOf(VfioError);
+      expect(e).toMatchObject({ code, op: 'serve', device: path });
+      expect((e as VfioError).message).toContain(`${says}: ${code}: operation not permitted, ${step}`);
+      expect((e as VfioError).cause).toMatchObject({ code, syscall: step });
+      const order = ['chown', 'chmod', 'rename'];
+      expect(asked).toEqual(order.slice(0, order.indexOf(step) + 1)); // nothing tried after the refusal
+      expect(existsSync(path)).toBe(false);
+      expect(readdirSync(dir)).toEqual(before); // no private directory left either
+      expect(bound.length).toBe(1);
+      expect(boundSocket(bound[0]!)).toBe(false); // the server was closed, not only its name removed
+    });
+
+  it('a failure that carries no errno is EIO, with no socket left', async () => {
+    const path = join(dir, 'no-errno.sock');
+    const odd = new TypeError('not an errno');
+    const e = await listenUnix(
+      { socketPath: path },
+      {
+        ...real,
+        chmod: () => {
+          throw odd;
+        },
+      },
+    ).catch((x: unknown) => x);
+    expect(e).toMatchObject({ code: 'EIO', op: 'serve', device: path, cause: odd });
+    expect(existsSync(path)).toBe(false);
+  });
+
+  it('the steps that succeed leave the socket served, with the mode asked', async () => {
+    const path = join(dir, 'all-steps.sock');
+    const asked: string[] = [];
+    const fs: ListenFsOps = {
+      chown: () => void asked.push('chown'),
+      chmod: (p, mode) => {
+        asked.push('chmod');
+        real.chmod(p, mode);
+      },
+      rename: (from, to) => {
+        asked.push('rename');
+        real.rename(from, to);
+      },
+    };
+    const server = await listenUnix({ socketPath: path, socketMode: 0o640, socketGid: 4242 }, fs);
+    servers.push({ close: () => new Promise((r) => server.close(r)) });
+    expect(asked).toEqual(isMainThread ? ['chown', 'chmod'] : ['chown', 'chmod', 'rename']);
+    expect(statSync(path).mode & 0o777).toBe(0o640);
+    expect(await answers(path)).toBe(true);
   });
 });
 

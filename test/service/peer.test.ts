@@ -6,13 +6,13 @@
  * copies (dup) of this process's fds, so /proc and fstat see real files.
  */
 import koffi from 'koffi';
-import { spawn } from 'node:child_process';
-import { closeSync, copyFileSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { closeSync, copyFileSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { VfioError } from '../../src/index.js';
-import { Peer, checkVfioDeviceFd, fdTarget } from '../../src/service/peer.js';
+import { Peer, checkVfioDeviceFd, fdTarget, type KernelTrees } from '../../src/service/peer.js';
 import { linuxPeerSys, type PeerCredentials, type PeerSysCalls } from '../../src/v2/kernel/sys.js';
 import { F_SEAL_GROW, F_SEAL_SHRINK, closeMemfd, memfd } from './wire-client.js';
 
@@ -20,6 +20,8 @@ const dup = koffi.load('libc.so.6').func('int dup(int fd)');
 const F_SEAL_WRITE = 0x8;
 const F_SEAL_FUTURE_WRITE = 0x10;
 const PIDFD = 1000; // the fake's pidfd: never a real descriptor
+/** Linux's O_PATH on x86_64 and arm64 (Node's fs.constants has no name for it). */
+const O_PATH = 0o10000000;
 
 /** A fake kernel: the peer is `creds`; `pidNow` is what the pidfd names (-1 once the process is gone). */
 class FakeSys implements PeerSysCalls {
@@ -363,4 +365,94 @@ describe('device and section descriptors', () => {
         p.close();
       }
     });
+});
+
+/**
+ * The two kinds of VFIO device fd, which only a VFIO host has: checked here
+ * against a fake /proc (what a descriptor links to) and a fake sysfs (where
+ * a character device's number leads), over real descriptors that fstat sees.
+ */
+describe('a VFIO device fd, against fake procfs and sysfs trees', () => {
+  let n = 0;
+  /** Trees where our `fd` links to `target` and char device `majmin` leads to sysfs's `device` path (or dangles). */
+  function trees(fd: number, target: string, majmin?: string, device?: string): KernelTrees {
+    const root = join(dir, `trees${n++}`);
+    const t: KernelTrees = { proc: join(root, 'proc'), sys: join(root, 'sys') };
+    mkdirSync(join(t.proc, 'self', 'fd'), { recursive: true });
+    symlinkSync(target, join(t.proc, 'self', 'fd', String(fd)));
+    mkdirSync(join(t.sys, 'dev', 'char'), { recursive: true });
+    if (majmin && device) {
+      const real = join(t.sys, 'devices', device);
+      if (!device.endsWith('-dangling')) mkdirSync(real, { recursive: true });
+      symlinkSync(`../../devices/${device}`, join(t.sys, 'dev', 'char', majmin));
+    }
+    return t;
+  }
+
+  function withFd(path: string, flags: string | number, fn: (fd: number) => void): void {
+    const fd = openSync(path, flags);
+    try {
+      fn(fd);
+    } finally {
+      closeSync(fd);
+    }
+  }
+
+  it('one /proc names anon_inode:[vfio-device] (the group path) is taken, whatever file it is', () => {
+    withFd('/etc/hostname', 'r', (fd) => {
+      expect(fdTarget(fd, trees(fd, 'anon_inode:[vfio-device]'))).toBe('anon_inode:[vfio-device]');
+      expect(() => checkVfioDeviceFd(fd, 'op', 'dev', trees(fd, 'anon_inode:[vfio-device]'))).not.toThrow();
+      for (const other of ['anon_inode:[vfio-device]x', 'anon_inode:[eventfd]'])
+        expect(() => checkVfioDeviceFd(fd, 'op', 'dev', trees(fd, other))).toThrow(
+          `op on dev: ENODEV (19): that fd is ${other}, not a VFIO device`,
+        );
+    });
+  });
+
+  it('a character device sysfs places under vfio-dev (the iommufd path) is taken, found by its number', () => {
+    // /dev/null is char 1:3: only its number leads to the fake sysfs's vfio-dev entry.
+    const PCI = 'pci0000:00/0000:00:02.0';
+    withFd('/dev/null', 'r', (fd) => {
+      const at = (device: string) => trees(fd, '/dev/vfio/devices/vfio12', '1:3', device);
+      expect(() => checkVfioDeviceFd(fd, 'op', 'dev', at(`${PCI}/vfio-dev/vfio12`))).not.toThrow();
+      expect(() => checkVfioDeviceFd(fd, 'op', 'dev', at(`${PCI}/vfio-dev/vfio0`))).not.toThrow();
+      for (const other of [
+        `${PCI}/vfio-dev/vfio12x`, // not the class's own name
+        `${PCI}/vfio-dev/vfio`,
+        `${PCI}/xvfio-dev/vfio12`,
+        `${PCI}/misc/vfio12`,
+        `${PCI}/vfio-dev/vfio12-dangling`, // sysfs has no such device: realpath fails
+      ])
+        expect(() => checkVfioDeviceFd(fd, 'op', 'dev', at(other)), other).toThrow(
+          'op on dev: ENODEV (19): that fd is /dev/vfio/devices/vfio12, not a VFIO device',
+        );
+      // No entry for 1:3 at all.
+      expect(() => checkVfioDeviceFd(fd, 'op', 'dev', trees(fd, '/dev/vfio/devices/vfio12'))).toThrow(
+        'that fd is /dev/vfio/devices/vfio12, not a VFIO device',
+      );
+    });
+  });
+
+  it('a file that is not a character device is refused, even where its number 0:0 would lead to vfio-dev', () => {
+    withFd('/etc/hostname', 'r', (fd) => {
+      expect(() =>
+        checkVfioDeviceFd(fd, 'op', 'dev', trees(fd, '/etc/hostname', '0:0', 'pci0000:00/vfio-dev/vfio0')),
+      ).toThrow('that fd is /etc/hostname, not a VFIO device');
+    });
+  });
+
+  it.skipIf(process.getuid?.() !== 0)(
+    'a device number past 8 bits of major and minor is split as the kernel does (mknod: root only)',
+    () => {
+      // Dynamic majors of vfio-dev are past 255 (e.g. 511), as are minors on a host with many devices.
+      const node = join(dir, 'vfio-node');
+      const made = spawnSync('mknod', [node, 'c', '511', '300']);
+      expect(made.status, made.stderr?.toString()).toBe(0);
+      // O_PATH: fstat sees the node without a driver behind it being opened.
+      withFd(node, O_PATH, (fd) => {
+        const t = trees(fd, '/dev/vfio/devices/vfio3', '511:300', 'pci0000:00/0000:00:03.0/vfio-dev/vfio3');
+        expect(() => checkVfioDeviceFd(fd, 'op', 'dev', t)).not.toThrow();
+      });
+    },
+  );
 });

@@ -5,11 +5,14 @@
  * reports, and in what state the device is left when the session ends.
  * The VMM is a raw client (test/service/wire-client.ts) on a simulated device.
  */
+import koffi from 'koffi';
+import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { afterEach, describe, expect, it } from 'vitest';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { existsSync, rmSync } from 'node:fs';
-import { connect } from 'node:net';
+import { connect, type Socket } from 'node:net';
 import {
   ForwardingDevice,
   MigState,
@@ -19,19 +22,28 @@ import {
   type SimDeviceOptions,
   type V2Device,
 } from '../../src/index.js';
+import { listenUnix } from '../../src/service/listen.js';
 import {
+  BridgeService,
   startBridgeService,
-  type BridgeService,
   type BridgeServiceOptions,
   type ServiceTraceEvent,
 } from '../../src/service/bridge-service.js';
-import { MAX_REQUEST_PAYLOAD, WireOp, vmw_bye, vmw_hello_reply, vmw_region } from '../../src/service/wire.js';
+import {
+  MAX_REQUEST_PAYLOAD,
+  WireOp,
+  vmw_bye,
+  vmw_hello_reply,
+  vmw_region,
+  vmw_request,
+  type StatusReply,
+} from '../../src/service/wire.js';
 import {
   VFIO_REGION_SUBTYPE_MIGRATION_DEPRECATED,
   VFIO_REGION_TYPE_MIGRATION_DEPRECATED,
   type RegionInfo,
 } from '../../src/v2/uapi.js';
-import { linuxPeerSys, type PeerSysCalls } from '../../src/v2/kernel/sys.js';
+import { linuxPeerSys, type PeerCredentials, type PeerSysCalls } from '../../src/v2/kernel/sys.js';
 import { F_SEAL_GROW, F_SEAL_SHRINK, WireClient, closeMemfd, memfd, u32 } from './wire-client.js';
 
 const EINVAL = 22;
@@ -315,6 +327,34 @@ describe('region accesses', () => {
     expect(logs.some((l) => /protocol error: serve on .*EPROTO.*request payload/.test(l))).toBe(true);
   });
 
+  it('a broken request behind one in progress is answered once, after it', async () => {
+    let open!: () => void;
+    const gate = new Promise<void>((r) => (open = r));
+    let reached!: () => void;
+    const held = new Promise<void>((r) => (reached = r));
+    class Held extends ForwardingDevice {
+      override async setState(state: MigState) {
+        reached();
+        await gate;
+        return this.inner.setState(state);
+      }
+    }
+    const s = await serve({ openDevice: async () => new Held(sim()) });
+    const c = await bridged(s);
+    // One write: the service reads both at once, and has parsed the broken header once the first is in the device.
+    c.sock.cork();
+    c.send(WireOp.WRITE, le32(0), STATE, 4);
+    c.send(WireOp.READ, new Uint8Array(0), STATE, 4, MAX_REQUEST_PAYLOAD + 1);
+    c.sock.uncork();
+    await held;
+    expect(logs.filter((l) => /protocol error/.test(l))).toEqual([]); // not answered before the write
+    open();
+    expect((await c.reply())?.result).toBe(0);
+    await refusedAndClosed(c, -EPROTO, `request payload of ${MAX_REQUEST_PAYLOAD + 1} bytes`);
+    await until(() => s.sessions === 0);
+    expect(logs.filter((l) => /protocol error/.test(l))).toHaveLength(1);
+  });
+
   it('trace events name the VMM and the device', async () => {
     const events: ServiceTraceEvent[] = [];
     const s = await serve({ trace: (e) => events.push(e) });
@@ -515,6 +555,188 @@ describe('one quiesce group per VMM process', () => {
   });
 });
 
+describe('the quiesce groups held', () => {
+  it('one per process with a bridged device, deleted when its last session ends', async () => {
+    const s = await serve({ openDevice: async () => sim({ flags: 7 }) });
+    const hello = await WireClient.connect(s.socketPath);
+    hello.hello(process.pid, 0);
+    await hello.reply();
+    expect(s.quiesceGroups).toBe(0); // none before a device is bridged
+    const a = await bridged(s);
+    const b = await bridged(s);
+    expect(s.quiesceGroups).toBe(1); // one for both devices of this process
+    a.close();
+    await until(() => s.sessions === 2);
+    expect(s.quiesceGroups).toBe(1); // b still in it
+    b.close();
+    hello.close();
+    await until(() => s.sessions === 0);
+    expect(s.sessions).toBe(0);
+    expect(s.quiesceGroups).toBe(0);
+  });
+
+  it('a device bridged while the last other one leaves joins the group the next ones join', async () => {
+    // B's SECTION is held in its device's state read while A's session ends (A's group empties and is deleted).
+    let hold: { reached: () => void; go: Promise<void> } | null = null;
+    class Held extends ForwardingDevice {
+      override async getState(): Promise<MigState> {
+        const h = hold;
+        hold = null;
+        if (h) {
+          h.reached();
+          await h.go;
+        }
+        return this.inner.getState();
+      }
+    }
+    const events: ServiceTraceEvent[] = [];
+    const names = ['A', 'B', 'C'];
+    const s = await serve({
+      openDevice: async () => new Held(sim({ flags: 7, name: names.shift()! })),
+      trace: (e) => void (e.kind === 'group' && events.push(e)),
+    });
+    const a = await bridged(s);
+    const b = await WireClient.connect(s.socketPath);
+    b.hello(process.pid, 0);
+    expect(vmw_hello_reply.decode((await b.reply())!.payload).bridged).toBe(1);
+    let go!: () => void;
+    const reached = new Promise<void>((r) => {
+      hold = { reached: r, go: new Promise<void>((g) => (go = g)) };
+    });
+    b.send(WireOp.SECTION, section());
+    await reached;
+    a.close();
+    await until(() => s.sessions === 1);
+    expect(s.sessions).toBe(1);
+    go();
+    expect((await b.reply())?.result).toBe(0);
+    const c = await bridged(s);
+    expect(s.quiesceGroups).toBe(1);
+    expect(await writeState(b, 0)).toBe(0); // B stops: C, in B's group, is parked first
+    expect(events).toEqual([
+      { kind: 'group', vmm: process.pid, device: 'C', cause: 'B', v2: ['SET_STATE RUNNING->RUNNING_P2P'] },
+    ]);
+    b.close();
+    c.close();
+  });
+});
+
+describe('STATUS', () => {
+  const dup = koffi.load('libc.so.6').func('int dup(int fd)');
+  const FAKE_PIDFD = 100000; // never a real descriptor
+
+  /** STATUS alone on its connection: the answer, then the connection closes. */
+  async function status(s: BridgeService): Promise<StatusReply> {
+    const q = await WireClient.connect(s.socketPath);
+    q.send(WireOp.STATUS, new Uint8Array(0));
+    const r = await q.reply();
+    expect(r?.result).toBe(0);
+    expect(await q.reply()).toBeNull();
+    return JSON.parse(r!.payload.toString()) as StatusReply;
+  }
+
+  /**
+   * A VMM of another user: a process running as nobody (setpriv), which the
+   * fake kernel below names as the peer of the next connection; its
+   * descriptors are taken from this process (the test holds them).
+   */
+  async function otherUser(use: (sys: PeerSysCalls, next: (c: PeerCredentials) => void, pid: number) => Promise<void>) {
+    const child = spawn('setpriv', ['--reuid', '65534', '--regid', '65534', '--clear-groups', 'sleep', '60']);
+    await new Promise((r) => child.once('spawn', r));
+    const pid = child.pid!;
+    try {
+      for (let i = 0; i < 100 && !readFileSync(`/proc/${pid}/status`, 'utf8').includes('sleep'); i++) await sleep(10);
+      let as: PeerCredentials | null = null;
+      const sys: PeerSysCalls = {
+        ...linuxPeerSys,
+        peerCredentials: (fd, op, device) => {
+          const c = as ?? linuxPeerSys.peerCredentials(fd, op, device);
+          as = null;
+          return c;
+        },
+        peerPidfd: (fd, p, op, device) => (p === pid ? FAKE_PIDFD : linuxPeerSys.peerPidfd(fd, p, op, device)),
+        pidfdPid: (pidfd) => (pidfd === FAKE_PIDFD ? pid : linuxPeerSys.pidfdPid(pidfd)),
+        pidfdGetfd: (pidfd, fd, op, device) =>
+          pidfd === FAKE_PIDFD ? (dup(fd) as number) : linuxPeerSys.pidfdGetfd(pidfd, fd, op, device),
+        close: (fd) => void (fd !== FAKE_PIDFD && linuxPeerSys.close(fd)),
+      };
+      await use(sys, (c) => (as = c), pid);
+    } finally {
+      child.kill();
+    }
+  }
+
+  it.skipIf(process.getuid?.() !== 0)(
+    "answers root every user's bridged sessions and another user only its own; never a connection not bridged",
+    async () => {
+      await otherUser(async (sys, next, pid) => {
+        const nobody = { pid, uid: 65534, gid: 65534 };
+        const s = await serve({ sys, openDevice: async (h) => sim({ name: h.name }) });
+        const mine = await WireClient.connect(s.socketPath);
+        mine.hello(process.pid, 0, 'root-dev');
+        await mine.reply();
+        mine.send(WireOp.SECTION, section());
+        expect((await mine.reply())?.result).toBe(0);
+        expect(await readState(mine)).toBe(1);
+        expect(await readState(mine)).toBe(1);
+        next(nobody);
+        const theirs = await WireClient.connect(s.socketPath);
+        theirs.hello(pid, 0, 'nobody-dev');
+        expect(vmw_hello_reply.decode((await theirs.reply())!.payload).bridged).toBe(1);
+        theirs.send(WireOp.SECTION, section());
+        expect((await theirs.reply())?.result).toBe(0);
+        const unbridged = await WireClient.connect(s.socketPath);
+        unbridged.hello(process.pid, 0, 'hello-only');
+        await unbridged.reply();
+        expect(s.sessions).toBe(3);
+
+        const rootDev = { vmm: process.pid, uid: 0, device: 'root-dev', headerAccesses: 2 };
+        const nobodyDev = { vmm: pid, uid: 65534, device: 'nobody-dev', headerAccesses: 0 };
+        expect(await status(s)).toEqual({ uid: 0, sessions: [rootDev, nobodyDev] });
+        next(nobody);
+        expect(await status(s)).toEqual({ uid: 65534, sessions: [nobodyDev] });
+        next({ pid, uid: 1000, gid: 1000 });
+        expect(await status(s)).toEqual({ uid: 1000, sessions: [] });
+        for (const c of [mine, theirs, unbridged]) c.close();
+      });
+    },
+  );
+
+  it('leaves out a session that is ending', async () => {
+    let gate: Promise<void> | null = null;
+    class Held extends ForwardingDevice {
+      override async getState(): Promise<MigState> {
+        if (gate) await gate;
+        return this.inner.getState();
+      }
+    }
+    const s = await serve({ openDevice: async () => new Held(sim()) });
+    const c = await bridged(s);
+    expect((await status(s)).sessions).toHaveLength(1);
+    let open!: () => void;
+    gate = new Promise<void>((r) => (open = r));
+    c.close(); // the session's end waits in the device's state read
+    await c.gone;
+    try {
+      expect(s.sessions).toBe(1);
+      expect(await status(s)).toEqual({ uid: 0, sessions: [] });
+    } finally {
+      open();
+    }
+    await until(() => s.sessions === 0);
+    expect(s.sessions).toBe(0);
+  });
+
+  it('on a device connection is a protocol error that ends it', async () => {
+    const s = await serve();
+    const c = await WireClient.connect(s.socketPath);
+    c.hello(process.pid, 0);
+    await c.reply();
+    c.send(WireOp.STATUS, new Uint8Array(0));
+    await refusedAndClosed(c, -EPROTO, /STATUS on a device connection/);
+  });
+});
+
 describe('connection limits', () => {
   it('connections over the total cap are refused with the reason, and counted back when they close', async () => {
     const s = await serve({ limits: { maxConnections: 2 } });
@@ -605,6 +827,55 @@ describe('what a client can make the service hold', () => {
     for (let got = 0; got < READS; got++) expect((await c.reply())?.result).toBe(0);
     for (let got = 0; got < WRITES; got++) expect(await c.reply()).not.toBeNull();
     expect(c.sock.writableLength).toBe(0);
+    c.close();
+  });
+
+  it('a pipelining client on a slow device: what the service has read and not yet served stays bounded', async () => {
+    // Each state change waits a turn of the event loop, so requests finish one at a time, between socket reads.
+    class Slow extends ForwardingDevice {
+      override async setState(state: MigState) {
+        await new Promise((r) => setImmediate(r));
+        return this.inner.setState(state);
+      }
+    }
+    const dev = sim();
+    const path = join(tmpdir(), `vfio-mig-proto-${Math.random().toString(36).slice(2)}.sock`);
+    const server = await listenUnix({ socketPath: path });
+    let conn: Socket | null = null;
+    server.on('connection', (sock) => (conn = sock)); // the service's own end of the connection
+    const QUEUED = 4;
+    const R = vmw_request.size + 4; // one device_state write
+    const held: number[] = []; // bytes read from the socket and not yet being served, at each access
+    let read0 = 0; // what the handshake read
+    let started = 0;
+    svc = new BridgeService(server, {
+      socketPath: path,
+      sectionSize: SECTION,
+      openDevice: async () => new Slow(dev),
+      limits: { maxQueuedRequests: QUEUED },
+      trace: (e) => {
+        if (e.kind !== 'access' || e.op !== 'write') return;
+        started++;
+        held.push(conn!.bytesRead - read0 - started * R);
+      },
+    });
+    const c = await bridged(svc);
+    read0 = conn!.bytesRead;
+    const N = 8000; // 219 KiB of requests, sent at once
+    for (let i = 0; i < N; i++) c.send(WireOp.WRITE, le32(i % 2 === 0 ? 0 : 1), STATE, 4);
+    for (let i = 0; i < N; i++) expect((await c.reply())?.result).toBe(0);
+    expect(dev.state).toBe(MigState.RUNNING);
+    expect(held).toHaveLength(N);
+    expect(conn!.bytesRead - read0).toBe(N * R);
+    // The service pauses once more than MAX_UNPARSED bytes wait unparsed or QUEUED requests are taken; past
+    // that it holds the read that crossed the bound (Node reads 64 KiB at a time) and what Node's stream
+    // buffers while paused before it stops reading (up to its high-water mark, plus one read). A socket
+    // resumed while still full (RELIABILITY.md, back-pressure) lets a read in per request served: all of it.
+    const MAX_UNPARSED = 2 * (vmw_request.size + MAX_REQUEST_PAYLOAD);
+    const bound = MAX_UNPARSED + QUEUED * R + (64 << 10) + conn!.readableHighWaterMark + (64 << 10);
+    expect(N * R).toBeGreaterThan(bound);
+    expect(Math.max(...held)).toBeGreaterThan(MAX_UNPARSED); // the bound was reached
+    expect(Math.max(...held)).toBeLessThanOrEqual(bound);
     c.close();
   });
 
