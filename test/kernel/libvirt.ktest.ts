@@ -293,7 +293,7 @@ async function startServe(): Promise<Serve> {
     }
   };
   await waitLog(/serving on/);
-  expect(readFileSync(`/proc/${proc.pid}/attr/current`, 'utf8').trim()).toBe('vfio-mig (enforce)');
+  expect(confinement(proc.pid!)).toBe('vfio-mig (enforce)');
   return { proc, log: () => log, waitLog };
 }
 
