@@ -8,6 +8,7 @@
 # postinst would on a host. Idempotent: the same version is left alone.
 # Usage: scripts/kernel/fetch-libvirt-apparmor.sh [CACHE_DIR]   (default: .cache)
 set -euo pipefail
+case ${1:-} in -*) echo "usage: $0 [CACHE_DIR]   (default: .cache)" >&2; exit 2 ;; esac
 cd "$(dirname "$0")/../.."
 cache=$(mkdir -p "${1:-.cache}" && cd "${1:-.cache}" && pwd)
 out=$cache/libvirt-apparmor
