@@ -3,9 +3,10 @@
  * devices, through both open paths.
  */
 import { spawnSync } from 'node:child_process';
-import { readdirSync, readlinkSync } from 'node:fs';
-import { basename } from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { chmodSync, mkdtempSync, readdirSync, readlinkSync, rmSync } from 'node:fs';
+import { basename, dirname } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { cliCopyIn } from '../cli/run-cli.js';
 import { stringContaining, stringMatching } from '../matchers.js';
 import { KernelDevice, openKernelDevice, type V2Device } from '../../src/index.js';
 import { deviceContract } from '../v2/device-contract.js';
@@ -45,6 +46,18 @@ for (const [path, spec] of [
   });
 }
 
+/** The built package copied where nobody may read it (the checkout may be 0700, a clone in /root): its CLI. */
+let copyDir: string | undefined;
+function readableCli(): string {
+  if (!copyDir) {
+    copyDir = mkdtempSync('/tmp/vfio-mig-nobody-');
+    chmodSync(copyDir, 0o755);
+  }
+  return cliCopyIn(copyDir);
+}
+afterAll(() => {
+  if (copyDir) rmSync(copyDir, { recursive: true, force: true });
+});
 describe('mtty: device and region info', () => {
   it('reports regions through VFIO_DEVICE_GET_INFO / GET_REGION_INFO', async () => {
     const dev = await openKernelDevice(cdevOf(UUID.a));
@@ -86,7 +99,7 @@ describe('mtty: bad input', () => {
   });
 
   it('no permission: EACCES for an unprivileged user', () => {
-    const script = `import('${process.cwd()}/src/index.ts').catch(()=>import('${process.cwd()}/dist/index.js')).then(async (m) => {
+    const script = `import('${dirname(readableCli())}/../index.js').then(async (m) => {
       try { await m.openKernelDevice('${cdevOf(UUID.a)}'); console.log('opened'); } catch (e) { console.log(e.code); }
     })`;
     const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], {
@@ -148,7 +161,7 @@ describe('mtty: state across close', () => {
 
 describe('vfio-mig CLI on mtty', () => {
   const cli = (args: string[], uid?: number) => {
-    const r = spawnSync(process.execPath, [`${process.cwd()}/dist/cli/main.js`, ...args], {
+    const r = spawnSync(process.execPath, [uid ? readableCli() : `${process.cwd()}/dist/cli/main.js`, ...args], {
       encoding: 'utf8',
       ...(uid ? { uid, gid: uid } : {}),
     });
