@@ -215,7 +215,9 @@ describe('vfio-mig qemu-stream on a QEMU 10 stream and a QEMU 7.2 stream of the 
     // The guest ran between the saves: devices of the same size with other contents are named as such.
     for (const x of d.differences.filter((x) => x.kind === 'bytes'))
       expect(x.text).toMatch(/^\S+ \(instance \d+\): same size \(\d+ bytes\), different contents$/);
-    expect(d.same).toEqual(expect.arrayContaining(['0000:00:00.0/I440FX#0', 'PCIBUS#0', 'fw_cfg#0']));
+    // The machine's own config is the same. fw_cfg is not asked for: its state (the entry and offset the
+    // firmware read last) depends on when each VM was saved, and one CI run found it different.
+    expect(d.same).toEqual(expect.arrayContaining(['0000:00:00.0/I440FX#0', 'PCIBUS#0']));
     rmSync(SEVEN, { force: true });
     rmSync(TEN, { force: true });
   });
